@@ -1,0 +1,30 @@
+# Two commands do all the set-up on a fresh machine:
+#   make run    install, then train and evaluate the tutorial's model (train_minimal.py)
+#   make test   install, then run the test suite
+# TORCH_SPEC pins the CPU build this project is tested with; on a GPU machine,
+# `make install TORCH_SPEC=torch` lets pip pick the build for your CUDA.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?= -n 2
+
+.PHONY: install run test clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+run: install
+	$(PY) train_minimal.py --epochs 10 --use-flow
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

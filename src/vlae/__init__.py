@@ -1,0 +1,31 @@
+"""vlae: the Variational Lossy Autoencoder (Chen et al., ICLR 2017) in PyTorch.
+
+The paper's building blocks, one module each:
+
+- :mod:`vlae.masked_conv` -- masked convolutions (mask types A and B)
+- :mod:`vlae.pixelcnn` -- PixelCNN decoders with an exact receptive field
+- :mod:`vlae.made` -- MADE
+- :mod:`vlae.flows` -- AF prior, IAF posterior, affine autoregressive steps
+- :mod:`vlae.encoder` -- ResNet encoder q(z|x)
+- :mod:`vlae.likelihood` -- Bernoulli likelihood
+- :mod:`vlae.model` -- the VLAE, its ELBO with free bits, and the IW bound
+- :mod:`vlae.config` -- configuration dataclasses and presets
+"""
+
+from .config import Config, EvalConfig, ModelConfig, TrainConfig, apply_overrides, get_preset, PRESETS
+from .errors import VLAEError
+from .flows import AFPrior, AffineAutoregressive, GaussianPrior, IAFPosterior
+from .made import MADE
+from .masked_conv import MaskedConv2d, make_mask
+from .model import VLAE, Terms, nats_to_bits_per_dim
+from .pixelcnn import ConditionUpsampler, FactorizedDecoder, GatedPixelCNN, MaskedPixelCNN
+from .encoder import Encoder
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "VLAE", "Terms", "nats_to_bits_per_dim",
+    "Config", "ModelConfig", "TrainConfig", "EvalConfig", "PRESETS", "get_preset", "apply_overrides",
+    "MaskedConv2d", "make_mask", "MaskedPixelCNN", "GatedPixelCNN", "FactorizedDecoder", "ConditionUpsampler",
+    "MADE", "AffineAutoregressive", "AFPrior", "GaussianPrior", "IAFPosterior", "Encoder", "VLAEError",
+]

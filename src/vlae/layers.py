@@ -1,0 +1,198 @@
+"""Weight-normalised layers and the small ResNet blocks the networks share.
+
+Weight normalisation (Salimans & Kingma, 2016) writes a weight as
+``w = g * v / ||v||`` per output unit; with *data-dependent initialisation* the
+first batch sets ``g`` and the bias so that every unit starts with zero mean and
+unit variance. The VLAE paper trains all its networks this way.
+
+Example:
+    >>> conv = Conv2d(1, 8, 3, weight_norm=True)
+    >>> data_dependent_init(conv, torch.randn(16, 1, 28, 28))
+    >>> conv(torch.randn(2, 1, 28, 28)).shape
+    torch.Size([2, 8, 28, 28])
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["Conv2d", "ConvTranspose2d", "Linear", "ResBlock", "data_dependent_init"]
+
+
+class _WeightNorm:
+    """Mixin: optional weight normalisation with data-dependent initialisation.
+
+    The class using it owns ``weight`` (the direction ``v``) and ``bias``; the
+    mixin adds the gain ``g`` and computes the effective weight.
+    """
+
+    weight: nn.Parameter
+    bias: nn.Parameter | None
+    _ddi_pending: bool = False
+
+    def _init_weight_norm(self, weight_norm: bool, out_dim: int) -> None:
+        self.weight_norm = weight_norm
+        if weight_norm:
+            self.g = nn.Parameter(torch.ones(out_dim))
+
+    def _norm_dims(self) -> tuple[int, ...]:
+        raise NotImplementedError  # pragma: no cover - defined by each layer
+
+    def _out_shape(self, g: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError  # pragma: no cover
+
+    def _effective_weight(self, v: torch.Tensor) -> torch.Tensor:
+        if not self.weight_norm:
+            return v
+        norm = v.pow(2).sum(self._norm_dims(), keepdim=True).clamp_min(1e-12).sqrt()
+        return self._out_shape(self.g) * v / norm
+
+    def _data_dependent_init(self, out: torch.Tensor) -> torch.Tensor:
+        # Called on the first batch with g = 1 and b = 0: rescale so every
+        # unit starts N(0, 1) over the batch, then return the corrected output.
+        dims = [d for d in range(out.dim()) if d != 1]
+        mean = out.mean(dims)
+        std = out.std(dims).clamp_min(1e-6)
+        with torch.no_grad():
+            self.g.copy_(1.0 / std)
+            if self.bias is not None:
+                self.bias.copy_(-mean / std)
+        self._ddi_pending = False
+        shape = [1, -1] + [1] * (out.dim() - 2)
+        return (out - mean.view(shape)) / std.view(shape)
+
+
+class Linear(nn.Linear, _WeightNorm):
+    """``nn.Linear`` with optional weight normalisation."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, weight_norm: bool = False):
+        super().__init__(in_features, out_features, bias=bias)
+        self._init_weight_norm(weight_norm, out_features)
+
+    def _norm_dims(self) -> tuple[int, ...]:
+        return (1,)
+
+    def _out_shape(self, g: torch.Tensor) -> torch.Tensor:
+        return g[:, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._ddi_pending:
+            with torch.no_grad():
+                self.g.fill_(1.0)
+                self.bias.zero_()
+            return self._data_dependent_init(F.linear(x, self._effective_weight(self.weight), self.bias))
+        return F.linear(x, self._effective_weight(self.weight), self.bias)
+
+
+class Conv2d(nn.Conv2d, _WeightNorm):
+    """``nn.Conv2d`` with "same" padding for odd kernels, optional weight
+    normalisation and an optional fixed spatial ``mask`` multiplying the weight.
+
+    The mask is a buffer used in the forward pass; the weight itself is never
+    overwritten, so an optimiser step cannot leak through masked entries.
+
+    Args:
+        mask: ``(kh, kw)`` tensor of 0/1, or ``None`` for an ordinary convolution.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int = 1,
+        padding: int | tuple[int, int] | None = None,
+        bias: bool = True,
+        weight_norm: bool = False,
+        mask: torch.Tensor | None = None,
+    ):
+        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+        if padding is None:
+            padding = (kh // 2, kw // 2)
+        super().__init__(in_channels, out_channels, (kh, kw), stride=stride, padding=padding, bias=bias)
+        self._init_weight_norm(weight_norm, out_channels)
+        if mask is not None:
+            if tuple(mask.shape) != (kh, kw):
+                raise ValueError(f"mask shape {tuple(mask.shape)} does not match kernel {(kh, kw)}")
+            self.register_buffer("mask", mask.to(self.weight.dtype).clone())
+        else:
+            self.mask = None
+
+    def _norm_dims(self) -> tuple[int, ...]:
+        return (1, 2, 3)
+
+    def _out_shape(self, g: torch.Tensor) -> torch.Tensor:
+        return g[:, None, None, None]
+
+    def masked_weight(self) -> torch.Tensor:
+        """The weight the convolution really uses: ``g * (v*mask)/||v*mask||``."""
+        v = self.weight if self.mask is None else self.weight * self.mask
+        return self._effective_weight(v)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._ddi_pending:
+            with torch.no_grad():
+                self.g.fill_(1.0)
+                if self.bias is not None:
+                    self.bias.zero_()
+            out = F.conv2d(x, self.masked_weight(), self.bias, self.stride, self.padding)
+            return self._data_dependent_init(out)
+        return F.conv2d(x, self.masked_weight(), self.bias, self.stride, self.padding)
+
+
+class ConvTranspose2d(nn.ConvTranspose2d, _WeightNorm):
+    """``nn.ConvTranspose2d`` (stride-2 upsampling by default) with optional
+    weight normalisation."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 4, stride: int = 2,
+                 padding: int = 1, weight_norm: bool = False):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding)
+        self._init_weight_norm(weight_norm, out_channels)
+
+    def _norm_dims(self) -> tuple[int, ...]:
+        return (0, 2, 3)  # weight is (in, out, kh, kw)
+
+    def _out_shape(self, g: torch.Tensor) -> torch.Tensor:
+        return g[None, :, None, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._ddi_pending:
+            with torch.no_grad():
+                self.g.fill_(1.0)
+                self.bias.zero_()
+            out = F.conv_transpose2d(x, self._effective_weight(self.weight), self.bias, self.stride, self.padding)
+            return self._data_dependent_init(out)
+        return F.conv_transpose2d(x, self._effective_weight(self.weight), self.bias, self.stride, self.padding)
+
+
+class ResBlock(nn.Module):
+    """Pre-activation residual block ``x + conv(elu(conv(elu(x))))`` with
+    "same" padding: ``(B, C, H, W) -> (B, C, H, W)``."""
+
+    def __init__(self, channels: int, kernel_size: int = 3, weight_norm: bool = False):
+        super().__init__()
+        self.conv1 = Conv2d(channels, channels, kernel_size, weight_norm=weight_norm)
+        self.conv2 = Conv2d(channels, channels, kernel_size, weight_norm=weight_norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.elu(self.conv1(F.elu(x))))
+
+
+@torch.no_grad()
+def data_dependent_init(module: nn.Module, *inputs, **kwargs) -> None:
+    """Initialise every weight-normalised layer in ``module`` from one batch.
+
+    Runs ``module(*inputs, **kwargs)`` once; each weight-normalised layer sets
+    its gain and bias so its outputs on this batch have zero mean and unit
+    variance per channel (Salimans & Kingma, 2016, section 3).
+    """
+    layers = [m for m in module.modules() if isinstance(m, _WeightNorm) and m.weight_norm]
+    for m in layers:
+        m._ddi_pending = True
+    try:
+        module(*inputs, **kwargs)
+    finally:
+        for m in layers:
+            m._ddi_pending = False
