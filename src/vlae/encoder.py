@@ -1,7 +1,8 @@
 """Encoder q(z|x): a ResNet from the image to a diagonal Gaussian.
 
 ``x (B, 1, H, W) -> mu (B, D), log_sigma (B, D), h (B, C)``. Two strided
-convolutions take 28x28 to 7x7 (residual blocks with ELU at each resolution);
+convolutions take 28x28 to 7x7, with residual blocks (ELU) at 14x14 and 7x7
+-- none at full resolution, where they would cost the most;
 a linear layer reads off the Gaussian's parameters and, for the IAF posterior,
 a context vector ``h``.
 
@@ -44,9 +45,8 @@ class Encoder(nn.Module):
         wn = weight_norm
         stages: list[nn.Module] = [Conv2d(c, channels, 3, weight_norm=wn)]
         for _ in range(2):
-            stages += [ResBlock(channels, 3, wn) for _ in range(blocks)]
             stages += [nn.ELU(), Conv2d(channels, channels, 3, stride=2, padding=1, weight_norm=wn)]
-        stages += [ResBlock(channels, 3, wn) for _ in range(blocks)]
+            stages += [ResBlock(channels, 3, wn) for _ in range(blocks)]
         self.net = nn.Sequential(*stages)
         self.latent_dim, self.context_dim = latent_dim, context_dim
         self.head = Linear(channels * (height // 4) * (width // 4), 2 * latent_dim + context_dim, weight_norm=wn)

@@ -269,8 +269,8 @@ class ConditionUpsampler(nn.Module):
     """ResNet that turns ``z: (B, D)`` into the conditioning map ``(B, C_c, H, W)``.
 
     ``z`` is projected to a ``H/4 x W/4`` grid and upsampled twice by strided
-    transposed convolutions with residual blocks in between (the paper's 28x28x4
-    map for MNIST).
+    transposed convolutions, with residual blocks at ``H/4`` and ``H/2`` (the
+    paper's 28x28x4 map for MNIST; full-resolution blocks would dominate the cost).
     """
 
     def __init__(self, latent_dim: int, image_shape: tuple[int, int, int] = (1, 28, 28), channels: int = 32,
@@ -287,7 +287,6 @@ class ConditionUpsampler(nn.Module):
             nn.ELU(), ConvTranspose2d(channels, channels, weight_norm=wn),
             *(ResBlock(channels, 3, wn) for _ in range(blocks)),
             nn.ELU(), ConvTranspose2d(channels, channels, weight_norm=wn),
-            *(ResBlock(channels, 3, wn) for _ in range(blocks)),
             nn.ELU(), Conv2d(channels, cond_channels, 3, weight_norm=wn),
         )
 
