@@ -142,6 +142,7 @@ class VLAE(nn.Module):
     # ------------------------------------------------------------------ bounds
     def terms(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Terms:
         """Single-sample bound terms for a batch ``x (B, 1, H, W)``."""
+        x = self.check_images(x, values=False)  # shape only: a value check would sync the GPU every step
         if self.latent_dim == 0:
             recon = -bernoulli_log_prob(self.decoder(x, None), x)
             zero = recon.new_zeros(x.shape[0])
@@ -194,7 +195,9 @@ class VLAE(nn.Module):
 
         Samples are drawn ``chunk`` at a time (default: enough for about 4,096
         decoder evaluations per pass) so memory does not grow with ``k``; the
-        log-sum-exp runs in float64.
+        log-sum-exp runs in float64. With a fixed ``generator`` the value is
+        reproducible for a fixed ``chunk``; another chunk size consumes the random
+        stream differently and gives another (equally valid) estimate.
 
         Returns:
             ``(B,)`` float64, nats per image (negate for the NLL).

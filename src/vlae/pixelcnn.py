@@ -90,7 +90,7 @@ class MaskedPixelCNN(_Decoder):
 
     Args:
         layers: number of masked convolutions ``L`` (the depth that sets the
-            receptive field: ``L`` rows up and ``L * (k // 2)`` columns each way).
+            receptive field: ``L * (k // 2)`` rows up and columns each way).
         kernel_size: odd ``k``.
         filters: feature maps per layer.
         cond_channels: channels of the conditioning map (0: unconditional).
@@ -167,8 +167,8 @@ class GatedPixelCNN(_Decoder):
     connections that are summed into the output network.
 
     Args:
-        layers: number of gated layers ``L``; the receptive field spans ``L``
-            rows up and ``L * (k // 2)`` columns each way in the rows above.
+        layers: number of gated layers ``L``; the receptive field spans
+            ``L * (k // 2)`` rows up and columns each way in the rows above.
         kernel_size: odd ``k``.
         filters: feature maps per stack.
         cond_channels: channels of the conditioning map (0: unconditional).

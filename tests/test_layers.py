@@ -1,0 +1,108 @@
+"""Weight-normalised layers: the effective weight has norm ``g`` per output
+unit, data-dependent initialisation standardises the init batch, and the
+residual blocks keep their shape."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vlae.layers import Conv2d, ConvTranspose2d, Linear, ResBlock, data_dependent_init
+from vlae.masked_conv import MaskedConv2d
+
+torch.set_num_threads(1)
+
+
+def _gained(layer):
+    with torch.no_grad():
+        layer.g.copy_(torch.rand(layer.g.shape, dtype=layer.g.dtype) * 3 + 0.5)
+    return layer
+
+
+def test_linear_weight_norm():
+    layer = _gained(Linear(7, 5, weight_norm=True).double())
+    w = layer._effective_weight(layer.weight)
+    torch.testing.assert_close(w.norm(dim=1), layer.g, rtol=1e-12, atol=0)
+    # The direction is that of v.
+    torch.testing.assert_close(w / w.norm(dim=1, keepdim=True),
+                               layer.weight / layer.weight.norm(dim=1, keepdim=True))
+    x = torch.randn(3, 7, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), x @ w.T + layer.bias)
+
+
+def test_conv_weight_norm_including_mask():
+    conv = _gained(Conv2d(3, 4, 3, weight_norm=True).double())
+    torch.testing.assert_close(conv.masked_weight().flatten(1).norm(dim=1), conv.g, rtol=1e-12, atol=0)
+    masked = _gained(MaskedConv2d(3, 4, 5, "A", weight_norm=True).double())
+    w = masked.masked_weight()
+    torch.testing.assert_close(w.flatten(1).norm(dim=1), masked.g, rtol=1e-12, atol=0)
+    assert torch.all(w[:, :, masked.mask == 0] == 0)  # normalised over the kept entries only
+
+
+def test_conv_transpose_weight_norm_is_per_output_channel():
+    up = _gained(ConvTranspose2d(3, 5, weight_norm=True).double())
+    w = up._effective_weight(up.weight)  # (in, out, kh, kw)
+    torch.testing.assert_close(w.transpose(0, 1).flatten(1).norm(dim=1), up.g, rtol=1e-12, atol=0)
+    assert up(torch.randn(2, 3, 6, 7, dtype=torch.float64)).shape == (2, 5, 12, 14)
+
+
+def test_without_weight_norm_the_weight_is_used_as_is():
+    conv = Conv2d(2, 3, 3).double()
+    assert not hasattr(conv, "g")
+    assert torch.equal(conv.masked_weight(), conv.weight)
+
+
+def _standardised(out: torch.Tensor) -> None:
+    dims = [d for d in range(out.dim()) if d != 1]
+    torch.testing.assert_close(out.mean(dims), torch.zeros(out.shape[1], dtype=out.dtype), rtol=0, atol=1e-10)
+    torch.testing.assert_close(out.std(dims), torch.ones(out.shape[1], dtype=out.dtype), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("make,shape", [
+    (lambda: Linear(6, 4, weight_norm=True), (50, 6)),
+    (lambda: Conv2d(2, 4, 3, weight_norm=True), (8, 2, 9, 9)),
+    (lambda: MaskedConv2d(2, 4, 3, "B", weight_norm=True), (8, 2, 9, 9)),
+    (lambda: ConvTranspose2d(2, 4, weight_norm=True), (8, 2, 5, 5)),
+])
+def test_data_dependent_init_standardises_outputs(make, shape):
+    torch.manual_seed(0)
+    layer = make().double()
+    x = torch.randn(*shape, dtype=torch.float64) * 3 + 1
+    assert layer(x).std() > 0  # any function of x; standardised only after the init
+    data_dependent_init(layer, x)
+    _standardised(layer(x))
+    assert not layer._ddi_pending
+
+
+def test_data_dependent_init_of_a_stack():
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(Conv2d(1, 6, 3, weight_norm=True), torch.nn.ELU(),
+                              Conv2d(6, 5, 3, weight_norm=True)).double()
+    x = torch.randn(10, 1, 8, 8, dtype=torch.float64) * 2 + 3
+    data_dependent_init(net, x)
+    _standardised(net[0](x))  # each layer sees the already-initialised layers below it
+    _standardised(net(x))
+    # Layers without weight norm are untouched.
+    plain = Conv2d(1, 2, 3).double()
+    before = plain.weight.clone()
+    data_dependent_init(torch.nn.Sequential(plain), x)
+    assert torch.equal(plain.weight, before)
+
+
+@pytest.mark.parametrize("kernel", [1, 3])
+@pytest.mark.parametrize("weight_norm", [False, True])
+def test_resblock_shapes(kernel, weight_norm):
+    block = ResBlock(5, kernel, weight_norm).double()
+    x = torch.randn(2, 5, 7, 9, dtype=torch.float64)
+    out = block(x)
+    assert out.shape == x.shape
+    assert not torch.equal(out, x)
+    with torch.no_grad():  # residual: with the second convolution zeroed it is the identity
+        block.conv2.weight.zero_()
+        block.conv2.bias.zero_()
+    torch.testing.assert_close(block(x), x, rtol=0, atol=0)
+
+
+def test_mask_shape_mismatch_rejected():
+    with pytest.raises(ValueError, match="mask shape"):
+        Conv2d(1, 1, 3, mask=torch.ones(3, 5))
