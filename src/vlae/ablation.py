@@ -1,0 +1,182 @@
+"""``vlae ablation``: which part of VLAE buys what (the paper's appendix D, extended).
+
+Five models trained with the same budget, seed and data, and evaluated on the
+same test images, in one table of NLL (IW bound, ``k`` named), ELBO and KL:
+
+1. ``pixelcnn``   -- unconditional PixelCNN (``latent_dim = 0``): no ``z``, so
+   its KL is zero and every bound is its exact likelihood;
+2. ``gaussian``   -- PixelCNN decoder + Gaussian prior (a VAE with a local
+   autoregressive decoder);
+3. ``af``         -- PixelCNN decoder + AF prior: the VLAE;
+4. ``iaf``        -- PixelCNN decoder + IAF posterior + Gaussian prior. The IAF
+   gets the AF prior's flow (same steps and MADE widths), so 3 vs 4 is the
+   paper's "AF prior versus IAF posterior" comparison at equal size;
+5. ``factorized`` -- factorized Bernoulli decoder + AF prior: no autoregression
+   in the decoder, so ``z`` must carry everything (a plain VAE decoder).
+
+The PixelCNN variants use the base preset's decoder (masked or gated) and its
+receptive field. Runs go through :func:`vlae.sweep.run_tasks`: in parallel,
+each in its own process, skipped when finished, resumed when interrupted.
+
+Example::
+
+    vlae ablation --out runs/ablation --preset mnist-small --budget 600 --jobs 2
+    vlae ablation --report runs/ablation
+
+From Python:
+    >>> [t.name for t in ablation_tasks(get_preset("tiny"))]
+    ['pixelcnn', 'gaussian', 'af', 'iaf', 'factorized']
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .config import Config, config_from_dict, get_preset
+from .errors import VLAEError
+from .sweep import (Task, _add_common, _estimator, _print_outputs, _write_json, base_config, collect_results,
+                    parse_list, run_tasks, standalone, write_table)
+
+__all__ = ["VARIANTS", "ablation_tasks", "run_ablation", "write_ablation_report", "add_cli", "main"]
+
+#: name -> (description, model fields set on top of the base preset)
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "pixelcnn": ("unconditional PixelCNN", {"latent_dim": 0}),
+    "gaussian": ("PixelCNN decoder + Gaussian prior", {"prior": "gaussian", "posterior": "gaussian"}),
+    "af": ("PixelCNN decoder + AF prior (VLAE)", {"prior": "af", "posterior": "gaussian"}),
+    "iaf": ("PixelCNN decoder + IAF posterior + Gaussian prior", {"prior": "gaussian", "posterior": "iaf"}),
+    "factorized": ("factorized Bernoulli decoder + AF prior",
+                   {"decoder": "factorized", "prior": "af", "posterior": "gaussian"}),
+}
+
+
+def ablation_tasks(base: Config, variants: Sequence[str] | None = None) -> list[Task]:
+    """One task per variant (default: all five, in the table's order).
+
+    Raises:
+        VLAEError: an unknown variant name, or a base configuration without a
+            latent code.
+    """
+    variants = list(VARIANTS) if variants is None else list(variants)
+    for name in variants:
+        if name not in VARIANTS:
+            raise VLAEError(f"invalid --variants: unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
+    if base.model.latent_dim == 0:
+        raise VLAEError("invalid --set model.latent_dim=0: the ablation compares latent-variable models; "
+                        "the unconditional PixelCNN is already one of its variants")
+    pixelcnn = base.model.decoder if base.model.decoder in ("masked", "gated") else "masked"
+    tasks = []
+    for name in variants:
+        description, fields = VARIANTS[name]
+        cfg = config_from_dict(base.to_dict())
+        cfg.model.decoder = pixelcnn
+        for key, value in fields.items():
+            setattr(cfg.model, key, value)
+        if cfg.model.posterior == "iaf":
+            # The AF prior's flow, moved to the posterior: the same network on the other side.
+            cfg.model.iaf_steps, cfg.model.iaf_hidden = cfg.model.flow_steps, tuple(cfg.model.made_hidden)
+        try:
+            cfg.validate()
+        except VLAEError as error:
+            raise VLAEError(f"variant {name}: {error}") from None
+        tasks.append(Task(name, cfg, {"variant": name, "description": description}))
+    return tasks
+
+
+def write_ablation_report(out_dir: str | Path, records: list[dict[str, Any]] | None = None,
+                          ablation_config: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Write ``ablation.{csv,json,md}`` for ``records`` (default: every finished
+    run under ``out_dir``), in the order of :data:`VARIANTS`."""
+    out = Path(out_dir)
+    records = collect_results(out) if records is None else [r for r in records if r]
+    records = [r for r in records if r.get("variant") in VARIANTS]
+    if not records:
+        raise VLAEError(f"no finished ablation runs (*/results.json) under {out}")
+    order = list(VARIANTS)
+    records.sort(key=lambda r: order.index(r["variant"]))
+    est = _estimator(records)
+    columns = [("variant", "variant"), ("description", "model"), ("decoder", "decoder"), ("prior", "prior"),
+               ("posterior", "posterior"), ("rf_size", "RF size (px)"), ("nll", f"NLL ({est})"),
+               ("nelbo", "-ELBO"), ("kl", "KL (nats)"), ("active_units", "active units"), ("steps", "steps"),
+               ("seconds", "seconds")]
+    n_images = sorted({r.get("eval_images") for r in records if r.get("eval_images")})
+    note = (f"Nats per image on {', '.join(map(str, n_images))} test images, equal training budget, seed and "
+            f"data. NLL: negative {est}; KL: single-sample estimate of KL(q(z|x) || p(z)). The unconditional "
+            "PixelCNN has no z: its KL is 0 and its bounds are its exact likelihood.")
+    return write_table(records, out, "ablation", columns, {"ablation": ablation_config, "estimator": est},
+                       title="Ablation: prior, posterior and decoder at equal budget", note=note)
+
+
+def run_ablation(out_dir: str | Path, base: Config, *, variants: Sequence[str] | None = None,
+                 eval_subset: int = 1000, k: int = 64, eval_batch_size: int = 50, jobs: int = 0,
+                 threads: int = 1, data: Any = None, test_images: Any = None,
+                 log: Callable[[str], object] = print,
+                 ablation_config: dict[str, Any] | None = None) -> tuple[list[dict], dict]:
+    """Run (or finish) the ablation and write its table.
+
+    Returns:
+        ``(records, status)`` as :func:`vlae.sweep.run_tasks`, with
+        ``status["outputs"]`` the written files.
+    """
+    tasks = ablation_tasks(base, variants)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = {"variants": [t.name for t in tasks], "eval_subset": eval_subset, "k": k, "jobs": jobs,
+              "threads": threads, **(ablation_config or {}), "base_config": base.to_dict()}
+    _write_json(out / "ablation_config.json", config)
+    records, status = run_tasks(tasks, out, eval_subset=eval_subset, k=k, eval_batch_size=eval_batch_size,
+                                jobs=jobs, threads=threads, data=data, test_images=test_images, log=log)
+    if not any(records):
+        raise VLAEError(f"every ablation run failed; see {out}/*/error.txt")
+    status["outputs"] = write_ablation_report(out, None, config)
+    return records, status
+
+
+def add_cli(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``vlae ablation`` on an ``argparse`` subparsers object."""
+    p = subparsers.add_parser(
+        "ablation", help="unconditional PixelCNN vs Gaussian prior vs AF prior vs IAF posterior vs factorized "
+                         "decoder at equal budget",
+        description="Train the five ablation models (the paper's appendix D, extended) with the same budget, "
+                    "seed and data, and tabulate NLL (IW bound), ELBO and KL. Rerunning continues an "
+                    "interrupted ablation.")
+    _add_common(p, "runs/ablation", 64)
+    p.add_argument("--variants", default=",".join(VARIANTS), metavar="LIST",
+                   help=f"variants to run, comma-separated (default: all: {','.join(VARIANTS)})")
+    p.set_defaults(func=_cli_ablation)
+    return p
+
+
+def _cli_ablation(args: argparse.Namespace) -> int:
+    try:
+        if args.report:
+            _print_outputs(write_ablation_report(args.report))
+            return 0
+        variants = parse_list(args.variants, "--variants", str)
+        budget = args.budget if (args.budget is not None or args.max_steps is not None) else 300.0
+        base = base_config(args.preset, args.overrides, budget, args.max_steps)
+        config = {"preset": args.preset, "overrides": list(args.overrides), "budget": budget,
+                  "max_steps": args.max_steps, "command": " ".join(sys.argv)}
+        _, status = run_ablation(args.out, base, variants=variants, eval_subset=args.eval_subset, k=args.k,
+                                 eval_batch_size=args.eval_batch_size, jobs=args.jobs, threads=args.threads,
+                                 ablation_config=config)
+        _print_outputs(status["outputs"])
+        if status["failed"]:
+            print(f"error: {len(status['failed'])} run(s) failed: {', '.join(status['failed'])}", file=sys.stderr)
+            return 1
+        return 0
+    except VLAEError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``vlae ablation`` without the ``vlae`` front end: ``python -m vlae.ablation ...``."""
+    return standalone(add_cli, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,348 @@
+"""The ``vlae`` command line (also ``python -m vlae``).
+
+Subcommands::
+
+    vlae train --preset mnist-small [--time-budget 3600] [--set model.latent_dim=16 ...]
+    vlae eval RUN_OR_CHECKPOINT [--k 4096] [--subset N] [--split test]
+    vlae sample RUN_OR_CHECKPOINT [--n 64] [--out samples.png]
+    vlae plot RUN
+    vlae download NAME [--data-dir DIR]
+    vlae presets [NAME]
+    vlae verify
+    vlae sweep ... / vlae ablation ...   (when those modules are installed)
+
+Errors caused by the user's input print ``error: <message>`` on stderr and
+exit with status 2; Ctrl-C exits with 130 (the last checkpoint can be resumed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import VLAEError
+
+__all__ = ["main", "build_parser", "config_from_args"]
+
+# flag -> (section, field, type, help); all become --set overrides in the order given
+_TRAIN_FLAGS: list[tuple[str, str, str, Any, str]] = [
+    ("--epochs", "train", "epochs", int, "passes over the training set"),
+    ("--max-steps", "train", "max_steps", int, "stop after this many optimiser steps (0: no limit)"),
+    ("--time-budget", "train", "time_budget", float, "stop after this many seconds of training (0: no limit)"),
+    ("--batch-size", "train", "batch_size", int, "images per optimiser step (per process)"),
+    ("--lr", "train", "lr", float, "learning rate"),
+    ("--optimizer", "train", "optimizer", str, "adamax or adam"),
+    ("--seed", "train", "seed", int, "random seed (initialisation, data order, noise)"),
+    ("--dataset", "train", "dataset", str, "dataset name (see `vlae download --help`)"),
+    ("--data-dir", "train", "data_dir", str, "folder holding the dataset files"),
+    ("--device", "train", "device", str, "auto, cpu, cuda, cuda:1, mps"),
+    ("--precision", "train", "precision", str, "auto (bf16 on capable GPUs), fp32 or bf16"),
+    ("--polyak", "train", "polyak", float, "EMA decay of the evaluation weights (0: off)"),
+    ("--kl-warmup-steps", "train", "kl_warmup_steps", int, "steps over which the KL weight rises from 0 to 1"),
+    ("--eval-every", "train", "eval_every", int, "epochs between validation passes"),
+    ("--eval-k", "train", "eval_k", int, "importance samples for the validation IW bound (0: ELBO only)"),
+    ("--checkpoint-every", "train", "checkpoint_every", int, "epochs between checkpoints"),
+    ("--latent-dim", "model", "latent_dim", int, "latent dimensions D (0: unconditional PixelCNN)"),
+    ("--prior", "model", "prior", str, "prior p(z): gaussian or af (autoregressive flow)"),
+    ("--posterior", "model", "posterior", str, "posterior q(z|x): gaussian or iaf"),
+    ("--decoder", "model", "decoder", str, "decoder p(x|z): masked, gated or factorized"),
+    ("--decoder-layers", "model", "decoder_layers", int, "PixelCNN layers (sets the receptive field)"),
+    ("--decoder-kernel", "model", "decoder_kernel", int, "PixelCNN kernel size (odd)"),
+    ("--free-bits", "model", "free_bits", float, "free bits: KL floor in nats per data dimension (0: off)"),
+]
+_TRAIN_SWITCHES = [
+    ("--train-on-valid", "train", "train_on_valid", "train on train+valid (the paper's final runs)"),
+    ("--soft-free-bits", "train", "soft_free_bits", "soft free bits (paper appendix C) instead of the hard floor"),
+    ("--compile", "train", "compile", "torch.compile the model"),
+    ("--tensorboard", "train", "tensorboard", "also log to TensorBoard in RUN_DIR/tb"),
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one ``error:`` line and status 2 (argparse's own convention)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise VLAEError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``vlae`` argument parser with every subcommand."""
+    from . import __version__
+
+    parser = _Parser(prog="vlae", description="Variational Lossy Autoencoder (Chen et al., ICLR 2017): "
+                     "train, evaluate (IW bound), sample and plot.")
+    parser.add_argument("--version", action="version", version=f"vlae {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("train", help="train a model", description="Train a VLAE from a preset; writes config.json, "
+                       "metrics.jsonl, checkpoints (ckpt-*.pt, best.pt) and summary.json into the run folder.")
+    p.add_argument("--preset", help="configuration preset (see `vlae presets`); required unless --resume")
+    p.add_argument("--run-dir", help="output folder (default: runs/<preset>-<timestamp>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue exactly from the latest checkpoint in --run-dir (its config, plus your flags)")
+    for flag, _, _, typ, text in _TRAIN_FLAGS:
+        p.add_argument(flag, type=typ, default=None, help=text)
+    for flag, _, _, text in _TRAIN_SWITCHES:
+        p.add_argument(flag, action="store_true", default=None, help=text)
+    p.add_argument("--progress", choices=("auto", "on", "off"), default=None,
+                   help="progress bar (auto: only on a terminal)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="any config field, e.g. --set model.flow_steps=2 (repeatable; applied last)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="IW bound on test (or valid) data",
+                       description="Estimate the NLL with the importance-weighted bound (Burda et al., 2016) and "
+                       "report ELBO, KL and active units; writes <run>/eval_<split>_k<k>.json.")
+    p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="run folder (best.pt or latest) or .pt file")
+    p.add_argument("--k", type=int, default=4096, help="importance samples per image (paper: 4096)")
+    p.add_argument("--subset", type=int, default=0, help="evaluate the first N images only (0: all)")
+    p.add_argument("--split", choices=("test", "valid", "train"), default="test", help="data split")
+    p.add_argument("--batch-size", type=int, default=None, help="images per batch (default: the config's)")
+    p.add_argument("--chunk", type=int, default=0, help="samples per pass (0: automatic; bounds memory)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the importance samples")
+    p.add_argument("--data-dir", default=None, help="folder holding the dataset (default: the run's)")
+    p.add_argument("--weights", choices=("ema", "raw"), default="ema", help="Polyak-averaged or raw weights")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    p.add_argument("--out", default=None, help="JSON output path (default: beside the checkpoint)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("sample", help="draw samples into a PNG grid")
+    p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="run folder or .pt file")
+    p.add_argument("--n", type=int, default=64, help="number of samples")
+    p.add_argument("--out", default="samples.png", help="output PNG")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--naive", action="store_true", help="naive pixel-by-pixel sampling instead of the fast sampler")
+    p.add_argument("--weights", choices=("ema", "raw"), default="ema", help="Polyak-averaged or raw weights")
+    p.set_defaults(func=_cmd_sample)
+
+    p = sub.add_parser("plot", help="all figures of a run into RUN/figures")
+    p.add_argument("run", metavar="RUN", help="run folder")
+    p.set_defaults(func=_cmd_plot)
+
+    p = sub.add_parser("download", help="download a dataset")
+    p.add_argument("name", help="dataset name, e.g. binarized-mnist")
+    p.add_argument("--data-dir", default=None, help="target folder (default: $VLAE_DATA_DIR or ~/.cache/vlae)")
+    p.set_defaults(func=_cmd_download)
+
+    p = sub.add_parser("presets", help="list presets, or print one as JSON")
+    p.add_argument("name", nargs="?", help="preset to print")
+    p.set_defaults(func=_cmd_presets)
+
+    p = sub.add_parser("verify", help="check the implementation against the paper's claims")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to vlae.verify")
+    p.set_defaults(func=_cmd_verify)
+
+    for module in ("sweep", "ablation"):
+        try:
+            mod = __import__(f"vlae.{module}", fromlist=["add_cli"])
+        except ImportError:
+            continue
+        if hasattr(mod, "add_cli"):
+            mod.add_cli(sub)
+    return parser
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def config_from_args(args: argparse.Namespace):
+    """The run's :class:`~vlae.config.Config`: preset (or the resumed run's
+    config), then the named flags, then ``--set`` overrides; validated."""
+    from .config import apply_overrides, config_from_dict, get_preset
+
+    if args.preset:
+        cfg = get_preset(args.preset)
+    elif args.resume and args.run_dir:
+        path = Path(args.run_dir) / "config.json"
+        if not path.is_file():
+            raise VLAEError(f"{path}: not found; pass --preset or a --run-dir written by `vlae train`")
+        try:
+            cfg = config_from_dict(json.loads(path.read_text()))
+        except json.JSONDecodeError as error:
+            raise VLAEError(f"{path}: not valid JSON ({error.msg})") from None
+    else:
+        raise VLAEError("train: --preset is required (or --resume with --run-dir); see `vlae presets`")
+    overrides = [f"{section}.{name}={getattr(args, flag[2:].replace('-', '_'))}"
+                 for flag, section, name, _, _ in _TRAIN_FLAGS if getattr(args, flag[2:].replace("-", "_")) is not None]
+    overrides += [f"{section}.{name}=true" for flag, section, name, _ in _TRAIN_SWITCHES
+                  if getattr(args, flag[2:].replace("-", "_"))]
+    if args.progress is not None:
+        overrides.append(f"train.progress={args.progress}")
+    apply_overrides(cfg, overrides + list(args.overrides))
+    return cfg.validate()
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    if args.resume and not args.run_dir:
+        raise VLAEError("train: --resume needs --run-dir (the folder to continue)")
+    cfg = config_from_args(args)
+    run_dir = Path(args.run_dir or f"runs/{cfg.preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}")
+    summary = train(cfg, run_dir, resume=args.resume, quiet=args.quiet)
+    if not args.quiet:
+        print(f"run folder: {summary['run_dir']}\nevaluate with: vlae eval {summary['run_dir']} --k 4096")
+    return 0
+
+
+# ----------------------------------------------------------------------------- eval, sample, plot
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_checkpoint
+
+    for name in ("k", "batch_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise VLAEError(f"invalid --{name.replace('_', '-')}: must be >= 1, got {value}")
+    r = evaluate_checkpoint(args.checkpoint, split=args.split, k=args.k, subset=args.subset,
+                            data_dir=args.data_dir, seed=args.seed, out=args.out, batch_size=args.batch_size,
+                            chunk=args.chunk, weights=args.weights, device=args.device,
+                            notice=lambda m: print(m, file=sys.stderr))
+    print(f"{r['dataset']} {r['split']}, {r['images']} images, {r['estimator']} ({r['weights']} weights)")
+    print(f"  NLL    {r['nll']:.2f} ± {r['nll_se']:.2f} nats   ({r['bits_per_dim']:.4f} bits/dim)")
+    print(f"  -ELBO  {-r['elbo']:.2f} ± {r['elbo_se']:.2f} nats   ({r['elbo_bits_per_dim']:.4f} bits/dim)")
+    print(f"  KL     {r['kl']:.2f} nats   active units {r['active_units']}/{r['latent_dim']}")
+    print(f"wrote {r['path']}")
+    return 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from .checkpoint import load_model
+
+    if args.n < 1:
+        raise VLAEError(f"invalid --n: must be >= 1, got {args.n}")
+    model, _ = load_model(args.checkpoint, weights=args.weights, device="auto")
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(args.seed)
+    t0 = time.perf_counter()
+    if args.naive:
+        x = model.sample(args.n, generator=gen)
+    else:
+        try:
+            from .sampling import fast_sample
+        except ImportError:
+            print("note: vlae.sampling not available; using naive sampling", file=sys.stderr)
+            x = model.sample(args.n, generator=gen)
+        else:
+            x = fast_sample(model, args.n, generator=gen)
+    seconds = time.perf_counter() - t0
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _save_grid(x, out)
+    print(f"wrote {args.n} samples to {out} ({seconds:.1f} s, {'naive' if args.naive else 'fast'} sampler)")
+    return 0
+
+
+def _save_grid(x, out: Path) -> None:
+    """A PNG grid of binary images ``(n, 1, H, W)``."""
+    import math
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n, _, h, w = x.shape
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    grid = torch_grid(x.float().cpu(), rows, cols, h, w)
+    plt.imsave(out, grid, cmap="gray_r", vmin=0, vmax=1)
+
+
+def torch_grid(x, rows: int, cols: int, h: int, w: int):
+    """Tile ``(n, 1, h, w)`` into a ``(rows*(h+1)+1, cols*(w+1)+1)`` array with 1-pixel gaps."""
+    import numpy as np
+
+    grid = np.full((rows * (h + 1) + 1, cols * (w + 1) + 1), 0.15)
+    for i in range(x.shape[0]):
+        r, c = divmod(i, cols)
+        grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = x[i, 0].numpy()
+    return grid
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    try:
+        from .plots import plot_run
+    except ImportError:
+        raise VLAEError("plot: vlae.plots is not available in this installation") from None
+    if not Path(args.run).is_dir():
+        raise VLAEError(f"{args.run}: not a run folder")
+    for path in plot_run(args.run):
+        print(f"wrote {path}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- data, presets, verify
+
+
+def _cmd_download(args: argparse.Namespace) -> int:
+    from .data import download
+
+    for path in download(args.name, args.data_dir):
+        print(f"have {path}")
+    return 0
+
+
+def _cmd_presets(args: argparse.Namespace) -> int:
+    from .config import PRESETS, get_preset
+
+    if args.name:
+        print(get_preset(args.name).to_json())
+        return 0
+    for name in PRESETS:
+        m, t = get_preset(name).model, get_preset(name).train
+        print(f"{name:12s} D={m.latent_dim:3d} prior={m.prior:8s} decoder={m.decoder}x{m.decoder_layers} "
+              f"k{m.decoder_kernel}  batch {t.batch_size}, {t.epochs} epochs, lr {t.lr:g}")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    try:
+        from .verify import main as verify_main
+    except ImportError:
+        raise VLAEError("verify: vlae.verify is not available in this installation") from None
+    return int(verify_main(args.args) or 0)
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def _set_threads(n: int | None) -> None:
+    if n is None:
+        return
+    if n < 1:
+        raise VLAEError(f"invalid --threads: must be >= 1, got {n}")
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``vlae`` command; returns the exit status."""
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command in ("train", "eval"):
+            _set_threads(args.threads)
+        return int(args.func(args) or 0)
+    except VLAEError as error:
+        message = " ".join(str(error).split())
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; resume from the last checkpoint with `vlae train --resume --run-dir RUN_DIR`",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Evaluation: the IW bound agrees with the model's, standard errors, active units, the JSON record."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from vlae.checkpoint import save_checkpoint
+from vlae.config import get_preset
+from vlae.errors import VLAEError
+from vlae.evaluate import active_units, evaluate_checkpoint, evaluate_model, standard_error
+from vlae.model import VLAE
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = VLAE(get_preset("tiny").model)
+    x = torch.bernoulli(torch.full((16, 1, 28, 28), 0.2))
+    m.initialize(x)
+    return m.eval()
+
+
+def _images(n: int, seed: int = 1) -> torch.Tensor:
+    return torch.bernoulli(torch.full((n, 1, 28, 28), 0.15), generator=torch.Generator().manual_seed(seed)
+                           ).to(torch.uint8)
+
+
+def test_iw_bound_matches_the_model(model):
+    x = _images(6)
+    result = evaluate_model(model, x, k=10, batch_size=3, chunk=4, progress=False,
+                            generator=torch.Generator().manual_seed(5))
+    gen = torch.Generator().manual_seed(5)
+    expected = []
+    for start in (0, 3):  # evaluate_model draws, per batch, the IW samples and then one ELBO sample
+        expected.append(model.iw_bound(x[start:start + 3].float(), k=10, chunk=4, generator=gen))
+        model.terms(x[start:start + 3].float(), generator=gen)
+    nll = -torch.cat(expected)
+    assert result["nll"] == pytest.approx(float(nll.mean()), rel=1e-9)
+    assert result["nll_se"] == pytest.approx(float(nll.std() / math.sqrt(6)), rel=1e-9)
+    assert result["bits_per_dim"] == pytest.approx(result["nll"] / (784 * math.log(2)))
+    assert result["estimator"] == "IW bound, k=10" and result["images"] == 6
+    assert -result["elbo"] >= result["nll"]  # the mean log weight bounds log p(x) less tightly
+    assert len(result["kl_per_dim"]) == 8 and sum(result["kl_per_dim"]) == pytest.approx(result["kl"], rel=1e-6)
+
+
+def test_one_sample_bound_is_the_elbo(model):
+    result = evaluate_model(model, _images(5), k=1, batch_size=5, progress=False)
+    assert result["nll"] == pytest.approx(-result["elbo"], rel=1e-12)
+
+
+def test_iw_bound_tightens_with_k(model):
+    x = _images(8, seed=3)
+    loose = evaluate_model(model, x, k=1, batch_size=8, progress=False, generator=torch.Generator().manual_seed(0))
+    tight = evaluate_model(model, x, k=64, batch_size=8, progress=False, generator=torch.Generator().manual_seed(0))
+    assert tight["nll"] < loose["nll"]
+
+
+def test_standard_error_formula():
+    values = torch.tensor([1.0, 2.0, 4.0, 8.0, 9.0])
+    assert standard_error(values) == pytest.approx(np.std(values.numpy(), ddof=1) / math.sqrt(5))
+    assert math.isnan(standard_error(torch.tensor([3.0])))
+
+
+def test_active_units_on_a_constructed_case():
+    g = torch.Generator().manual_seed(0)
+    n = 2000
+    means = torch.stack([
+        torch.randn(n, generator=g),  # variance 1: active
+        0.05 * torch.randn(n, generator=g),  # variance 0.0025: inactive
+        torch.zeros(n),  # collapsed onto the prior
+        0.2 * torch.randn(n, generator=g),  # variance 0.04: active
+    ], 1)
+    count, variances = active_units(means)
+    assert count == 2
+    assert variances[0] == pytest.approx(1.0, rel=0.1) and variances[2] == 0.0
+
+
+def test_active_units_of_a_model_with_a_dead_encoder(model):
+    import copy
+
+    dead = copy.deepcopy(model)
+    for p in dead.encoder.parameters():  # q(z|x) no longer depends on x: no unit is active
+        p.data.zero_()
+    assert evaluate_model(dead, _images(12), k=2, batch_size=6, progress=False)["active_units"] == 0
+    assert evaluate_model(model, _images(12), k=2, batch_size=6, progress=False)["active_units"] > 0
+
+
+def test_bad_inputs(model):
+    with pytest.raises(VLAEError, match="k must be"):
+        evaluate_model(model, _images(2), k=0)
+    with pytest.raises(VLAEError, match="binary"):
+        evaluate_model(model, _images(2) * 3, k=2)
+    with pytest.raises(VLAEError, match="no images"):
+        evaluate_model(model, _images(2)[:0], k=2)
+
+
+def test_evaluate_checkpoint_writes_json(tmp_path, model):
+    cfg = get_preset("tiny")
+    cfg.train.dataset = "mnist-embedded"
+    save_checkpoint(tmp_path / "best.pt", {"config": cfg.to_dict(), "model": model.state_dict(), "ema": None})
+    result = evaluate_checkpoint(tmp_path, split="test", k=3, subset=10, seed=0, notice=lambda m: None,
+                                 progress=False)
+    path = tmp_path / "eval_test_k3_n10.json"
+    assert result["path"] == str(path)
+    written = json.loads(path.read_text())
+    assert written["estimator"] == "IW bound, k=3" and written["images"] == 10 and written["split"] == "test"
+    assert written["config"]["train"]["dataset"] == "mnist-embedded" and "command" in written
+    assert written["nll"] == pytest.approx(result["nll"]) and written["checkpoint"].endswith("best.pt")
+    again = evaluate_checkpoint(tmp_path, split="test", k=3, subset=10, seed=0, notice=lambda m: None,
+                                progress=False, out=tmp_path / "again.json")
+    assert again["nll"] == result["nll"]  # seeded: the same importance samples

@@ -1,0 +1,129 @@
+"""Tests of vlae.plots: every figure is a readable PNG, and the receptive-field
+figure marks exactly the pixels autograd says a logit depends on."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import matplotlib.image
+import pytest
+import torch
+
+from vlae import plots
+from vlae.config import get_preset
+from vlae.errors import VLAEError
+from vlae.model import VLAE
+from vlae.pixelcnn import FactorizedDecoder, GatedPixelCNN, MaskedPixelCNN
+
+torch.set_num_threads(1)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_png(path) -> None:
+    assert path.is_file() and path.stat().st_size > 1000
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    pixels = matplotlib.image.imread(path)
+    assert pixels.ndim == 3 and pixels.shape[0] > 100 and pixels.shape[1] > 100
+    assert pixels.std() > 0.01  # not a blank canvas
+
+
+def tiny_model(**overrides) -> VLAE:
+    cfg = get_preset("tiny")
+    for key, value in overrides.items():
+        setattr(cfg.model, key, value)
+    torch.manual_seed(0)
+    model = VLAE(cfg.model).eval()
+    model.initialize(torch.bernoulli(torch.full((16, 1, 28, 28), 0.2)))
+    return model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def images():
+    return torch.bernoulli(torch.full((12, 1, 28, 28), 0.2), generator=torch.Generator().manual_seed(1))
+
+
+def write_metrics(path) -> None:
+    lines = []
+    for step in range(1, 61):
+        rec = {"step": step, "epoch": (step - 1) // 20, "loss": 200 - step, "nelbo": 199 - step,
+               "recon": 180 - step, "kl": 19 + step / 60, "lr": 1e-3}
+        if step == 7:
+            del rec["kl"], rec["lr"]  # tolerate missing keys
+        lines.append(json.dumps(rec))
+        if step % 20 == 0:
+            lines.append(json.dumps({"split": "valid", "epoch": (step - 1) // 20, "elbo": -(190 - step),
+                                     "kl": 20.0, "iw_k16": -(185 - step)}))
+    lines.append("not json")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_training_curves(tmp_path):
+    metrics = tmp_path / "metrics.jsonl"
+    write_metrics(metrics)
+    train, valid = plots.read_metrics(metrics)
+    assert len(train) == 60 and len(valid) == 3
+    assert_png(plots.plot_training_curves(metrics, tmp_path / "curves.png"))
+    with pytest.raises(VLAEError, match="does not exist"):
+        plots.plot_training_curves(tmp_path / "missing.jsonl", tmp_path / "x.png")
+
+
+@pytest.mark.parametrize("name", ["reconstructions", "lossy_decompression", "kl_heatmap", "latent_traversals",
+                                  "interpolations"])
+def test_image_figures(model, images, tmp_path, name):
+    out = getattr(plots, f"plot_{name}")(model, images, tmp_path / f"{name}.png")
+    assert out == tmp_path / f"{name}.png"
+    assert_png(out)
+
+
+def test_samples_and_receptive_field_figures(model, tmp_path):
+    assert_png(plots.plot_samples(model, 10, tmp_path / "samples.png"))
+    assert_png(plots.plot_receptive_field(model, tmp_path / "rf.png"))
+    assert_png(plots.plot_receptive_field(GatedPixelCNN(3, 5, 8, 4), tmp_path / "rf_gated.png", pixel=(0, 0)))
+
+
+def test_unconditional_model(tmp_path, images):
+    model = tiny_model(latent_dim=0)
+    assert_png(plots.plot_samples(model, 4, tmp_path / "samples.png"))
+    with pytest.raises(VLAEError, match="latent"):
+        plots.plot_reconstructions(model, images, tmp_path / "r.png")
+
+
+@pytest.mark.parametrize("decoder", [MaskedPixelCNN(1, 3, 4, 4), MaskedPixelCNN(3, 5, 4, 4, tie_weights=False),
+                                     MaskedPixelCNN(4, 3, 4, 0), GatedPixelCNN(1, 3, 4, 4), GatedPixelCNN(3, 3, 4, 0),
+                                     GatedPixelCNN(2, 5, 4, 4)],
+                         ids=["masked1", "masked3k5", "masked4-uncond", "gated1", "gated3-uncond", "gated2k5"])
+def test_jacobian_support_equals_reported_field(decoder):
+    shape = (20, 24)
+    pixel = plots._default_pixel(decoder, shape)
+    w = decoder.window()
+    assert pixel[0] - w["up"] >= 0 and pixel[1] - w["left"] >= 0 and pixel[1] + w["right"] < shape[1]
+    support = plots.jacobian_support(decoder, pixel, shape)
+    assert int(support.sum()) == decoder.receptive_field_size()
+    assert torch.equal(support, plots.receptive_field_mask(decoder, pixel, shape))
+    assert not support[pixel]  # a pixel never sees itself
+
+
+def test_jacobian_support_of_factorized_decoder_is_empty():
+    assert not plots.jacobian_support(FactorizedDecoder(4, 8), (3, 3), (8, 8)).any()
+
+
+def test_plot_run(model, images, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    write_metrics(run_dir / "metrics.jsonl")
+    cfg = get_preset("tiny")
+    fake = types.ModuleType("vlae.checkpoint")
+    fake.load_model = lambda path, weights="ema", device="cpu": (model, cfg)
+    monkeypatch.setitem(sys.modules, "vlae.checkpoint", fake)
+    paths = plots.plot_run(run_dir, images=images)
+    assert len(paths) == 8 and all(p.parent == run_dir / "figures" for p in paths)
+    for p in paths:
+        assert_png(p)

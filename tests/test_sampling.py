@@ -1,0 +1,190 @@
+"""Tests of vlae.sampling: the fast sampler returns exactly the naive sampler's images.
+
+Every comparison is bit for bit (``torch.equal``) against :meth:`VLAE.sample` /
+:meth:`VLAE.decode` with the same generator seed, on decoders with random,
+perturbed weights (so that probabilities are spread out, not all near 0.5).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vlae.config import get_preset
+from vlae.errors import VLAEError
+from vlae.model import VLAE
+from vlae.pixelcnn import GatedPixelCNN, MaskedPixelCNN
+from vlae.sampling import FastSampler, crop_logits, fast_sample, wavefront_slope
+
+torch.set_num_threads(1)
+
+SMALL = (1, 12, 20)  # non-square, cheap for the naive sampler
+MNIST = (1, 28, 28)
+
+
+def make_model(seed: int = 0, **overrides) -> VLAE:
+    """The tiny preset with overrides, weight-norm initialised on a random batch,
+    decoder weights perturbed, and the output layer rescaled so that the logits
+    spread over about +-3 (probabilities far from 0.5 and from each other)."""
+    cfg = get_preset("tiny").model
+    cfg.decoder_filters = 6
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    torch.manual_seed(seed)
+    model = VLAE(cfg).eval()
+    x = torch.bernoulli(torch.full((16, *cfg.image_shape), 0.3))
+    model.initialize(x)
+    with torch.no_grad():
+        for p in model.decoder.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+        z = torch.randn(16, cfg.latent_dim) if cfg.latent_dim else None
+        logits = model.logits(x, z)
+        out = model.decoder.out2 if cfg.decoder == "gated" else model.decoder.out
+        scale = 3.0 / logits.std()
+        out.g.mul_(scale)
+        out.bias.mul_(scale).sub_(scale * logits.mean())
+    return model
+
+
+def naive_and_fast(model: VLAE, n: int, seed: int = 1, **kwargs):
+    xn, pn = model.sample(n, generator=torch.Generator().manual_seed(seed), return_probs=True)
+    sampler = FastSampler(model, **kwargs)
+    xf, pf = sampler.sample(n, generator=torch.Generator().manual_seed(seed), return_probs=True)
+    return xn, pn, xf, pf, sampler
+
+
+def check_exact(model: VLAE, n: int = 3, seed: int = 1, **kwargs) -> None:
+    xn, pn, xf, pf, _ = naive_and_fast(model, n, seed, **kwargs)
+    # a meaningful check needs confident probabilities and both pixel values
+    assert (pn - 0.5).abs().mean() > 0.15 and 0.05 < xn.mean() < 0.95, "test model too close to trivial"
+    assert torch.equal(xn, xf)
+    torch.testing.assert_close(pf, pn, rtol=0, atol=1e-5)
+
+
+MASKED = [dict(decoder="masked", decoder_layers=depth, decoder_kernel=k, tie_weights=tie)
+          for depth in (1, 2, 3, 4) for k in (3, 5) for tie in (True, False)]
+
+
+@pytest.mark.parametrize("cfg", MASKED, ids=lambda c: f"L{c['decoder_layers']}-k{c['decoder_kernel']}-tie{c['tie_weights']}")
+def test_masked_small_image_bit_identical(cfg):
+    check_exact(make_model(image_shape=SMALL, **cfg))
+
+
+@pytest.mark.parametrize("depth,k", [(1, 3), (2, 5), (3, 3)])
+def test_gated_small_image_bit_identical(depth, k):
+    check_exact(make_model(image_shape=SMALL, decoder="gated", decoder_layers=depth, decoder_kernel=k,
+                           cond_every_layer=True))
+
+
+@pytest.mark.parametrize("cfg", [
+    dict(decoder="masked", decoder_layers=2),
+    dict(decoder="masked", decoder_layers=3, cond_every_layer=True, tie_weights=True),
+    dict(decoder="masked", decoder_layers=2, latent_dim=0),
+    dict(decoder="gated", decoder_layers=2),
+    dict(decoder="gated", decoder_layers=2, latent_dim=0),
+    dict(decoder="factorized"),
+], ids=["masked", "masked-cond-every-layer", "masked-unconditional", "gated", "gated-unconditional", "factorized"])
+def test_mnist_shape_bit_identical(cfg):
+    check_exact(make_model(image_shape=MNIST, **cfg), n=2)
+
+
+@pytest.mark.parametrize("cfg", [dict(decoder="masked", decoder_layers=3, decoder_kernel=5, latent_dim=0),
+                                 dict(decoder="gated", decoder_layers=2, decoder_kernel=3)])
+def test_window_method_bit_identical(cfg):
+    check_exact(make_model(1, image_shape=SMALL, **cfg), method="window")
+
+
+@pytest.mark.parametrize("decoder", ["masked", "gated"])
+def test_uniforms_on_the_decision_boundary(decoder):
+    """Uniforms placed exactly on (or one float below) the naive sampler's own
+    probabilities: the fast probabilities differ in the last bits, so without
+    the exact re-decision some pixels would flip; with it none does."""
+    model = make_model(image_shape=SMALL, decoder=decoder, decoder_layers=2)
+    g = torch.Generator().manual_seed(3)
+    z = model.prior.sample(3, generator=g)
+    x0, p0 = model.decode(z, torch.rand((3, *SMALL), generator=g), return_probs=True)
+    u = torch.where(x0 == 1, torch.nextafter(p0, torch.zeros_like(p0)), p0)
+    xn, pn = model.decode(z, u, return_probs=True)
+    assert torch.equal(xn, x0) and torch.equal(pn, p0)
+    sampler = FastSampler(model)
+    xf, pf = sampler.decode(z, u, return_probs=True)
+    assert torch.equal(xf, xn)
+    assert torch.equal(pf, pn)  # every pixel was settled by the naive computation itself
+    assert sampler.fallbacks == xn.numel()
+    unguarded = FastSampler(model, tol=0.0).decode(z, u)
+    assert not torch.equal(unguarded, xn), "rounding never mattered: the boundary test lost its point"
+
+
+def test_settling_every_pixel_reproduces_naive_probabilities():
+    model = make_model(image_shape=SMALL, decoder="masked", decoder_layers=2)
+    xn, pn, xf, pf, sampler = naive_and_fast(model, 4, tol=1.0)
+    assert sampler.fallbacks == xn.numel()
+    assert torch.equal(xf, xn) and torch.equal(pf, pn)
+
+
+@pytest.mark.parametrize("decoder", ["masked", "gated"])
+def test_probabilities_equal_teacher_forced(decoder):
+    model = make_model(image_shape=MNIST, decoder=decoder, decoder_layers=3)
+    g = torch.Generator().manual_seed(5)
+    z = model.prior.sample(4, generator=g)
+    x, p = FastSampler(model).decode(z, torch.rand((4, *MNIST), generator=g), return_probs=True)
+    teacher = torch.sigmoid(model.logits(x, z))
+    torch.testing.assert_close(p, teacher, rtol=0, atol=1e-5)
+
+
+def test_fast_sample_matches_model_sample_and_reconstruct():
+    model = make_model(image_shape=MNIST, decoder_layers=2)
+    assert torch.equal(fast_sample(model, 3, generator=torch.Generator().manual_seed(7)),
+                       model.sample(3, generator=torch.Generator().manual_seed(7)))
+    images = torch.bernoulli(torch.full((2, *MNIST), 0.3), generator=torch.Generator().manual_seed(0))
+    naive = model.reconstruct(images, n=2, generator=torch.Generator().manual_seed(8))
+    fast = FastSampler(model).reconstruct(images, n=2, generator=torch.Generator().manual_seed(8))
+    assert fast.shape == (2, 2, *MNIST) and torch.equal(fast, naive)
+
+
+@pytest.mark.parametrize("decoder", [MaskedPixelCNN(3, 5, 5, 4, 1, False, True), GatedPixelCNN(3, 3, 5, 4),
+                                     MaskedPixelCNN(2, 3, 5, 0, 1)], ids=["masked", "gated", "unconditional"])
+def test_crop_reproduces_full_logits(decoder):
+    """The locality the window method relies on, in float64 for every pixel."""
+    torch.manual_seed(0)
+    dec = decoder.double()
+    with torch.no_grad():
+        for p in dec.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = torch.bernoulli(torch.full((2, 1, 10, 14), 0.4, dtype=torch.float64))
+    cond = torch.randn(2, 4, 10, 14, dtype=torch.float64) if dec.cond_channels else None
+    full = dec(x, cond)
+    crops = torch.stack([crop_logits(dec, x, cond, i, j) for i in range(10) for j in range(14)], -1)
+    torch.testing.assert_close(crops.view_as(full), full, rtol=0, atol=1e-10)
+
+
+def test_backend_properties_exactness_relies_on():
+    """The exact re-decision reuses one full decoder pass for one pixel per image:
+    a row's logits must not depend on other rows, nor on pixels where the masked
+    weights are zero (bit for bit, not just mathematically)."""
+    model = make_model(image_shape=MNIST, decoder_layers=3)
+    x = torch.bernoulli(torch.full((5, *MNIST), 0.4))
+    cond = model.condition(torch.randn(5, model.latent_dim))
+    ref = model.decoder(x, cond)
+    other = x.clone()
+    other[1:] = 1 - other[1:]
+    assert torch.equal(model.decoder(other, cond)[0], ref[0])
+    later = x.clone().flatten(1)
+    later[:, 14 * 28 + 14:] = 1 - later[:, 14 * 28 + 14:]
+    assert torch.equal(model.decoder(later.view_as(x), cond)[:, :, 14, 14], ref[:, :, 14, 14])
+
+
+def test_wavefront_slope():
+    assert wavefront_slope({(-1, -1), (-1, 0), (-1, 1), (0, -1)}) == 2
+    assert wavefront_slope({(0, -1), (0, -2)}) == 0
+    assert wavefront_slope(MaskedPixelCNN(6, 5, 4, 0).receptive_field()) == 3
+    with pytest.raises(ValueError):
+        wavefront_slope({(0, 1)})
+
+
+def test_bad_input():
+    model = make_model(image_shape=SMALL)
+    with pytest.raises(VLAEError, match="method"):
+        FastSampler(model, method="magic")
+    with pytest.raises(VLAEError, match="uniforms"):
+        FastSampler(model).decode(torch.zeros(2, model.latent_dim), torch.rand(2, 1, 12, 12))

@@ -1,0 +1,188 @@
+"""The training loop: learning, skipped updates, exact resumption, stopping, files, determinism."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from vlae.checkpoint import latest_checkpoint, load_checkpoint
+from vlae.config import config_from_dict, get_preset
+from vlae.errors import VLAEError
+from vlae.model import VLAE
+from vlae.train import kl_warmup_weight, lr_lambda, soft_free_bits_update, train
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():  # module scope: set before the module-scoped reference run (results depend on threads)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _images(n: int = 96, seed: int = 0) -> torch.Tensor:
+    """Binary blobs with structure (a bright square at a random place), uint8 (n, 1, 28, 28)."""
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.rand(n, 1, 28, 28, generator=g) < 0.05).to(torch.uint8)
+    for i, (r, c) in enumerate(torch.randint(0, 20, (n, 2), generator=g).tolist()):
+        x[i, 0, r:r + 8, c:c + 8] = 1
+    return x
+
+
+DATA = _images()
+
+
+def _cfg(**train):
+    cfg = get_preset("tiny")
+    cfg.train.epochs, cfg.train.batch_size, cfg.train.eval_subset, cfg.train.progress = 4, 16, 16, "off"
+    for key, value in train.items():
+        setattr(cfg.train, key, value)
+    return cfg
+
+
+def _weights(run_dir):
+    state = load_checkpoint(latest_checkpoint(run_dir))
+    return state["model"], state["ema"], state
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted run: 4 epochs of 6 steps."""
+    run = tmp_path_factory.mktemp("reference")
+    summary = train(_cfg(), run, data=DATA, quiet=True, log_every=2)
+    return run, summary
+
+
+def test_loss_goes_down_and_files_are_written(reference):
+    run, summary = reference
+    assert summary["steps"] == 24 and summary["epochs"] == 4 and summary["stopped"] == "epochs"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if "split" not in r]
+    valid_records = [r for r in records if r.get("split") == "valid"]
+    assert len(valid_records) == 4  # one per epoch (eval_every=1)
+    for key in ("step", "epoch", "loss", "nelbo", "recon", "kl", "kl_weight", "lr", "grad_norm", "skipped",
+                "images_per_s", "time"):
+        assert key in train_records[0], key
+    for key in ("elbo", "nelbo", "kl", "bits_per_dim"):
+        assert key in valid_records[0], key
+    assert train_records[-1]["nelbo"] < train_records[0]["nelbo"] - 50  # starts near 300 nats, learns fast
+    assert valid_records[-1]["nelbo"] < valid_records[0]["nelbo"]
+    config = json.loads((run / "config.json").read_text())
+    assert config_from_dict(config) == _cfg()
+    assert (run / "best.pt").is_file() and (run / "summary.json").is_file()
+    assert len(list(run.glob("ckpt-*.pt"))) == 2  # keep_last
+
+
+def test_same_seed_same_weights_other_seed_different(reference, tmp_path):
+    run, _ = reference
+    train(_cfg(epochs=1), tmp_path / "a", data=DATA, quiet=True)
+    train(_cfg(epochs=1), tmp_path / "b", data=DATA, quiet=True)
+    train(_cfg(epochs=1, seed=1), tmp_path / "c", data=DATA, quiet=True)
+    a, b, c = (_weights(tmp_path / d)[0] for d in "abc")
+    assert _same(a, b)
+    assert not _same(a, c)
+
+
+def test_resume_after_max_steps_is_exact(reference, tmp_path):
+    run, _ = reference
+    first = train(_cfg(max_steps=9), tmp_path, data=DATA, quiet=True, log_every=2)  # stops mid-epoch 2
+    assert first["steps"] == 9 and first["stopped"] == "max_steps" and first["batch_in_epoch"] == 3
+    assert _weights(tmp_path)[2]["trainer"]["batch_in_epoch"] == 3
+    train(_cfg(), tmp_path, data=DATA, quiet=True, resume=True, log_every=2)
+    ref_model, ref_ema, _ = _weights(run)
+    model, ema, state = _weights(tmp_path)
+    assert state["trainer"]["step"] == 24
+    assert _same(ref_model, model) and _same(ref_ema, ema)
+
+
+def test_resume_after_crash_mid_epoch_is_exact(reference, tmp_path):
+    run, _ = reference
+
+    class Crash(Exception):
+        pass
+
+    def crash(record):
+        if record["step"] == 15:  # in epoch 3; the last checkpoint is from the end of epoch 2
+            raise Crash
+
+    with pytest.raises(Crash):
+        train(_cfg(), tmp_path, data=DATA, quiet=True, callback=crash)
+    assert _weights(tmp_path)[2]["trainer"]["step"] == 12
+    train(_cfg(), tmp_path, data=DATA, quiet=True, resume=True)
+    assert _same(_weights(run)[0], _weights(tmp_path)[0]) and _same(_weights(run)[1], _weights(tmp_path)[1])
+
+
+def test_non_finite_update_is_skipped_and_counted(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    forward = VLAE.forward
+
+    def poisoned(self, x, method="terms"):
+        terms = forward(self, x, method)
+        if torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] == 3:
+                terms.recon = terms.recon * float("nan")
+        return terms
+
+    monkeypatch.setattr(VLAE, "forward", poisoned)
+    summary = train(_cfg(max_steps=5), tmp_path, data=DATA, quiet=True, log_every=100)
+    assert summary["skipped"] == 1 and summary["steps"] == 5
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "split" not in r and not math.isfinite(r["loss"])] == []
+    assert any(r.get("skipped") == 1 for r in records)
+    model, ema, state = _weights(tmp_path)
+    assert state["trainer"]["skipped"] == 1
+    assert all(torch.isfinite(v).all() for v in model.values() if v.is_floating_point())
+    assert all(torch.isfinite(v).all() for v in ema.values() if v.is_floating_point())
+
+
+def test_time_budget_and_max_steps_stop_with_a_checkpoint(tmp_path):
+    summary = train(_cfg(epochs=0, time_budget=1e-6), tmp_path / "t", data=DATA, quiet=True)
+    assert summary["stopped"] == "time_budget" and summary["steps"] == 1
+    assert _weights(tmp_path / "t")[2]["trainer"]["reason"] == "time_budget"
+    summary = train(_cfg(epochs=0, max_steps=3), tmp_path / "m", data=DATA, quiet=True)
+    assert summary["stopped"] == "max_steps" and summary["steps"] == 3
+    assert latest_checkpoint(tmp_path / "m").name == "ckpt-000000003.pt"
+
+
+def test_dynamic_data_soft_free_bits_and_kl_warmup(tmp_path):
+    grey = (DATA.float() * 200 + 20).to(torch.uint8)  # grey levels: binarized afresh every epoch
+    cfg = _cfg(epochs=2, soft_free_bits=True, kl_warmup_steps=4)
+    cfg.model.free_bits = 0.5  # a floor far above the KL, so the weight must move down
+    summary = train(cfg, tmp_path, data={"train": grey, "valid": DATA}, quiet=True, log_every=1)
+    assert summary["steps"] == 12 and math.isclose(summary["kl_weight_gamma"], 0.9 ** 12)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    weights = [r["kl_weight"] for r in records if "split" not in r]
+    assert weights[:5] == pytest.approx([0.0, 0.25 * 0.9, 0.5 * 0.81, 0.75 * 0.729, 0.9 ** 4])
+
+
+def test_resume_refuses_other_model_or_nothing(reference, tmp_path):
+    run, _ = reference
+    with pytest.raises(VLAEError, match="nothing to resume"):
+        train(_cfg(), tmp_path, data=DATA, quiet=True, resume=True)
+    cfg = _cfg()
+    cfg.model.latent_dim = 4
+    with pytest.raises(VLAEError, match="model.latent_dim"):
+        train(cfg, run, data=DATA, quiet=True, resume=True)
+    with pytest.raises(VLAEError, match="train.lr"):
+        train(_cfg(lr=1e-4), run, data=DATA, quiet=True, resume=True)
+
+
+def test_schedules():
+    assert soft_free_bits_update(1.0, kl=1.0, target=2.0) == pytest.approx(0.9)
+    assert soft_free_bits_update(0.5, kl=3.0, target=2.0) == pytest.approx(0.55)
+    assert soft_free_bits_update(0.95, kl=3.0, target=2.0) == 1.0
+    assert [kl_warmup_weight(s, 4) for s in (0, 2, 4, 9)] == [0.0, 0.5, 1.0, 1.0]
+    assert kl_warmup_weight(0, 0) == 1.0
+    cfg = _cfg(lr_warmup_steps=4, lr_decay="cosine", max_steps=100)
+    f = lr_lambda(cfg, steps_per_epoch=10)
+    assert f(0) == pytest.approx(0.25 * 1.0) and f(50) == pytest.approx(0.5) and f(100) == pytest.approx(0.0)
+    f = lr_lambda(_cfg(lr_decay="exponential", lr_decay_rate=0.5), steps_per_epoch=10)
+    assert f(20) == pytest.approx(0.25)
