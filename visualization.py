@@ -20,12 +20,13 @@ from vlae.errors import VLAEError
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", nargs="?", help="run directory holding the checkpoint and metrics.jsonl")
     parser.add_argument("--out", default=None, help="output folder (run) or PNG file (--receptive-field)")
     parser.add_argument("--receptive-field", action="store_true", help="draw a fresh decoder's receptive field")
-    parser.add_argument("--decoder", default="masked", choices=["masked", "gated"], help="decoder kind (default: masked)")
+    parser.add_argument("--decoder", default="masked", choices=["masked", "gated"],
+                        help="decoder kind (default: masked)")
     parser.add_argument("--decoder-layers", type=int, default=6, help="masked/gated layers (default: 6)")
     parser.add_argument("--kernel", type=int, default=3, help="odd kernel size (default: 3)")
     parser.add_argument("--size", type=int, default=28, help="image height and width (default: 28)")

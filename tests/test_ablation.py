@@ -97,6 +97,7 @@ def test_report_and_rerun(finished):
     (["--variants", "af,vamp"], "--variants"),
     (["--set", "model.latent_dim=0"], "latent_dim"),
     (["--max-steps", "0"], "--max-steps"),
+    (["--threads", "0"], "--threads"),
     (["--report", "/nonexistent/ablation"], "/nonexistent/ablation"),
 ])
 def test_bad_input_is_a_one_line_error_with_status_2(argv, message, capsys, tmp_path):

@@ -87,6 +87,7 @@ def _main(capsys, *argv: str) -> tuple[int, str, str]:
     (["eval", "x.pt", "--k", "0"], "--k"),
     (["sample", "no/such/run"], "no/such/run"),
     (["presets", "huge"], "unknown preset"),
+    (["train", "--preset", "tiny", "--device", "tpu9"], "tpu9"),
     (["frobnicate"], "frobnicate"),
 ])
 def test_bad_input_is_one_error_line(capsys, argv, culprit):

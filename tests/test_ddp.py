@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import socket
 
-import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -48,7 +47,6 @@ def _worker(rank: int, world: int, port: int, run_dir: str, out_dir: str) -> Non
         dist.destroy_process_group()
 
 
-@pytest.mark.timeout(300) if hasattr(pytest.mark, "timeout") else (lambda f: f)
 def test_two_processes_stay_identical(tmp_path):
     run_dir, out_dir = tmp_path / "run", tmp_path / "out"
     out_dir.mkdir()
@@ -61,5 +59,3 @@ def test_two_processes_stay_identical(tmp_path):
     assert all(torch.equal(state["model"][k], a[k]) for k in a)
     assert state["rng"]["world"] == 2 and len(state["rng"]["ranks"]) == 2
     assert not torch.equal(state["rng"]["ranks"][0]["torch"], state["rng"]["ranks"][1]["torch"])  # own noise
-    init = torch.load(out_dir / "rank0.pt", weights_only=True)
-    assert init is not None

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sys
-import types
 
 import matplotlib.image
 import pytest
@@ -115,15 +114,32 @@ def test_jacobian_support_of_factorized_decoder_is_empty():
     assert not plots.jacobian_support(FactorizedDecoder(4, 8), (3, 3), (8, 8)).any()
 
 
-def test_plot_run(model, images, tmp_path, monkeypatch):
+def test_plot_run(model, images, tmp_path):
+    from vlae.checkpoint import save_checkpoint
+
     run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    write_metrics(run_dir / "metrics.jsonl")
-    cfg = get_preset("tiny")
-    fake = types.ModuleType("vlae.checkpoint")
-    fake.load_model = lambda path, weights="ema", device="cpu": (model, cfg)
-    monkeypatch.setitem(sys.modules, "vlae.checkpoint", fake)
+    write_metrics(tmp_path / "metrics.jsonl")
+    save_checkpoint(run_dir / "best.pt", {"config": get_preset("tiny").to_dict(), "model": model.state_dict(),
+                                          "ema": None})
+    (run_dir / "metrics.jsonl").write_text((tmp_path / "metrics.jsonl").read_text())
     paths = plots.plot_run(run_dir, images=images)
     assert len(paths) == 8 and all(p.parent == run_dir / "figures" for p in paths)
     for p in paths:
         assert_png(p)
+    with pytest.raises(VLAEError, match="does not exist"):
+        plots.plot_run(tmp_path / "no-such-run")
+
+
+def test_visualization_script(tmp_path):
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "visualization.py"
+    out = tmp_path / "rf.png"
+    done = subprocess.run([sys.executable, str(script), "--receptive-field", "--decoder-layers", "2", "--kernel", "5",
+                           "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert_png(out)
+    bad = subprocess.run([sys.executable, str(script), "--receptive-field", "--kernel", "4"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr

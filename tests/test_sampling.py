@@ -65,7 +65,8 @@ MASKED = [dict(decoder="masked", decoder_layers=depth, decoder_kernel=k, tie_wei
           for depth in (1, 2, 3, 4) for k in (3, 5) for tie in (True, False)]
 
 
-@pytest.mark.parametrize("cfg", MASKED, ids=lambda c: f"L{c['decoder_layers']}-k{c['decoder_kernel']}-tie{c['tie_weights']}")
+@pytest.mark.parametrize("cfg", MASKED,
+                         ids=lambda c: f"L{c['decoder_layers']}-k{c['decoder_kernel']}-tie{c['tie_weights']}")
 def test_masked_small_image_bit_identical(cfg):
     check_exact(make_model(image_shape=SMALL, **cfg))
 

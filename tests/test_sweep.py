@@ -149,6 +149,8 @@ def test_changed_configuration_is_refused(finished, tmp_path):
     (["--set", "model.latent_dim=0"], "latent_dim"),
     (["--set", "model.nope=1"], "model.nope"),
     (["--budget", "-5"], "--budget"),
+    (["--jobs", "-1"], "--jobs"),
+    (["--k", "0"], "--k"),
     (["--report", "/nonexistent/sweep"], "/nonexistent/sweep"),
 ])
 def test_bad_input_is_a_one_line_error_with_status_2(argv, message, capsys, tmp_path):

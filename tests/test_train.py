@@ -119,6 +119,25 @@ def test_resume_after_crash_mid_epoch_is_exact(reference, tmp_path):
     assert _same(_weights(run)[0], _weights(tmp_path)[0]) and _same(_weights(run)[1], _weights(tmp_path)[1])
 
 
+def test_resume_from_a_mid_epoch_time_checkpoint_is_exact(reference, tmp_path, monkeypatch):
+    import vlae.train as train_module
+
+    monkeypatch.setattr(train_module, "CHECKPOINT_SECONDS", 0.0)  # a "time" checkpoint after every step
+
+    def crash(record):
+        if record["step"] == 15:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(), tmp_path, data=DATA, quiet=True, callback=crash)
+    state = _weights(tmp_path)[2]
+    assert state["trainer"]["step"] == 14 and state["trainer"]["batch_in_epoch"] == 2
+    assert state["trainer"]["reason"] == "time"
+    train(_cfg(), tmp_path, data=DATA, quiet=True, resume=True)
+    run, _ = reference
+    assert _same(_weights(run)[0], _weights(tmp_path)[0]) and _same(_weights(run)[1], _weights(tmp_path)[1])
+
+
 def test_non_finite_update_is_skipped_and_counted(tmp_path, monkeypatch):
     calls = {"n": 0}
     forward = VLAE.forward
@@ -147,9 +166,11 @@ def test_time_budget_and_max_steps_stop_with_a_checkpoint(tmp_path):
     summary = train(_cfg(epochs=0, time_budget=1e-6), tmp_path / "t", data=DATA, quiet=True)
     assert summary["stopped"] == "time_budget" and summary["steps"] == 1
     assert _weights(tmp_path / "t")[2]["trainer"]["reason"] == "time_budget"
-    summary = train(_cfg(epochs=0, max_steps=3), tmp_path / "m", data=DATA, quiet=True)
+    summary = train(_cfg(epochs=0, max_steps=3, tensorboard=True), tmp_path / "m", data=DATA, quiet=True,
+                    log_every=1)
     assert summary["stopped"] == "max_steps" and summary["steps"] == 3
     assert latest_checkpoint(tmp_path / "m").name == "ckpt-000000003.pt"
+    assert list((tmp_path / "m" / "tb").glob("events.out.tfevents.*"))
 
 
 def test_dynamic_data_soft_free_bits_and_kl_warmup(tmp_path):

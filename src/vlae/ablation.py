@@ -37,8 +37,8 @@ from typing import Any, Callable, Sequence
 
 from .config import Config, config_from_dict, get_preset
 from .errors import VLAEError
-from .sweep import (Task, _add_common, _estimator, _print_outputs, _write_json, base_config, collect_results,
-                    parse_list, run_tasks, standalone, write_table)
+from .sweep import (Task, _add_common, _estimator, _print_outputs, _write_json, base_config, check_run_options,
+                    collect_results, parse_list, run_tasks, standalone, write_table)
 
 __all__ = ["VARIANTS", "ablation_tasks", "run_ablation", "write_ablation_report", "add_cli", "main"]
 
@@ -122,6 +122,7 @@ def run_ablation(out_dir: str | Path, base: Config, *, variants: Sequence[str] |
         ``status["outputs"]`` the written files.
     """
     tasks = ablation_tasks(base, variants)
+    check_run_options(jobs=jobs, threads=threads, k=k, eval_subset=eval_subset, eval_batch_size=eval_batch_size)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config = {"variants": [t.name for t in tasks], "eval_subset": eval_subset, "k": k, "jobs": jobs,

@@ -179,9 +179,14 @@ def pick_device(name: str = "auto") -> torch.device:
     """``"auto"``: cuda if available, else mps, else cpu; otherwise ``torch.device(name)``."""
     if name != "auto":
         try:
-            return torch.device(name)
+            device = torch.device(name)
         except RuntimeError:
-            raise VLAEError(f"invalid device {name!r}") from None
+            raise VLAEError(f"invalid device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise VLAEError(f"device {name!r} requested but CUDA is not available (torch {torch.__version__})")
+        if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise VLAEError(f"device {name!r} requested but MPS is not available")
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():

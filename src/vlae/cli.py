@@ -135,8 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", help="preset to print")
     p.set_defaults(func=_cmd_presets)
 
-    p = sub.add_parser("verify", help="check the implementation against the paper's claims")
-    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to vlae.verify")
+    p = sub.add_parser("verify", help="check the implementation against the paper's claims (seconds, CPU)")
     p.set_defaults(func=_cmd_verify)
 
     for module in ("sweep", "ablation"):
@@ -310,7 +309,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         from .verify import main as verify_main
     except ImportError:
         raise VLAEError("verify: vlae.verify is not available in this installation") from None
-    return int(verify_main(args.args) or 0)
+    return int(verify_main() or 0)
 
 
 # ----------------------------------------------------------------------------- entry point

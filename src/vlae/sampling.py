@@ -311,8 +311,10 @@ class _WindowEngine:
             r1, c1 = min(self.height, i + self.win["down"] + 1), min(self.width, j + self.win["right"] + 1)
             groups.setdefault((r1 - r0, c1 - c0, i - r0, j - c0), []).append((k, r0, c0))
         for (h, w, ci, cj), members in groups.items():
-            xs = torch.cat([self.canvas[:, :, r0:r0 + h, c0:c0 + w] for _, r0, c0 in members])
-            cs = None if self.cond is None else torch.cat([self.cond[:, :, r0:r0 + h, c0:c0 + w] for _, r0, c0 in members])
+            def crops(full: torch.Tensor) -> torch.Tensor:
+                return torch.cat([full[:, :, r0:r0 + h, c0:c0 + w] for _, r0, c0 in members])
+
+            xs, cs = crops(self.canvas), None if self.cond is None else crops(self.cond)
             logit = self.dec(xs, cs)[:, 0, ci, cj].view(len(members), -1)
             out[:, [k for k, _, _ in members]] = logit.T
         return out

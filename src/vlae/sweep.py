@@ -56,7 +56,8 @@ from .errors import VLAEError
 
 __all__ = [
     "Task", "sweep_tasks", "run_tasks", "run_sweep", "collect_results", "write_sweep_report",
-    "receptive_field_record", "context_coverage", "parse_list", "write_table", "base_config", "add_cli", "main",
+    "receptive_field_record", "context_coverage", "parse_list", "write_table", "base_config", "check_run_options",
+    "add_cli", "main",
     "standalone",
 ]
 
@@ -324,6 +325,14 @@ def _test_images(cfg: Config, subset: int, notice: Callable[[str], object] = pri
 # ----------------------------------------------------------------------------- runner
 
 
+def check_run_options(*, jobs: int, threads: int, k: int, eval_subset: int, eval_batch_size: int) -> None:
+    """Raise :class:`VLAEError`, naming the flag, for an impossible runner option."""
+    for flag, value, low in (("--jobs", jobs, 0), ("--threads", threads, 1), ("--k", k, 1),
+                             ("--eval-subset", eval_subset, 0), ("--eval-batch-size", eval_batch_size, 1)):
+        if value < low:
+            raise VLAEError(f"invalid {flag}: must be >= {low}, got {value}")
+
+
 def run_tasks(tasks: Sequence[Task], out_dir: str | os.PathLike, *, eval_subset: int = 1000, k: int = 64,
               eval_batch_size: int = 50, jobs: int = 0, threads: int = 1, data: Any = None,
               test_images: Any = None, log: Callable[[str], object] = print) -> tuple[list[dict], dict]:
@@ -351,14 +360,7 @@ def run_tasks(tasks: Sequence[Task], out_dir: str | os.PathLike, *, eval_subset:
         ``(records, status)``: one record per task in task order (``None``
         where a run failed), and ``{"ran": [...], "skipped": [...], "failed": {name: message}}``.
     """
-    if threads < 1:
-        raise VLAEError(f"invalid --threads: must be >= 1, got {threads}")
-    if jobs < 0:
-        raise VLAEError(f"invalid --jobs: must be >= 0, got {jobs}")
-    if k < 1:
-        raise VLAEError(f"invalid --k: must be >= 1, got {k}")
-    if eval_subset < 0:
-        raise VLAEError(f"invalid --eval-subset: must be >= 0, got {eval_subset}")
+    check_run_options(jobs=jobs, threads=threads, k=k, eval_subset=eval_subset, eval_batch_size=eval_batch_size)
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise VLAEError(f"duplicate run names in {names}")
@@ -548,14 +550,12 @@ def _plots(records: list[dict[str, Any]], out: Path, estimator: str) -> dict[str
             label = f"{prior} prior" + (f", {decoder}" if several_decoders else "")
             ax.plot([r["rf_size"] for r in rows], [r[key] for r in rows], marker="o",
                     linestyle="--" if prior == "gaussian" else "-", label=label)
-            for r in rows:
-                ax.annotate(f"{r['layers']}x{r['kernel']}", (r["rf_size"], r[key]), fontsize=7,
+            for r in rows:  # depth, kernel and the share of the causal context the decoder sees
+                coverage = f" {100 * r['rf_coverage']:.0f}%" if r.get("rf_coverage") is not None else ""
+                ax.annotate(f"L{r['layers']} k{r['kernel']}{coverage}", (r["rf_size"], r[key]), fontsize=7,
                             textcoords="offset points", xytext=(3, 3), alpha=0.7)
-        h, w = 28, 28
-        ax.axvline(h * w - 1, color="0.6", linestyle=":", linewidth=1)
-        ax.text(h * w - 1, ax.get_ylim()[1], " whole image", va="top", fontsize=8, color="0.4")
         ax.set_xscale("log")
-        ax.set_xlabel("decoder receptive field  [pixels]")
+        ax.set_xlabel("decoder receptive field  [pixels]  (labels: layers, kernel, % of the context seen)")
         ax.set_ylabel(ylabel)
         ax.set_title("information in z vs the PixelCNN's receptive field" if key == "kl"
                      else "likelihood vs the PixelCNN's receptive field", fontsize=10)
@@ -602,6 +602,7 @@ def run_sweep(out_dir: str | os.PathLike, base: Config, *, decoder: str = "maske
         VLAEError: bad grid values; every run failed.
     """
     tasks = sweep_tasks(base, decoder, layers, kernels, priors)
+    check_run_options(jobs=jobs, threads=threads, k=k, eval_subset=eval_subset, eval_batch_size=eval_batch_size)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config = {"decoder": decoder, "layers": list(layers), "kernels": list(kernels), "priors": list(priors),

@@ -10,6 +10,9 @@ Data live on the training device as one ``uint8`` tensor; every epoch draws a
 seeded permutation (and, for dynamically binarized data, fresh binary images)
 from one ``torch.Generator``, and batches are slices of that permutation.
 
+Exact resumption needs the same hardware, library versions and number of
+CPU threads (floating-point reductions are ordered by thread count).
+
 Distributed training: launch with ``torchrun --nproc_per_node N -m vlae train
 ...``; each process takes every N-th index of the epoch's permutation,
 ``batch_size`` is per process, gradients are averaged by
@@ -49,6 +52,7 @@ __all__ = ["train", "validate", "polyak_multi_avg_fn", "soft_free_bits_update", 
 
 LOG_EVERY = 20  # optimiser steps between metrics records
 PRINT_EVERY = 30.0  # seconds between plain-text progress lines when there is no progress bar
+CHECKPOINT_SECONDS = 600.0  # also checkpoint mid-epoch after this many seconds without one
 # Fields that may differ between a checkpoint's config and a resumed run's: they say when to stop
 # or what to log, not what the optimiser does.
 RESUMABLE_CHANGES = {"epochs", "max_steps", "time_budget", "progress", "tensorboard", "eval_every", "eval_k",
@@ -396,7 +400,9 @@ def train(cfg: Config, run_dir: str | os.PathLike, *, resume: bool = False, quie
         return {"world": world, "ranks": every}
 
     def write_checkpoint(reason: str) -> Path | None:
+        nonlocal checkpoint_step, checkpoint_clock
         rng = gather_rng()  # collective: every rank takes part
+        checkpoint_step, checkpoint_clock = step, clock
         if not main:
             return None
         trainer = {"step": step, "epoch": epoch, "batch_in_epoch": pos, "gamma": gamma, "skipped": skipped,
@@ -412,7 +418,8 @@ def train(cfg: Config, run_dir: str | os.PathLike, *, resume: bool = False, quie
         return path
 
     result: dict[str, float] = {}
-    result_step = -1
+    result_step = checkpoint_step = -1
+    clock = checkpoint_clock = elapsed  # training seconds as every process agrees on them (see the loop)
     last_path: Path | None = None
 
     def run_validation() -> dict[str, float]:
@@ -459,7 +466,7 @@ def train(cfg: Config, run_dir: str | os.PathLike, *, resume: bool = False, quie
 
     # -- the loop ------------------------------------------------------------------
     def out_of_time() -> bool:
-        return t.time_budget > 0 and elapsed >= t.time_budget
+        return t.time_budget > 0 and clock >= t.time_budget
 
     def finished() -> bool:
         return (t.epochs > 0 and epoch >= t.epochs) or (t.max_steps > 0 and step >= t.max_steps)
@@ -488,13 +495,16 @@ def train(cfg: Config, run_dir: str | os.PathLike, *, resume: bool = False, quie
                 loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip or math.inf)
                 # one synchronisation per step: the step's statistics, averaged over processes
+                # (with the elapsed time, so that every process takes the same decisions to stop or checkpoint)
                 stats = torch.stack([loss.detach().float(), terms.recon.detach().float().mean(),
                                      terms.kl.detach().float().mean(), grad_norm.detach().float()]).double()
+                stats = torch.cat([stats.cpu(), torch.tensor([elapsed + time.perf_counter() - tick],
+                                                             dtype=torch.float64)])
                 if distributed:
                     stats = stats.to(device)
                     dist.all_reduce(stats)
                     stats = stats / world
-                loss_v, recon_v, kl_v, gn_v = stats.tolist()
+                loss_v, recon_v, kl_v, gn_v, clock = stats.tolist()
                 ok = math.isfinite(loss_v) and math.isfinite(gn_v)
                 if ok:
                     optimizer.step()
@@ -541,6 +551,8 @@ def train(cfg: Config, run_dir: str | os.PathLike, *, resume: bool = False, quie
                     callback(record)
                 if finished() or out_of_time():
                     break
+                if clock - checkpoint_clock >= CHECKPOINT_SECONDS and pos < steps_per_epoch:
+                    last_path = write_checkpoint("time")  # a long epoch: do not risk losing it all
             if pos >= steps_per_epoch:  # the epoch is complete
                 epoch += 1
                 pos = 0
@@ -555,7 +567,7 @@ def train(cfg: Config, run_dir: str | os.PathLike, *, resume: bool = False, quie
         # the final state is always validated and checkpointed (unless the epoch end just did both)
         if result_step != step:
             validate_and_checkpoint(stopped, always=True)
-        elif last_path is None or last_path.name != checkpoint_name(step):
+        elif checkpoint_step != step:
             last_path = write_checkpoint(stopped)
     finally:
         if bar is not None:

@@ -1,0 +1,324 @@
+"""Exercise 3 -- Posterior collapse: grow the decoder's receptive field and watch the KL vanish.
+
+Task
+    A VAE whose decoder is a PixelCNN can model the image without looking at
+    ``z`` once the decoder sees enough context; the bound is then best with
+    q(z|x) = p(z), so the KL term (the information ``z`` carries) collapses to
+    zero. You will reproduce that with the library's ``VLAE``:
+
+    1. ``receptive_field_extent(layers, kernel_size)``: how many rows up, rows
+       down, columns left and right the output of a masked PixelCNN (one type-A
+       layer, then type-B layers, all ``k x k``) can see. Pure arithmetic.
+    2. ``layers_to_see_rows(rows, kernel_size)``: the fewest layers whose field
+       reaches ``rows`` rows up (27 rows: the whole 28x28 image).
+    3. ``vae_config(decoder_layers, decoder_kernel)``: a small VAE configuration
+       with a plain N(0, I) prior and no free bits, so nothing but the decoder's
+       receptive field decides whether ``z`` is used.
+    4. ``train_vae(model, images, steps, ...)``: a plain training loop.
+    5. ``final_kl(model, images)``: the mean KL, in nats per image.
+
+    The checker compares your arithmetic with the library's exact receptive
+    field, then trains two VAEs for 200 steps each (about 30-60 s on one CPU
+    thread): one whose decoder sees 1 row up, one whose decoder sees the whole
+    image. The first keeps a clearly positive KL; the second collapses.
+
+Paper
+    VLAE (Chen et al., ICLR 2017): the section "Bits-back coding and information
+    preference" explains why collapse is the optimum of the bound, and "Lossy code
+    via explicit information placement" turns it into a tool.
+    In this repository: ``paper_notes.md`` sections 2 and 4, ``vlae sweep``.
+
+Prerequisites
+    Exercises 1-2 (masked convolutions, PixelCNN). The library's ``VLAE`` is used
+    as is: ``model.loss(x) -> (loss, terms)``, ``model.terms(x).kl`` (nats, ``(B,)``),
+    ``model.initialize(x)``, ``model.decoder.receptive_field_extent()``.
+
+Expected time
+    30-45 minutes (plus about a minute of training in the checker).
+
+Run
+    python exercises/exercise_03_posterior_collapse.py              # check your code
+    python exercises/exercise_03_posterior_collapse.py --solution   # check the reference solution
+    python exercises/exercise_03_posterior_collapse.py --quick      # skip the training check
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+import torch
+
+from vlae import VLAE, ModelConfig, get_preset
+
+# ============================================================================ your code
+
+
+def receptive_field_extent(layers: int, kernel_size: int) -> dict[str, int]:
+    """Extent of the receptive field of a masked PixelCNN.
+
+    The decoder is ``layers`` masked ``k x k`` convolutions: type A first, then
+    type B (1x1 layers in between change nothing). Return how far from the
+    output pixel its inputs reach, in pixels:
+    ``{"up": ..., "down": ..., "left": ..., "right": ...}``.
+
+    Example:
+        >>> receptive_field_extent(6, 3)  # the paper's MNIST decoder
+        {'up': 6, 'down': 0, 'left': 6, 'right': 6}
+    """
+    # TODO (1): one layer reaches kernel_size // 2 pixels; what do `layers` of them reach?
+    raise NotImplementedError("TODO: receptive_field_extent(layers, kernel_size)")
+
+
+def layers_to_see_rows(rows: int, kernel_size: int) -> int:
+    """The fewest masked layers whose receptive field reaches ``rows`` rows up.
+
+    Raises:
+        ValueError: no depth suffices (a 1x1 masked kernel sees nothing).
+
+    Example:
+        >>> layers_to_see_rows(27, 3)  # the top row, from the bottom row of a 28x28 image
+        27
+    """
+    # TODO (2)
+    raise NotImplementedError("TODO: layers_to_see_rows(rows, kernel_size)")
+
+
+def vae_config(decoder_layers: int, decoder_kernel: int) -> ModelConfig:
+    """A small VAE with a masked PixelCNN decoder of the given depth and kernel.
+
+    Start from ``get_preset("tiny").model`` and change only these fields:
+    ``prior`` (the plain standard normal, ``"gaussian"``), ``free_bits`` (off:
+    0), ``decoder`` (``"masked"``), ``decoder_layers``, ``decoder_kernel``, and
+    ``decoder_blocks_1x1`` (0: 1x1 blocks do not change the receptive field and
+    would only slow the run).
+    """
+    # TODO (3)
+    raise NotImplementedError("TODO: vae_config(decoder_layers, decoder_kernel)")
+
+
+def train_vae(model: VLAE, images: torch.Tensor, steps: int, batch_size: int = 32, lr: float = 2e-3,
+              seed: int = 0) -> None:
+    """Train ``model`` in place on the single-sample bound, ``model.loss(x)``.
+
+    Args:
+        images: float 0/1 images ``(N, 1, 28, 28)``.
+        steps: optimiser steps; each on ``batch_size`` images drawn at random
+            (``torch.randint`` with a ``torch.Generator`` seeded with ``seed``).
+        lr: Adam's learning rate.
+
+    Call ``model.initialize(images[:64])`` first: the tiny preset uses weight
+    normalisation, whose data-dependent initialisation needs one batch.
+    """
+    # TODO (4)
+    raise NotImplementedError("TODO: train_vae(model, images, steps, ...)")
+
+
+def final_kl(model: VLAE, images: torch.Tensor, batch_size: int = 100) -> float:
+    """The mean of ``log q(z|x) - log p(z)`` over ``images``, in nats per image
+    (``model.terms(x).kl`` holds it per image; no gradients needed)."""
+    # TODO (5)
+    raise NotImplementedError("TODO: final_kl(model, images)")
+
+
+# ============================================================================ checker (no need to read on)
+# Reading further gives the answers away. Run this file to check your code.
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _checker import Checklist, expect, fail, main, training_data  # noqa: E402
+from vlae.pixelcnn import MaskedPixelCNN  # noqa: E402
+
+CHECKS = Checklist("Exercise 3: posterior collapse and the receptive field")
+
+# The training check: two VAEs (vae_config, tiny preset, N(0, I) prior, no free
+# bits), 200 steps each, batch 32, Adam 2e-3, one thread; KL in nats per image on
+# 500 test images. Reference solution, seeds 0-2, real and embedded MNIST:
+#   decoder 1 layer, 3x3 (1 row up, 4 pixels seen):    KL 5.6 - 7.4
+#   decoder 14 layers, 5x5 (28 rows up, whole image):   KL 0.4 - 1.6
+# (the large decoder's KL keeps falling with more steps: 0.2 after 400.)
+# A KL above 3 nats for the small decoder means z is used; the large decoder
+# must keep less than half of that. Both margins hold for every measured seed,
+# and a run where the decoder does not collapse (KL comparable to the small one)
+# fails the second.
+SMALL_KL_MIN = 3.0
+COLLAPSE_RATIO = 0.5
+_STEPS = 200
+_SMALL = (1, 3)
+_LARGE_KERNEL = 5
+
+_TINY_CHANGES = {"prior": "gaussian", "free_bits": 0.0, "decoder": "masked", "decoder_blocks_1x1": 0}
+
+
+def _vlae_extent(layers: int, kernel: int) -> dict[str, int]:
+    decoder = MaskedPixelCNN(layers=layers, kernel_size=kernel, filters=2, cond_channels=0, blocks_1x1=0)
+    return decoder.receptive_field_extent()
+
+
+_KEY_HINTS = {
+    "up": "every masked layer, A or B, reaches kernel_size // 2 rows up, and the layers add up: "
+          "up = layers * (kernel_size // 2)",
+    "down": "a masked convolution never reads a row below the output: down is always 0",
+    "left": "every layer reaches kernel_size // 2 columns to the left (in its row and in the rows above), "
+            "and the layers add up",
+    "right": "the type-A layer already reaches kernel_size // 2 columns to the right, in the rows above; "
+             "every layer adds as much: right = left. (The blind spot makes the field ragged, not narrower.)",
+}
+
+
+@CHECKS.check("receptive_field_extent matches the library's decoders (layers 1-6, kernels 1, 3, 5, 7)")
+def _extent(ex):
+    for kernel in (3, 5, 7, 1):
+        for layers in range(1, 7):
+            got = ex.receptive_field_extent(layers, kernel)
+            want = _vlae_extent(layers, kernel)
+            expect(isinstance(got, dict), f"receptive_field_extent returned {type(got).__name__}, expected a dict")
+            expect(set(got) == set(want), f"keys {sorted(got)}, expected {sorted(want)}")
+            wrong = [key for key in ("up", "down", "left", "right") if got[key] != want[key]]
+            if wrong:
+                if kernel == 1 and all(want[k] == 0 for k in want):
+                    hint = "a 1x1 type-A kernel is masked entirely: the decoder sees nothing at all"
+                else:
+                    hint = _KEY_HINTS[wrong[0]]
+                fail(f"layers={layers}, kernel={kernel}: got {got}, the decoder's exact field spans {want}", hint)
+
+
+@CHECKS.check("layers_to_see_rows: the fewest layers reaching the given rows (and ValueError for k = 1)")
+def _layers_for_rows(ex):
+    for kernel in (3, 5, 7):
+        for rows in (1, 2, 3, 5, 6, 7, 13, 27):
+            layers = 1
+            while _vlae_extent(layers, kernel)["up"] < rows:
+                layers += 1
+            got = ex.layers_to_see_rows(rows, kernel)
+            if got != layers:
+                hint = ("round up: a depth that falls short by a fraction of a layer does not reach the row"
+                        if got == layers - 1 else "the smallest L with L * (kernel_size // 2) >= rows")
+                fail(f"layers_to_see_rows({rows}, {kernel}) = {got}, but {layers} layers are needed "
+                     f"(the field of {layers} reaches {_vlae_extent(layers, kernel)['up']} rows up"
+                     + (f", of {layers - 1} only {_vlae_extent(layers - 1, kernel)['up']})" if layers > 1 else ")"),
+                     hint)
+    try:
+        ex.layers_to_see_rows(5, 1)
+    except ValueError:
+        return
+    except (ZeroDivisionError, OverflowError) as error:
+        fail(f"layers_to_see_rows(5, 1) raised {type(error).__name__}",
+             "a 1x1 masked kernel sees nothing at any depth: raise ValueError with a message saying so")
+    fail("layers_to_see_rows(5, 1) returned instead of raising ValueError",
+         "a 1x1 masked kernel sees nothing at any depth: raise ValueError")
+
+
+@CHECKS.check("vae_config: the tiny preset with N(0, I) prior, no free bits, masked decoder of the given depth")
+def _config(ex):
+    import dataclasses
+
+    for layers, kernel in [(1, 3), (4, 5)]:
+        cfg = ex.vae_config(layers, kernel)
+        expect(isinstance(cfg, ModelConfig), f"vae_config returned {type(cfg).__name__}, expected a ModelConfig",
+               "return get_preset('tiny').model after changing its fields")
+        want = dataclasses.replace(get_preset("tiny").model, decoder_layers=layers, decoder_kernel=kernel,
+                                   **_TINY_CHANGES)
+        got_d, want_d = dataclasses.asdict(cfg), dataclasses.asdict(want)
+        if got_d["prior"] != "gaussian":
+            fail(f"prior = {cfg.prior!r}", "use the plain standard-normal prior ('gaussian'): this experiment "
+                 "isolates the decoder; the AF prior is part of the cure (exercises 4-5)")
+        if got_d["free_bits"] != 0:
+            fail(f"free_bits = {cfg.free_bits}", "free bits keep the KL above a floor on purpose, which would "
+                 "hide the collapse: set free_bits = 0")
+        if (got_d["decoder_layers"], got_d["decoder_kernel"]) != (layers, kernel):
+            fail(f"vae_config({layers}, {kernel}) has decoder_layers={cfg.decoder_layers}, "
+                 f"decoder_kernel={cfg.decoder_kernel}", "set both from the arguments")
+        wrong = {k: (got_d[k], want_d[k]) for k in want_d if got_d[k] != want_d[k]}
+        expect(not wrong, "fields differ from the tiny preset with the listed changes: "
+               + ", ".join(f"{k}={g!r} (expected {w!r})" for k, (g, w) in wrong.items()),
+               "start from get_preset('tiny').model and change only prior, free_bits, decoder, decoder_layers, "
+               "decoder_kernel and decoder_blocks_1x1 (the training check is sized for that model)")
+        extent = VLAE(cfg).decoder.receptive_field_extent()
+        mine = ex.receptive_field_extent(layers, kernel)
+        expect(extent == mine, f"VLAE(vae_config({layers}, {kernel})).decoder spans {extent}, your arithmetic "
+               f"says {mine}")
+
+
+def _fake_images(n: int = 128) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(1)
+    return torch.bernoulli(torch.full((n, 1, 28, 28), 0.13), generator=generator)
+
+
+def _small_model() -> VLAE:
+    import dataclasses
+
+    cfg = dataclasses.replace(get_preset("tiny").model, decoder_layers=1, decoder_kernel=3, **_TINY_CHANGES)
+    return VLAE(cfg)
+
+
+@CHECKS.check("train_vae changes the parameters (3 steps on a tiny model)")
+def _trains(ex):
+    model = _small_model()
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    result = ex.train_vae(model, _fake_images(), steps=3, batch_size=8)
+    expect(result is None or isinstance(result, (float, list, dict, tuple)), "train_vae should train in place")
+    after = model.state_dict()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    expect(changed, "no parameter changed after 3 training steps",
+           "create torch.optim.Adam(model.parameters(), lr=lr) and, per step: optimizer.zero_grad(), "
+           "loss.backward(), optimizer.step()")
+    moved = [k for k in changed if not k.endswith(".g") and "bias" not in k]
+    expect(moved, "only the weight-normalisation gains and biases changed (the initialisation), not the weights",
+           "after model.initialize(...), take optimiser steps: loss.backward() then optimizer.step()")
+    for value in after.values():
+        expect(torch.isfinite(value).all(), "a parameter became NaN or inf during training")
+
+
+@CHECKS.check("final_kl returns the mean KL in nats per image")
+def _final_kl(ex):
+    model = _small_model()
+    images = _fake_images(200)
+    model.initialize(images[:64])
+    with torch.no_grad():
+        reference = torch.stack([model.terms(images).kl.mean() for _ in range(16)]).mean().item()
+        nelbo = model.terms(images).nelbo.mean().item()
+    got = ex.final_kl(model, images)
+    if isinstance(got, torch.Tensor):
+        expect(got.numel() == 1, f"final_kl returned a tensor of shape {tuple(got.shape)}, expected one number",
+               "average over the images: .mean()")
+        got = got.item()
+    expect(isinstance(got, (float, int)), f"final_kl returned {type(got).__name__}, expected a float")
+    # One pass over 200 images: its Monte Carlo spread is well under a nat here.
+    if abs(got - reference) > 1.0 + 0.1 * abs(reference):
+        hint = "use model.terms(x).kl (log q(z|x) - log p(z), per image) and average it over all the images"
+        if abs(got - nelbo) < 0.1 * abs(nelbo):
+            hint = "that is the negative ELBO (terms.nelbo): the KL is terms.kl"
+        elif abs(got * model.latent_dim - reference) < 1.0 + 0.1 * abs(reference):
+            hint = "the KL per image sums over the latent dimensions (terms.kl), it is not a per-dimension mean"
+        elif abs(got - reference * len(images)) < 0.1 * abs(reference * len(images)):
+            hint = "average over the images rather than summing"
+        fail(f"final_kl = {got:.3f}, expected about {reference:.3f} nats (mean of terms.kl)", hint)
+
+
+@CHECKS.check("collapse: a small receptive field keeps the KL up, a whole-image one collapses it", expensive=True)
+def _collapse(ex):
+    train, test, source = training_data()
+    layers_large = ex.layers_to_see_rows(27, _LARGE_KERNEL)
+    kls = {}
+    for layers, kernel in (_SMALL, (layers_large, _LARGE_KERNEL)):
+        torch.manual_seed(0)
+        model = VLAE(ex.vae_config(layers, kernel))
+        ex.train_vae(model, train, steps=_STEPS)
+        kls[(layers, kernel)] = float(ex.final_kl(model, test))
+    small, large = kls[_SMALL], kls[(layers_large, _LARGE_KERNEL)]
+    up_small = ex.receptive_field_extent(*_SMALL)["up"]
+    up_large = ex.receptive_field_extent(layers_large, _LARGE_KERNEL)["up"]
+    summary = (f"KL after {_STEPS} steps ({source}): decoder {_SMALL[0]}x{_SMALL[1]}x{_SMALL[1]} "
+               f"({up_small} row up) {small:.2f} nats; decoder {layers_large}x{_LARGE_KERNEL}x{_LARGE_KERNEL} "
+               f"({up_large} rows up) {large:.2f} nats")
+    expect(small > SMALL_KL_MIN, summary + f"\nthe small decoder should keep the KL above {SMALL_KL_MIN} nats",
+           "with a decoder that sees one row up, z must carry the digit's shape; check that train_vae takes "
+           "`steps` optimiser steps of model.loss(x) at the given learning rate")
+    expect(large < COLLAPSE_RATIO * small, summary + f"\nthe whole-image decoder should keep less than "
+           f"{COLLAPSE_RATIO:.0%} of the small decoder's KL", "check that vae_config builds the decoder it is asked for")
+    return summary + " -- collapsed"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(CHECKS, __file__, sys.modules[__name__]))
