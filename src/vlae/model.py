@@ -193,8 +193,8 @@ class VLAE(nn.Module):
                  ) -> torch.Tensor:
         """Importance-weighted lower bound on ``log p(x)`` with ``k`` samples.
 
-        Samples are drawn ``chunk`` at a time (default: enough for about 4,096
-        decoder evaluations per pass) so memory does not grow with ``k``; the
+        Samples are drawn ``chunk`` at a time (default: about 4,096 decoder
+        evaluations per pass on a GPU, 1,024 on a CPU) so memory does not grow with ``k``; the
         log-sum-exp runs in float64. With a fixed ``generator`` the value is
         reproducible for a fixed ``chunk``; another chunk size consumes the random
         stream differently and gives another (equally valid) estimate.
@@ -205,7 +205,9 @@ class VLAE(nn.Module):
         x = self.check_images(x)
         if k < 1:
             raise VLAEError(f"k must be >= 1, got {k}")
-        chunk = chunk or max(1, 4096 // x.shape[0])
+        # Big passes pay on a GPU; on a CPU, passes of ~1,000 images run faster.
+        per_pass = 4096 if x.device.type == "cuda" else 1024
+        chunk = chunk or max(1, per_pass // x.shape[0])
         acc = torch.full((x.shape[0],), -math.inf, dtype=torch.float64, device=x.device)
         for start in range(0, k, chunk):
             log_w = self.log_weights(x, min(chunk, k - start), generator).double()
