@@ -34,6 +34,7 @@ from vlae import (PRESETS, VLAE, AFPrior, AffineAutoregressive, Config, Encoder,
 from vlae.checkpoint import load_checkpoint, load_model
 from vlae.data import load_dataset, load_or_fallback
 from vlae.evaluate import evaluate_checkpoint, evaluate_model
+from vlae.sampling import FastSampler, fast_sample
 from vlae.train import train
 
 __all__ = [
@@ -41,12 +42,5 @@ __all__ = [
     "AffineAutoregressive", "AFPrior", "GaussianPrior", "IAFPosterior", "Encoder",
     "Config", "ModelConfig", "TrainConfig", "EvalConfig", "PRESETS", "get_preset", "apply_overrides",
     "train", "evaluate_model", "evaluate_checkpoint", "load_model", "load_checkpoint", "load_dataset",
-    "load_or_fallback", "nats_to_bits_per_dim", "VLAEError",
+    "load_or_fallback", "nats_to_bits_per_dim", "VLAEError", "FastSampler", "fast_sample",
 ]
-
-try:  # the fast sampler is optional for this file's readers
-    from vlae.sampling import FastSampler, fast_sample  # noqa: F401
-
-    __all__ += ["FastSampler", "fast_sample"]
-except ImportError:  # pragma: no cover
-    pass

@@ -84,13 +84,10 @@ def main(argv: list[str] | None = None) -> int:
               f"active units {r['active_units']}/{r['latent_dim']}")
 
         if not args.no_plots:
-            try:
-                from vlae.plots import plot_run
-            except ImportError:
-                print("note: vlae.plots is not installed; no figures")
-            else:
-                for path in plot_run(out):
-                    print(f"wrote {path}")
+            from vlae.plots import plot_run
+
+            for path in plot_run(out):
+                print(f"wrote {path}")
         print(f"\nresults in {out}/ (checkpoint {Path(summary['best'] or summary['checkpoint']).name}, "
               f"config.json, metrics.jsonl, {Path(r['path']).name})")
         return 0

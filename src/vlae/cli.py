@@ -138,13 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="check the implementation against the paper's claims (seconds, CPU)")
     p.set_defaults(func=_cmd_verify)
 
-    for module in ("sweep", "ablation"):
-        try:
-            mod = __import__(f"vlae.{module}", fromlist=["add_cli"])
-        except ImportError:
-            continue
-        if hasattr(mod, "add_cli"):
-            mod.add_cli(sub)
+    from . import ablation, sweep
+
+    sweep.add_cli(sub)
+    ablation.add_cli(sub)
     return parser
 
 
@@ -226,13 +223,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     if args.naive:
         x = model.sample(args.n, generator=gen)
     else:
-        try:
-            from .sampling import fast_sample
-        except ImportError:
-            print("note: vlae.sampling not available; using naive sampling", file=sys.stderr)
-            x = model.sample(args.n, generator=gen)
-        else:
-            x = fast_sample(model, args.n, generator=gen)
+        from .sampling import fast_sample
+
+        x = fast_sample(model, args.n, generator=gen)
     seconds = time.perf_counter() - t0
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -269,10 +262,8 @@ def torch_grid(x, rows: int, cols: int, h: int, w: int):
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    try:
-        from .plots import plot_run
-    except ImportError:
-        raise VLAEError("plot: vlae.plots is not available in this installation") from None
+    from .plots import plot_run
+
     if not Path(args.run).is_dir():
         raise VLAEError(f"{args.run}: not a run folder")
     for path in plot_run(args.run):
@@ -305,10 +296,8 @@ def _cmd_presets(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    try:
-        from .verify import main as verify_main
-    except ImportError:
-        raise VLAEError("verify: vlae.verify is not available in this installation") from None
+    from .verify import main as verify_main
+
     return int(verify_main() or 0)
 
 
