@@ -23,8 +23,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 run: install
 	$(PY) train_minimal.py --epochs 10 --use-flow
 
+# Two pytest workers with one torch thread each use both cores without oversubscription.
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
