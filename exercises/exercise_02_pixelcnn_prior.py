@@ -140,18 +140,22 @@ def _autoregressive(ex):
     model = _model(ex).double()
     height, width = 8, 9
     deps = pixel_dependencies(model, torch.rand(3, 1, height, width))
-    for p in range(height * width):
-        later = torch.nonzero(deps[p, p:]).flatten()
-        if len(later):
-            q = p + int(later[0])
-            (i, j), (a, b) = divmod(p, width), divmod(q, width)
-            if q == p:
-                hint = ("the logit of a pixel depends on the pixel itself: the first masked convolution must be "
-                        "type A (later ones type B)")
-            else:
-                hint = ("every layer that mixes neighbouring positions must be masked: type A first, then type B; "
-                        "the output layer must be a 1x1 convolution")
-            fail(f"logit ({i}, {j}) depends on pixel ({a}, {b}) ({describe_offset(a - i, b - j)})", hint)
+    future = torch.nonzero(deps.triu(1))  # (output p, input q > p) pairs
+    own = torch.nonzero(deps.diagonal()).flatten()
+    if len(future):
+        p, q = (int(v) for v in future[0])
+        hint = ("every layer that mixes neighbouring positions must be masked: type A first, then type B; the "
+                "output layer must be a 1x1 convolution")
+    elif len(own):
+        p = q = int(own[0])
+        hint = ("the logit of a pixel depends on the pixel itself: the first masked convolution must be type A "
+                "(later ones type B)")
+    else:
+        return
+    (i, j), (a, b) = divmod(p, width), divmod(q, width)
+    fail(f"logit ({i}, {j}) depends on pixel ({a}, {b}) ({describe_offset(a - i, b - j)})"
+         + (f"; {len(future)} such (logit, later pixel) pairs in a {height}x{width} image" if len(future) else ""),
+         hint)
 
 
 @CHECKS.check("the logits do read the earlier pixels")

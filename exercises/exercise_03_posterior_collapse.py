@@ -145,7 +145,7 @@ SMALL_KL_MIN = 3.0
 COLLAPSE_RATIO = 0.5
 _STEPS = 200
 _SMALL = (1, 3)
-_LARGE_KERNEL = 5
+_LARGE_KERNEL = 7
 
 _TINY_CHANGES = {"prior": "gaussian", "free_bits": 0.0, "decoder": "masked", "decoder_blocks_1x1": 0}
 

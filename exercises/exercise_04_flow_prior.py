@@ -469,7 +469,7 @@ def _log_prob(ex):
                  "is missing"),
                 ((-0.5 * (z[b].pow(2) + _LOG_2PI)).sum(), "that is log N(z; 0, I): map z to eps with to_noise first"),
             ]
-            hint = next((h for v, h in hints if abs(value - float(v)) < 1e-6),
+            hint = next((h for v, h in hints if abs(value - float(v.detach())) < 1e-6),
                         "log p(z) = sum_d log N(eps_d; 0, 1) + logdet, with (eps, logdet) = to_noise(z)")
             fail(f"sample {b}: log_prob {value:.6f}, change of variables gives {want.item():.6f}", hint)
 

@@ -172,6 +172,10 @@ def _cli_ablation(args: argparse.Namespace) -> int:
     except VLAEError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; run the same command again to continue the ablation (finished runs are kept, "
+              "interrupted ones resume from their last checkpoint)", file=sys.stderr)
+        return 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:

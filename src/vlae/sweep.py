@@ -345,15 +345,17 @@ def run_tasks(tasks: Sequence[Task], out_dir: str | os.PathLike, *, eval_subset:
     Args:
         tasks: runs to make (unique names).
         out_dir: where the run folders go.
-        eval_subset: test images to evaluate on (the first ones; 0: all).
+        eval_subset: test images to evaluate on (a fixed random subset, the
+            same for every run; 0: all).
         k: importance samples of the IW bound.
         eval_batch_size: images per evaluation batch.
         jobs: worker processes (0: ``os.cpu_count() // threads``).
         threads: torch threads per worker.
         data: passed to :func:`vlae.train.train` as ``data=`` (default: each
             run loads its dataset itself).
-        test_images: ``uint8 (N, 1, H, W)`` evaluation images (default: the
-            first ``eval_subset`` test images of the configured dataset).
+        test_images: ``uint8 (N, 1, H, W)`` evaluation images, of which the
+            first ``eval_subset`` are used (default: ``eval_subset`` test
+            images of the configured dataset).
         log: one line per event.
 
     Returns:
@@ -712,6 +714,10 @@ def _cli_sweep(args: argparse.Namespace) -> int:
     except VLAEError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; run the same command again to continue the sweep (finished runs are kept, "
+              "interrupted ones resume from their last checkpoint)", file=sys.stderr)
+        return 130
 
 
 def standalone(add: Callable[[Any], argparse.ArgumentParser], argv: Sequence[str] | None) -> int:
