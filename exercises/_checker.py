@@ -159,18 +159,35 @@ def _run_one(check: Check, target: ModuleType, target_file: str | None, show_tra
                        traceback.format_exc() if show_traceback else "")
     except Exception as error:  # the learner's code raised: say where, without a traceback
         where = _where(error, target_file)
-        message = f"your code raised {type(error).__name__}: {error}".rstrip()
         if where:
-            message += f"\n({where})"
+            message = f"your code raised {type(error).__name__}: {error}\n({where})"
+        else:
+            message = f"{type(error).__name__}: {error} (raised while checking your result)"
         return Outcome(check.name, "FAIL", message, check.hint, "error", time.perf_counter() - start,
                        traceback.format_exc() if show_traceback else "")
     return Outcome(check.name, "PASS", info if isinstance(info, str) else "", seconds=time.perf_counter() - start)
 
 
+CHECKER_MARKER = "# ============================================================================ checker"
+
+
+def _learner_lines(target_file: str) -> int:
+    """Lines of ``target_file`` before its checker section (all of it when it has none)."""
+    try:
+        lines = Path(target_file).read_text().splitlines()
+    except OSError:
+        return 0
+    return next((number for number, line in enumerate(lines, 1) if line.startswith(CHECKER_MARKER)), len(lines) + 1)
+
+
 def _where(error: BaseException, target_file: str | None) -> str:
-    """The last line of ``target_file`` in the error's traceback, as ``file line N: code``."""
+    """The last line of the learner's part of ``target_file`` in the error's traceback,
+    as ``file line N, in function: code``."""
+    if not target_file:
+        return ""
     frames = traceback.extract_tb(error.__traceback__)
-    mine = [f for f in frames if target_file and os.path.abspath(f.filename) == target_file]
+    end = _learner_lines(target_file)
+    mine = [f for f in frames if os.path.abspath(f.filename) == target_file and (f.lineno or 0) < end]
     if not mine:
         return ""
     frame = mine[-1]

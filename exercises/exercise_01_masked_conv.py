@@ -185,7 +185,8 @@ def _check_contents(ex, kernels, mask_type: str) -> None:
 
 
 @CHECKS.check("make_mask returns a (kh, kw) float tensor of 0/1",
-              hint="kernel_size may be an int k (a k x k kernel) or a pair (kh, kw)")
+              hint="kernel_size may be an int k (a k x k kernel) or a pair (kh, kw); the centre of a (kh, kw) "
+                   "kernel is at row kh // 2, column kw // 2")
 def _mask_shapes(ex):
     for kernel in _SQUARE + _NON_SQUARE:
         for mask_type in "AB":
@@ -228,6 +229,17 @@ def _conv(ex, c_in: int, c_out: int, kernel, mask_type: str, bias: bool = True) 
     conv = ex.MaskedConv2d(c_in, c_out, kernel, mask_type=mask_type, bias=bias)
     expect(isinstance(conv, nn.Conv2d), "MaskedConv2d must stay a subclass of nn.Conv2d")
     return conv
+
+
+def _same_size(module: nn.Module):
+    """``module`` as a function that fails the check unless it keeps the spatial size."""
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        y = module(x)
+        expect(isinstance(y, torch.Tensor) and y.dim() == 4 and tuple(y.shape[2:]) == tuple(x.shape[2:]),
+               f"input {tuple(x.shape)} gave output {tuple(getattr(y, 'shape', ()))}: the height and width changed",
+               "use self.stride and self.padding (set by __init__) so the output keeps the input's size")
+        return y
+    return forward
 
 
 @CHECKS.check("MaskedConv2d keeps its mask in a buffer named 'mask'")
@@ -299,7 +311,7 @@ def _mask_after_update(ex):
         conv.weight.fill_(1.0)  # what weight decay or Adam may do to "masked" entries
     x = torch.zeros(1, 1, 5, 5)
     x[0, 0, 2, 2] = 1.0  # a single lit pixel
-    y = conv(x)
+    y = _same_size(conv)(x)
     expect(y[0, 0, 2, 2] == 0, "with an all-ones weight, the output at a lit pixel equals "
            f"{y[0, 0, 2, 2].item():g}: the output sees its own pixel",
            "apply the mask in forward on every call, not only once in __init__")
@@ -312,7 +324,7 @@ def _jacobian_check(ex, kernel, mask_type: str, height: int = 6, width: int = 7)
     conv = _conv(ex, 2, 3, kernel, mask_type).double()
     with torch.no_grad():
         conv.weight.copy_(torch.randn_like(conv.weight))
-    deps = pixel_dependencies(conv, torch.randn(2, 2, height, width))
+    deps = pixel_dependencies(_same_size(conv), torch.randn(2, 2, height, width))
     kh, kw = _sides(kernel)
     for p in range(height * width):
         for q in range(height * width):
@@ -354,7 +366,7 @@ def _stack(ex):
     layers = [_conv(ex, 1, 4, 3, "A"), _conv(ex, 4, 4, 3, "B"), _conv(ex, 4, 1, 3, "B")]
     net = nn.Sequential(layers[0], nn.ELU(), layers[1], nn.ELU(), layers[2]).double()
     height, width = 7, 7
-    deps = pixel_dependencies(net, torch.randn(2, 1, height, width))
+    deps = pixel_dependencies(_same_size(net), torch.randn(2, 1, height, width))
     for p in range(height * width):
         later = torch.nonzero(deps[p, p:]).flatten()
         if len(later):

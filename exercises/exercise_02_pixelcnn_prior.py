@@ -166,7 +166,8 @@ def _uses_context(ex):
     p = 5 * width + 4
     for dy, dx in [(0, -1), (-1, 0), (-1, 1), (-3, -3)]:
         q = p + dy * width + dx
-        expect(bool(deps[p, q]), f"logit (5, 4) ignores the pixel {describe_offset(dy, dx)}, which the first "
+        expect(bool(deps[p, q]), f"logit (5, 4) ignores pixel ({5 + dy}, {4 + dx}) ({describe_offset(dy, dx)}), "
+               f"which the first "
                f"{_SIZE['first_kernel']}x{_SIZE['first_kernel']} type-A layer alone can see",
                "feed x through all the layers (first, hidden, output); and check the first layer's kernel size")
 

@@ -273,27 +273,34 @@ def _trains(ex):
 @CHECKS.check("final_kl returns the mean KL in nats per image")
 def _final_kl(ex):
     model = _small_model()
-    images = _fake_images(200)
+    images = _fake_images(100)
     model.initialize(images[:64])
-    with torch.no_grad():
-        reference = torch.stack([model.terms(images).kl.mean() for _ in range(16)]).mean().item()
-        nelbo = model.terms(images).nelbo.mean().item()
+    torch.manual_seed(5)
     got = ex.final_kl(model, images)
     if isinstance(got, torch.Tensor):
         expect(got.numel() == 1, f"final_kl returned a tensor of shape {tuple(got.shape)}, expected one number",
                "average over the images: .mean()")
         got = got.item()
     expect(isinstance(got, (float, int)), f"final_kl returned {type(got).__name__}, expected a float")
-    # One pass over 200 images: its Monte Carlo spread is well under a nat here.
-    if abs(got - reference) > 1.0 + 0.1 * abs(reference):
+    with torch.no_grad():
+        torch.manual_seed(5)
+        same_noise = model.terms(images).kl.mean().item()  # what one pass with the same noise gives
+        if abs(got - same_noise) < 1e-3 * (1 + abs(same_noise)):
+            return
+        # Otherwise the noise was drawn differently: compare with the spread of single passes.
+        passes = torch.stack([model.terms(images).kl.mean() for _ in range(16)])
+        reference, spread = passes.mean().item(), passes.std().item()
+        nelbo = model.terms(images).nelbo.mean().item()
+    if abs(got - reference) > 4 * spread + 0.5:
         hint = "use model.terms(x).kl (log q(z|x) - log p(z), per image) and average it over all the images"
-        if abs(got - nelbo) < 0.1 * abs(nelbo):
+        if abs(got - nelbo) < 0.2 * abs(nelbo):
             hint = "that is the negative ELBO (terms.nelbo): the KL is terms.kl"
-        elif abs(got * model.latent_dim - reference) < 1.0 + 0.1 * abs(reference):
+        elif abs(got * model.latent_dim - reference) < 4 * spread + 0.5:
             hint = "the KL per image sums over the latent dimensions (terms.kl), it is not a per-dimension mean"
-        elif abs(got - reference * len(images)) < 0.1 * abs(reference * len(images)):
+        elif abs(got - reference * len(images)) < 0.2 * abs(reference * len(images)):
             hint = "average over the images rather than summing"
-        fail(f"final_kl = {got:.3f}, expected about {reference:.3f} nats (mean of terms.kl)", hint)
+        fail(f"final_kl = {got:.3f}, expected about {reference:.3f} nats (mean of terms.kl; one pass varies "
+             f"by about {spread:.1f})", hint)
 
 
 @CHECKS.check("collapse: a small receptive field keeps the KL up, a whole-image one collapses it", expensive=True)

@@ -48,7 +48,8 @@ def test_all_five_variants_appear_with_their_configuration(finished):
         "gaussian", "gaussian", "masked")
     assert (by["af"]["prior"], by["af"]["posterior"]) == ("af", "gaussian")
     assert (by["iaf"]["prior"], by["iaf"]["posterior"]) == ("gaussian", "iaf")
-    assert (by["factorized"]["decoder"], by["factorized"]["prior"], by["factorized"]["rf_size"]) == ("factorized", "af", "0")
+    assert (by["factorized"]["decoder"], by["factorized"]["prior"], by["factorized"]["rf_size"]) == (
+        "factorized", "af", "0")
     assert all(r["steps"] == "2" and r["k"] == "3" and r["eval_images"] == "10" for r in rows)  # equal budget
     md = (out / "ablation.md").read_text()
     assert "NLL (IW bound, k=3)" in md and "-ELBO" in md and "KL (nats)" in md

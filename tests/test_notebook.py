@@ -56,7 +56,7 @@ def test_notebook_runs_top_to_bottom_in_fast_mode(kernel_here, tmp_path):
     text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "FAST=True" in text  # the switch reached the kernel
     images = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
-    # masks, three receptive fields, digits, training curves, two decompressions, KL map, KL bar chart
-    assert images == 10
+    # masks, 3 receptive fields, digits, 2 training curves, 2 decompressions, KL map, KL bar chart
+    assert images == 11
     for name in ("local", "whole-image"):
         assert any((work / "runs" / "notebook-fast" / name).glob("ckpt-*.pt"))

@@ -24,6 +24,7 @@ Example::
     vlae ablation --report runs/ablation
 
 From Python:
+    >>> from vlae.config import get_preset
     >>> [t.name for t in ablation_tasks(get_preset("tiny"))]
     ['pixelcnn', 'gaussian', 'af', 'iaf', 'factorized']
 """
@@ -35,7 +36,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .config import Config, config_from_dict, get_preset
+from .config import Config, config_from_dict
 from .errors import VLAEError
 from .sweep import (Task, _add_common, _estimator, _print_outputs, _write_json, base_config, check_run_options,
                     collect_results, parse_list, run_tasks, standalone, write_table)
@@ -103,9 +104,11 @@ def write_ablation_report(out_dir: str | Path, records: list[dict[str, Any]] | N
                ("nelbo", "-ELBO"), ("kl", "KL (nats)"), ("active_units", "active units"), ("steps", "steps"),
                ("seconds", "seconds")]
     n_images = sorted({r.get("eval_images") for r in records if r.get("eval_images")})
-    note = (f"Nats per image on {', '.join(map(str, n_images))} test images, equal training budget, seed and "
-            f"data. NLL: negative {est}; KL: single-sample estimate of KL(q(z|x) || p(z)). The unconditional "
-            "PixelCNN has no z: its KL is 0 and its bounds are its exact likelihood.")
+    free_bits = sorted({r.get("free_bits") for r in records if r.get("free_bits") is not None})
+    note = (f"Free bits: {', '.join(map(str, free_bits)) or '?'} nats per pixel. Nats per image on "
+            f"{', '.join(map(str, n_images))} test images, equal training budget, seed and data. "
+            f"NLL: negative {est}; KL: single-sample estimate of KL(q(z|x) || p(z)). "
+            "The unconditional PixelCNN has no z: its KL is 0 and its bounds are its exact likelihood.")
     return write_table(records, out, "ablation", columns, {"ablation": ablation_config, "estimator": est},
                        title="Ablation: prior, posterior and decoder at equal budget", note=note)
 

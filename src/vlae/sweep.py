@@ -23,11 +23,21 @@ so an interrupted sweep is continued by running the same command again.
 The runner (:func:`run_tasks`) is shared with :mod:`vlae.ablation`: a pool of
 worker processes, each run in a fresh process with ``--threads`` threads.
 
-Example (a CPU-sized sweep: 2 priors x 5 depths x 2 kernels, 5 minutes each)::
+Free bits (the presets' ``model.free_bits``) hold the KL at a floor, which
+hides the collapse; switch them off to see the bound's own preference. Equal
+steps (``--max-steps``) compare the decoders at the same point of training;
+equal time (``--budget``) gives deep decoders fewer steps.
 
-    vlae sweep --out runs/sweep --preset mnist-small --budget 300 \\
-        --layers 1,2,4,8,16 --kernels 3,5 --priors gaussian,af --jobs 2
+Example (2 priors x 5 depths x 2 kernels = 20 runs)::
+
+    vlae sweep --out runs/sweep --preset mnist-small --set model.free_bits=0 \\
+        --max-steps 1000 --layers 1,2,4,8,16 --kernels 3,5 --priors gaussian,af --jobs 2
+    vlae sweep --out runs/sweep-300s --preset mnist-small --budget 300 ...   # 5 minutes per run instead
     vlae sweep --report runs/sweep          # tables and plots from finished runs
+
+Worker processes start with ``forkserver`` (or ``spawn``), which import the
+main module again: a script that calls :func:`run_sweep` needs the usual
+``if __name__ == "__main__":`` guard.
 
 From Python:
     >>> tasks = sweep_tasks(get_preset("tiny"), "masked", [1, 4], [3], ["af"])
@@ -267,7 +277,7 @@ def _run_task(payload: dict[str, Any]) -> dict[str, Any]:
     record: dict[str, Any] = {"name": payload["name"], **payload["meta"]}
     record.update(decoder=m.decoder, layers=m.decoder_layers, kernel=m.decoder_kernel,
                   prior=m.prior if m.latent_dim else "none", posterior=m.posterior if m.latent_dim else "none",
-                  latent_dim=m.latent_dim)
+                  latent_dim=m.latent_dim, free_bits=m.free_bits)
     record.update(receptive_field_record(model.decoder, m.image_shape))
     record.update(
         kl=_num(ev.get("kl")), nll=_num(ev.get("nll")), nll_se=_num(ev.get("nll_se")), k=payload["k"],
@@ -522,7 +532,9 @@ def write_sweep_report(out_dir: str | os.PathLike, records: list[dict[str, Any]]
                ("rf_coverage", "context seen"), ("kl", "KL (nats)"), ("nll", f"NLL ({est})"),
                ("nelbo", "-ELBO"), ("active_units", "active units"), ("steps", "steps"), ("seconds", "seconds")]
     n_images = sorted({r.get("eval_images") for r in records if r.get("eval_images")})
-    note = (f"Nats per image on {', '.join(map(str, n_images))} test images. KL: single-sample estimate of "
+    free_bits = sorted({r.get("free_bits") for r in records if r.get("free_bits") is not None})
+    note = (f"Free bits: {', '.join(map(str, free_bits)) or '?'} nats per pixel. "
+            f"Nats per image on {', '.join(map(str, n_images))} test images. KL: single-sample estimate of "
             f"KL(q(z|x) || p(z)); NLL: negative {est}; -ELBO: single-sample negative ELBO (averaged over the k draws). "
             "'context seen': mean fraction of the preceding pixels inside the receptive field.")
     paths = write_table(records, out, "sweep", columns, {"sweep": sweep_config, "estimator": est},
