@@ -218,7 +218,8 @@ def _summary(out: TextIO, outcomes: list[Outcome]) -> None:
     if passed == len(outcomes):
         print(f"All {passed} checks passed. Well done!", file=out)
         return
-    parts = [f"{passed}/{len(outcomes)} checks passed", f"{failed} failed"] + ([f"{skipped} skipped"] if skipped else [])
+    parts = [f"{passed}/{len(outcomes)} checks passed", f"{failed} failed"]
+    parts += [f"{skipped} skipped"] if skipped else []
     print(", ".join(parts) + ".", file=out)
     if any(o.kind == "todo" for o in outcomes):
         print("Some TODOs are not implemented yet: replace each `raise NotImplementedError(...)`.", file=out)
@@ -365,5 +366,6 @@ def describe_offset(dy: int, dx: int) -> str:
     if dy == 0 and dx == 0:
         return "the pixel itself"
     rows = f"{abs(dy)} row{'s' if abs(dy) != 1 else ''} {'above' if dy < 0 else 'below'}" if dy else "the same row"
-    cols = f"{abs(dx)} column{'s' if abs(dx) != 1 else ''} to the {'left' if dx < 0 else 'right'}" if dx else "same column"
+    side = "left" if dx < 0 else "right"
+    cols = f"{abs(dx)} column{'s' if abs(dx) != 1 else ''} to the {side}" if dx else "same column"
     return f"{rows}, {cols}"

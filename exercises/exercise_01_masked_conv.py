@@ -141,7 +141,8 @@ def _call_make_mask(ex, kernel, mask_type: str) -> torch.Tensor:
     expect(mask.is_floating_point(), f"make_mask returned dtype {mask.dtype}; use a float tensor "
            "(it multiplies the float weight)")
     values = set(mask.unique().tolist())
-    expect(values <= {0.0, 1.0}, f"make_mask({kernel!r}, {mask_type!r}) holds values {sorted(values)}, not only 0 and 1")
+    expect(values <= {0.0, 1.0},
+           f"make_mask({kernel!r}, {mask_type!r}) holds values {sorted(values)}, not only 0 and 1")
     return mask
 
 

@@ -31,7 +31,7 @@ Paper
 Prerequisites
     Exercises 1-2 (masked convolutions, PixelCNN). The library's ``VLAE`` is used
     as is: ``model.loss(x) -> (loss, terms)``, ``model.terms(x).kl`` (nats, ``(B,)``),
-    ``model.initialize(x)``, ``model.decoder.receptive_field_extent()``.
+    ``model.decoder.receptive_field_extent()``.
 
 Expected time
     30-45 minutes (plus about a minute of training in the checker).
@@ -90,9 +90,11 @@ def vae_config(decoder_layers: int, decoder_kernel: int) -> ModelConfig:
 
     Start from ``get_preset("tiny").model`` and change only these fields:
     ``prior`` (the plain standard normal, ``"gaussian"``), ``free_bits`` (off:
-    0), ``decoder`` (``"masked"``), ``decoder_layers``, ``decoder_kernel``, and
+    0), ``decoder`` (``"masked"``), ``decoder_layers``, ``decoder_kernel``,
     ``decoder_blocks_1x1`` (0: 1x1 blocks do not change the receptive field and
-    would only slow the run).
+    would only slow the run) and ``weight_norm`` (False: PyTorch's default
+    initialisation; weight normalisation's data-dependent one starts the KL
+    far from zero, which makes a run this short much noisier).
     """
     # TODO (3)
     raise NotImplementedError("TODO: vae_config(decoder_layers, decoder_kernel)")
@@ -107,9 +109,6 @@ def train_vae(model: VLAE, images: torch.Tensor, steps: int, batch_size: int = 3
         steps: optimiser steps; each on ``batch_size`` images drawn at random
             (``torch.randint`` with a ``torch.Generator`` seeded with ``seed``).
         lr: Adam's learning rate.
-
-    Call ``model.initialize(images[:64])`` first: the tiny preset uses weight
-    normalisation, whose data-dependent initialisation needs one batch.
     """
     # TODO (4)
     raise NotImplementedError("TODO: train_vae(model, images, steps, ...)")
@@ -131,23 +130,28 @@ from vlae.pixelcnn import MaskedPixelCNN  # noqa: E402
 
 CHECKS = Checklist("Exercise 3: posterior collapse and the receptive field")
 
-# The training check: two VAEs (vae_config, tiny preset, N(0, I) prior, no free
-# bits), 200 steps each, batch 32, Adam 2e-3, one thread; KL in nats per image on
-# 500 test images. Reference solution, seeds 0-2, real and embedded MNIST:
-#   decoder 1 layer, 3x3 (1 row up, 4 pixels seen):    KL 5.6 - 7.4
-#   decoder 14 layers, 5x5 (28 rows up, whole image):   KL 0.4 - 1.6
-# (the large decoder's KL keeps falling with more steps: 0.2 after 400.)
-# A KL above 3 nats for the small decoder means z is used; the large decoder
-# must keep less than half of that. Both margins hold for every measured seed,
-# and a run where the decoder does not collapse (KL comparable to the small one)
-# fails the second.
-SMALL_KL_MIN = 3.0
-COLLAPSE_RATIO = 0.5
+# The training check: two VAEs (vae_config: tiny preset, N(0, I) prior, no free
+# bits, no weight normalisation), 200 steps each, batch 32, Adam 2e-3, one thread;
+# KL in nats per image on 500 test images. Reference solution, nine runs (seeds
+# 0-4 on the real binarized MNIST, 0-3 on the embedded subset):
+#   decoder 1 layer 3x3 (1 row up, 4 pixels seen):       KL 8.1 - 12.6 (median 9.4)
+#   decoder 9 layers 7x7 (27 rows up, the whole image):  KL 0.08 - 3.0 (median 0.27)
+#   ratio large / small: 0.009 - 0.24 (median 0.03)
+# (this checker's own run, real data, gives 8.60 and 1.23: ratio 0.14).
+# So: the small decoder must keep more than 4 nats (half its lowest measured
+# value: z is in use), and the whole-image decoder less than 40% of that (1.7
+# times the worst measured ratio; a decoder that does not collapse keeps a KL
+# comparable to the small one's, a ratio near 1). With weight normalisation and
+# its data-dependent initialisation the runs were much noisier (ratios up to 0.44),
+# which is why vae_config turns it off.
+SMALL_KL_MIN = 4.0
+COLLAPSE_RATIO = 0.4
 _STEPS = 200
 _SMALL = (1, 3)
 _LARGE_KERNEL = 7
 
-_TINY_CHANGES = {"prior": "gaussian", "free_bits": 0.0, "decoder": "masked", "decoder_blocks_1x1": 0}
+_TINY_CHANGES = {"prior": "gaussian", "free_bits": 0.0, "decoder": "masked", "decoder_blocks_1x1": 0,
+                 "weight_norm": False}
 
 
 def _vlae_extent(layers: int, kernel: int) -> dict[str, int]:
@@ -233,7 +237,7 @@ def _config(ex):
         expect(not wrong, "fields differ from the tiny preset with the listed changes: "
                + ", ".join(f"{k}={g!r} (expected {w!r})" for k, (g, w) in wrong.items()),
                "start from get_preset('tiny').model and change only prior, free_bits, decoder, decoder_layers, "
-               "decoder_kernel and decoder_blocks_1x1 (the training check is sized for that model)")
+               "decoder_kernel, decoder_blocks_1x1 and weight_norm (the training check is sized for that model)")
         extent = VLAE(cfg).decoder.receptive_field_extent()
         mine = ex.receptive_field_extent(layers, kernel)
         expect(extent == mine, f"VLAE(vae_config({layers}, {kernel})).decoder spans {extent}, your arithmetic "
@@ -263,9 +267,6 @@ def _trains(ex):
     expect(changed, "no parameter changed after 3 training steps",
            "create torch.optim.Adam(model.parameters(), lr=lr) and, per step: optimizer.zero_grad(), "
            "loss.backward(), optimizer.step()")
-    moved = [k for k in changed if not k.endswith(".g") and "bias" not in k]
-    expect(moved, "only the weight-normalisation gains and biases changed (the initialisation), not the weights",
-           "after model.initialize(...), take optimiser steps: loss.backward() then optimizer.step()")
     for value in after.values():
         expect(torch.isfinite(value).all(), "a parameter became NaN or inf during training")
 
@@ -274,7 +275,6 @@ def _trains(ex):
 def _final_kl(ex):
     model = _small_model()
     images = _fake_images(100)
-    model.initialize(images[:64])
     torch.manual_seed(5)
     got = ex.final_kl(model, images)
     if isinstance(got, torch.Tensor):
@@ -323,7 +323,8 @@ def _collapse(ex):
            "with a decoder that sees one row up, z must carry the digit's shape; check that train_vae takes "
            "`steps` optimiser steps of model.loss(x) at the given learning rate")
     expect(large < COLLAPSE_RATIO * small, summary + f"\nthe whole-image decoder should keep less than "
-           f"{COLLAPSE_RATIO:.0%} of the small decoder's KL", "check that vae_config builds the decoder it is asked for")
+           f"{COLLAPSE_RATIO:.0%} of the small decoder's KL",
+           "check that vae_config builds the decoder it is asked for")
     return summary + " -- collapsed"
 
 

@@ -129,7 +129,8 @@ MUTANTS: list[Mutant] = [
            "vae_config", "set both from the arguments"),
     Mutant(E3, "no-optimizer-step", "        optimizer.step()", "        pass",
            "train_vae changes the parameters", "optimizer.step()"),
-    Mutant(E3, "final-kl-is-nelbo", "model.terms(images[i:i + batch_size]).kl", "model.terms(images[i:i + batch_size]).nelbo",
+    Mutant(E3, "final-kl-is-nelbo", "model.terms(images[i:i + batch_size]).kl",
+           "model.terms(images[i:i + batch_size]).nelbo",
            "final_kl", "negative ELBO"),
 
     # ------------------------------------------------------------------ exercise 4: MADE and the AF prior
@@ -172,7 +173,8 @@ MUTANTS: list[Mutant] = [
     Mutant(E5, "free-bits-missing", "return per_group.clamp_min(self.free_bits_floor / self.free_bits_groups).sum()",
            "return per_group.sum()",
            "free_bits_kl", "no floor applied"),
-    Mutant(E5, "free-bits-per-example", "per_group = kl_per_dim.view(batch, self.free_bits_groups, -1).sum(-1).mean(0)\n"
+    Mutant(E5, "free-bits-per-example",
+           "per_group = kl_per_dim.view(batch, self.free_bits_groups, -1).sum(-1).mean(0)\n"
            "        # Below its floor a group gets no gradient: nothing is gained by pushing it to zero.\n"
            "        return per_group.clamp_min(self.free_bits_floor / self.free_bits_groups).sum()",
            "per_group = kl_per_dim.view(batch, self.free_bits_groups, -1).sum(-1)\n"
