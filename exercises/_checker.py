@@ -93,6 +93,7 @@ class Outcome:
     kind: str = ""
     seconds: float = 0.0
     detail: str = ""
+    expensive: bool = False
 
 
 @dataclass
@@ -126,6 +127,7 @@ class Checklist:
                 if check.expensive:
                     print(f"  ....  {label}  (training, please wait)", file=out, flush=True)
                 outcome = _run_one(check, target, target_file, show_traceback)
+            outcome.expensive = check.expensive
             outcomes.append(outcome)
             _report(out, label, outcome)
         _summary(out, outcomes)

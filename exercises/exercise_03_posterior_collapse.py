@@ -16,9 +16,11 @@ Task
        receptive field decides whether ``z`` is used.
     4. ``train_vae(model, images, steps, ...)``: a plain training loop.
     5. ``final_kl(model, images)``: the mean KL, in nats per image.
+    6. ``kl_after_training(decoder_layers, decoder_kernel, ...)``: all of it
+       together: build, train, and return the final KL.
 
     The checker compares your arithmetic with the library's exact receptive
-    field, then trains two VAEs for 200 steps each (about 30-60 s on one CPU
+    field, checks each piece, then trains two VAEs for 200 steps each (about 30-60 s on one CPU
     thread): one whose decoder sees 1 row up, one whose decoder sees the whole
     image. The first keeps a clearly positive KL; the second collapses.
 
@@ -119,6 +121,15 @@ def final_kl(model: VLAE, images: torch.Tensor, batch_size: int = 100) -> float:
     (``model.terms(x).kl`` holds it per image; no gradients needed)."""
     # TODO (5)
     raise NotImplementedError("TODO: final_kl(model, images)")
+
+
+def kl_after_training(decoder_layers: int, decoder_kernel: int, train_images: torch.Tensor,
+                      test_images: torch.Tensor, steps: int, seed: int = 0) -> float:
+    """Build ``VLAE(vae_config(decoder_layers, decoder_kernel))``, train it for
+    ``steps`` steps on ``train_images`` (with ``train_vae``, seed ``seed``) and
+    return its :func:`final_kl` on ``test_images``."""
+    # TODO (6)
+    raise NotImplementedError("TODO: kl_after_training(decoder_layers, decoder_kernel, ...)")
 
 
 # ============================================================================ checker (no need to read on)
@@ -244,8 +255,8 @@ def _config(ex):
                f"says {mine}")
 
 
-def _fake_images(n: int = 128) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(1)
+def _fake_images(n: int = 128, seed: int = 1) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
     return torch.bernoulli(torch.full((n, 1, 28, 28), 0.13), generator=generator)
 
 
@@ -303,6 +314,38 @@ def _final_kl(ex):
              f"by about {spread:.1f})", hint)
 
 
+@CHECKS.check("kl_after_training builds the decoder it is asked for, trains it and returns its KL")
+def _kl_after_training(ex):
+    built = []
+    original = ex.VLAE
+
+    class Recording(original):  # notes every model kl_after_training builds, and its first weights
+        def __init__(self, cfg):
+            super().__init__(cfg)
+            self._first = {k: v.detach().clone() for k, v in self.state_dict().items()}
+            built.append(self)
+
+    ex.VLAE = Recording
+    try:
+        kl = ex.kl_after_training(3, 5, _fake_images(64), _fake_images(40, seed=2), steps=2)
+    finally:
+        ex.VLAE = original
+    expect(len(built) == 1, f"kl_after_training built {len(built)} models, expected one",
+           "build it with VLAE(vae_config(decoder_layers, decoder_kernel)), VLAE as imported at the top")
+    model = built[0]
+    got = (model.cfg.decoder_layers, model.cfg.decoder_kernel)
+    expect(got == (3, 5), f"kl_after_training(3, 5, ...) built a decoder with {got[0]} layers of {got[1]}x{got[1]}",
+           "pass decoder_layers and decoder_kernel on to vae_config")
+    state = model.state_dict()
+    expect(any(not torch.equal(model._first[k], state[k]) for k in state),
+           "the model's parameters did not change: it was not trained", "call train_vae(model, train_images, steps, "
+           "seed=seed) before measuring the KL")
+    if isinstance(kl, torch.Tensor) and kl.numel() == 1:
+        kl = kl.item()
+    expect(isinstance(kl, (float, int)) and math.isfinite(kl), f"kl_after_training returned {kl!r}, expected a "
+           "finite float", "return final_kl(model, test_images)")
+
+
 @CHECKS.check("collapse: a small receptive field keeps the KL up, a whole-image one collapses it", expensive=True)
 def _collapse(ex):
     train, test, source = training_data()
@@ -310,9 +353,7 @@ def _collapse(ex):
     kls = {}
     for layers, kernel in (_SMALL, (layers_large, _LARGE_KERNEL)):
         torch.manual_seed(0)
-        model = VLAE(ex.vae_config(layers, kernel))
-        ex.train_vae(model, train, steps=_STEPS)
-        kls[(layers, kernel)] = float(ex.final_kl(model, test))
+        kls[(layers, kernel)] = float(ex.kl_after_training(layers, kernel, train, test, steps=_STEPS))
     small, large = kls[_SMALL], kls[(layers_large, _LARGE_KERNEL)]
     up_small = ex.receptive_field_extent(*_SMALL)["up"]
     up_large = ex.receptive_field_extent(layers_large, _LARGE_KERNEL)["up"]

@@ -140,15 +140,17 @@ _LOG_2PI = math.log(2 * math.pi)
 # The training check: MiniVLAE() (D = 8, decoder 2 layers = 2 rows up, AF prior,
 # free bits 0.01 nats/dim = 7.84 nats), 500 steps, batch 32, Adam 2e-3, one
 # thread; numbers are means over 500 test images, single-sample bound.
-# Reference solution, seeds 0-2, real and embedded MNIST: KL 7.6 - 9.2 nats,
-# -ELBO 98 - 104 nats. For comparison, in the same 500 steps:
-#   the same decoder without z (an unconditional 2-layer PixelCNN): NLL 118 - 121;
-#   independent pixels with the training mean: 206 - 213.
-# Thresholds: KL above 4 nats (half the free-bits floor: z stays in use), and
-# -ELBO below 112 nats: better than the decoder alone can do, so the latent code
-# pays for itself; the reference clears it by 8 nats or more.
+# Reference solution, ten runs (seeds 0-2, real and embedded MNIST, this
+# checker and a plain script): KL 6.7 - 8.8 nats, -ELBO 97.7 - 102.2 nats.
+# For comparison, after the same 500 steps:
+#   the same decoder without z (an unconditional 2-layer PixelCNN): NLL 113.4 - 117.5;
+#   independent pixels with the training mean: 206 (real) / 213 (embedded).
+# Thresholds: KL above 4 nats (about half the free-bits floor, 2.7 below the
+# lowest measured KL: z stays in use), and -ELBO below 110 nats: lower than the
+# decoder alone reaches, so the latent code pays for itself, with about 8 nats
+# of room above the reference's worst run.
 KL_MIN = 4.0
-NELBO_MAX = 112.0
+NELBO_MAX = 110.0
 _STEPS, _BATCH, _LR = 500, 32, 2e-3
 
 

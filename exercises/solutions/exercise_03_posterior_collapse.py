@@ -16,9 +16,11 @@ Task
        receptive field decides whether ``z`` is used.
     4. ``train_vae(model, images, steps, ...)``: a plain training loop.
     5. ``final_kl(model, images)``: the mean KL, in nats per image.
+    6. ``kl_after_training(decoder_layers, decoder_kernel, ...)``: all of it
+       together: build, train, and return the final KL.
 
     The checker compares your arithmetic with the library's exact receptive
-    field, then trains two VAEs for 200 steps each (about 30-60 s on one CPU
+    field, checks each piece, then trains two VAEs for 200 steps each (about 30-60 s on one CPU
     thread): one whose decoder sees 1 row up, one whose decoder sees the whole
     image. The first keeps a clearly positive KL; the second collapses.
 
@@ -137,3 +139,13 @@ def final_kl(model: VLAE, images: torch.Tensor, batch_size: int = 100) -> float:
     with torch.no_grad():
         kl = [model.terms(images[i:i + batch_size]).kl for i in range(0, len(images), batch_size)]
     return torch.cat(kl).mean().item()
+
+
+def kl_after_training(decoder_layers: int, decoder_kernel: int, train_images: torch.Tensor,
+                      test_images: torch.Tensor, steps: int, seed: int = 0) -> float:
+    """Build ``VLAE(vae_config(decoder_layers, decoder_kernel))``, train it for
+    ``steps`` steps on ``train_images`` (with ``train_vae``, seed ``seed``) and
+    return its :func:`final_kl` on ``test_images``."""
+    model = VLAE(vae_config(decoder_layers, decoder_kernel))
+    train_vae(model, train_images, steps, seed=seed)
+    return final_kl(model, test_images)
