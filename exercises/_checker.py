@@ -284,7 +284,11 @@ def main(checklist: Checklist, exercise_file: str, default_target: ModuleType,
         target = load_module(path)
     else:
         target = default_target
-    outcomes = checklist.run(target, show_traceback=args.traceback, quick=args.quick)
+    try:
+        outcomes = checklist.run(target, show_traceback=args.traceback, quick=args.quick)
+    except BrokenPipeError:  # output piped into `head` and closed: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return exit_status(outcomes, quick=args.quick)
 
 

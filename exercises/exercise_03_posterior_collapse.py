@@ -20,9 +20,10 @@ Task
        together: build, train, and return the final KL.
 
     The checker compares your arithmetic with the library's exact receptive
-    field, checks each piece, then trains two VAEs for 200 steps each (about 30-60 s on one CPU
-    thread): one whose decoder sees 1 row up, one whose decoder sees the whole
-    image. The first keeps a clearly positive KL; the second collapses.
+    field, checks each piece, then trains two VAEs for 200 steps each (about
+    30-60 s on one CPU thread): one whose decoder sees 1 row up, one whose
+    decoder sees the whole image. The first keeps a clearly positive KL; the
+    second collapses.
 
 Paper
     VLAE (Chen et al., ICLR 2017): the section "Bits-back coding and information
@@ -357,9 +358,9 @@ def _collapse(ex):
     small, large = kls[_SMALL], kls[(layers_large, _LARGE_KERNEL)]
     up_small = ex.receptive_field_extent(*_SMALL)["up"]
     up_large = ex.receptive_field_extent(layers_large, _LARGE_KERNEL)["up"]
-    summary = (f"KL after {_STEPS} steps ({source}): decoder {_SMALL[0]}x{_SMALL[1]}x{_SMALL[1]} "
-               f"({up_small} row up) {small:.2f} nats; decoder {layers_large}x{_LARGE_KERNEL}x{_LARGE_KERNEL} "
-               f"({up_large} rows up) {large:.2f} nats")
+    summary = (f"KL after {_STEPS} steps ({source}): decoder of {_SMALL[0]} layer {_SMALL[1]}x{_SMALL[1]} "
+               f"({up_small} row up) {small:.2f} nats; decoder of {layers_large} layers "
+               f"{_LARGE_KERNEL}x{_LARGE_KERNEL} ({up_large} rows up) {large:.2f} nats")
     expect(small > SMALL_KL_MIN, summary + f"\nthe small decoder should keep the KL above {SMALL_KL_MIN} nats",
            "with a decoder that sees one row up, z must carry the digit's shape; check that train_vae takes "
            "`steps` optimiser steps of model.loss(x) at the given learning rate")

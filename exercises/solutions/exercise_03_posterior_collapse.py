@@ -20,9 +20,10 @@ Task
        together: build, train, and return the final KL.
 
     The checker compares your arithmetic with the library's exact receptive
-    field, checks each piece, then trains two VAEs for 200 steps each (about 30-60 s on one CPU
-    thread): one whose decoder sees 1 row up, one whose decoder sees the whole
-    image. The first keeps a clearly positive KL; the second collapses.
+    field, checks each piece, then trains two VAEs for 200 steps each (about
+    30-60 s on one CPU thread): one whose decoder sees 1 row up, one whose
+    decoder sees the whole image. The first keeps a clearly positive KL; the
+    second collapses.
 
 Paper
     VLAE (Chen et al., ICLR 2017): the section "Bits-back coding and information

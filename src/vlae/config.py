@@ -83,7 +83,9 @@ class ModelConfig:
         if self.latent_dim > 0:
             _check(self.latent_dim % self.free_bits_groups == 0, "model.free_bits_groups",
                    f"must divide latent_dim={self.latent_dim}, got {self.free_bits_groups}")
-            for width in tuple(self.made_hidden) + (tuple(self.iaf_hidden) if self.posterior == "iaf" else ()):
+            widths = (tuple(self.made_hidden) if self.prior == "af" else ()) + (
+                tuple(self.iaf_hidden) if self.posterior == "iaf" else ())
+            for width in widths:
                 _check(width >= self.latent_dim - 1, "model.made_hidden",
                        f"MADE widths must be >= latent_dim - 1 = {self.latent_dim - 1}, got {width}")
         else:

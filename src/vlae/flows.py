@@ -14,7 +14,7 @@ one per variable in order.
 - **IAF posterior** q(z|x): ``eps -> z`` through the one-pass direction with the
   encoder's context, so sampling *and* the density of the sample are parallel.
 
-The paper's insight (section 3.1) is that an AF prior and an IAF posterior give
+The paper's insight (section "Learned prior with autoregressive flow") is that an AF prior and an IAF posterior give
 the same bound, but the prior is cheaper: only the prior has to be evaluated on
 a given ``z``, while the encoder stays a simple diagonal Gaussian.
 
