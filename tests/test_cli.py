@@ -46,6 +46,8 @@ def test_train_then_eval_end_to_end(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "stopped after 5 steps" in done.stdout
     assert json.loads((run / "config.json").read_text())["train"]["batch_size"] == 16
+    figures = {path.name for path in (run / "figures").glob("*.png")}  # drawn by default at the end of training
+    assert {"training_curves.png", "samples.png", "reconstructions.png", "kl_heatmap.png"} <= figures
     done = _vlae("eval", str(run), "--k", "4", "--subset", "20", "--threads", "1", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "IW bound, k=4" in done.stdout and "nats" in done.stdout and "bits/dim" in done.stdout

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -79,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("train", help="train a model", description="Train a VLAE from a preset; writes config.json, "
-                       "metrics.jsonl, checkpoints (ckpt-*.pt, best.pt) and summary.json into the run folder.")
+                       "metrics.jsonl, checkpoints (ckpt-*.pt, best.pt), summary.json and figures/ into the run folder.")
     p.add_argument("--preset", help="configuration preset (see `vlae presets`); required unless --resume")
     p.add_argument("--run-dir", help="output folder (default: runs/<preset>-<timestamp>)")
     p.add_argument("--resume", action="store_true",
@@ -94,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="any config field, e.g. --set model.flow_steps=2 (repeatable; applied last)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
+    p.add_argument("--no-figures", action="store_true",
+                   help="skip drawing RUN/figures/*.png at the end (`vlae plot RUN` draws them later)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="IW bound on test (or valid) data",
@@ -183,6 +186,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     run_dir = Path(args.run_dir or f"runs/{cfg.preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}")
     summary = train(cfg, run_dir, resume=args.resume, quiet=args.quiet)
+    # Under torchrun every rank returns here; one of them draws.
+    if not args.no_figures and int(os.environ.get("RANK", "0")) == 0:
+        from .plots import plot_run
+
+        paths = plot_run(summary["run_dir"])
+        if not args.quiet:
+            print(f"wrote {len(paths)} figures to {Path(summary['run_dir']) / 'figures'}")
     if not args.quiet:
         print(f"run folder: {summary['run_dir']}\nevaluate with: vlae eval {summary['run_dir']} --k 4096")
     return 0
