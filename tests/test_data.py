@@ -371,3 +371,14 @@ def test_real_binarized_mnist():
             assert f"sha256:{hashlib.sha256(file.read()).hexdigest()}" in known
         if split == "train":
             assert 0.12 < images.images.float().mean().item() < 0.14
+
+
+def test_fixed_subset_spreads_over_a_class_sorted_split():
+    labels = torch.arange(10).repeat_interleave(1000)  # sorted by class, like the canonical test files
+    pick = data.fixed_subset(labels, 1000)
+    assert len(pick) == 1000 and torch.equal(pick, data.fixed_subset(labels, 1000))  # the same for every call
+    counts = torch.bincount(pick, minlength=10)
+    assert counts.min() >= 70 and counts.max() <= 130, counts  # every class, near 100 each; a prefix gives only 0s
+    index = data.fixed_subset(torch.arange(10_000), 1000)
+    assert torch.equal(index, index.sort().values) and len(index.unique()) == 1000  # file order, no repeats
+    assert torch.equal(data.fixed_subset(labels, 0), labels) and torch.equal(data.fixed_subset(labels, 20_000), labels)

@@ -122,3 +122,20 @@ def test_evaluate_checkpoint_writes_json(tmp_path, model):
     again = evaluate_checkpoint(tmp_path, split="test", k=3, subset=10, seed=0, notice=lambda m: None,
                                 progress=False, out=tmp_path / "again.json")
     assert again["nll"] == result["nll"]  # seeded: the same importance samples
+
+
+def test_evaluate_checkpoint_subset_is_the_fixed_subset(tmp_path, model):
+    from vlae.data import fixed_subset, load_or_fallback
+
+    cfg = get_preset("tiny")
+    cfg.train.dataset = "mnist-embedded"
+    save_checkpoint(tmp_path / "best.pt", {"config": cfg.to_dict(), "model": model.state_dict(), "ema": None})
+    result = evaluate_checkpoint(tmp_path, split="test", k=2, subset=6, seed=1, notice=lambda m: None, progress=False)
+    images = load_or_fallback("mnist-embedded", "test").binarized(torch.Generator().manual_seed(1))
+    model.eval()
+    expect = evaluate_model(model, fixed_subset(images, 6), k=2, batch_size=cfg.eval.batch_size,
+                            generator=torch.Generator().manual_seed(1), progress=False)
+    prefix = evaluate_model(model, images[:6], k=2, batch_size=cfg.eval.batch_size,
+                            generator=torch.Generator().manual_seed(1), progress=False)
+    assert result["nll"] == pytest.approx(expect["nll"], abs=1e-9)
+    assert result["nll"] != pytest.approx(prefix["nll"], abs=1e-6)

@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "report ELBO, KL and active units; writes <run>/eval_<split>_k<k>.json.")
     p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="run folder (best.pt or latest) or .pt file")
     p.add_argument("--k", type=int, default=4096, help="importance samples per image (paper: 4096)")
-    p.add_argument("--subset", type=int, default=0, help="evaluate the first N images only (0: all)")
+    p.add_argument("--subset", type=int, default=0, help="evaluate N images only, a fixed choice spread over the split (0: all)")
     p.add_argument("--split", choices=("test", "valid", "train"), default="test", help="data split")
     p.add_argument("--batch-size", type=int, default=None, help="images per batch (default: the config's)")
     p.add_argument("--chunk", type=int, default=0, help="samples per pass (0: automatic; bounds memory)")

@@ -168,7 +168,7 @@ def evaluate_checkpoint(path: str | os.PathLike, split: str = "test", k: int = 4
     the data source and the command line.
     """
     from .checkpoint import load_model, pick_device, resolve_checkpoint
-    from .data import load_or_fallback
+    from .data import fixed_subset, load_or_fallback
 
     if subset < 0:
         raise VLAEError(f"invalid --subset: must be >= 0, got {subset}")
@@ -178,8 +178,7 @@ def evaluate_checkpoint(path: str | os.PathLike, split: str = "test", k: int = 4
     data = load_or_fallback(cfg.train.dataset, split, root, notice=notice)
     torch.manual_seed(seed)
     images = data.binarized(torch.Generator().manual_seed(seed))
-    if subset:
-        images = images[:subset]
+    images = fixed_subset(images, subset)  # a spread-out choice: test files are sorted by class
     dev = next(model.parameters()).device
     gen = torch.Generator(device=dev).manual_seed(seed)
     t0 = time.perf_counter()

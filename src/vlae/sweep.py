@@ -653,7 +653,7 @@ def _add_common(p: argparse.ArgumentParser, default_out: str, default_k: int) ->
     p.add_argument("--max-steps", type=int, default=None, metavar="N",
                    help="optimiser steps per run (train.max_steps); with --budget, whichever comes first")
     p.add_argument("--eval-subset", type=int, default=1000, metavar="N",
-                   help="evaluate on the first N test images (0: all; default: 1000)")
+                   help="evaluate on N test images, a fixed random choice (0: all; default: 1000)")
     p.add_argument("--k", type=int, default=default_k,
                    help=f"importance samples of the IW bound on the test NLL (default: {default_k}; the paper "
                         "uses 4096; evaluation costs k decoder passes per test image)")

@@ -326,8 +326,9 @@ def train(cfg: Config, run_dir: str | os.PathLike, *, resume: bool = False, quie
     _seed_everything(t.seed)
     train_set, valid_set = resolve_data(cfg, data, notice=say if main else (lambda _m: None))
     valid_images = valid_set.binarized(torch.Generator().manual_seed(t.seed + 1))
-    if t.eval_subset:
-        valid_images = valid_images[:t.eval_subset]
+    from .data import fixed_subset
+
+    valid_images = fixed_subset(valid_images, t.eval_subset)
     valid_images = valid_images.to(device)
     dynamic = train_set.dynamic
     train_images = train_set.images.to(device) if not dynamic else train_set.images  # grey levels stay on CPU
