@@ -19,7 +19,7 @@ from vlae.errors import VLAEError
 from vlae.model import VLAE
 from vlae.pixelcnn import GatedPixelCNN, MaskedPixelCNN
 from vlae.sweep import (base_config, collect_results, context_coverage, main, parse_list, receptive_field_record,
-                        run_sweep, sweep_tasks)
+                        run_sweep, scope_note, sweep_tasks)
 
 torch.set_num_threads(1)
 
@@ -202,3 +202,9 @@ def test_receptive_field_record_of_gated_and_masked():
 def test_collect_results_of_an_empty_folder(tmp_path):
     assert collect_results(tmp_path) == []
     assert main(["--report", str(tmp_path)]) == 2
+
+
+def test_scope_note_names_every_free_bits_value_and_image_count():
+    records = [{"free_bits": 0.01, "eval_images": 10}, {"free_bits": 0.0, "eval_images": 10}, {"eval_images": 20}]
+    assert scope_note(records) == "Free bits: 0.0, 0.01 nats per pixel. Nats per image on 10, 20 test images"
+    assert scope_note([]) == "Free bits: ? nats per pixel. Nats per image on ? test images"

@@ -39,7 +39,7 @@ from typing import Any, Callable, Sequence
 from .config import Config, config_from_dict
 from .errors import VLAEError
 from .sweep import (Task, _add_common, _estimator, _print_outputs, _write_json, base_config, check_run_options,
-                    collect_results, parse_list, run_tasks, standalone, write_table)
+                    collect_results, parse_list, run_tasks, scope_note, standalone, write_table)
 
 __all__ = ["VARIANTS", "ablation_tasks", "run_ablation", "write_ablation_report", "add_cli", "main"]
 
@@ -103,10 +103,7 @@ def write_ablation_report(out_dir: str | Path, records: list[dict[str, Any]] | N
                ("posterior", "posterior"), ("rf_size", "RF size (px)"), ("nll", f"NLL ({est})"),
                ("nelbo", "-ELBO"), ("kl", "KL (nats)"), ("active_units", "active units"), ("steps", "steps"),
                ("seconds", "seconds")]
-    n_images = sorted({r.get("eval_images") for r in records if r.get("eval_images")})
-    free_bits = sorted({r.get("free_bits") for r in records if r.get("free_bits") is not None})
-    note = (f"Free bits: {', '.join(map(str, free_bits)) or '?'} nats per pixel. Nats per image on "
-            f"{', '.join(map(str, n_images))} test images, equal training budget, seed and data. "
+    note = (f"{scope_note(records)}, equal training budget, seed and data. "
             f"NLL: negative {est}; KL: single-sample estimate of KL(q(z|x) || p(z)). "
             "The unconditional PixelCNN has no z: its KL is 0 and its bounds are its exact likelihood.")
     return write_table(records, out, "ablation", columns, {"ablation": ablation_config, "estimator": est},

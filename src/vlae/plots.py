@@ -474,16 +474,14 @@ def plot_receptive_field(model_or_decoder, out, pixel: tuple[int, int] | None = 
 
 # ---------------------------------------------------------------------- a whole run
 def _test_images(cfg, count: int = 64, seed: int = 0) -> torch.Tensor:
-    from .data import find_shared_binarized_mnist, load_or_fallback
+    from .data import find_shared_binarized_mnist, fixed_subset, load_or_fallback
 
     data_dir = cfg.train.data_dir
     if data_dir is None and cfg.train.dataset == "binarized-mnist":
         shared = find_shared_binarized_mnist()
         data_dir = shared.parent if shared is not None else None
     images = load_or_fallback(cfg.train.dataset, "test", data_dir)
-    g = torch.Generator().manual_seed(seed)
-    pick = torch.randperm(len(images), generator=g)[:count]  # a fixed random subset: test files may be sorted by class
-    return images.binarized(g)[pick].float()
+    return fixed_subset(images.binarized(torch.Generator().manual_seed(seed)), count).float()
 
 
 def plot_run(run_dir, images: torch.Tensor | None = None, out_dir=None) -> list[Path]:

@@ -68,7 +68,7 @@ __all__ = [
     "Task", "sweep_tasks", "run_tasks", "run_sweep", "collect_results", "write_sweep_report",
     "receptive_field_record", "context_coverage", "parse_list", "write_table", "base_config", "check_run_options",
     "add_cli", "main",
-    "standalone",
+    "standalone", "scope_note",
 ]
 
 #: Keys of a run's configuration that do not change its result (ignored when a
@@ -312,12 +312,12 @@ def _jsonable(obj: Any) -> Any:
 
 
 def _test_images(cfg: Config, subset: int, notice: Callable[[str], object] = print):
-    """``subset`` (0: all) binarized test images of the run's dataset: a fixed
-    random choice (test files may be sorted by class), the same for every run.
+    """``subset`` (0: all) binarized test images of the run's dataset: the
+    :func:`~vlae.data.fixed_subset` that ``vlae eval --subset`` uses too.
     Binarized MNIST is looked for where :func:`vlae.train.train` finds it."""
     import torch
 
-    from .data import find_shared_binarized_mnist, load_or_fallback, resolve_data_dir
+    from .data import find_shared_binarized_mnist, fixed_subset, load_or_fallback, resolve_data_dir
 
     data_dir = cfg.train.data_dir
     if data_dir is None and cfg.train.dataset == "binarized-mnist":
@@ -326,10 +326,7 @@ def _test_images(cfg: Config, subset: int, notice: Callable[[str], object] = pri
         if shared is not None and not any((default / d).is_dir() for d in ("binarized-mnist", "binarized_mnist")):
             data_dir = str(shared)
     test = load_or_fallback(cfg.train.dataset, "test", data_dir, notice=notice)
-    g = torch.Generator().manual_seed(0)
-    images = test.binarized(g)
-    pick = torch.randperm(len(images), generator=g)
-    return images[pick[:subset] if subset else pick]
+    return fixed_subset(test.binarized(torch.Generator().manual_seed(0)), subset)
 
 
 # ----------------------------------------------------------------------------- runner
@@ -517,6 +514,14 @@ def _estimator(records: list[dict[str, Any]]) -> str:
     return f"IW bound, k={', '.join(map(str, ks))}" if ks else "IW bound"
 
 
+def scope_note(records: list[dict[str, Any]]) -> str:
+    """What every number of a report shares: the free bits trained with and the
+    test images evaluated on (several values when the records disagree)."""
+    def values(key: str) -> str:
+        return ", ".join(map(str, sorted({r[key] for r in records if r.get(key) is not None}))) or "?"
+    return f"Free bits: {values('free_bits')} nats per pixel. Nats per image on {values('eval_images')} test images"
+
+
 def write_sweep_report(out_dir: str | os.PathLike, records: list[dict[str, Any]] | None = None,
                        sweep_config: dict[str, Any] | None = None) -> dict[str, Path]:
     """Write ``sweep.{csv,json,md}`` and the two plots for ``records``
@@ -531,10 +536,7 @@ def write_sweep_report(out_dir: str | os.PathLike, records: list[dict[str, Any]]
                ("rf_size", "RF size (px)"), ("rf_up", "RF rows up"), ("rf_left", "RF cols left/right"),
                ("rf_coverage", "context seen"), ("kl", "KL (nats)"), ("nll", f"NLL ({est})"),
                ("nelbo", "-ELBO"), ("active_units", "active units"), ("steps", "steps"), ("seconds", "seconds")]
-    n_images = sorted({r.get("eval_images") for r in records if r.get("eval_images")})
-    free_bits = sorted({r.get("free_bits") for r in records if r.get("free_bits") is not None})
-    note = (f"Free bits: {', '.join(map(str, free_bits)) or '?'} nats per pixel. "
-            f"Nats per image on {', '.join(map(str, n_images))} test images. KL: single-sample estimate of "
+    note = (f"{scope_note(records)}. KL: single-sample estimate of "
             f"KL(q(z|x) || p(z)); NLL: negative {est}; -ELBO: single-sample negative ELBO (averaged over the k draws). "
             "'context seen': mean fraction of the preceding pixels inside the receptive field.")
     paths = write_table(records, out, "sweep", columns, {"sweep": sweep_config, "estimator": est},
