@@ -60,3 +60,16 @@ def test_notebook_runs_top_to_bottom_in_fast_mode(kernel_here, tmp_path):
     assert images == 11
     for name in ("local", "whole-image"):
         assert any((work / "runs" / "notebook-fast" / name).glob("ckpt-*.pt"))
+
+
+def test_notebook_is_what_its_generator_writes():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_notebook", NOTEBOOK.parent / "tools" / "make_notebook.py")
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    def cells(nb):
+        return [(c.cell_type, c.id, c.source) for c in nb.cells]
+
+    assert cells(generator.build()) == cells(nbformat.read(NOTEBOOK, as_version=4)), \
+        "notebook.ipynb differs from tools/make_notebook.py: run `python tools/make_notebook.py`"

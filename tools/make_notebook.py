@@ -1,6 +1,9 @@
 """Regenerate notebook.ipynb at the repository root (stored without outputs).
 
     python tools/make_notebook.py
+
+This file is the notebook's source: edit it, regenerate, and commit both
+(tests/test_notebook.py fails when they disagree).
 """
 
 from pathlib import Path
@@ -362,10 +365,18 @@ lossy reconstructions become much sharper.)
   and interpolations included.
 """)
 
-nb = new_notebook(cells=cells, metadata={
-    "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
-    "language_info": {"name": "python"},
-})
-nbformat.validate(nb)
-nbformat.write(nb, Path(__file__).resolve().parents[1] / "notebook.ipynb")
-print(f"wrote {len(cells)} cells")
+def build() -> nbformat.NotebookNode:
+    """The notebook, without outputs; cell ids are numbered so that regenerating gives the same file."""
+    for number, cell in enumerate(cells):
+        cell.id = f"cell-{number:02d}"
+    nb = new_notebook(cells=cells, metadata={
+        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+        "language_info": {"name": "python"},
+    })
+    nbformat.validate(nb)
+    return nb
+
+
+if __name__ == "__main__":
+    nbformat.write(build(), Path(__file__).resolve().parents[1] / "notebook.ipynb")
+    print(f"wrote {len(cells)} cells")
