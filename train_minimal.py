@@ -8,7 +8,7 @@ trains with :func:`vlae.train.train`, estimates the test NLL with the
 importance-weighted bound (:func:`vlae.evaluate.evaluate_checkpoint`), and
 draws the figures with :mod:`vlae.plots`. Everything goes to ``--output-dir``
 (default ``results/``): ``config.json``, ``metrics.jsonl``, checkpoints
-(``best.pt``, ``ckpt-*.pt``), ``eval_test_k*.json`` and ``figures/`` (training
+(``best.pt``, ``ckpt-*.pt``), ``eval_<dataset>_test_k*.json`` and ``figures/`` (training
 curves, reconstructions, samples, per-dimension KL heat map, latent
 traversals, ...).
 
@@ -38,6 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--decoder-layers", type=int, default=6,
                    help="masked PixelCNN layers; fewer layers, smaller receptive field (default: 6)")
     p.add_argument("--output-dir", default="results", help="where everything is written (default: results)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run in --output-dir (a non-empty folder is refused otherwise)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--data-dir", default=None, help="folder holding binarized_mnist_{train,valid,test}.{mat,amat}")
     p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: all epochs)")
@@ -74,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.output_dir)
         prior = "AF prior" if args.use_flow else "Gaussian prior"
         print(f"VLAE, {prior}, D={cfg.model.latent_dim}, {cfg.model.decoder_layers}-layer masked PixelCNN decoder")
-        summary = train(cfg, out)
+        summary = train(cfg, out, overwrite=args.overwrite)  # a folder that is a file: one error line
 
         print(f"\nfinal evaluation: IW bound with k={args.k} on "
               f"{args.eval_subset or 'all'} test images (the paper: k=4096 on all 10,000)")

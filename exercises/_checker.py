@@ -48,7 +48,8 @@ from types import ModuleType
 from typing import Callable, TextIO
 
 __all__ = ["CheckFailed", "fail", "expect", "Check", "Outcome", "Checklist", "load_module", "main", "run_file",
-           "exit_status", "EXERCISES", "SOLUTIONS", "training_data", "pixel_dependencies", "describe_offset"]
+           "exit_status", "EXERCISES", "SOLUTIONS", "training_data", "TimeBudget", "pixel_dependencies",
+           "describe_offset"]
 
 EXERCISES = Path(__file__).resolve().parent
 SOLUTIONS = EXERCISES / "solutions"
@@ -344,6 +345,52 @@ def training_data(n_test: int = 500):
         print("        (real binarized MNIST not found: using the embedded 5,000-digit MNIST subset)", flush=True)
     test_images = test.images[:: max(1, len(test) // n_test)][:n_test]
     return train.images.float(), test_images.float(), train.name
+
+
+# ----------------------------------------------------------------------------- time budget of a training check
+
+class TimeBudget:
+    """Stops a training check whose run would take far longer than the reference's.
+
+    The budget is CPU seconds (``time.process_time``, the checkers run on one
+    thread), ``max(floor, factor * steps * t_ref)``, where ``t_ref`` is the
+    fastest of a few calls of ``reference_step`` (one step of the reference
+    computation) timed here and now: the floor keeps every run under a minute on
+    an idle machine, and the measured term keeps a right solution from failing on
+    a busy one, where every step is slower. The calibration runs under
+    ``torch.random.fork_rng``, so the check's own random numbers do not change.
+
+    Example::
+
+        budget = TimeBudget(lambda: reference_step(model_copy), steps=600, floor=45.0)
+        for step in range(600):
+            budget.check(step)
+            ...
+    """
+
+    def __init__(self, reference_step: Callable[[], object], steps: int, floor: float, factor: float = 1.5,
+                 trials: int = 3):
+        import torch
+
+        times = []
+        with torch.random.fork_rng():
+            for _ in range(trials):
+                start = time.process_time()
+                reference_step()
+                times.append(time.process_time() - start)
+        self.steps = steps
+        self.seconds = max(floor, factor * steps * min(times))
+        self.start = time.process_time()
+
+    def elapsed(self) -> float:
+        return time.process_time() - self.start
+
+    def check(self, step: int, hint: str = "") -> None:
+        """Fail the running check once the CPU time since construction exceeds the budget."""
+        if self.elapsed() > self.seconds:
+            fail(f"training stopped at step {step} of {self.steps}: it ran over its budget of {self.seconds:.0f} s "
+                 "of CPU time (about twice what the reference needs, measured now on this machine)",
+                 hint or "every exact check passed, so look for extra work done in every step")
 
 
 # ----------------------------------------------------------------------------- helpers shared by the checks

@@ -146,13 +146,28 @@ def _call_make_mask(ex, kernel, mask_type: str) -> torch.Tensor:
     return mask
 
 
-def _mask_hint(expected: torch.Tensor, got: torch.Tensor, mask_type: str) -> str:
+def _one_side_for_both(ex) -> bool:
+    """Whether make_mask puts the centre at (kh // 2, kh // 2) or (kw // 2, kw // 2) on *every*
+    non-square kernel and both types: only then is "one side used for both" the diagnosis."""
+    for side in (0, 1):
+        def wrong(kernel, mask_type):
+            k = _sides(kernel)[side]
+            return _expected(kernel, mask_type, (k // 2, k // 2))
+        try:
+            if all(torch.equal(ex.make_mask(kernel, t).float(), wrong(kernel, t))
+                   for kernel in _NON_SQUARE for t in "AB"):
+                return True
+        except Exception:  # noqa: BLE001 - a mask that fails to build is not this mistake
+            pass
+    return False
+
+
+def _mask_hint(expected: torch.Tensor, got: torch.Tensor, mask_type: str, ex=None) -> str:
     kh, kw = expected.shape
     cy, cx = kh // 2, kw // 2
     other = _expected((kh, kw), "B" if mask_type == "A" else "A")
     hints = []
-    if kh != kw and any(torch.equal(got, _expected((kh, kw), mask_type, c)) for c in [(kh // 2, kh // 2),
-                                                                                    (kw // 2, kw // 2)]):
+    if kh != kw and ex is not None and _one_side_for_both(ex):
         hints.append("non-square kernel: the centre is at row kh // 2 and column kw // 2 (you used one side "
                      "for both)")
     if torch.equal(got, other):
@@ -171,8 +186,9 @@ def _mask_hint(expected: torch.Tensor, got: torch.Tensor, mask_type: str) -> str
     if (got[:cy, :] == 0).any():
         hints.append("every pixel of the rows above the centre comes earlier, including the columns right of "
                      "the centre: keep the whole rows")
-    if kh != kw and not hints:
-        hints.append("for a non-square kernel the centre is at row kh // 2 and column kw // 2")
+    if not hints:
+        hints.append("entry [i, j] is 1 exactly when (i, j) comes before the centre (row kh // 2, column kw // 2) "
+                     "in raster order" + (", plus the centre for type B" if mask_type == "B" else ""))
     return "\n".join(dict.fromkeys(hints))
 
 
@@ -182,7 +198,7 @@ def _check_contents(ex, kernels, mask_type: str) -> None:
         expected = _expected(kernel, mask_type)
         if not torch.equal(got.float(), expected):
             fail(f"make_mask({kernel!r}, {mask_type!r}) is wrong:\n{_side_by_side(expected, got.float())}",
-                 _mask_hint(expected, got.float(), mask_type))
+                 _mask_hint(expected, got.float(), mask_type, ex))
 
 
 @CHECKS.check("make_mask returns a (kh, kw) float tensor of 0/1",
@@ -256,17 +272,29 @@ def _buffer(ex):
            "Use self.register_buffer('mask', make_mask(...))")
     expect("mask" in conv.state_dict(), "the mask is missing from state_dict()",
            "register it as a persistent buffer (the default of register_buffer)")
-    expected = ex.make_mask((3, 5), "A")
-    mask = buffers["mask"]
-    try:
-        full = mask.expand_as(conv.weight)
-    except RuntimeError:
-        fail(f"the mask buffer has shape {tuple(mask.shape)}, which does not broadcast against the weight "
-             f"{tuple(conv.weight.shape)}", "store the (kh, kw) mask from make_mask")
-    expect(torch.equal(full, expected.expand_as(conv.weight).to(full.dtype)),
-           "the mask buffer differs from make_mask((3, 5), 'A')", "register make_mask((kh, kw), mask_type)")
-    expect(isinstance(conv.weight, nn.Parameter) and tuple(conv.weight.shape) == (3, 2, 3, 5),
+    for kernel, mask_type in [((3, 5), "A"), ((3, 5), "B"), ((5, 1), "A"), (3, "B")]:
+        conv = _conv(ex, 2, 3, kernel, mask_type)
+        expected = ex.make_mask(kernel, mask_type)
+        mask = dict(conv.named_buffers()).get("mask")
+        expect(mask is not None, f"MaskedConv2d(2, 3, {kernel!r}, {mask_type!r}) has no buffer named 'mask'")
+        try:
+            full = mask.expand_as(conv.weight)
+        except RuntimeError:
+            fail(f"the mask buffer has shape {tuple(mask.shape)}, which does not broadcast against the weight "
+                 f"{tuple(conv.weight.shape)}", "store the (kh, kw) mask from make_mask")
+        if not torch.equal(full.float(), expected.expand_as(conv.weight).float()):
+            wrong_type = "B" if mask_type == "A" else "A"
+            hint = (f"the buffer holds the type-{wrong_type} mask: pass mask_type on to make_mask"
+                    if torch.equal(full.float(), ex.make_mask(kernel, wrong_type).expand_as(conv.weight).float())
+                    else "register make_mask((kh, kw), mask_type), with this layer's kernel and type")
+            fail(f"MaskedConv2d(2, 3, {kernel!r}, {mask_type!r}): the mask buffer differs from "
+                 f"make_mask({kernel!r}, {mask_type!r})", hint)
+    expect(isinstance(conv.weight, nn.Parameter) and tuple(conv.weight.shape) == (3, 2, 3, 3),
            "conv.weight is no longer the (out, in, kh, kw) Parameter of nn.Conv2d", "leave the weight alone")
+    if not conv.mask.is_floating_point():
+        fail(f"the mask buffer has dtype {conv.mask.dtype}", "register the float mask that make_mask returns: "
+             ".double() and .to(dtype) convert only floating-point buffers, so a "
+             f"{conv.mask.dtype} mask would not follow the model's dtype")
     converted = conv.double()
     expect(converted.mask.dtype == torch.float64, ".double() did not convert the mask",
            "only registered buffers follow .to()/.double()")
@@ -287,6 +315,10 @@ def _forward_value(ex):
         if torch.allclose(y, unmasked, atol=1e-5) and not torch.allclose(unmasked, want, atol=1e-5):
             fail(f"kernel {kernel}, type {mask_type}: forward ignores the mask",
                  "convolve with self.weight * self.mask, not self.weight")
+        if conv.bias is not None and torch.allclose(y, want - conv.bias.detach()[:, None, None], atol=1e-5):
+            fail(f"kernel {kernel}, type {mask_type}: the output lacks the bias",
+                 "pass self.bias to F.conv2d: F.conv2d(x, self.weight * self.mask, self.bias, self.stride, "
+                 "self.padding)")
         expect(torch.allclose(y, want, atol=1e-5), f"kernel {kernel}, type {mask_type}: output differs from "
                "F.conv2d(x, weight * mask, bias, stride, padding)",
                "forward should be exactly F.conv2d(x, self.weight * self.mask, self.bias, self.stride, self.padding)")
@@ -313,12 +345,17 @@ def _mask_after_update(ex):
     x = torch.zeros(1, 1, 5, 5)
     x[0, 0, 2, 2] = 1.0  # a single lit pixel
     y = _same_size(conv)(x)
-    expect(y[0, 0, 2, 2] == 0, "with an all-ones weight, the output at a lit pixel equals "
-           f"{y[0, 0, 2, 2].item():g}: the output sees its own pixel",
-           "apply the mask in forward on every call, not only once in __init__")
-    expect(y[0, 0, :2, :].abs().sum() == 0 and y[0, 0, 2, :2].abs().sum() == 0,
-           "with an all-ones weight, outputs before a lit pixel in raster order react to it",
-           "apply the mask in forward on every call, not only once in __init__")
+    with torch.no_grad():
+        unmasked = F.conv2d(x, conv.weight, None, 1, 1)
+    leak = y[0, 0, 2, 2] != 0 or y[0, 0, :2, :].abs().sum() != 0 or y[0, 0, 2, :2].abs().sum() != 0
+    if leak:
+        hint = ("forward convolved with the weight as it is now, unmasked: the mask was applied once (in "
+                "__init__), and the optimiser step undid it. Apply the mask in forward on every call"
+                if torch.allclose(y, unmasked) else
+                "forward must multiply the current weight by the mask on every call: F.conv2d(x, self.weight * "
+                "self.mask, ...)")
+        fail("after the weight was set to all ones (as an optimiser step may do), outputs at or before a lit "
+             "pixel in raster order react to it", hint)
 
 
 def _jacobian_check(ex, kernel, mask_type: str, height: int = 6, width: int = 7) -> None:

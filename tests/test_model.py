@@ -88,10 +88,10 @@ def test_iw_bound_is_exact_when_z_is_ignored(decoder):
     model = _ignore_z(make_model(decoder=decoder, prior="gaussian", posterior="gaussian"))
     x = images(4, seed=2)
     with torch.no_grad():
-        mu, log_sigma, _ = model.encoder(x)
+        mu, log_sigma, _ = model.encode(x)
         assert torch.equal(mu, torch.zeros_like(mu)) and torch.equal(log_sigma, torch.zeros_like(log_sigma))
         cond = torch.zeros(4, model.cfg.cond_channels, *HW, dtype=torch.float64)
-        log_px = bernoulli_log_prob(model.decoder(x, cond), x)
+        log_px = bernoulli_log_prob(model.decoder(model.obs.scale(x), cond), x)
         for k in (1, 5, 50):
             for chunk in (0, 1, 7):
                 iw = model.iw_bound(x, k, chunk=chunk, generator=gen(k))
@@ -160,7 +160,7 @@ class _NoisePool:
         self.pool = torch.randn(k, batch, model.latent_dim, generator=gen(seed), dtype=torch.float64)
 
     def __call__(self, x, n=1, generator=None):
-        mu, log_sigma, h = self.model.encoder(x)
+        mu, log_sigma, h = self.model.encode(x)
         eps = self.pool[self.next:self.next + n].reshape(n * x.shape[0], -1)
         self.next += n
         rep = lambda t: t.repeat(n, 1)  # noqa: E731 -- sample-major, as posterior_sample documents
@@ -230,7 +230,7 @@ def test_unconditional_model_bounds_are_exact(decoder):
     with torch.no_grad():
         terms = model.terms(x)
         assert torch.equal(terms.kl, torch.zeros(4, dtype=torch.float64))
-        torch.testing.assert_close(-terms.recon, bernoulli_log_prob(model.decoder(x, None), x), rtol=0, atol=0)
+        torch.testing.assert_close(-terms.recon, bernoulli_log_prob(model.decoder(model.obs.scale(x), None), x), rtol=0, atol=0)
         for k in (1, 5, 50):
             torch.testing.assert_close(model.iw_bound(x, k), -terms.recon, rtol=0, atol=1e-10)
         assert model.log_weights(x, 3).shape == (3, 4)
@@ -322,7 +322,7 @@ def test_prior_log_prob_is_used_in_the_kl():
     x = images(2, seed=12)
     with torch.no_grad():
         terms = model.terms(x, generator=gen(4))
-        mu, log_sigma, _ = model.encoder(x)
+        mu, log_sigma, _ = model.encode(x)
         eps = torch.randn(2, 8, generator=gen(4), dtype=torch.float64)
         z = mu + log_sigma.exp() * eps
         expected = standard_normal_log_prob(eps) - log_sigma - standard_normal_log_prob(z)

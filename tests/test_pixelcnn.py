@@ -13,12 +13,14 @@ logit (i, j) depend on exactly the pixels (i - 3..i - 1, j - 3..j + 3) and
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
 from torch.autograd.functional import jacobian
 
-from vlae.pixelcnn import DECODERS, ConditionUpsampler, FactorizedDecoder, GatedPixelCNN, MaskedPixelCNN
+from vlae.pixelcnn import (DECODERS, GRAY_WEIGHTS, ConditionUpsampler, FactorizedDecoder, GatedPixelCNN, MaskedPixelCNN,
+                           field_offsets, grayscale)
 
 torch.set_num_threads(1)
 
@@ -228,3 +230,141 @@ def test_receptive_field_table_of_the_notes(kind, k, layers, up, side, size):
         assert size == 2 * L * (k // 2) * (L * (k // 2) + 1)
     elif k == 3:
         assert size == L * (L + 1) + L * (L + 1) // 2 + L
+
+
+# ---------------------------------------------------------------------- colour, AxB fields, gray context
+def _colour_jacobian(dec, C: int, H: int, W: int, seed: int = 0) -> torch.Tensor:
+    """d outputs / d x as ``(P, H*W, C, H*W)`` (output channel, output pixel, input
+    channel, input pixel), float64, at a random continuous colour input."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(1, C, H, W, generator=gen, dtype=torch.float64) * 2 - 1
+    c = torch.randn(1, COND, H, W, generator=gen, dtype=torch.float64) if dec_cond(dec) else None
+    out = dec(x, c)
+    P = out.shape[1]
+    jx = jacobian(lambda x_: dec(x_, c).reshape(-1), x, vectorize=True)
+    return jx.reshape(P, H * W, C, H * W)
+
+
+def _check_colour_fields(dec, C: int, seed: int = 0) -> torch.Tensor:
+    """Every output channel of every pixel depends on every input channel exactly
+    at the reported field (no channel of its own pixel or of any later pixel)."""
+    H, W = _image_for(dec)
+    jac = _colour_jacobian(dec, C, H, W, seed)
+    rf = dec.receptive_field()
+    assert (0, 0) not in rf and all(dy < 0 or dx < 0 for dy, dx in rf)  # causal, own pixel excluded
+    for i, j in itertools.product(range(H), range(W)):
+        o, expected = i * W + j, _translated(rf, i, j, H, W)
+        for p in range(jac.shape[0]):
+            for c in range(C):
+                assert _support(jac[p, o, c] != 0) == expected, f"output channel {p}, input channel {c}, pixel {(i, j)}"
+    return jac
+
+
+FIELDS = [("4x2", {(-2, -2), (-2, -1), (-2, 0), (-2, 1), (-1, -2), (-1, -1), (-1, 0), (-1, 1), (0, -2), (0, -1)}),
+          ("5x3", None), ("7x4", None), ("8x4", None), ("9x5", None)]
+
+
+@pytest.mark.parametrize("field,explicit", FIELDS, ids=[f for f, _ in FIELDS])
+def test_paper_fields_are_the_colour_jacobian_support(field, explicit):
+    """The paper's AxB (appendix B: 4x2 = 1 vertical + 2 horizontal layers, 5x3 =
+    2 + 2, 7x4 = 3 + 3): B rows above, A columns wide, ceil((A-1)/2) pixels left."""
+    dec = GatedPixelCNN.from_field(field, filters=3, cond_channels=COND, in_channels=3, out_channels=4,
+                                   blocks_1x1=1)
+    a, b = (int(t) for t in field.split("x"))
+    assert (dec.vertical_layers, dec.layers) == (b - 1, a - b)
+    assert dec.receptive_field_name() == field
+    left, right = math.ceil((a - 1) / 2), (a - 1) // 2
+    expected = {(dy, dx) for dy in range(-b, 0) for dx in range(-left, right + 1)} | {(0, dx) for dx in range(-left, 0)}
+    assert dec.receptive_field() == expected and (explicit is None or expected == explicit)
+    _check_colour_fields(_randomize(dec, seed=a * 10 + b), C=3)
+    _check_fields_colour_cond(dec)
+
+
+def _check_fields_colour_cond(dec) -> None:
+    """The conditioning field of a colour decoder is still exact (first output channel)."""
+    H, W = _image_for(dec)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(1, dec.in_channels, H, W, generator=gen, dtype=torch.float64)
+    c = torch.randn(1, COND, H, W, generator=gen, dtype=torch.float64)
+    jc = jacobian(lambda c_: dec(x, c_)[:, 0].reshape(-1), c, vectorize=True).reshape(H * W, COND, H * W)
+    jc = (jc != 0).any(1)
+    cf = dec.condition_field()
+    for i, j in itertools.product(range(H), range(W)):
+        got, expected = _support(jc[i * W + j]), _translated(cf, i, j, H, W)
+        assert got <= expected
+        if _interior(dec, i, j, H, W):
+            assert got == expected
+
+
+@pytest.mark.parametrize("kind", ["masked", "gated", "factorized"])
+def test_colour_decoders_see_no_channel_of_their_own_pixel(kind):
+    if kind == "masked":
+        dec = MaskedPixelCNN(2, 3, filters=4, cond_channels=COND, blocks_1x1=1, in_channels=3, out_channels=5)
+    elif kind == "gated":
+        dec = GatedPixelCNN(2, 3, filters=3, cond_channels=COND, in_channels=3, out_channels=5)
+    else:
+        dec = FactorizedDecoder(COND, filters=4, out_channels=5)
+    dec = _randomize(dec, seed=8)
+    if kind == "factorized":
+        H, W = 4, 5
+        x = torch.rand(1, 3, H, W, dtype=torch.float64)
+        c = torch.randn(1, COND, H, W, dtype=torch.float64)
+        assert dec(x, c).shape == (1, 5, H, W)
+        assert not jacobian(lambda x_: dec(x_, c), x).any()
+        assert dec.receptive_field_name() == "0x0"
+        return
+    _check_colour_fields(dec, C=3)
+    assert dec(torch.zeros(2, 3, 6, 7, dtype=torch.float64), torch.zeros(2, COND, 6, 7, dtype=torch.float64)
+               ).shape == (2, 5, 6, 7)
+
+
+@pytest.mark.parametrize("kind", ["masked", "gated"])
+def test_gray_context_reads_only_the_luma(kind):
+    """d out / d x_c = w_c * d out / d gray for c = R, G, B with (0.299, 0.587, 0.114):
+    the three channels enter only through the gray combination, at exactly the field."""
+    if kind == "masked":
+        dec = MaskedPixelCNN(2, 3, filters=4, cond_channels=COND, blocks_1x1=1, in_channels=3, out_channels=3,
+                             gray_context=True)
+    else:
+        dec = GatedPixelCNN.from_field("5x3", filters=3, cond_channels=COND, in_channels=3, out_channels=3,
+                                       gray_context=True)
+    jac = _check_colour_fields(_randomize(dec, seed=4), C=3)
+    weights = torch.tensor(GRAY_WEIGHTS, dtype=torch.float64)
+    gray = jac[:, :, 0] / weights[0]
+    for c in range(3):
+        torch.testing.assert_close(jac[:, :, c], weights[c] * gray, rtol=1e-12, atol=0)
+    # The same decoder on RGB without the option would mix channels freely.
+    free = _colour_jacobian(_randomize(type(dec)(**_ctor(dec, gray_context=False)), seed=4), 3, *_image_for(dec))
+    assert not torch.allclose(free[:, :, 1] * weights[0], free[:, :, 0] * weights[1])
+
+
+def _ctor(dec, **changes):
+    if isinstance(dec, MaskedPixelCNN):
+        kw = dict(layers=dec.layers, kernel_size=dec.kernel_size, filters=dec.first.out_channels,
+                  cond_channels=dec.cond_channels, blocks_1x1=1, in_channels=3, out_channels=dec.out.out_channels)
+    else:
+        kw = dict(layers=dec.layers, kernel_size=dec.kernel_size, filters=dec.h_out[0].out_channels,
+                  cond_channels=dec.cond_channels, in_channels=3, out_channels=dec.out2.out_channels,
+                  vertical_layers=dec.vertical_layers, first_rows=dec.first_rows)
+    kw.update(changes)
+    return kw
+
+
+def test_field_names_and_errors():
+    assert GatedPixelCNN(3, 3, cond_channels=0).receptive_field_name() == "7x3"  # van den Oord, L = 3
+    assert GatedPixelCNN(2, 5, cond_channels=0).receptive_field_name() == "9x4"
+    assert MaskedPixelCNN(3, 3, cond_channels=0).receptive_field_name() is None  # blind spot
+    assert field_offsets(4, 2) == GatedPixelCNN.from_field("4x2", cond_channels=0).receptive_field()
+    for bad in ("6x2", "3x1", "7x3", "seven", "7x4x1"):
+        with pytest.raises(ValueError):
+            GatedPixelCNN.from_field(bad)
+    with pytest.raises(ValueError, match="vertical"):
+        GatedPixelCNN(2, 3, vertical_layers=3)
+    with pytest.raises(ValueError, match="RGB"):
+        GatedPixelCNN(2, 3, in_channels=1, gray_context=True)
+
+
+def test_grayscale_helper():
+    x = torch.tensor([[[[1.0]], [[0.0]], [[0.0]]]])
+    assert grayscale(x).item() == pytest.approx(0.299)
+    assert torch.allclose(grayscale(torch.ones(2, 3, 4, 5)), torch.ones(2, 1, 4, 5))

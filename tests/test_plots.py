@@ -67,11 +67,36 @@ def write_metrics(path) -> None:
 def test_training_curves(tmp_path):
     metrics = tmp_path / "metrics.jsonl"
     write_metrics(metrics)
-    train, valid = plots.read_metrics(metrics)
+    warnings = []
+    train, valid = plots.read_metrics(metrics, notice=warnings.append)
     assert len(train) == 60 and len(valid) == 3
-    assert_png(plots.plot_training_curves(metrics, tmp_path / "curves.png"))
+    assert len(warnings) == 1 and "skipped 1 line" in warnings[0] and "line 64" in warnings[0]  # "not json", said
+    assert_png(plots.plot_training_curves(metrics, tmp_path / "curves.png", notice=None))
     with pytest.raises(VLAEError, match="does not exist"):
         plots.plot_training_curves(tmp_path / "missing.jsonl", tmp_path / "x.png")
+
+
+def test_read_metrics_drops_superseded_records_and_refuses_binary(tmp_path):
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("\n".join(json.dumps(r) for r in [
+        {"step": 1, "loss": 5.0}, {"step": 2, "loss": 4.0, "superseded": True}, {"step": 2, "loss": 3.0},
+        {"step": 3, "skipped": True}]) + "\n")
+    warnings = []
+    train, _ = plots.read_metrics(metrics, notice=warnings.append)
+    assert [r.get("loss") for r in train] == [5.0, 3.0, None] and not warnings
+    metrics.write_bytes(b'{"step": 1}\n\xff\xfe garbage\n')
+    with pytest.raises(VLAEError, match="not UTF-8"):
+        plots.read_metrics(metrics)
+
+
+def test_figures_go_only_where_they_can_be_written(model, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(VLAEError, match="is a file, not a folder"):
+        plots.plot_samples(model, 4, blocker / "samples.png")
+    out = plots.plot_samples(model, 4, tmp_path / "samples.png")
+    assert_png(out)
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []  # written atomically
 
 
 @pytest.mark.parametrize("name", ["reconstructions", "lossy_decompression", "kl_heatmap", "latent_traversals",

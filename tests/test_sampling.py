@@ -189,3 +189,118 @@ def test_bad_input():
         FastSampler(model, method="magic")
     with pytest.raises(VLAEError, match="uniforms"):
         FastSampler(model).decode(torch.zeros(2, model.latent_dim), torch.rand(2, 1, 12, 12))
+
+
+# ---------------------------------------------------------------------- colour (discretized logistic mixture)
+COLOUR = (3, 8, 8)
+
+
+def make_colour_model(seed: int = 0, **overrides) -> VLAE:
+    """An 8-bit model on random images, decoder weights perturbed so the mixtures
+    spread over the 256 values (not all mass in one bin)."""
+    from vlae.config import ModelConfig
+
+    base = dict(image_shape=COLOUR, observation="logistic_mixture", mixture_components=3, latent_dim=8,
+                made_hidden=(16,), encoder_channels=8, upsampler_channels=8, decoder_filters=6, flow_steps=1,
+                decoder="gated", decoder_field="4x2")
+    base.update(overrides)
+    cfg = ModelConfig(**base)
+    torch.manual_seed(seed)
+    model = VLAE(cfg).eval()
+    model.initialize(torch.randint(0, 256, (16, *cfg.image_shape)).float())
+    with torch.no_grad():
+        for p in model.decoder.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return model
+
+
+def check_exact_colour(model: VLAE, n: int = 3, seed: int = 1, **kwargs) -> FastSampler:
+    xn, pn, xf, pf, sampler = naive_and_fast(model, n, seed, **kwargs)
+    # a meaningful check: many distinct values, not a constant image
+    assert xn.unique().numel() > 50 and torch.equal(xn, xn.round()) and 0 <= xn.min() and xn.max() <= 255
+    assert torch.equal(xn, xf)
+    assert pn.shape == (n, model.obs.param_channels, *model.cfg.image_shape[1:])  # the mixture's outputs
+    torch.testing.assert_close(pf, pn, rtol=0, atol=1e-4)
+    return sampler
+
+
+COLOUR_CASES = {
+    "gated-4x2": dict(),
+    "gated-7x4-gray": dict(decoder_field="7x4", gray_context=True),
+    "gated-5x3-blocks": dict(decoder_field="5x3", gated_blocks_1x1=2),
+    "gated-vdo-L2": dict(decoder_field="", decoder_layers=2, decoder_kernel=3),
+    "masked": dict(decoder="masked", decoder_field="", decoder_layers=2),
+    "masked-gray": dict(decoder="masked", decoder_field="", decoder_layers=2, gray_context=True),
+    "factorized": dict(decoder="factorized", decoder_field=""),
+    "unconditional": dict(latent_dim=0, decoder_field="5x3"),
+    "grayscale-8bit": dict(image_shape=(1, 8, 8), decoder_field="5x3"),
+}
+
+
+@pytest.mark.parametrize("case", list(COLOUR_CASES))
+def test_colour_bit_identical(case):
+    check_exact_colour(make_colour_model(**COLOUR_CASES[case]))
+
+
+@pytest.mark.parametrize("case", ["gated-7x4-gray", "masked"])
+def test_colour_window_method_bit_identical(case):
+    check_exact_colour(make_colour_model(2, **COLOUR_CASES[case]), method="window")
+
+
+def _on_the_edges(model: VLAE, z, u0):
+    """Uniforms that put every channel's logistic draw on the edge of the bin naive
+    sampling chose (one mixture component): the fast sampler's outputs differ in
+    the last bits, so unguarded some pixels would move to the neighbouring value."""
+    obs = model.obs
+    x0, p0 = model.decode(z, u0, return_probs=True)
+    _, means, log_scales, coeffs = obs._split(p0)
+    v = obs.scale(x0)
+    u = u0.clone()
+    for c in range(obs.channels):
+        mu, s = obs._mean(means, coeffs, v, c)[:, 0], log_scales[:, c, 0].exp()
+        edge = torch.where(x0[:, c] > 0, (x0[:, c] - 0.5) / 127.5 - 1, (x0[:, c] + 0.5) / 127.5 - 1)
+        uc = torch.sigmoid((edge - mu) / s)
+        for _ in range(50):  # nudge onto the side of the edge that keeps the chosen value
+            x = obs.sample(p0, torch.cat([u[:, :c + 1], uc[:, None], u[:, c + 2:]], 1))[:, c]
+            wrong = x != x0[:, c]
+            if not wrong.any():
+                break
+            uc = torch.where(wrong & (x < x0[:, c]), torch.nextafter(uc, torch.ones_like(uc)), uc)
+            uc = torch.where(wrong & (x > x0[:, c]), torch.nextafter(uc, torch.zeros_like(uc)), uc)
+        # Where float32 cannot land on the chosen side (bins narrower than one step of
+        # u far in a tail), keep the original uniform.
+        u[:, c + 1] = torch.where(wrong, u[:, c + 1], uc)
+    return x0, p0, u
+
+
+def test_colour_uniforms_on_the_bin_edges():
+    model = make_colour_model(3, mixture_components=1, decoder_field="5x3")
+    g = torch.Generator().manual_seed(3)
+    z = model.prior.sample(3, generator=g)
+    x0, p0, u = _on_the_edges(model, z, torch.rand((3, *model.uniforms_shape), generator=g))
+    xn, pn = model.decode(z, u, return_probs=True)
+    assert torch.equal(xn, x0) and torch.equal(pn, p0)  # the very same image, now on the edges
+    sampler = FastSampler(model)
+    xf, pf = sampler.decode(z, u, return_probs=True)
+    assert torch.equal(xf, xn)
+    assert sampler.fallbacks >= 0.9 * xn[:, 0].numel()  # (nearly) every pixel settled by the naive computation
+    unguarded = FastSampler(model, tol=0.0).decode(z, u)
+    assert not torch.equal(unguarded, xn), "rounding never mattered: the edge test lost its point"
+
+
+def test_colour_reconstruct_and_teacher_forced_params():
+    model = make_colour_model(4, decoder_field="7x4")
+    images = torch.randint(0, 256, (2, *COLOUR), generator=torch.Generator().manual_seed(0)).float()
+    naive = model.reconstruct(images, n=2, generator=torch.Generator().manual_seed(8))
+    fast = FastSampler(model).reconstruct(images, n=2, generator=torch.Generator().manual_seed(8))
+    assert fast.shape == (2, 2, *COLOUR) and torch.equal(fast, naive)
+    g = torch.Generator().manual_seed(5)
+    z = model.prior.sample(2, generator=g)
+    x, p = FastSampler(model).decode(z, torch.rand((2, *model.uniforms_shape), generator=g), return_probs=True)
+    torch.testing.assert_close(p, model.params(x, z), rtol=0, atol=1e-4)
+
+
+def test_colour_uniforms_shape_is_checked():
+    model = make_colour_model()
+    with pytest.raises(VLAEError, match="uniforms"):
+        FastSampler(model).decode(torch.zeros(2, model.latent_dim), torch.rand(2, 3, 8, 8))

@@ -119,20 +119,17 @@ def test_resume_after_crash_mid_epoch_is_exact(reference, tmp_path):
     assert _same(_weights(run)[0], _weights(tmp_path)[0]) and _same(_weights(run)[1], _weights(tmp_path)[1])
 
 
-def test_resume_from_a_mid_epoch_time_checkpoint_is_exact(reference, tmp_path, monkeypatch):
-    import vlae.train as train_module
-
-    monkeypatch.setattr(train_module, "CHECKPOINT_SECONDS", 0.0)  # a "time" checkpoint after every step
-
+@pytest.mark.parametrize("interval", [{"checkpoint_steps": 1}, {"checkpoint_seconds": 1e-9}])
+def test_resume_from_a_mid_epoch_checkpoint_is_exact(reference, tmp_path, interval):
     def crash(record):
         if record["step"] == 15:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(_cfg(), tmp_path, data=DATA, quiet=True, callback=crash)
+        train(_cfg(**interval), tmp_path, data=DATA, quiet=True, callback=crash)
     state = _weights(tmp_path)[2]
     assert state["trainer"]["step"] == 14 and state["trainer"]["batch_in_epoch"] == 2
-    assert state["trainer"]["reason"] == "time"
+    assert state["trainer"]["reason"] == ("steps" if "checkpoint_steps" in interval else "time")
     train(_cfg(), tmp_path, data=DATA, quiet=True, resume=True)
     run, _ = reference
     assert _same(_weights(run)[0], _weights(tmp_path)[0]) and _same(_weights(run)[1], _weights(tmp_path)[1])
@@ -151,11 +148,14 @@ def test_non_finite_update_is_skipped_and_counted(tmp_path, monkeypatch):
         return terms
 
     monkeypatch.setattr(VLAE, "forward", poisoned)
-    summary = train(_cfg(max_steps=5), tmp_path, data=DATA, quiet=True, log_every=100)
+    summary = train(_cfg(max_steps=5), tmp_path, data=DATA, quiet=True, log_every=5)
     assert summary["skipped"] == 1 and summary["steps"] == 5
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if "split" not in r and not math.isfinite(r["loss"])] == []
-    assert any(r.get("skipped") == 1 for r in records)
+    skips = [r for r in records if "skipped_step" in r]
+    assert [(r["step"], r["skipped_step"]) for r in skips] == [(3, "non-finite loss")]
+    assert not {"loss", "nelbo", "recon", "kl", "grad_norm"} & set(skips[0])  # no made-up numbers
+    window = [r for r in records if r["step"] == 5 and "split" not in r]
+    assert window[0]["steps_averaged"] == 4 and math.isfinite(window[0]["loss"])  # the 4 good steps only
     model, ema, state = _weights(tmp_path)
     assert state["trainer"]["skipped"] == 1
     assert all(torch.isfinite(v).all() for v in model.values() if v.is_floating_point())
@@ -207,3 +207,178 @@ def test_schedules():
     assert f(0) == pytest.approx(0.25 * 1.0) and f(50) == pytest.approx(0.5) and f(100) == pytest.approx(0.0)
     f = lr_lambda(_cfg(lr_decay="exponential", lr_decay_rate=0.5), steps_per_epoch=10)
     assert f(20) == pytest.approx(0.25)
+
+
+def _poison_updates(monkeypatch, which):
+    """Make the optimiser's update at the calls in ``which`` leave a NaN weight."""
+    calls = {"n": 0}
+    step = torch.optim.Adamax.step
+
+    def poisoned(self, *args, **kwargs):
+        out = step(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] in which:
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].view(-1)[0] = float("nan")
+        return out
+
+    monkeypatch.setattr(torch.optim.Adamax, "step", poisoned)
+
+
+def test_update_that_breaks_the_weights_is_undone(tmp_path, monkeypatch):
+    _poison_updates(monkeypatch, {3})
+    summary = train(_cfg(max_steps=5), tmp_path, data=DATA, quiet=True, log_every=1)
+    assert summary["skipped"] == 1
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped_step"] for r in records if "skipped_step" in r] == ["non-finite weights after the update (undone)"]
+    model, ema, _ = _weights(tmp_path)
+    assert all(torch.isfinite(v).all() for v in [*model.values(), *ema.values()] if v.is_floating_point())
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_rollback_restores_weights_and_optimizer_state_exactly(first):
+    from vlae.train import _Rollback
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.Adamax(layer.parameters(), lr=0.1)
+    rollback = _Rollback(list(layer.parameters()), optimizer)
+
+    def update():
+        optimizer.zero_grad()
+        layer(torch.randn(4, 3)).square().sum().backward()
+        optimizer.step()
+
+    if not first:
+        update()
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    state = [{k: v.clone() for k, v in optimizer.state[p].items()} for p in layer.parameters()]
+    rollback.save()
+    update()
+    layer.weight.data[0, 0] = float("inf")
+    assert not rollback.weights_finite()
+    rollback.restore()
+    assert rollback.weights_finite()
+    assert all(torch.equal(before[k], v) for k, v in layer.state_dict().items())
+    after = [dict(optimizer.state[p]) for p in layer.parameters()]
+    assert len(state) == len(after) and all(a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+                                            for a, b in zip(state, after))
+
+
+def test_updates_failing_in_a_row_stop_with_an_error(tmp_path, monkeypatch):
+    _poison_updates(monkeypatch, set(range(3, 100)))
+    with pytest.raises(VLAEError, match="training diverged: 3 updates in a row skipped"):
+        train(_cfg(max_steps=20, max_skipped_steps=3), tmp_path, data=DATA, quiet=True)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "skipped_step" in r] == [3, 4, 5]
+
+
+def test_one_run_per_folder(tmp_path, capsys):
+    run = tmp_path / "run"
+    train(_cfg(max_steps=2), run, data=DATA, quiet=True)
+    with pytest.raises(VLAEError, match="not empty.*--resume.*--overwrite"):
+        train(_cfg(max_steps=2), run, data=DATA, quiet=True)
+    with pytest.raises(VLAEError, match="exclude each other"):
+        train(_cfg(max_steps=2), run, data=DATA, quiet=True, resume=True, overwrite=True)
+    (run / "notes.txt").write_text("mine")
+    with pytest.raises(VLAEError, match="notes.txt"):
+        train(_cfg(max_steps=2), run, data=DATA, quiet=True, overwrite=True)
+    (run / "notes.txt").unlink()
+    cfg = _cfg(max_steps=3)
+    cfg.model.latent_dim = 4  # another architecture: the old run is gone, not mixed in
+    train(cfg, run, data=DATA, quiet=True, overwrite=True)
+    assert "deleted the previous run" in capsys.readouterr().err
+    assert [p.name for p in run.glob("ckpt-*.pt")] == ["ckpt-000000003.pt"]
+    assert len([line for line in (run / "metrics.jsonl").read_text().splitlines()]) == 1  # the final validation
+    with pytest.raises(VLAEError, match="is a file, not a folder"):
+        train(_cfg(max_steps=2), run / "config.json" / "sub", data=DATA, quiet=True)
+
+
+def test_resume_checks_data_threads_and_checkpoint_contents(reference, tmp_path, capsys):
+    import shutil
+
+    run, _ = reference
+    other = _images(seed=1)
+    with pytest.raises(VLAEError, match="other train data.*sha256"):
+        train(_cfg(), run, data=other, quiet=True, resume=True)
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    last = latest_checkpoint(copy)
+    state = torch.load(last, weights_only=True)
+    (copy / ".ckpt-000000099.pt.abc.tmp").write_bytes(b"half")
+    state["trainer"]["threads"] = 3
+    torch.save(state, last)
+    train(_cfg(epochs=5), copy, data=DATA, quiet=True, resume=True)
+    err = capsys.readouterr().err
+    assert "written with 3 CPU threads, this run uses 1" in err and "removed 1 temporary file" in err
+    assert not list(copy.glob(".*.tmp"))
+    for damage, message in [("rng", "no rng entry"), ("shape", "decoder.out.weight has shape"),
+                            ("trainer", "lacks step")]:
+        broken = dict(state)
+        if damage == "rng":
+            del broken["rng"]
+        elif damage == "shape":
+            broken["model"] = dict(state["model"], **{"decoder.out.weight": torch.zeros(1, 2, 3)})
+        else:
+            broken["trainer"] = {k: v for k, v in state["trainer"].items() if k != "step"}
+        torch.save(broken, latest_checkpoint(copy))
+        with pytest.raises(VLAEError, match=message):
+            train(_cfg(epochs=6), copy, data=DATA, quiet=True, resume=True)
+
+
+def test_resumed_log_is_one_history_and_best_pt_catches_up(reference, tmp_path, monkeypatch):
+    """A kill after a checkpoint but before best.pt was copied from it, and after more records were logged."""
+    import vlae.train as train_module
+
+    run, _ = reference
+    copies = {"n": 0}
+    real_copy = train_module.copy_checkpoint
+
+    def dying_copy(source, target):
+        copies["n"] += 1
+        if copies["n"] == 3:  # the third improvement: its checkpoint is on disk, best.pt not yet
+            raise KeyboardInterrupt
+        return real_copy(source, target)
+
+    monkeypatch.setattr(train_module, "copy_checkpoint", dying_copy)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(), tmp_path, data=DATA, quiet=True, log_every=2)
+    monkeypatch.undo()
+    stale = load_checkpoint(tmp_path / "best.pt")["trainer"]["step"]
+    assert stale == 12 and _weights(tmp_path)[2]["trainer"]["best_step"] == 18
+    with open(tmp_path / "metrics.jsonl", "a") as f:  # what a later kill mid-write leaves
+        f.write('{"step": 19, "epoch": 3, "loss": 1.0}\n{"step": 20, "ep')
+    train(_cfg(), tmp_path, data=DATA, quiet=True, log_every=2, resume=True)
+
+    def history(folder):
+        drop = ("time", "images_per_s")
+        return [{k: v for k, v in json.loads(line).items() if k not in drop}
+                for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+    assert history(tmp_path) == history(run)  # exact resumption: the same records, once each
+    best, ref_best = load_checkpoint(tmp_path / "best.pt"), load_checkpoint(run / "best.pt")
+    assert best["trainer"]["step"] == ref_best["trainer"]["step"] == 24
+    assert _same(best["ema"], ref_best["ema"])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["best_step"] == 24 and summary["best_nelbo"] == ref_best["trainer"]["best"]
+
+
+def test_sigterm_writes_a_resumable_checkpoint(reference, tmp_path):
+    import os
+    import signal
+
+    from vlae.train import Interrupted
+
+    def preempt(record):
+        if record["step"] == 15:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(Interrupted) as stop:
+        train(_cfg(), tmp_path, data=DATA, quiet=True, callback=preempt)
+    assert stop.value.exit_status == 143 and stop.value.checkpoint == tmp_path / "ckpt-000000015.pt"
+    assert str(tmp_path) in str(stop.value) and "--resume" in str(stop.value)
+    assert _weights(tmp_path)[2]["trainer"]["reason"] == "SIGTERM"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is uninstalled
+    train(_cfg(), tmp_path, data=DATA, quiet=True, resume=True)
+    run, _ = reference
+    assert _same(_weights(run)[0], _weights(tmp_path)[0]) and _same(_weights(run)[1], _weights(tmp_path)[1])

@@ -10,9 +10,12 @@ Task
     2. ``bernoulli_nll(logits, x)``: the negative log-likelihood in nats per image,
        ``-sum_i [x_i log sigmoid(l_i) + (1 - x_i) log sigmoid(-l_i)]``.
 
-    The checker proves the autoregressive property from the Jacobian, tests the
-    NLL on a case worked out by hand, and finally trains your network for 600
-    steps (about 20-40 s on one CPU thread) and measures the test NLL.
+    The checker inspects the layers your forward pass applies (their number,
+    kernel sizes, mask types, channels, a non-linearity between consecutive
+    layers, no layer shared between depths), proves the autoregressive property
+    from the Jacobian, tests the NLL on a case worked out by hand, and finally
+    trains your network for 600 steps (about 20-40 s on one CPU thread) and
+    measures the test NLL.
 
 Paper
     VLAE (Chen et al., ICLR 2017) decodes with a PixelCNN ("Lossy code via

@@ -24,6 +24,12 @@ Paper
     Autoencoder for Distribution Estimation", section 4. In this repository:
     ``paper_notes.md`` section 3, ``src/vlae/made.py``, ``src/vlae/flows.py``.
 
+    The paper's AF steps are *mean-only*: ``s = 0``, ``y = x + m(x)``, a
+    volume-preserving map whose log-determinant is zero (chosen for stability).
+    This exercise builds the general scale-and-shift step (as in IAF and MAF),
+    so that the log-determinant is there to get right; the library offers both
+    (``vlae.flows.AFPrior(..., mean_only=True)``, the default, as in the paper).
+
 Prerequisites
     The change-of-variables formula, ``log p(z) = log N(f(z); 0, I) + log|det df/dz|``.
 

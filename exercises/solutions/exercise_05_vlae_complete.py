@@ -14,7 +14,10 @@ Task
        and the conditioning map computed from ``z``.
     4. ``free_bits_kl``: the KL term with free bits: the latent dimensions are
        split into ``G`` groups, and each group's batch-mean KL is floored at
-       ``floor / G`` nats, ``sum_g max(floor / G, mean_batch KL_g)``.
+       ``floor / G`` nats, ``sum_g max(floor / G, mean_batch KL_g)``. This is
+       the hard floor of Kingma et al. (2016); the VLAE paper's appendix C uses
+       a soft version instead (the KL's weight is adjusted during training to
+       hold the KL near the target; ``vlae train`` offers both).
     5. ``loss``: mean reconstruction ``-log p(x|z)`` plus the free-bits KL.
 
     Three things cure the collapse of exercise 3 together: the decoder sees only
@@ -23,6 +26,17 @@ Task
     early in training. The checker verifies each piece exactly, then trains the
     model for 500 steps (about 20-40 s on one CPU thread).
 
+    The prior is mean-only, like the paper's AF prior: each step is
+    ``eps = z + m(z)``, whose Jacobian is triangular with ones on the diagonal,
+    so its log-determinant is zero and ``log p(z) = log N(eps; 0, I)``. A KL
+    that forgets the log-determinant would go unnoticed here; the checker
+    therefore also tests ``kl_per_dim`` with a prior whose steps have a scale
+    (exercise 4's general step), where the term does not vanish.
+
+    The library's encoder and decoders read images scaled to [-1, 1]: give them
+    ``2 * x - 1`` (so that the decoder's zero padding differs from a black
+    pixel); the likelihood ``bernoulli_log_prob(logits, x)`` takes the 0/1 images.
+
 Paper
     VLAE (Chen et al., ICLR 2017): "Lossy code via explicit information placement"
     and "Learned prior with autoregressive flow"; free bits from Kingma et al.
@@ -30,9 +44,9 @@ Paper
     In this repository: ``paper_notes.md`` sections 1, 3 and 5; ``src/vlae/model.py``.
 
 Prerequisites
-    Exercises 1-4. Library API used: ``Encoder(x) -> (mu, log_sigma, h)``,
+    Exercises 1-4. Library API used: ``Encoder(2 * x - 1) -> (mu, log_sigma, h)``,
     ``AFPrior.log_prob_per_dim(z) -> (B, D)``, ``ConditionUpsampler(z) -> (B, 4, 28, 28)``,
-    ``MaskedPixelCNN(x, cond) -> logits``, ``bernoulli_log_prob(logits, x) -> (B,)``.
+    ``MaskedPixelCNN(2 * x - 1, cond) -> logits``, ``bernoulli_log_prob(logits, x) -> (B,)``.
 
 Expected time
     45-60 minutes (plus under a minute of training in the checker).
@@ -62,8 +76,9 @@ class MiniVLAE(nn.Module):
     Args:
         latent_dim: ``D``.
         decoder_layers: masked layers of the decoder (2: it sees 2 rows up).
-        free_bits: the KL floor in nats per data dimension (the paper: 0.01);
-            the total floor is ``free_bits * 784`` nats.
+        free_bits: the KL floor in nats per data dimension (the paper's target:
+            0.01, held there by its soft schedule; here a hard floor); the total
+            floor is ``free_bits * 784`` nats.
         free_bits_groups: ``G``, groups of latent dimensions, each floored at
             ``floor / G``; must divide ``D``.
     """
@@ -93,7 +108,7 @@ class MiniVLAE(nn.Module):
         Returns:
             ``z (B, D)`` and ``log N(z_d; mu_d, sigma_d)`` per dimension ``(B, D)``.
         """
-        mu, log_sigma, _ = self.encoder(x)
+        mu, log_sigma, _ = self.encoder(2 * x - 1)  # the library's networks read [-1, 1] images
         if eps is None:
             eps = torch.randn_like(mu)
         z = mu + log_sigma.exp() * eps  # differentiable in mu and sigma: the reparameterisation trick
@@ -107,7 +122,7 @@ class MiniVLAE(nn.Module):
 
     def logits(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Decoder logits ``(B, 1, 28, 28)`` for images ``x`` given codes ``z (B, D)``."""
-        return self.decoder(x, self.upsampler(z))
+        return self.decoder(2 * x - 1, self.upsampler(z))  # -1/+1: padding differs from a pixel
 
     def free_bits_kl(self, kl_per_dim: torch.Tensor) -> torch.Tensor:
         """The KL term of the training loss: ``sum_g max(floor / G, mean over the batch of KL_g)``,

@@ -6,7 +6,8 @@ The paper's building blocks, one module each:
 - :mod:`vlae.pixelcnn` -- PixelCNN decoders with an exact receptive field
 - :mod:`vlae.made` -- MADE
 - :mod:`vlae.flows` -- AF prior, IAF posterior, affine autoregressive steps
-- :mod:`vlae.encoder` -- ResNet encoder q(z|x)
+- :mod:`vlae.encoder` -- ResNet encoder q(z|x); for spatial latents its mirror z -> conditioning maps
+- :mod:`vlae.spatial_prior` -- AF prior over a latent map (PixelCNN flow steps)
 - :mod:`vlae.likelihood` -- Bernoulli likelihood
 - :mod:`vlae.model` -- the VLAE, its ELBO with free bits, and the IW bound
 - :mod:`vlae.config` -- configuration dataclasses and presets
@@ -19,7 +20,8 @@ from .made import MADE
 from .masked_conv import MaskedConv2d, make_mask
 from .model import VLAE, Terms, nats_to_bits_per_dim
 from .pixelcnn import ConditionUpsampler, FactorizedDecoder, GatedPixelCNN, MaskedPixelCNN
-from .encoder import Encoder
+from .encoder import Encoder, SpatialEncoder, SpatialUpsampler
+from .spatial_prior import SpatialAFPrior, latent_map
 
 __version__ = "0.1.0"
 
@@ -28,4 +30,5 @@ __all__ = [
     "Config", "ModelConfig", "TrainConfig", "EvalConfig", "PRESETS", "get_preset", "apply_overrides",
     "MaskedConv2d", "make_mask", "MaskedPixelCNN", "GatedPixelCNN", "FactorizedDecoder", "ConditionUpsampler",
     "MADE", "AffineAutoregressive", "AFPrior", "GaussianPrior", "IAFPosterior", "Encoder", "VLAEError",
+    "SpatialEncoder", "SpatialUpsampler", "SpatialAFPrior", "latent_map",
 ]

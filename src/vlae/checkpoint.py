@@ -16,7 +16,10 @@ and numbers (so it loads with ``weights_only=True``, no pickled code):
 
 Files are written to a temporary name in the same folder and moved into place
 with :func:`os.replace`, so a crash mid-write leaves the previous file intact
-and never a truncated one under the final name.
+and never a truncated one under the final name; the temporary files a kill
+leaves behind are removed by :func:`remove_temporaries` on the next start.
+A failed write (a full disk, a read-only folder) is one :class:`VLAEError`
+naming the file.
 
 Example:
     >>> model, cfg = load_model("runs/mnist-small-20250101-120000")  # doctest: +SKIP
@@ -29,6 +32,7 @@ import os
 import pickle
 import re
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -38,8 +42,9 @@ import torch
 from .config import Config, config_from_dict
 from .errors import VLAEError
 
-__all__ = ["FORMAT_VERSION", "save_checkpoint", "load_checkpoint", "load_model", "latest_checkpoint",
-           "list_checkpoints", "resolve_checkpoint", "checkpoint_name", "export_safetensors"]
+__all__ = ["FORMAT_VERSION", "save_checkpoint", "copy_checkpoint", "load_checkpoint", "load_model",
+           "latest_checkpoint", "list_checkpoints", "resolve_checkpoint", "checkpoint_name", "export_safetensors",
+           "remove_temporaries", "weights_mismatch", "write_error", "atomic_write"]
 
 FORMAT_VERSION = 1
 _PATTERN = re.compile(r"^ckpt-(\d+)\.pt$")
@@ -86,25 +91,99 @@ def resolve_checkpoint(path: str | os.PathLike, prefer: str = "best") -> Path:
     return p
 
 
-def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Write ``state`` (see the module docstring) atomically to ``path``."""
-    from . import __version__
+def write_error(path: str | os.PathLike, error: BaseException) -> VLAEError:
+    """One line for a failed write of ``path``: an ``OSError``, or torch's
+    ``RuntimeError`` (``"unexpected pos ..."``) wrapping one, as a full disk gives."""
+    cause = error if isinstance(error, OSError) else error.__context__
+    if isinstance(cause, OSError):
+        reason = cause.strerror or str(cause) or type(cause).__name__
+    else:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = f"write failed: {first}; is the disk full?"
+    return VLAEError(f"{path}: cannot write ({reason})")
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format_version": FORMAT_VERSION, "vlae_version": __version__,
-               "torch_version": str(torch.__version__), **state}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+
+def atomic_write(path: Path, write) -> Path:
+    """Call ``write(file)`` on a temporary file beside ``path``, then move it onto ``path``."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        raise write_error(path, error) from None
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as error:
+        Path(tmp).unlink(missing_ok=True)
+        raise write_error(path, error) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Write ``state`` (see the module docstring) atomically to ``path``."""
+    from . import __version__
+
+    payload = {"format_version": FORMAT_VERSION, "vlae_version": __version__,
+               "torch_version": str(torch.__version__), **state}
+    return atomic_write(Path(path), lambda f: torch.save(payload, f))
+
+
+def copy_checkpoint(source: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Copy ``source`` to ``path`` atomically (``best.pt`` from a ``ckpt-*.pt``)."""
+    import shutil
+
+    def copy(f) -> None:
+        with open(source, "rb") as src:
+            shutil.copyfileobj(src, f, 1 << 20)
+
+    return atomic_write(Path(path), copy)
+
+
+def remove_temporaries(run_dir: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files (``.<name>.*.tmp``) that a kill mid-write left in ``run_dir``.
+
+    Only call this when no other process writes into ``run_dir``.
+    """
+    folder = Path(run_dir)
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file()]
+    for p in found:
+        p.unlink(missing_ok=True)
+    return found
+
+
+def weights_mismatch(expected: dict[str, torch.Tensor], found: Any) -> str | None:
+    """What differs between two ``state_dict``s (missing, unexpected and
+    differently shaped entries, a few of each), or ``None`` when they match.
+
+    >>> weights_mismatch({"w": torch.zeros(2, 3)}, {"w": torch.zeros(3, 2), "b": torch.zeros(1)})
+    'unexpected b; w has shape (3, 2), expected (2, 3)'
+    """
+    if not isinstance(found, dict):
+        return f"expected a dict of tensors, found {type(found).__name__}"
+    parts = []
+
+    def some(names: list[str]) -> str:
+        return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    shapes = [f"{k} has {'shape ' + str(tuple(found[k].shape)) if isinstance(found[k], torch.Tensor) else type(found[k]).__name__}, "
+              f"expected {tuple(v.shape)}" for k, v in expected.items()
+              if k in found and not (isinstance(found[k], torch.Tensor) and found[k].shape == v.shape)]
+    if missing:
+        parts.append(f"missing {some(missing)}")
+    if unexpected:
+        parts.append(f"unexpected {some(unexpected)}")
+    parts += shapes[:3] + ([f"{len(shapes) - 3} more shapes differ"] if len(shapes) > 3 else [])
+    return "; ".join(parts) or None
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -121,10 +200,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.is_file():
         raise VLAEError(f"{path}: checkpoint not found")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # e.g. torch's note on the pickle protocol of a foreign file
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, KeyError,
             AttributeError, TypeError, IndexError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if "weights only load failed" in first.lower():  # torch's advice (weights_only=False) would run its code
+            first = "it holds objects other than tensors and plain containers, or random bytes"
         raise VLAEError(f"{path}: not a readable vlae checkpoint (truncated or corrupt?): {first}") from None
     if not isinstance(state, dict) or "format_version" not in state or "model" not in state:
         raise VLAEError(f"{path}: not a vlae checkpoint (no format_version/model entries)")
@@ -143,11 +226,19 @@ def _build(cfg: Config, weights: dict[str, torch.Tensor], path: Path, what: str)
     from .model import VLAE
 
     model = VLAE(cfg.model)
-    try:
-        model.load_state_dict(weights)
-    except (RuntimeError, KeyError, TypeError) as error:
-        first = str(error).strip().splitlines()[0]
-        raise VLAEError(f"{path}: {what} weights do not match the model its configuration builds: {first}") from None
+    problem = weights_mismatch(model.state_dict(), weights)
+    if problem is None:
+        try:
+            model.load_state_dict(weights)
+        except (RuntimeError, KeyError, TypeError) as error:
+            problem = str(error).strip().splitlines()[0]
+    if problem is not None:
+        raise VLAEError(f"{path}: {what} weights do not match the model its configuration builds: {problem}")
+    # A diverged run's weights would give NaN results and blank figures without a word.
+    bad = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise VLAEError(f"{path}: the {what} weights hold NaN or infinity in {len(bad)} of {len(weights)} tensors "
+                        f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); the run diverged")
     return model
 
 

@@ -10,9 +10,12 @@ Subcommands::
     vlae presets [NAME]
     vlae verify
     vlae sweep ... / vlae ablation ...   (when those modules are installed)
+    vlae compress RUN INPUT -o FILE / vlae decompress RUN FILE -o OUTPUT   (bits-back codec)
 
 Errors caused by the user's input print ``error: <message>`` on stderr and
 exit with status 2; Ctrl-C exits with 130 (the last checkpoint can be resumed).
+``vlae train`` turns SIGINT and SIGTERM into a checkpoint after the current
+step, then exits with 130 or 143 (128 + the signal number).
 """
 
 from __future__ import annotations
@@ -47,6 +50,11 @@ _TRAIN_FLAGS: list[tuple[str, str, str, Any, str]] = [
     ("--eval-every", "train", "eval_every", int, "epochs between validation passes"),
     ("--eval-k", "train", "eval_k", int, "importance samples for the validation IW bound (0: ELBO only)"),
     ("--checkpoint-every", "train", "checkpoint_every", int, "epochs between checkpoints"),
+    ("--checkpoint-steps", "train", "checkpoint_steps", int, "also checkpoint every this many steps (0: off)"),
+    ("--checkpoint-seconds", "train", "checkpoint_seconds", float,
+     "also checkpoint after this many training seconds without one (default 600; 0: off)"),
+    ("--max-skipped-steps", "train", "max_skipped_steps", int,
+     "stop with an error after this many non-finite updates in a row (default 10; 0: never)"),
     ("--latent-dim", "model", "latent_dim", int, "latent dimensions D (0: unconditional PixelCNN)"),
     ("--prior", "model", "prior", str, "prior p(z): gaussian or af (autoregressive flow)"),
     ("--posterior", "model", "posterior", str, "posterior q(z|x): gaussian or iaf"),
@@ -85,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", help="output folder (default: runs/<preset>-<timestamp>)")
     p.add_argument("--resume", action="store_true",
                    help="continue exactly from the latest checkpoint in --run-dir (its config, plus your flags)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the run already in --run-dir and start afresh (a non-empty folder is refused otherwise)")
     for flag, _, _, typ, text in _TRAIN_FLAGS:
         p.add_argument(flag, type=typ, default=None, help=text)
     for flag, _, _, text in _TRAIN_SWITCHES:
@@ -101,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="IW bound on test (or valid) data",
                        description="Estimate the NLL with the importance-weighted bound (Burda et al., 2016) and "
-                       "report ELBO, KL and active units; writes <run>/eval_<split>_k<k>.json.")
+                       "report ELBO, KL and active units; writes <run>/eval_<dataset>_<split>_k<k>[_n<images>].json "
+                       "(strict JSON; never over a result of other data).")
     p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="run folder (best.pt or latest) or .pt file")
     p.add_argument("--k", type=int, default=4096, help="importance samples per image (paper: 4096)")
     p.add_argument("--subset", type=int, default=0, help="evaluate N images only, a fixed choice spread over the split (0: all)")
@@ -141,10 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="check the implementation against the paper's claims (seconds, CPU)")
     p.set_defaults(func=_cmd_verify)
 
-    from . import ablation, sweep
+    from . import ablation, codec, sweep
 
     sweep.add_cli(sub)
     ablation.add_cli(sub)
+    codec.add_cli(sub)
     return parser
 
 
@@ -179,13 +191,33 @@ def config_from_args(args: argparse.Namespace):
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .train import train
+    import signal
+    import threading
+
+    from .train import Interrupted, train
 
     if args.resume and not args.run_dir:
         raise VLAEError("train: --resume needs --run-dir (the folder to continue)")
     cfg = config_from_args(args)
     run_dir = Path(args.run_dir or f"runs/{cfg.preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}")
-    summary = train(cfg, run_dir, resume=args.resume, quiet=args.quiet)
+
+    def terminated(signum: int, frame: object) -> None:  # before training installs its own handler
+        raise Interrupted(signum, run_dir, None, None)
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, terminated) if main_thread else None
+    try:
+        summary = train(cfg, run_dir, resume=args.resume, overwrite=args.overwrite, quiet=args.quiet)
+    except Interrupted as stop:  # SIGINT or SIGTERM: a resumable checkpoint was written
+        print(f"\ninterrupted by {stop}", file=sys.stderr)
+        return stop.exit_status
+    except KeyboardInterrupt:  # before training installed its handlers
+        print(f"\ninterrupted; continue with `vlae train --resume --run-dir {run_dir}` if it holds a checkpoint",
+              file=sys.stderr)
+        return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
     # Under torchrun every rank returns here; one of them draws.
     if not args.no_figures and int(os.environ.get("RANK", "0")) == 0:
         from .plots import plot_run
@@ -205,14 +237,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_checkpoint
 
     for name in ("k", "batch_size"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise VLAEError(f"invalid --{name.replace('_', '-')}: must be >= 1, got {value}")
+        _check_range(name, getattr(args, name), 1)
+    for name in ("chunk", "subset", "seed"):
+        _check_range(name, getattr(args, name), 0)
     r = evaluate_checkpoint(args.checkpoint, split=args.split, k=args.k, subset=args.subset,
                             data_dir=args.data_dir, seed=args.seed, out=args.out, batch_size=args.batch_size,
                             chunk=args.chunk, weights=args.weights, device=args.device,
                             notice=lambda m: print(m, file=sys.stderr))
-    print(f"{r['dataset']} {r['split']}, {r['images']} images, {r['estimator']} ({r['weights']} weights)")
+    fallback = f" (embedded fallback for {r['requested_dataset']})" if r["data_fallback"] else ""
+    print(f"{r['dataset']}{fallback} {r['split']}, {r['images']} images, {r['estimator']} ({r['weights']} weights)")
     print(f"  NLL    {r['nll']:.2f} ± {r['nll_se']:.2f} nats   ({r['bits_per_dim']:.4f} bits/dim)")
     print(f"  -ELBO  {-r['elbo']:.2f} ± {r['elbo_se']:.2f} nats   ({r['elbo_bits_per_dim']:.4f} bits/dim)")
     print(f"  KL     {r['kl']:.2f} nats   active units {r['active_units']}/{r['latent_dim']}")
@@ -224,10 +257,12 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from .checkpoint import load_model
+    from .outputs import prepare_output
 
-    if args.n < 1:
-        raise VLAEError(f"invalid --n: must be >= 1, got {args.n}")
+    _check_range("n", args.n, 1)
+    _check_range("seed", args.seed, 0)
     model, _ = load_model(args.checkpoint, weights=args.weights, device="auto")
+    out = prepare_output(args.out, "--out", _IMAGE_SUFFIXES)  # before sampling, which can take a while
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(args.seed)
     t0 = time.perf_counter()
     if args.naive:
@@ -237,27 +272,28 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
         x = fast_sample(model, args.n, generator=gen)
     seconds = time.perf_counter() - t0
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     _save_grid(x, out)
     print(f"wrote {args.n} samples to {out} ({seconds:.1f} s, {'naive' if args.naive else 'fast'} sampler)")
     return 0
 
 
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
+
+
 def _save_grid(x, out: Path) -> None:
-    """A PNG grid of binary images ``(n, 1, H, W)``."""
+    """An image grid (format from ``out``'s suffix) of binary images ``(n, 1, H, W)``, written atomically."""
     import math
 
-    import matplotlib
+    from matplotlib.image import imsave
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .outputs import writing
 
     n, _, h, w = x.shape
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
     grid = torch_grid(x.float().cpu(), rows, cols, h, w)
-    plt.imsave(out, grid, cmap="gray_r", vmin=0, vmax=1)
+    with writing(out) as tmp:
+        imsave(tmp, grid, cmap="gray_r", vmin=0, vmax=1, format=out.suffix[1:].lower())
 
 
 def torch_grid(x, rows: int, cols: int, h: int, w: int):
@@ -276,7 +312,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
     if not Path(args.run).is_dir():
         raise VLAEError(f"{args.run}: not a run folder")
-    for path in plot_run(args.run):
+    for path in plot_run(args.run, notice=lambda m: print(m, file=sys.stderr)):
         print(f"wrote {path}")
     return 0
 
@@ -314,6 +350,13 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- entry point
 
 
+def _check_range(name: str, value: int | None, low: int, high: int = 2**63 - 1) -> None:
+    """``--name`` must lie in ``[low, high]`` (``None``: not given)."""
+    if value is not None and not low <= value <= high:
+        bound = f">= {low}" if value < low else f"<= {high}"
+        raise VLAEError(f"invalid --{name.replace('_', '-')}: must be {bound}, got {value}")
+
+
 def _set_threads(n: int | None) -> None:
     if n is None:
         return
@@ -336,6 +379,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(str(error).split())
         print(f"error: {message}", file=sys.stderr)
         return 2
+    except OSError as error:  # the environment, not the input: a full disk, a vanished folder, ...
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"error: {where}{error.strerror or error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("\ninterrupted; resume from the last checkpoint with `vlae train --resume --run-dir RUN_DIR`",
               file=sys.stderr)

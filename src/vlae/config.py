@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, get_args, get_origin, get_type_hints
 
@@ -23,6 +24,8 @@ __all__ = ["ModelConfig", "TrainConfig", "EvalConfig", "Config", "PRESETS", "get
 PRIORS = ("gaussian", "af")
 POSTERIORS = ("gaussian", "iaf")
 DECODER_KINDS = ("masked", "gated", "factorized")
+OBSERVATIONS = ("bernoulli", "logistic_mixture")  # as vlae.likelihood.OBSERVATIONS
+ENCODER_KINDS = ("resnet", "densenet")  # spatial encoder and mirror (vlae.encoder)
 
 
 @dataclass
@@ -56,13 +59,29 @@ class ModelConfig:
     upsampler_channels: int = 64
     upsampler_blocks: int = 1
     weight_norm: bool = True
+    decoder_field: str = ""  # gated decoder by the paper's receptive field AxB, e.g. "7x4" (sets its depths and kernel)
+    gated_blocks_1x1: int = 0  # gated decoder: conditioned 1x1 gated ResNet blocks after the stacks
+    gray_context: bool = False  # the decoder reads only the luma of its context (RGB images); likelihood stays RGB
+    # observation model p(x | decoder outputs)
+    observation: str = "bernoulli"  # "bernoulli" (binary images) or "logistic_mixture" (8-bit, 1 or 3 channels)
+    mixture_components: int = 10  # logistics in the mixture
+    # spatial latents (the paper's CIFAR-10 model): z is a (C, H/4, W/4) map, flat (C, h, w) at the model boundary
+    latent_shape: tuple[int, ...] = ()  # (): flat code; (C, h, w) with C*h*w == latent_dim
+    encoder_kind: str = "resnet"  # spatial encoder and its mirror: "resnet" or "densenet"
+    stage_channels: tuple[int, ...] = (48, 96, 96)  # spatial encoder/mirror feature maps at full, 1/2, 1/4 resolution
+    stage_blocks: tuple[int, ...] = (2, 2, 3)  # ResNet blocks per resolution (densenet: a dense block per pair)
+    dense_steps: int = 3  # steps per dense block
+    prior_hidden: int = 128  # AF prior over a map: PixelCNN feature maps per hidden layer
+    prior_layers: int = 2  # AF prior over a map: PixelCNN hidden layers
+    prior_kernel: int = 3  # AF prior over a map: PixelCNN kernel side
     # objective
     free_bits: float = 0.0  # nats per data dimension (0: off)
     free_bits_groups: int = 1  # the KL floor applies to this many groups of latent dimensions
 
     def validate(self) -> None:
+        _check_finite(self, "model")
         c, h, w = self.image_shape
-        _check(c == 1, "model.image_shape", f"only single-channel binary images are supported, got {c} channels")
+        self._validate_observation()
         _check(h % 4 == 0 and w % 4 == 0 and h > 0 and w > 0, "model.image_shape",
                f"height and width must be positive multiples of 4, got {h}x{w}")
         _check(self.latent_dim >= 0, "model.latent_dim", f"must be >= 0, got {self.latent_dim}")
@@ -72,6 +91,9 @@ class ModelConfig:
         _check(self.decoder_layers >= 1, "model.decoder_layers", f"must be >= 1, got {self.decoder_layers}")
         _check(self.decoder_kernel >= 1 and self.decoder_kernel % 2 == 1, "model.decoder_kernel",
                f"must be a positive odd number, got {self.decoder_kernel}")
+        _check(self.decoder != "gated" or self.decoder_kernel >= 3 or bool(self.decoder_field), "model.decoder_kernel",
+               f"a gated decoder needs a kernel of at least 3 (its vertical stack reads kernel // 2 rows above "
+               f"the pixel), got {self.decoder_kernel}; a masked decoder accepts 1 (no pixel context)")
         for name in ("encoder_channels", "decoder_filters", "cond_channels", "upsampler_channels", "flow_steps",
                      "free_bits_groups"):
             _check(getattr(self, name) >= 1, f"model.{name}", f"must be >= 1, got {getattr(self, name)}")
@@ -83,7 +105,7 @@ class ModelConfig:
         if self.latent_dim > 0:
             _check(self.latent_dim % self.free_bits_groups == 0, "model.free_bits_groups",
                    f"must divide latent_dim={self.latent_dim}, got {self.free_bits_groups}")
-            widths = (tuple(self.made_hidden) if self.prior == "af" else ()) + (
+            widths = (tuple(self.made_hidden) if self.prior == "af" and not self.latent_shape else ()) + (
                 tuple(self.iaf_hidden) if self.posterior == "iaf" else ())
             for width in widths:
                 _check(width >= self.latent_dim - 1, "model.made_hidden",
@@ -91,6 +113,57 @@ class ModelConfig:
         else:
             _check(self.decoder != "factorized", "model.decoder",
                    "a factorized decoder needs a latent code (latent_dim > 0)")
+        self._validate_spatial()
+
+    def _validate_observation(self) -> None:
+        c = self.image_shape[0]
+        _check(self.observation in OBSERVATIONS, "model.observation",
+               f"must be one of {OBSERVATIONS}, got {self.observation!r}")
+        if self.observation == "bernoulli":
+            _check(c == 1, "model.image_shape", f"binary (Bernoulli) images have 1 channel, got {c}; "
+                   "use model.observation=logistic_mixture for 8-bit images")
+        else:
+            _check(c in (1, 3), "model.image_shape", f"a logistic mixture models 1 or 3 channels, got {c}")
+        _check(self.mixture_components >= 1, "model.mixture_components",
+               f"must be >= 1, got {self.mixture_components}")
+        _check(self.gated_blocks_1x1 >= 0, "model.gated_blocks_1x1", f"must be >= 0, got {self.gated_blocks_1x1}")
+        if self.gray_context:
+            _check(c == 3, "model.gray_context", f"a grayscale context needs RGB images, got {c} channel(s)")
+            _check(self.decoder != "factorized", "model.gray_context", "a factorized decoder reads no context")
+        if self.decoder_field:
+            from .pixelcnn import field_depths  # lazily: the configuration imports no networks
+
+            _check(self.decoder == "gated", "model.decoder_field",
+                   f"an AxB receptive field needs decoder=gated, got {self.decoder!r}")
+            try:
+                field_depths(self.decoder_field)
+            except ValueError as exc:
+                _check(False, "model.decoder_field", str(exc))
+
+    def _validate_spatial(self) -> None:
+        shape, (_, h, w) = tuple(self.latent_shape), self.image_shape
+        _check(self.encoder_kind in ENCODER_KINDS, "model.encoder_kind",
+               f"must be one of {ENCODER_KINDS}, got {self.encoder_kind!r}")
+        _check(self.encoder_kind == "resnet" or bool(shape), "model.encoder_kind",
+               "the densenet encoder needs spatial latents (set model.latent_shape)")
+        if not shape:
+            return
+        _check(len(shape) == 3 and min(shape) >= 1, "model.latent_shape",
+               f"must be empty (flat code) or (C, h, w) of positive sizes, got {shape}")
+        _check(math.prod(shape) == self.latent_dim, "model.latent_shape",
+               f"{'x'.join(map(str, shape))} has {math.prod(shape)} dimensions but latent_dim={self.latent_dim}")
+        _check((4 * shape[1], 4 * shape[2]) == (h, w), "model.latent_shape",
+               f"a {shape[1]}x{shape[2]} latent map needs {4 * shape[1]}x{4 * shape[2]} images, got {h}x{w}")
+        _check(len(self.stage_channels) == 3 and min(self.stage_channels) >= 1, "model.stage_channels",
+               f"must be 3 positive widths (full, 1/2, 1/4 resolution), got {self.stage_channels}")
+        _check(len(self.stage_blocks) == 3 and min(self.stage_blocks) >= 0, "model.stage_blocks",
+               f"must be 3 block counts >= 0 (full, 1/2, 1/4 resolution), got {self.stage_blocks}")
+        _check(self.dense_steps >= 1, "model.dense_steps", f"must be >= 1, got {self.dense_steps}")
+        _check(self.prior_hidden >= shape[0], "model.prior_hidden",
+               f"must be >= the {shape[0]} latent channels (one channel group each), got {self.prior_hidden}")
+        _check(self.prior_layers >= 0, "model.prior_layers", f"must be >= 0, got {self.prior_layers}")
+        _check(self.prior_kernel >= 1 and self.prior_kernel % 2 == 1, "model.prior_kernel",
+               f"must be a positive odd number, got {self.prior_kernel}")
 
     @property
     def data_dims(self) -> int:
@@ -127,11 +200,15 @@ class TrainConfig:
     eval_k: int = 0  # importance samples in the validation bound (0: ELBO only)
     eval_subset: int = 1000  # validation images (0: all)
     checkpoint_every: int = 1  # epochs between checkpoints
+    checkpoint_steps: int = 0  # also checkpoint every this many optimiser steps (0: off)
+    checkpoint_seconds: float = 600.0  # also checkpoint after this many training seconds without one (0: off)
     keep_last: int = 2
+    max_skipped_steps: int = 10  # stop with an error after this many consecutive skipped updates (0: never)
     tensorboard: bool = False
     progress: str = "auto"  # "auto", "on" or "off"
 
     def validate(self) -> None:
+        _check_finite(self, "train")
         _check(self.optimizer in ("adamax", "adam"), "train.optimizer", f"must be adamax or adam, got {self.optimizer!r}")
         _check(self.lr_decay in ("none", "exponential", "cosine"), "train.lr_decay",
                f"must be none, exponential or cosine, got {self.lr_decay!r}")
@@ -141,8 +218,10 @@ class TrainConfig:
         _check(self.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.batch_size}")
         _check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
         _check(0 <= self.polyak < 1, "train.polyak", f"must be in [0, 1), got {self.polyak}")
+        _check(self.lr_decay_rate > 0, "train.lr_decay_rate", f"must be > 0, got {self.lr_decay_rate}")
         for name in ("epochs", "max_steps", "lr_warmup_steps", "kl_warmup_steps", "eval_k", "eval_subset",
-                     "keep_last", "grad_clip", "time_budget"):
+                     "keep_last", "grad_clip", "time_budget", "weight_decay", "checkpoint_steps",
+                     "checkpoint_seconds", "max_skipped_steps"):
             _check(getattr(self, name) >= 0, f"train.{name}", f"must be >= 0, got {getattr(self, name)}")
         _check(self.eval_every >= 1 and self.checkpoint_every >= 1, "train.eval_every",
                "eval_every and checkpoint_every must be >= 1")
@@ -184,12 +263,20 @@ class Config:
         return asdict(self)
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True, allow_nan=False)  # strict JSON
 
 
 def _check(condition: bool, option: str, message: str) -> None:
     if not condition:
         raise VLAEError(f"invalid option {option}: {message}")
+
+
+def _check_finite(section: Any, prefix: str) -> None:
+    """Every float option must be a finite number: ``inf`` or ``nan`` train a broken model silently."""
+    for f in fields(section):
+        value = getattr(section, f.name)
+        if isinstance(value, float):
+            _check(math.isfinite(value), f"{prefix}.{f.name}", f"must be a finite number, got {value}")
 
 
 def _paper() -> Config:
@@ -288,8 +375,10 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     """Rebuild a :class:`Config` from :meth:`Config.to_dict` output (e.g. a
     checkpoint), rejecting unknown fields."""
     sections = {"model": ModelConfig, "train": TrainConfig, "eval": EvalConfig}
-    kwargs: dict[str, Any] = {"preset": data.get("preset", "")}
+    _check(isinstance(data, dict), "config", f"expected a mapping of sections, got {type(data).__name__}")
+    kwargs: dict[str, Any] = {"preset": _typed("preset", data.get("preset", ""), str)}
     for name, cls in sections.items():
+        _check(isinstance(data.get(name, {}), dict), name, f"expected a mapping, got {data.get(name)!r}")
         raw = dict(data.get(name, {}))
         known = {f.name for f in fields(cls)}
         unknown = set(raw) - known
@@ -297,7 +386,31 @@ def config_from_dict(data: dict[str, Any]) -> Config:
             raise VLAEError(f"incompatible configuration: unknown {name} options {sorted(unknown)}")
         hints = get_type_hints(cls)
         for key, value in raw.items():
-            if get_origin(hints[key]) is tuple and value is not None:
-                raw[key] = tuple(value)
+            raw[key] = _typed(f"{name}.{key}", value, hints[key])
         kwargs[name] = cls(**raw)
     return Config(**kwargs)
+
+
+def _typed(option: str, value: Any, typ: Any) -> Any:
+    """``value`` as the field type ``typ`` (an int for a float, a list for a
+    tuple, an integral float for an int), or a one-line error naming ``option``:
+    a stored config is checked here, before validation compares its values."""
+    args = get_args(typ)
+    if type(None) in args:  # Optional[X]
+        if value is None:
+            return None
+        typ = next(a for a in args if a is not type(None))
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if get_origin(typ) is tuple:
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        ok = ok and (... in get_args(typ) or len(value) == len(get_args(typ)))  # tuple[int, int, int]: 3 items
+        value = tuple(value) if ok else value
+    elif typ is float:
+        ok, value = number, float(value) if number else value
+    elif typ is int:
+        ok = number and float(value).is_integer()
+        value = int(value) if ok else value
+    else:
+        ok = isinstance(value, typ)
+    _check(ok, option, f"expected {getattr(typ, '__name__', str(typ))}, got {value!r}")
+    return value

@@ -12,7 +12,11 @@ and the importance-weighted bound with ``k`` samples (Burda et al., 2016),
 which tightens as ``k`` grows; the paper reports it with ``k = 4096``.
 
 The prior is either a standard Gaussian or the AF prior; the posterior a
-diagonal Gaussian or IAF; the decoder one of :data:`vlae.pixelcnn.DECODERS`.
+diagonal Gaussian or IAF; the decoder one of :data:`vlae.pixelcnn.DECODERS`,
+whose outputs an observation model (:mod:`vlae.likelihood`: Bernoulli for
+binary images, the discretized logistic mixture for 8-bit ones) turns into
+``log p(x|z)`` and into samples. The observation model also validates input
+values and scales images to [-1, 1] for the encoder and the decoder.
 With ``latent_dim = 0`` the model is an unconditional PixelCNN, and every
 bound equals the exact log-likelihood.
 
@@ -23,6 +27,11 @@ Example:
     >>> loss, terms = model.loss(x)
     >>> model.iw_bound(x, k=8).shape
     torch.Size([4])
+    >>> from vlae.config import ModelConfig
+    >>> colour = VLAE(ModelConfig(image_shape=(3, 8, 8), observation="logistic_mixture", latent_dim=8,
+    ...                           made_hidden=(16,), decoder="gated", decoder_field="5x3"))
+    >>> colour.sample(2).shape          # integers 0..255 as floats
+    torch.Size([2, 3, 8, 8])
 """
 
 from __future__ import annotations
@@ -34,11 +43,12 @@ import torch
 import torch.nn as nn
 
 from .config import ModelConfig
-from .encoder import Encoder
+from .encoder import Encoder, SpatialEncoder, SpatialUpsampler
 from .errors import VLAEError
 from .flows import AFPrior, GaussianPrior, IAFPosterior
 from .layers import data_dependent_init
-from .likelihood import bernoulli_from_uniform, bernoulli_log_prob
+from .spatial_prior import SpatialAFPrior
+from .likelihood import observation_model
 from .pixelcnn import DECODERS, ConditionUpsampler, FactorizedDecoder, GatedPixelCNN, MaskedPixelCNN
 
 __all__ = ["VLAE", "Terms", "nats_to_bits_per_dim"]
@@ -77,23 +87,42 @@ class VLAE(nn.Module):
         self.cfg = cfg
         d, wn = cfg.latent_dim, cfg.weight_norm
         cond = cfg.cond_channels if d > 0 else 0
+        self.obs = observation_model(cfg)
         if d > 0:
             context = cfg.iaf_context if (cfg.posterior == "iaf" and cfg.iaf_steps > 0) else 0
-            self.encoder = Encoder(d, cfg.image_shape, cfg.encoder_channels, cfg.encoder_blocks, context, wn)
             self.posterior = IAFPosterior(d, cfg.iaf_steps if cfg.posterior == "iaf" else 0, cfg.iaf_hidden, context)
-            self.prior = (AFPrior(d, cfg.flow_steps, cfg.made_hidden, cfg.mean_only, cfg.made_activation)
-                          if cfg.prior == "af" else GaussianPrior(d))
-            self.upsampler = ConditionUpsampler(d, cfg.image_shape, cfg.upsampler_channels, cond,
-                                                cfg.upsampler_blocks, wn)
-        if cfg.decoder == "masked":
-            self.decoder = MaskedPixelCNN(cfg.decoder_layers, cfg.decoder_kernel, cfg.decoder_filters, cond,
-                                          cfg.decoder_blocks_1x1, cfg.tie_weights, cfg.cond_every_layer, wn)
-        elif cfg.decoder == "gated":
-            self.decoder = GatedPixelCNN(cfg.decoder_layers, cfg.decoder_kernel, cfg.decoder_filters, cond,
-                                         cfg.cond_every_layer, wn)
-        else:
-            self.decoder = FactorizedDecoder(cond, cfg.decoder_filters, wn)
+            if cfg.latent_shape:  # the paper's CIFAR-10 model: a (C, h, w) code, flat (B, D) outside
+                shape = tuple(cfg.latent_shape)
+                nets = dict(stage_channels=cfg.stage_channels, stage_blocks=cfg.stage_blocks, kind=cfg.encoder_kind,
+                            dense_steps=cfg.dense_steps, weight_norm=wn)
+                self.encoder = SpatialEncoder(shape, cfg.image_shape, context_dim=context, **nets)
+                self.prior = (SpatialAFPrior(shape, cfg.flow_steps, cfg.prior_hidden, cfg.prior_layers,
+                                             cfg.prior_kernel, cfg.mean_only, wn)
+                              if cfg.prior == "af" else GaussianPrior(d))
+                self.upsampler = SpatialUpsampler(shape, cfg.image_shape, cond, **nets)
+            else:
+                self.encoder = Encoder(d, cfg.image_shape, cfg.encoder_channels, cfg.encoder_blocks, context, wn)
+                self.prior = (AFPrior(d, cfg.flow_steps, cfg.made_hidden, cfg.mean_only, cfg.made_activation)
+                              if cfg.prior == "af" else GaussianPrior(d))
+                self.upsampler = ConditionUpsampler(d, cfg.image_shape, cfg.upsampler_channels, cond,
+                                                    cfg.upsampler_blocks, wn)
+        self.decoder = self._build_decoder(cfg, cond)
         assert type(self.decoder) is DECODERS[cfg.decoder]
+
+    def _build_decoder(self, cfg: ModelConfig, cond: int) -> nn.Module:
+        wn, c, p = cfg.weight_norm, cfg.image_shape[0], self.obs.param_channels
+        io = dict(in_channels=c, out_channels=p, gray_context=cfg.gray_context)
+        if cfg.decoder == "masked":
+            return MaskedPixelCNN(cfg.decoder_layers, cfg.decoder_kernel, cfg.decoder_filters, cond,
+                                  cfg.decoder_blocks_1x1, cfg.tie_weights, cfg.cond_every_layer, wn, **io)
+        if cfg.decoder == "gated" and cfg.decoder_field:
+            return GatedPixelCNN.from_field(cfg.decoder_field, cfg.decoder_filters, cond,
+                                            cond_every_layer=cfg.cond_every_layer, weight_norm=wn,
+                                            blocks_1x1=cfg.gated_blocks_1x1, **io)
+        if cfg.decoder == "gated":
+            return GatedPixelCNN(cfg.decoder_layers, cfg.decoder_kernel, cfg.decoder_filters, cond,
+                                 cfg.cond_every_layer, wn, blocks_1x1=cfg.gated_blocks_1x1, **io)
+        return FactorizedDecoder(cond, cfg.decoder_filters, wn, out_channels=p)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -104,31 +133,50 @@ class VLAE(nn.Module):
     def _anchor(self) -> torch.Tensor:
         return next(self.decoder.parameters())
 
+    @property
+    def dims(self) -> int:
+        """Data dimensions per image, the denominator of bits/dim."""
+        return self.obs.dims(self.cfg.image_shape)
+
+    @property
+    def uniforms_shape(self) -> tuple[int, int, int]:
+        """Shape of the uniforms one image's sampling consumes: ``(U, H, W)``."""
+        return (self.obs.uniforms_per_pixel, *self.cfg.image_shape[1:])
+
     def check_images(self, x: torch.Tensor, values: bool = True) -> torch.Tensor:
-        """Raise :class:`VLAEError` unless ``x`` is ``(B, *image_shape)`` of 0/1;
-        return it as a float tensor on the model's device."""
+        """Raise :class:`VLAEError` unless ``x`` is ``(B, *image_shape)`` of values the
+        observation model accepts (0/1, or integers 0..255); return it as a float
+        tensor on the model's device."""
         if not isinstance(x, torch.Tensor):
             raise VLAEError(f"images must be a torch.Tensor, got {type(x).__name__}")
         expected = tuple(self.cfg.image_shape)
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
             raise VLAEError(f"images must have shape (B, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
-        if values and ((x != 0) & (x != 1)).any():
-            raise VLAEError("images must be binary (0/1); binarize them first")
+        if values:
+            self.obs.check(x)
         return x.to(device=self._anchor.device, dtype=self._anchor.dtype)
 
     def condition(self, z: torch.Tensor | None) -> torch.Tensor | None:
         """Conditioning map ``(B, C_c, H, W)`` computed from ``z`` (``None`` without a latent)."""
         return None if z is None else self.upsampler(z)
 
-    def logits(self, x: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
-        """Teacher-forced decoder logits ``(B, 1, H, W)``."""
-        return self.decoder(x, self.condition(z))
+    def params(self, x: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+        """Teacher-forced decoder outputs ``(B, P, H, W)`` for images ``x`` in observed
+        units (Bernoulli: the logits)."""
+        return self.decoder(self.obs.scale(x), self.condition(z))
+
+    logits = params  # the binary model's name for them
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The encoder on images in observed units: ``mu, log_sigma (B, D)`` and the
+        IAF context ``h``. (``self.encoder`` itself expects images scaled to [-1, 1].)"""
+        return self.encoder(self.obs.scale(x))
 
     def posterior_sample(self, x: torch.Tensor, n: int = 1, generator: torch.Generator | None = None
                          ) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` samples per image from q(z|x): ``z (n*B, D)`` ordered sample-major
         (``z[s * B + b]``), and ``log q`` per dimension ``(n*B, D)``."""
-        mu, log_sigma, h = self.encoder(x)
+        mu, log_sigma, h = self.encode(x)
         rep = lambda t: t.repeat(n, 1)  # noqa: E731
         eps = torch.randn((n * x.shape[0], self.latent_dim), generator=generator, device=mu.device, dtype=mu.dtype)
         return self.posterior.rsample(rep(mu), rep(log_sigma), rep(h), eps)
@@ -141,15 +189,15 @@ class VLAE(nn.Module):
 
     # ------------------------------------------------------------------ bounds
     def terms(self, x: torch.Tensor, generator: torch.Generator | None = None) -> Terms:
-        """Single-sample bound terms for a batch ``x (B, 1, H, W)``."""
+        """Single-sample bound terms for a batch ``x (B, C, H, W)``."""
         x = self.check_images(x, values=False)  # shape only: a value check would sync the GPU every step
         if self.latent_dim == 0:
-            recon = -bernoulli_log_prob(self.decoder(x, None), x)
+            recon = -self.obs.log_prob(self.params(x, None), x)
             zero = recon.new_zeros(x.shape[0])
             return Terms(recon, zero, zero[:, None])
         z, log_q = self.posterior_sample(x, 1, generator)
         kl_per_dim = log_q - self.prior.log_prob_per_dim(z)
-        recon = -bernoulli_log_prob(self.logits(x, z), x)
+        recon = -self.obs.log_prob(self.params(x, z), x)
         return Terms(recon, kl_per_dim.sum(1), kl_per_dim)
 
     def forward(self, x: torch.Tensor, method: str = "terms"):
@@ -185,7 +233,7 @@ class VLAE(nn.Module):
             return (-self.terms(x).recon)[None].expand(k, -1)
         z, log_q = self.posterior_sample(x, k, generator)
         xk = x.repeat(k, 1, 1, 1)
-        log_w = bernoulli_log_prob(self.logits(xk, z), xk) + self.prior.log_prob(z) - log_q.sum(1)
+        log_w = self.obs.log_prob(self.params(xk, z), xk) + self.prior.log_prob(z) - log_q.sum(1)
         return log_w.view(k, x.shape[0])
 
     @torch.no_grad()
@@ -224,37 +272,44 @@ class VLAE(nn.Module):
         Args:
             n: number of images.
             z: ``(n, D)`` latent codes (default: drawn from the prior).
-            u: ``(n, 1, H, W)`` uniforms deciding each pixel (default: drawn).
+            u: ``(n, U, H, W)`` uniforms deciding each pixel (default: drawn;
+                ``U`` = the observation model's ``uniforms_per_pixel``).
             generator: random generator for ``z`` and ``u``.
-            return_probs: also return the per-pixel probabilities used.
+            return_probs: also return the per-pixel distribution used
+                (:meth:`~vlae.likelihood.ObservationModel.summary`: Bernoulli
+                probabilities, or the mixture's parameters).
 
         Returns:
-            ``x (n, 1, H, W)`` in {0, 1} (and probabilities ``(n, 1, H, W)``).
+            ``x (n, C, H, W)`` in observed units (and ``(n, 1 or P, H, W)``).
         """
         dev, dtype = self._anchor.device, self._anchor.dtype
         if z is None and self.latent_dim > 0:
             z = self.prior.sample(n, generator=generator)
         if u is None:
-            u = torch.rand((n, *self.cfg.image_shape), generator=generator, device=dev, dtype=dtype)
+            u = torch.rand((n, *self.uniforms_shape), generator=generator, device=dev, dtype=dtype)
         return self.decode(z, u, return_probs=return_probs)
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor | None, u: torch.Tensor, return_probs: bool = False):
-        """Draw ``x ~ p(x|z)`` pixel by pixel given uniforms ``u (n, 1, H, W)``."""
+        """Draw ``x ~ p(x|z)`` pixel by pixel given uniforms ``u (n, U, H, W)``: the
+        decoder runs on the whole canvas once per pixel, undrawn pixels 0."""
         cond = self.condition(z)
-        x = torch.zeros_like(u)
-        probs = torch.zeros_like(u)
+        n, (c, height, width) = u.shape[0], self.cfg.image_shape
+        x = u.new_zeros(n, c, height, width)
         if isinstance(self.decoder, FactorizedDecoder):
-            logits = self.decoder(x, cond)
-            probs, x = torch.sigmoid(logits), bernoulli_from_uniform(logits, u)
-        else:
-            _, height, width = self.cfg.image_shape
-            for i in range(height):
-                for j in range(width):
-                    logits = self.decoder(x, cond)[:, :, i, j]
-                    probs[:, :, i, j] = torch.sigmoid(logits)
-                    x[:, :, i, j] = bernoulli_from_uniform(logits, u[:, :, i, j])
-        return (x, probs) if return_probs else x
+            params = self.decoder(self.obs.scale(x), cond)
+            x = self.obs.sample(params, u)
+            return (x, self.obs.summary(params)) if return_probs else x
+        summary = None
+        for i in range(height):
+            for j in range(width):
+                params = self.decoder(self.obs.scale(x), cond)[:, :, i:i + 1, j:j + 1]
+                x[:, :, i:i + 1, j:j + 1] = self.obs.sample(params, u[:, :, i:i + 1, j:j + 1])
+                if return_probs:
+                    s = self.obs.summary(params)
+                    summary = summary if summary is not None else s.new_zeros(n, s.shape[1], height, width)
+                    summary[:, :, i:i + 1, j:j + 1] = s
+        return (x, summary) if return_probs else x
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, n: int = 1, generator: torch.Generator | None = None,
@@ -263,7 +318,7 @@ class VLAE(nn.Module):
         draws ``x' ~ p(x|z)`` with that same ``z``.
 
         Returns:
-            ``(n, B, 1, H, W)``; the spread across the first axis shows what
+            ``(n, B, C, H, W)``; the spread across the first axis shows what
             ``z`` leaves to the decoder (local texture, not global shape).
         """
         x = self.check_images(x)
@@ -271,6 +326,6 @@ class VLAE(nn.Module):
             raise VLAEError("an unconditional PixelCNN has no latent code to reconstruct from")
         z, _ = self.posterior_sample(x, 1, generator)
         zn = z.repeat(n, 1)
-        u = torch.rand((zn.shape[0], *self.cfg.image_shape), generator=generator, device=z.device, dtype=z.dtype)
+        u = torch.rand((zn.shape[0], *self.uniforms_shape), generator=generator, device=z.device, dtype=z.dtype)
         out = (sampler or self.decode)(zn, u)
         return out.view(n, x.shape[0], *self.cfg.image_shape)

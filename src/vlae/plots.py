@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
 from .errors import VLAEError
+from .outputs import prepare_output, writing
 from .sampling import FastSampler, fast_sample
 
 __all__ = ["plot_training_curves", "plot_reconstructions", "plot_lossy_decompression", "plot_samples",
@@ -40,10 +42,16 @@ _PIXELS = ListedColormap(["black", "white"])  # binary images: 0 black, 1 white,
 
 # ---------------------------------------------------------------------- helpers
 def _save(fig: Figure, out) -> Path:
+    """Write ``fig`` atomically (format from the suffix, PNG without one); an
+    unwritable path is a one-line :class:`VLAEError`."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=_DPI, bbox_inches="tight")
+    with writing(out) as tmp:
+        fig.savefig(tmp, dpi=_DPI, bbox_inches="tight", format=out.suffix[1:].lower() or "png")
     return out
+
+
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 def _tile(images: torch.Tensor, pad: int = 2) -> np.ndarray:
@@ -85,7 +93,7 @@ def _images(model, x: torch.Tensor, limit: int | None = None) -> torch.Tensor:
 def _posterior_point(model, x: torch.Tensor) -> torch.Tensor:
     """A deterministic point of q(z|x): the encoder mean pushed through the IAF
     steps with zero noise (the posterior mean when there is no IAF)."""
-    mu, log_sigma, h = model.encoder(x)
+    mu, log_sigma, h = model.encode(x)
     z, _ = model.posterior.rsample(mu, log_sigma, h, torch.zeros_like(mu))
     return z
 
@@ -109,23 +117,45 @@ def _fixed_uniforms(model, n: int, seed: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------- training curves
-def read_metrics(metrics_path) -> tuple[list[dict], list[dict]]:
+def read_metrics(metrics_path, notice: Callable[[str], object] | None = _warn) -> tuple[list[dict], list[dict]]:
     """Training and validation records of a ``metrics.jsonl`` (one JSON object a
-    line; validation records carry ``"split": "valid"``; blank or broken lines
-    are skipped)."""
+    line; validation records carry ``"split": "valid"``).
+
+    Records marked ``"superseded"`` (written after the checkpoint a run was
+    resumed from) are left out. Blank lines are ignored; lines that are not a
+    JSON object (e.g. the last one, cut by a kill) are skipped and counted in
+    one warning through ``notice``. A file that is not UTF-8 text raises
+    :class:`VLAEError`.
+    """
     train, valid = [], []
     path = Path(metrics_path)
     if not path.is_file():
         raise VLAEError(f"metrics file {path} does not exist")
-    for line in path.read_text().splitlines():
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise VLAEError(f"metrics file {path} is not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset "
+                        f"{error.start}); not a metrics.jsonl written by vlae") from None
+    except OSError as error:
+        raise VLAEError(f"metrics file {path}: cannot read ({error.strerror or error})") from None
+    broken = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
-            continue
+            rec = None
         if not isinstance(rec, dict):
+            broken.append(number)
+            continue
+        if rec.get("superseded"):
             continue
         split = rec.get("split", "train")
         (valid if split == "valid" else train if split == "train" else []).append(rec)
+    if broken and notice is not None:
+        notice(f"warning: {path}: skipped {len(broken)} line(s) that are not JSON objects (line {broken[0]}"
+               f"{' and more' if len(broken) > 1 else ''})")
     return train, valid
 
 
@@ -162,7 +192,7 @@ def _valid_steps(train: list[dict], valid: list[dict]) -> list[float | None]:
     return steps
 
 
-def plot_training_curves(metrics_path, out) -> Path:
+def plot_training_curves(metrics_path, out, notice: Callable[[str], object] | None = _warn) -> Path:
     """Loss and negative ELBO (nats per image) and the KL term against the
     optimiser step, with the validation bounds overlaid.
 
@@ -170,7 +200,7 @@ def plot_training_curves(metrics_path, out) -> Path:
     importance-weighted bounds under keys starting with ``iw`` (plotted as the
     negative log-likelihood bound, ``-log p(x) <= -IW``).
     """
-    train, valid = read_metrics(metrics_path)
+    train, valid = read_metrics(metrics_path, notice)
     if not train and not valid:
         raise VLAEError(f"metrics file {metrics_path} holds no records")
     steps = [r.get("step", i) for i, r in enumerate(train)]
@@ -473,23 +503,30 @@ def plot_receptive_field(model_or_decoder, out, pixel: tuple[int, int] | None = 
 
 
 # ---------------------------------------------------------------------- a whole run
-def _test_images(cfg, count: int = 64, seed: int = 0) -> torch.Tensor:
+def _test_images(cfg, count: int = 64, seed: int = 0, notice: Callable[[str], object] | None = _warn) -> torch.Tensor:
     from .data import find_shared_binarized_mnist, fixed_subset, load_or_fallback
 
     data_dir = cfg.train.data_dir
     if data_dir is None and cfg.train.dataset == "binarized-mnist":
         shared = find_shared_binarized_mnist()
         data_dir = shared.parent if shared is not None else None
-    images = load_or_fallback(cfg.train.dataset, "test", data_dir)
-    return fixed_subset(images.binarized(torch.Generator().manual_seed(seed)), count).float()
+    images = load_or_fallback(cfg.train.dataset, "test", data_dir, notice=notice or (lambda _m: None))
+    return fixed_subset(images.observed(torch.Generator().manual_seed(seed)), count).float()
 
 
-def plot_run(run_dir, images: torch.Tensor | None = None, out_dir=None) -> list[Path]:
+def plot_run(run_dir, images: torch.Tensor | None = None, out_dir=None,
+             notice: Callable[[str], object] | None = _warn) -> list[Path]:
     """Every figure of a training run, written to ``run_dir/figures/`` (or
     ``out_dir``): training curves (if ``metrics.jsonl`` exists), samples and the
     receptive field, and for models with a latent code reconstructions, lossy
     decompression, the KL heat map, latent traversals and interpolations (on
-    ``images``, default 64 fixed random test images)."""
+    ``images``, default 64 fixed random test images). ``notice`` receives
+    warnings (unreadable metrics lines, the data fallback).
+
+    Raises:
+        VLAEError: no run folder; a checkpoint that does not load or holds
+            non-finite weights; a figures folder that cannot be written.
+    """
     from .checkpoint import load_model  # imported lazily: only plot_run needs checkpoints
 
     run_dir = Path(run_dir)
@@ -498,13 +535,14 @@ def plot_run(run_dir, images: torch.Tensor | None = None, out_dir=None) -> list[
     model, cfg = load_model(run_dir, weights="ema", device="cpu")
     model.eval()
     figures = Path(out_dir) if out_dir is not None else run_dir / "figures"
+    prepare_output(figures / "samples.png", "figure")  # fail before the work, not after
     paths: list[Path] = []
     if (run_dir / "metrics.jsonl").is_file():
-        paths.append(plot_training_curves(run_dir / "metrics.jsonl", figures / "training_curves.png"))
+        paths.append(plot_training_curves(run_dir / "metrics.jsonl", figures / "training_curves.png", notice))
     paths.append(plot_samples(model, 64, figures / "samples.png"))
     paths.append(plot_receptive_field(model, figures / "receptive_field.png"))
     if model.latent_dim > 0:
-        x = images if images is not None else _test_images(cfg)
+        x = images if images is not None else _test_images(cfg, notice=notice)
         paths.append(plot_reconstructions(model, x, figures / "reconstructions.png"))
         paths.append(plot_lossy_decompression(model, x, figures / "lossy_decompression.png"))
         paths.append(plot_kl_heatmap(model, x, figures / "kl_heatmap.png"))

@@ -4,15 +4,15 @@ Naive sampling (:meth:`vlae.model.VLAE.decode`) re-runs the whole decoder on
 the full ``H x W`` image for each of the ``H * W`` pixels: ``O((HW)^2)`` work
 per image. Two facts make it cheap without changing a single sample:
 
-1. **Locality.** Logit ``(i, j)`` reads only the pixels and conditioning-map
-   positions in the decoder's receptive field, a few rows up and a few columns
-   to each side (:meth:`~vlae.pixelcnn.MaskedPixelCNN.window`). So a pixel can
-   be drawn as soon as the pixels in its receptive field are drawn, not after
-   *every* earlier pixel in raster order. With the time ``t(i, j) = s * i + j``
-   and a slope ``s`` steeper than any up-and-right offset of the receptive field
-   (``s = k // 2 + 1`` for a masked PixelCNN), every dependency of a pixel has an
-   earlier time: all pixels on one *wavefront* ``t = const`` are drawn
-   together, ``s * (H - 1) + W`` steps instead of ``H * W``.
+1. **Locality.** Pixel ``(i, j)``'s parameters read only the pixels and
+   conditioning-map positions in the decoder's receptive field, a few rows up
+   and a few columns to each side (:meth:`~vlae.pixelcnn.MaskedPixelCNN.window`).
+   So a pixel can be drawn as soon as the pixels in its receptive field are
+   drawn, not after *every* earlier pixel in raster order. With the time
+   ``t(i, j) = s * i + j`` and a slope ``s`` steeper than any up-and-right offset
+   of the receptive field (``s = k // 2 + 1`` for a masked PixelCNN), every
+   dependency of a pixel has an earlier time: all pixels on one *wavefront*
+   ``t = const`` are drawn together, ``s * (H - 1) + W`` steps instead of ``H * W``.
 2. **Activation caching** (Ramachandran et al., 2017). Because every masked
    layer only reads positions at or before its output in that order, a layer's
    features at a position never change once computed. Each step therefore
@@ -20,8 +20,15 @@ per image. Two facts make it cheap without changing a single sample:
    taps it reads from cached feature maps: the work per pixel is that of *one*
    output position of the network, independent of the image size.
 
+Colour changes nothing in this schedule: a pixel's parameters read no channel
+of itself (:mod:`vlae.pixelcnn`), so all its channels are drawn in the same step
+by the observation model from its ``U`` uniforms (R, then G given R, then B,
+inside :meth:`~vlae.likelihood.ObservationModel.sample_with_margin`); the cached
+canvases hold the decoder's input -- the scaled pixel values, or their luma for
+a grayscale-context decoder.
+
 The Gated PixelCNN's vertical stack reads ``k // 2`` columns to the right in its
-own row, so its layer ``l`` runs ``(L - 1 - l) * (k // 2)`` steps ahead of the
+own row, so its layer ``l`` runs ``(L_v - 1 - l) * (k // 2)`` steps ahead of the
 horizontal stack (see :class:`_GatedEngine`). Decoders of an unknown kind fall
 back to method ``"window"``: the same wavefront, with the decoder run on crops
 the size of :meth:`window` clipped to the image (exact because outside the
@@ -30,17 +37,19 @@ inside it every dependency is present; zero-*padding* the canvas instead is
 not exact, since intermediate layers add biases to the padded margin).
 
 Exactness in floating point: the cached computation adds the same terms as the
-full convolution, but possibly in another order, so its probabilities can
-differ from the naive ones in the last bits. A pixel's value only changes if
-its uniform falls within that rounding error of the probability, so every
-pixel whose uniform lies within ``tol`` of its probability is re-decided with
-the naive computation itself (the full decoder on the whole batch with the
-image as naive sampling has it at that pixel). Samples are then bit-identical
-to :meth:`VLAE.sample` with the same generator; this costs one full decoder
-pass per ~``1 / (2 * tol)`` pixels. (It relies on what the CPU convolutions
-do and a test checks: an output is bit for bit unaffected by other images in
-the batch and by inputs its masked weights ignore. Backends that transform the
-input first, such as Winograd or FFT convolutions on some GPUs, may break it.)
+full convolution, but possibly in another order, so its parameters can differ
+from the naive ones in the last bits. A pixel's value only changes if one of its
+uniforms falls within that rounding error of a CDF value at which the draw
+changes (for a Bernoulli pixel, its probability), so every pixel whose
+uniforms lie within ``tol`` of such a value (the observation model's *margin*)
+is re-decided with the naive computation itself (the full decoder on the whole
+batch with the image as naive sampling has it at that pixel). Samples are then
+bit-identical to :meth:`VLAE.sample` with the same generator; this costs one
+full decoder pass per ~``1 / (2 * tol)`` pixels and channel. (It relies on what
+the CPU convolutions do and a test checks: an output is bit for bit unaffected
+by other images in the batch and by inputs its masked weights ignore. Backends
+that transform the input first, such as Winograd or FFT convolutions on some
+GPUs, may break it.)
 
 Example:
     >>> from vlae.config import get_preset
@@ -64,9 +73,8 @@ import torch
 import torch.nn.functional as F
 
 from .errors import VLAEError
-from .likelihood import bernoulli_from_uniform
 from .masked_conv import mask_offsets
-from .pixelcnn import FactorizedDecoder, GatedPixelCNN, MaskedPixelCNN
+from .pixelcnn import FactorizedDecoder, GatedPixelCNN, MaskedPixelCNN, grayscale
 
 __all__ = ["FastSampler", "fast_sample", "wavefront_slope", "crop_logits", "METHODS"]
 
@@ -75,7 +83,14 @@ METHODS = ("auto", "cache", "window", "naive")
 # Rounding differences between the cached and the full computation are ~1e-7 in
 # float32 probabilities (~1e-14 in float64); these margins leave a factor of
 # ten or more and trigger a naive re-decision for about 1 pixel in 65,000.
-_DEFAULT_TOL = {torch.float32: 2.0 ** -17, torch.float64: 2.0 ** -40}
+# A mixture's margin is relative to its outputs (a draw cannot change unless an
+# output moves by more than margin * (1 + |output|), see
+# DiscretizedLogisticMixture.sample_with_margin): 2^-16 leaves a factor of ~100
+# over float32 rounding and re-decides a few per cent of colour pixels.
+_DEFAULT_TOL = {
+    "bernoulli": {torch.float32: 2.0 ** -17, torch.float64: 2.0 ** -40},
+    "logistic_mixture": {torch.float32: 2.0 ** -16, torch.float64: 2.0 ** -40},
+}
 
 
 # ---------------------------------------------------------------------- schedule
@@ -132,9 +147,11 @@ class _Tap:
         kh, kw = w.shape[-2:]
         mask = conv.mask if conv.mask is not None else torch.ones(kh, kw)
         taps = sorted(mask_offsets(mask))
-        self.offsets = torch.tensor([dy * canvas_width + dx for dy, dx in taps], device=w.device)
-        # (T * in, out), tap-major to match the gather layout (n, P, T, in).
-        self.weight = torch.stack([w[:, :, dy + kh // 2, dx + kw // 2].T for dy, dx in taps]).flatten(0, 1)
+        self.offsets = torch.tensor([dy * canvas_width + dx for dy, dx in taps], dtype=torch.long, device=w.device)
+        # (T * in, out), tap-major to match the gather layout (n, P, T, in). A 1x1 type-A
+        # mask has no taps (T = 0): the layer then reads nothing and yields its bias.
+        self.weight = torch.cat([w[:, :, dy + kh // 2, dx + kw // 2].T for dy, dx in taps]
+                                or [w.new_zeros(0, w.shape[0])])
         self.bias = conv.bias.detach() if conv.bias is not None else None
 
     def __call__(self, canvas: _Canvas, cpos: torch.Tensor) -> torch.Tensor:
@@ -174,14 +191,48 @@ def _gate(a: torch.Tensor) -> torch.Tensor:
     return torch.tanh(t) * torch.sigmoid(s)
 
 
-class _MaskedEngine:
+class _Engine:
+    """What every engine shares: the canvas of the decoder's input and the
+    per-position outputs.
+
+    The protocol (also used by :mod:`vlae.codec`): for each ``(t, layer_positions,
+    pos)`` of :meth:`schedule`, call :meth:`advance` with ``layer_positions``, then,
+    if ``pos`` is not ``None``, read the decoder's outputs there with
+    :meth:`params` ``(n, N, P)`` (or :meth:`logits` ``(n, N)`` for ``P = 1``) and
+    hand the drawn pixels back with :meth:`write_pixels`.
+    """
+
+    width: int
+    x: "_Canvas"
+
+    def __init__(self, dec, scale, n: int, height: int, width: int, margin: int, like: torch.Tensor):
+        self.scale, self.gray, self.width, self.device = scale, dec.gray_context, width, like.device
+        self.x = _Canvas(n, height, width, 1 if dec.gray_context else dec.in_channels, margin, like)
+
+    def params(self, pos: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError  # pragma: no cover
+
+    def logits(self, pos: torch.Tensor) -> torch.Tensor:
+        """The single output of a binary model at ``pos``: ``(n, N)``."""
+        return self.params(pos)[..., 0]
+
+    def advance(self, layer_positions) -> None:  # only the gated engine works ahead
+        pass
+
+    def write_pixels(self, pos: torch.Tensor, x: torch.Tensor) -> None:
+        """Drawn pixels ``x (n, N, C)`` (or ``(n, N)`` for one channel), in observed units."""
+        v = self.scale(x if x.dim() == 3 else x[..., None])
+        self.x.write(self.x.index(pos, self.width), grayscale(v, dim=-1) if self.gray else v)
+
+
+class _MaskedEngine(_Engine):
     """Cached incremental evaluation of a :class:`MaskedPixelCNN`."""
 
     def __init__(self, dec: MaskedPixelCNN, cond: torch.Tensor | None, n: int, height: int, width: int,
-                 like: torch.Tensor):
-        r, self.width, self.device = dec.kernel_size // 2, width, like.device
+                 like: torch.Tensor, scale):
+        r = dec.kernel_size // 2
+        super().__init__(dec, scale, n, height, width, r, like)
         filters = dec.first.out_channels
-        self.x = _Canvas(n, height, width, 1, r, like)
         cw = self.x.width
         self.first = _Tap(dec.first, cw)
         self.masked = [_Tap(conv, cw) for conv in dec.masked]
@@ -197,7 +248,7 @@ class _MaskedEngine:
     def schedule(self, height: int, width: int):
         return [(t, [], pos) for t, pos in _wavefronts(height, width, self.slope, 0, self.device).items()]
 
-    def logits(self, pos: torch.Tensor) -> torch.Tensor:
+    def params(self, pos: torch.Tensor) -> torch.Tensor:
         cpos = self.x.index(pos, self.width)
         h = self.first(self.x, cpos) + _at(self.cond_in, pos)
         for i, conv in enumerate(self.masked):
@@ -207,31 +258,28 @@ class _MaskedEngine:
                 h = h + _at(self.cond_layers[i], pos)
             for c1, c2 in self.groups.get(i + 2, ()):
                 h = h + c2(F.elu(c1(F.elu(h))))
-        return self.out(F.elu(h))[..., 0]
-
-    def advance(self, layer_positions) -> None:  # no look-ahead work
-        pass
-
-    def write_pixels(self, pos: torch.Tensor, x: torch.Tensor) -> None:
-        self.x.write(self.x.index(pos, self.width), (2 * x - 1)[..., None])
+        return self.out(F.elu(h))
 
 
-class _GatedEngine:
+class _GatedEngine(_Engine):
     """Cached incremental evaluation of a :class:`GatedPixelCNN`.
 
     Layer ``l`` of the vertical stack at position ``q`` reads layer ``l - 1`` up
-    to ``k // 2`` columns to its right in the same row, so it is computed
-    ``shift_l = (L - 1 - l) * (k // 2)`` steps before the horizontal stack
-    reaches ``q``; it reads image rows above ``q`` only, which are drawn by then
-    because the slope exceeds ``L * (k // 2)``.
+    to ``c = k // 2`` columns to its right in the same row, so it is computed
+    ``shift_l = (L_v - 1 - l) * c`` steps before the horizontal stack reaches
+    ``q``; it reads image rows above ``q`` only, which are drawn by then because
+    the slope exceeds ``L_v * c``. The last vertical layer runs in step with the
+    horizontal stack and hands every horizontal layer from its own index on
+    (``l >= L_v - 1``) its 1x1 projection.
     """
 
     def __init__(self, dec: GatedPixelCNN, cond: torch.Tensor | None, n: int, height: int, width: int,
-                 like: torch.Tensor):
-        L, c = dec.layers, dec.kernel_size // 2
-        self.L, self.c, self.width, self.device = L, c, width, like.device
+                 like: torch.Tensor, scale):
+        L, Lv, c = dec.layers, dec.vertical_layers, dec.kernel_size // 2
+        margin = max(c, dec.first_rows)  # one geometry for every canvas, so one flat index serves them all
+        super().__init__(dec, scale, n, height, width, margin, like)
+        self.L, self.Lv, self.c = L, Lv, c
         filters = dec.h_out[0].out_channels
-        self.x = _Canvas(n, height, width, 1, c, like)
         cw = self.x.width
         self.v_convs = [_Tap(m, cw) for m in dec.v_convs]
         self.h_convs = [_Tap(m, cw) for m in dec.h_convs]
@@ -239,17 +287,23 @@ class _GatedEngine:
         self.h_out = [_Pointwise(m) for m in dec.h_out]
         self.skips = [_Pointwise(m) for m in dec.skips]
         self.out1, self.out2 = _Pointwise(dec.out1), _Pointwise(dec.out2)
-        self.conds = ([tuple(map(_channels_last, m(cond).chunk(2, dim=1))) for m in dec.conds]
-                      if cond is not None else [])
-        self.v = [_Canvas(n, height, width, filters, c, like) for _ in range(L - 1)]  # inputs of v_convs[1:]
-        self.h = [_Canvas(n, height, width, filters, c, like) for _ in range(L - 1)]  # inputs of h_convs[1:]
-        # v_to_h(v_pre) per layer, stored until the horizontal stack reaches the position.
+        # Per layer: (vertical gate's share or None, horizontal gate's share) of the conditioning.
+        self.conds = []
+        for l, m in enumerate(dec.conds if cond is not None else []):
+            full = m(cond)
+            cv, ch = full.chunk(2, dim=1) if l < Lv else (None, full)
+            self.conds.append((None if cv is None else _channels_last(cv), _channels_last(ch)))
+        self.blocks = [(_Pointwise(b.inner), None if (b.cond is None or cond is None) else _channels_last(b.cond(cond)),
+                        _Pointwise(b.out), _Pointwise(b.skip)) for b in dec.blocks]
+        self.v = [_Canvas(n, height, width, filters, margin, like) for _ in range(Lv - 1)]  # inputs of v_convs[1:]
+        self.h = [_Canvas(n, height, width, filters, margin, like) for _ in range(L - 1)]  # inputs of h_convs[1:]
+        # v_to_h of the vertical pre-activation per horizontal layer, kept until the horizontal stack gets there.
         self.vh = [like.new_zeros(n, height * width, 2 * filters) for _ in range(L)]
-        self.slope = max(wavefront_slope(dec.receptive_field()), L * c + 1)
+        self.slope = max(wavefront_slope(dec.receptive_field()), Lv * c + 1)
 
     def schedule(self, height: int, width: int):
-        fronts = [_wavefronts(height, width, self.slope, (self.L - 1 - l) * self.c, self.device)
-                  for l in range(self.L)]
+        fronts = [_wavefronts(height, width, self.slope, (self.Lv - 1 - l) * self.c, self.device)
+                  for l in range(self.Lv)]
         hfront = fronts[-1]
         times = sorted(set().union(*fronts))
         return [(t, [f.get(t) for f in fronts], hfront.get(t)) for t in times]
@@ -261,13 +315,14 @@ class _GatedEngine:
                 continue
             cpos = self.x.index(pos, self.width)
             v_pre = self.v_convs[l](self.x if l == 0 else self.v[l - 1], cpos)
-            self.vh[l].index_copy_(1, pos, self.v_to_h[l](v_pre))
-            if l < len(self.conds):
-                v_pre = v_pre + _at(self.conds[l][0], pos)
-            if l < self.L - 1:
+            for m in (range(l, self.L) if l == self.Lv - 1 else (l,)):
+                self.vh[m].index_copy_(1, pos, self.v_to_h[m](v_pre))
+            if l < self.Lv - 1:
+                if l < len(self.conds):
+                    v_pre = v_pre + _at(self.conds[l][0], pos)
                 self.v[l].write(cpos, _gate(v_pre))
 
-    def logits(self, pos: torch.Tensor) -> torch.Tensor:
+    def params(self, pos: torch.Tensor) -> torch.Tensor:
         cpos = self.x.index(pos, self.width)
         skip = 0.0
         h = None
@@ -280,47 +335,49 @@ class _GatedEngine:
             if l < self.L - 1:
                 self.h[l].write(cpos, h)
             skip = skip + self.skips[l](g)
-        return self.out2(F.elu(self.out1(F.elu(skip))))[..., 0]
+        for inner, cmap, out, sk in self.blocks:
+            g = _gate(inner(F.elu(h)) + _at(cmap, pos))
+            h, skip = h + out(g), skip + sk(g)
+        return self.out2(F.elu(self.out1(F.elu(skip))))
 
-    def write_pixels(self, pos: torch.Tensor, x: torch.Tensor) -> None:
-        self.x.write(self.x.index(pos, self.width), (2 * x - 1)[..., None])
 
-
-class _WindowEngine:
+class _WindowEngine(_Engine):
     """Any decoder with :meth:`window`: runs it on clipped crops around the
     pixels of each wavefront, crops of equal geometry batched together."""
 
-    def __init__(self, dec, cond: torch.Tensor | None, n: int, height: int, width: int, like: torch.Tensor):
+    def __init__(self, dec, cond: torch.Tensor | None, n: int, height: int, width: int, like: torch.Tensor,
+                 scale, channels: int = 1):
         self.dec, self.cond, self.height, self.width, self.device = dec, cond, height, width, like.device
-        self.win = dec.window()
-        self.canvas = like.new_zeros(n, 1, height, width)
+        self.scale, self.win = scale, dec.window()
+        self.canvas = like.new_zeros(n, channels, height, width)  # observed units, as naive sampling has them
         self.slope = wavefront_slope(dec.receptive_field())
 
     def schedule(self, height: int, width: int):
         return [(t, [], pos) for t, pos in _wavefronts(height, width, self.slope, 0, self.device).items()]
 
-    def advance(self, layer_positions) -> None:
-        pass
-
-    def logits(self, pos: torch.Tensor) -> torch.Tensor:
-        out = self.canvas.new_empty(self.canvas.shape[0], pos.numel())
+    def params(self, pos: torch.Tensor) -> torch.Tensor:
+        out = None
         groups: dict[tuple, list[tuple[int, int, int]]] = {}
         for k, p in enumerate(pos.tolist()):
             i, j = divmod(p, self.width)
             r0, c0 = max(0, i - self.win["up"]), max(0, j - self.win["left"])
             r1, c1 = min(self.height, i + self.win["down"] + 1), min(self.width, j + self.win["right"] + 1)
             groups.setdefault((r1 - r0, c1 - c0, i - r0, j - c0), []).append((k, r0, c0))
+        n = self.canvas.shape[0]
         for (h, w, ci, cj), members in groups.items():
             def crops(full: torch.Tensor) -> torch.Tensor:
                 return torch.cat([full[:, :, r0:r0 + h, c0:c0 + w] for _, r0, c0 in members])
 
             xs, cs = crops(self.canvas), None if self.cond is None else crops(self.cond)
-            logit = self.dec(xs, cs)[:, 0, ci, cj].view(len(members), -1)
-            out[:, [k for k, _, _ in members]] = logit.T
+            p = self.dec(self.scale(xs), cs)[:, :, ci, cj].view(len(members), n, -1)  # crop-major
+            if out is None:
+                out = p.new_empty(n, pos.numel(), p.shape[-1])
+            out[:, [k for k, _, _ in members]] = p.transpose(0, 1)
         return out
 
     def write_pixels(self, pos: torch.Tensor, x: torch.Tensor) -> None:
-        self.canvas.view(self.canvas.shape[0], -1)[:, pos] = x
+        x = x if x.dim() == 3 else x[..., None]
+        self.canvas.view(*self.canvas.shape[:2], -1)[:, :, pos] = x.transpose(1, 2)
 
 
 # ---------------------------------------------------------------------- sampler
@@ -328,18 +385,19 @@ class FastSampler:
     """Exact fast sampler for a :class:`~vlae.model.VLAE`'s decoder.
 
     Args:
-        model: the VLAE (any decoder kind; unconditional models too).
+        model: the VLAE (any decoder kind and observation model; unconditional
+            models too).
         method: ``"auto"`` (cached for masked and gated decoders, one pass for the
             factorized decoder, ``"window"`` for other kinds), ``"cache"``,
             ``"window"``, or ``"naive"`` (the model's own loop, for reference).
-        tol: pixels whose uniform lies within ``tol`` of the fast probability are
-            re-decided with the naive computation, making samples bit-identical
-            to :meth:`VLAE.decode` (default ``2**-17`` in float32, ``2**-40`` in
-            float64; ``0`` disables the check).
+        tol: pixels whose uniforms lie within ``tol`` of a CDF value where their
+            draw would change are re-decided with the naive computation, making
+            samples bit-identical to :meth:`VLAE.decode` (default per observation
+            model and dtype, see ``_DEFAULT_TOL``; ``0`` disables the check).
 
     Example:
         >>> sampler = FastSampler(model)
-        >>> x = sampler.decode(z, torch.rand(len(z), 1, 28, 28))     # like model.decode(z, u)
+        >>> x = sampler.decode(z, torch.rand(len(z), *model.uniforms_shape))   # like model.decode(z, u)
         >>> recon = model.reconstruct(images, n=4, sampler=sampler.decode)
     """
 
@@ -353,83 +411,86 @@ class FastSampler:
         self.fallbacks = 0  # pixels re-decided by the naive computation in the last decode
 
     def _engine(self, cond, n, height, width, like):
-        dec = self.model.decoder
+        dec, scale = self.model.decoder, self.model.obs.scale
         if self.method in ("auto", "cache") and isinstance(dec, MaskedPixelCNN):
-            return _MaskedEngine(dec, cond, n, height, width, like)
+            return _MaskedEngine(dec, cond, n, height, width, like, scale)
         if self.method in ("auto", "cache") and isinstance(dec, GatedPixelCNN):
-            return _GatedEngine(dec, cond, n, height, width, like)
-        return _WindowEngine(dec, cond, n, height, width, like)
+            return _GatedEngine(dec, cond, n, height, width, like, scale)
+        return _WindowEngine(dec, cond, n, height, width, like, scale, self.model.cfg.image_shape[0])
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor | None, u: torch.Tensor, return_probs: bool = False):
-        """Draw ``x ~ p(x|z)`` given uniforms ``u (n, 1, H, W)``: same contract
+        """Draw ``x ~ p(x|z)`` given uniforms ``u (n, U, H, W)``: same contract
         and same result as :meth:`VLAE.decode`.
 
         Returns:
-            ``x (n, 1, H, W)`` in {0, 1} (and the probabilities used, ``(n, 1, H, W)``).
+            ``x (n, C, H, W)`` in observed units (and the per-pixel distribution
+            used, :meth:`~vlae.likelihood.ObservationModel.summary`).
         """
-        model, dec = self.model, self.model.decoder
+        model, dec, obs = self.model, self.model.decoder, self.model.obs
         if self.method == "naive":
             return model.decode(z, u, return_probs=return_probs)
-        if u.dim() != 4 or tuple(u.shape[1:]) != tuple(model.cfg.image_shape):
-            raise VLAEError(f"uniforms must have shape (n, {', '.join(map(str, model.cfg.image_shape))}), "
+        if u.dim() != 4 or tuple(u.shape[1:]) != tuple(model.uniforms_shape):
+            raise VLAEError(f"uniforms must have shape (n, {', '.join(map(str, model.uniforms_shape))}), "
                             f"got {tuple(u.shape)}")
         cond = model.condition(z)  # the same call as naive sampling: identical conditioning map
         self.fallbacks = 0
-        if isinstance(dec, FactorizedDecoder):
-            logits = dec(torch.zeros_like(u), cond)
-            x = bernoulli_from_uniform(logits, u)
-            return (x, torch.sigmoid(logits)) if return_probs else x
         n, _, height, width = u.shape
-        tol = self.tol if self.tol is not None else _DEFAULT_TOL.get(u.dtype, 2.0 ** -5)
+        channels = model.cfg.image_shape[0]
+        if isinstance(dec, FactorizedDecoder):
+            params = dec(obs.scale(u.new_zeros(n, channels, height, width)), cond)
+            x = obs.sample(params, u)
+            return (x, obs.summary(params)) if return_probs else x
+        tol = self.tol if self.tol is not None else _DEFAULT_TOL.get(obs.name, {}).get(u.dtype, 2.0 ** -5)
         engine = self._engine(cond, n, height, width, u)
-        uf = u.reshape(n, height * width)
-        x = torch.zeros_like(uf)
-        probs = torch.zeros_like(uf)
+        uf = u.reshape(n, u.shape[1], height * width)
+        x = u.new_zeros(n, channels, height * width)
+        summary = None
         for _, layer_positions, pos in engine.schedule(height, width):
             engine.advance(layer_positions)
             if pos is None:
                 continue
-            logits = engine.logits(pos)
-            p = torch.sigmoid(logits)
-            xs = bernoulli_from_uniform(logits, uf[:, pos])
+            params = engine.params(pos).transpose(1, 2)  # (n, P, N)
+            xs, margin = obs.sample_with_margin(params, uf[:, :, pos])
+            s = obs.summary(params)
             if tol > 0:
-                close = (uf[:, pos] - p).abs() <= tol
+                close = margin <= tol
                 if close.any():  # rare: settle these pixels exactly as naive sampling does
                     self.fallbacks += int(close.sum())
-                    self._settle(close, pos, x, cond, uf, p, xs, height, width)
-            x[:, pos], probs[:, pos] = xs, p
-            engine.write_pixels(pos, xs)
-        x, probs = x.view_as(u), probs.view_as(u)
-        return (x, probs) if return_probs else x
+                    self._settle(close, pos, x, cond, u, s, xs, height, width)
+            if summary is None:
+                summary = s.new_zeros(n, s.shape[1], height * width)
+            x[:, :, pos], summary[:, :, pos] = xs, s
+            engine.write_pixels(pos, xs.transpose(1, 2))
+        x, summary = x.view(n, channels, height, width), summary.view(n, -1, height, width)
+        return (x, summary) if return_probs else x
 
-    def _settle(self, close, pos, x, cond, uf, p, xs, height: int, width: int) -> None:
-        """Overwrite ``p, xs (n, P)`` where ``close`` with the naive sampler's own
-        probability and decision.
+    def _settle(self, close, pos, x, cond, u, s, xs, height: int, width: int) -> None:
+        """Overwrite ``s (n, S, N)`` and ``xs (n, C, N)`` where ``close (n, N)`` with the
+        naive sampler's own distribution and decision.
 
         Naive sampling decides pixel ``q`` from the full decoder on the whole
         batch, pixels at or after ``q`` in raster order still zero. One such pass
         serves one pixel per image: each image's row of the canvas is zeroed from
-        its own pixel on (an image's logits do not depend on the other rows, and
+        its own pixel on (an image's outputs do not depend on the other rows, and
         pixels earlier in raster order that are not drawn yet lie outside the
         receptive field, where the weights are exactly zero).
         """
-        n = x.shape[0]
-        u4 = uf.view(n, 1, height, width)
+        model, n = self.model, x.shape[0]
         pending = close.clone()
         while pending.any():
             first = pending.float().argmax(1)  # one pending pixel per image
             images = pending.any(1).nonzero().flatten().tolist()
             canvas = x.clone()
             for b in images:
-                canvas[b, int(pos[first[b]]):] = 0
-            logits = self.model.decoder(canvas.view(n, 1, height, width), cond)
+                canvas[b, :, int(pos[first[b]]):] = 0
+            params = model.decoder(model.obs.scale(canvas.view(n, -1, height, width)), cond)
             for b in images:
                 k = int(first[b])
                 i, j = divmod(int(pos[k]), width)
-                logit = logits[:, :, i, j]  # the very tensor naive sampling thresholds
-                p[b, k] = torch.sigmoid(logit)[b, 0]
-                xs[b, k] = bernoulli_from_uniform(logit, u4[:, :, i, j])[b, 0]
+                p = params[:, :, i:i + 1, j:j + 1]  # the very tensor naive sampling draws from
+                xs[b, :, k] = model.obs.sample(p, u[:, :, i:i + 1, j:j + 1])[b, :, 0, 0]
+                s[b, :, k] = model.obs.summary(p)[b, :, 0, 0]
                 pending[b, k] = False
 
     @torch.no_grad()
@@ -438,12 +499,12 @@ class FastSampler:
         model = self.model
         anchor = next(model.decoder.parameters())
         z = model.prior.sample(n, generator=generator) if model.latent_dim > 0 else None
-        u = torch.rand((n, *model.cfg.image_shape), generator=generator, device=anchor.device, dtype=anchor.dtype)
+        u = torch.rand((n, *model.uniforms_shape), generator=generator, device=anchor.device, dtype=anchor.dtype)
         return self.decode(z, u, return_probs=return_probs)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, n: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
-        """:meth:`VLAE.reconstruct` with this sampler: ``(n, B, 1, H, W)``."""
+        """:meth:`VLAE.reconstruct` with this sampler: ``(n, B, C, H, W)``."""
         return self.model.reconstruct(x, n, generator=generator, sampler=self.decode)
 
 
@@ -456,7 +517,7 @@ def fast_sample(model, n: int, generator: torch.Generator | None = None, return_
 def crop_logits(decoder, x: torch.Tensor, cond: torch.Tensor | None, i: int, j: int) -> torch.Tensor:
     """Logit ``(i, j)`` computed from the crop ``rows [i-up, i+down] x cols
     [j-left, j+right]`` (clipped to the image) of ``x`` and ``cond``, with
-    ``decoder.window()`` giving the margins: ``(B, 1)``. Equals
+    ``decoder.window()`` giving the margins: ``(B, P)``. Equals
     ``decoder(x, cond)[:, :, i, j]`` up to rounding (the locality the fast
     sampler relies on)."""
     w = decoder.window()

@@ -238,9 +238,9 @@ def _has_checkpoint(run_dir: Path) -> bool:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)  # a results.json is either complete or absent
+    from .outputs import write_json
+
+    write_json(path, obj, default=str)  # strict JSON, atomic: a results.json is either complete or absent
 
 
 def _run_task(payload: dict[str, Any]) -> dict[str, Any]:
@@ -326,7 +326,7 @@ def _test_images(cfg: Config, subset: int, notice: Callable[[str], object] = pri
         if shared is not None and not any((default / d).is_dir() for d in ("binarized-mnist", "binarized_mnist")):
             data_dir = str(shared)
     test = load_or_fallback(cfg.train.dataset, "test", data_dir, notice=notice)
-    return fixed_subset(test.binarized(torch.Generator().manual_seed(0)), subset)
+    return fixed_subset(test.observed(torch.Generator().manual_seed(0)), subset)
 
 
 # ----------------------------------------------------------------------------- runner

@@ -1,0 +1,235 @@
+"""Benchmark: the VLAE's bits-back code against its bound and against generic image codecs.
+
+On one trained run and one set of binary images, measures
+
+- vlae's bits-back stream (:mod:`vlae.codec`): bytes, bits/dim net of the initial
+  bits (stated separately, with the file header), compress and decompress images/s,
+  and the exact check ``decompress(compress(x)) == x``;
+- the same model's -ELBO (one posterior sample per image, as the code uses) and
+  IW NLL (``--k`` importance samples, on ``--iw-subset`` of the images);
+- JBIG (jbigkit's ``pbmtojbg``/``jbgtopbm``; skipped with a notice when absent),
+  PNG (1-bit, Pillow, ``optimize=True``), gzip, bz2 and lzma (strongest settings)
+  of the bit-packed images. The baselines code all images as one tall page (one
+  header, one context), their most favourable setting.
+
+Prints a table and writes JSON::
+
+    python bench/compress.py --run runs/mnist-small --split test --subset 0 --out compress.json --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import bz2
+import gzip
+import io
+import json
+import lzma
+import math
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vlae.checkpoint import load_model
+from vlae.codec import DEFAULT_BATCH, DEFAULT_PRECISION, compress, decompress, read_header
+from vlae.data import fixed_subset, load_dataset
+from vlae.errors import VLAEError
+
+
+def _timed(fn, *args):
+    start = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - start
+
+
+def _row(name: str, nbytes: int, n: int, dims: int, enc_s: float, dec_s: float, exact: bool, **extra) -> dict:
+    return {"codec": name, "bytes": nbytes, "bits_per_dim": 8 * nbytes / (n * dims),
+            "nats_per_image": 8 * nbytes * math.log(2) / n, "compress_images_per_s": n / max(enc_s, 1e-9),
+            "decompress_images_per_s": n / max(dec_s, 1e-9), "exact": exact, **extra}
+
+
+def _page(x: np.ndarray) -> np.ndarray:
+    """``(N, 1, H, W)`` 0/1 -> one ``(N * H, W)`` page."""
+    return x[:, 0].reshape(-1, x.shape[-1])
+
+
+def _pbm(page: np.ndarray) -> bytes:
+    h, w = page.shape
+    return f"P4\n{w} {h}\n".encode() + np.packbits(page, axis=1).tobytes()
+
+
+def _from_pbm(data: bytes, shape) -> np.ndarray:
+    # P4 header: magic, width, height, then one whitespace byte before the raster.
+    fields, pos = [], 0
+    while len(fields) < 3:
+        while data[pos:pos + 1].isspace():
+            pos += 1
+        if data[pos:pos + 1] == b"#":
+            pos = data.index(b"\n", pos)
+            continue
+        end = pos
+        while not data[end:end + 1].isspace():
+            end += 1
+        fields.append(data[pos:end])
+        pos = end
+    w, h = int(fields[1]), int(fields[2])
+    bits = np.unpackbits(np.frombuffer(data[pos + 1:], dtype=np.uint8).reshape(h, -1), axis=1)[:, :w]
+    return bits.reshape(shape)
+
+
+def bench_jbig(x: np.ndarray, notice) -> dict | None:
+    if shutil.which("pbmtojbg") is None or shutil.which("jbgtopbm") is None:
+        notice("notice: JBIG skipped: pbmtojbg/jbgtopbm not found (Debian/Ubuntu: apt-get install jbigkit-bin)")
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        src, jbg, back = Path(tmp, "x.pbm"), Path(tmp, "x.jbg"), Path(tmp, "y.pbm")
+        src.write_bytes(_pbm(_page(x)))
+        start = time.perf_counter()  # timed with the process start: what a user pays
+        subprocess.run(["pbmtojbg", str(src), str(jbg)], check=True)
+        enc = time.perf_counter() - start
+        start = time.perf_counter()
+        subprocess.run(["jbgtopbm", str(jbg), str(back)], check=True)
+        dec = time.perf_counter() - start
+        exact = np.array_equal(_from_pbm(back.read_bytes(), x.shape), x)
+        return _row("JBIG (pbmtojbg)", jbg.stat().st_size, len(x), x[0].size, enc, dec, exact)
+
+
+def bench_png(x: np.ndarray) -> dict:
+    from PIL import Image
+
+    page = _page(x).astype(bool)
+    buf = io.BytesIO()
+    start = time.perf_counter()
+    Image.fromarray(page).save(buf, format="PNG", optimize=True)
+    enc = time.perf_counter() - start
+    data = buf.getvalue()
+    start = time.perf_counter()
+    with Image.open(io.BytesIO(data)) as im:
+        back = np.asarray(im.convert("1"), dtype=np.uint8)
+    dec = time.perf_counter() - start
+    return _row("PNG 1-bit (Pillow)", len(data), len(x), x[0].size, enc, dec,
+                np.array_equal(back.reshape(x.shape), x))
+
+
+def bench_generic(x: np.ndarray) -> list[dict]:
+    packed = np.packbits(x.reshape(-1)).tobytes()
+    rows = []
+    for name, enc_fn, dec_fn in [
+        ("gzip -9 (bit-packed)", lambda b: gzip.compress(b, 9, mtime=0), gzip.decompress),
+        ("bz2 -9 (bit-packed)", lambda b: bz2.compress(b, 9), bz2.decompress),
+        ("lzma -9e (bit-packed)", lambda b: lzma.compress(b, preset=9 | lzma.PRESET_EXTREME), lzma.decompress),
+    ]:
+        data, enc = _timed(enc_fn, packed)
+        back, dec = _timed(dec_fn, data)
+        exact = np.array_equal(np.unpackbits(np.frombuffer(back, np.uint8))[:x.size].reshape(x.shape), x)
+        rows.append(_row(name, len(data), len(x), x[0].size, enc, dec, exact))
+    rows.append(_row("raw bit-packed", len(packed), len(x), x[0].size, 0.0, 0.0, True))
+    return rows
+
+
+@torch.no_grad()
+def bounds(model, x: torch.Tensor, k: int, iw_subset: int, batch: int = 100, seed: int = 0) -> dict:
+    """-ELBO (one sample per image) on all of ``x``; IW NLL with ``k`` samples on a fixed subset."""
+    g = torch.Generator().manual_seed(seed)
+    xf = x.float()
+    start = time.perf_counter()
+    nelbo = torch.cat([model.terms(xf[i:i + batch], generator=g).nelbo for i in range(0, len(xf), batch)])
+    elbo_s = time.perf_counter() - start
+    out = {"nelbo": nelbo.mean().item(), "nelbo_se": (nelbo.std() / math.sqrt(len(nelbo))).item(),
+           "elbo_images": len(nelbo), "elbo_seconds": elbo_s}
+    if k > 0:
+        sub = fixed_subset(xf, iw_subset)
+        start = time.perf_counter()
+        nll = torch.cat([-model.iw_bound(sub[i:i + 20], k=k, generator=g) for i in range(0, len(sub), 20)])
+        out.update({"iw_nll": nll.mean().item(), "iw_nll_se": (nll.std() / math.sqrt(len(nll))).item(),
+                    "iw_k": k, "iw_images": len(nll), "iw_seconds": time.perf_counter() - start})
+        # The ELBO on the IW images too, so the gap is measured on the same images.
+        idx = fixed_subset(torch.arange(len(xf)), iw_subset)
+        out["nelbo_on_iw_images"] = nelbo[idx].mean().item()
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", required=True, help="run folder or checkpoint")
+    p.add_argument("--dataset", default="binarized-mnist")
+    p.add_argument("--split", default="test")
+    p.add_argument("--subset", type=int, default=0, help="a fixed subset of N images (0: the whole split)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--precision", type=int, default=DEFAULT_PRECISION)
+    p.add_argument("--batch", type=int, default=DEFAULT_BATCH)
+    p.add_argument("--k", type=int, default=256, help="importance samples of the IW NLL (0: skip)")
+    p.add_argument("--iw-subset", type=int, default=1000, help="images for the IW NLL (0: all)")
+    p.add_argument("--weights", choices=("ema", "raw"), default="ema")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default=None, help="JSON output")
+    args = p.parse_args(argv)
+    notice = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    try:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        model, cfg = load_model(args.run, weights=args.weights, device="cpu")
+        data = load_dataset(args.dataset, args.split, args.data_dir or cfg.train.data_dir)
+        x = fixed_subset(data.images, args.subset)
+        n, dims = len(x), x[0].numel()
+        notice(f"{n} {args.dataset} {args.split} images; model {args.run} ({cfg.preset}, prior {cfg.model.prior}, "
+               f"decoder {cfg.model.decoder})")
+        progress = lambda done, total: notice(f"  {done}/{total}")  # noqa: E731
+        (blob, stats), enc_s = _timed(lambda: compress(model, x, precision=args.precision, batch=args.batch,
+                                                        progress=progress, return_stats=True))
+        y, dec_s = _timed(lambda: decompress(model, blob, progress=progress))
+        exact = torch.equal(y, x)
+        head = read_header(blob)
+        header_bytes = len(blob) - 4 * head.words
+        vlae_row = _row("vlae bits-back (net)", stats.net_bits / 8, n, dims, enc_s, dec_s, exact)
+        vlae_row.update({"file_bytes": len(blob), "stream_bits": stats.stream_bits,
+                         "initial_bits": stats.initial_bits, "header_and_crc_bytes": header_bytes,
+                         "overhead_bits_per_image": (stats.initial_bits + 8 * header_bytes) / n,
+                         "ideal_bits_per_dim": (stats.ideal_pixel_bits + stats.ideal_prior_bits
+                                                - stats.ideal_bits_back) / (n * dims),
+                         "precision": args.precision, "batch": args.batch})
+        file_row = _row("vlae file (all included)", len(blob), n, dims, enc_s, dec_s, exact)
+        b = bounds(model, x, args.k, args.iw_subset)
+        rows = [vlae_row, file_row]
+        jbig = bench_jbig(x.numpy(), notice)
+        rows += ([jbig] if jbig else []) + [bench_png(x.numpy())] + bench_generic(x.numpy())
+    except VLAEError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    report = {"run": str(args.run), "preset": cfg.preset, "prior": cfg.model.prior, "decoder": cfg.model.decoder,
+              "dataset": args.dataset, "split": args.split, "images": n, "dims": dims, "bounds": b, "codecs": rows,
+              "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+              "command": " ".join(sys.argv)}
+    to_bpd = 1 / (dims * math.log(2))
+    print(f"\n{n} images of {args.dataset} {args.split}, model {args.run} (preset {cfg.preset}, prior "
+          f"{cfg.model.prior}), {torch.get_num_threads()} thread(s)")
+    print(f"  -ELBO  {b['nelbo']:.2f} ± {b['nelbo_se']:.2f} nats/image = {b['nelbo'] * to_bpd:.4f} bits/dim "
+          f"(1 posterior sample per image, all {b['elbo_images']} images)")
+    if "iw_nll" in b:
+        print(f"  IW NLL {b['iw_nll']:.2f} ± {b['iw_nll_se']:.2f} nats/image = {b['iw_nll'] * to_bpd:.4f} bits/dim "
+              f"(k={b['iw_k']}, {b['iw_images']} images; -ELBO on those: {b['nelbo_on_iw_images']:.2f})")
+    code = vlae_row["nats_per_image"]
+    print(f"  vlae code {code:.2f} nats/image: {100 * (code / b['nelbo'] - 1):+.2f}% vs -ELBO; initial bits "
+          f"{stats.initial_bits} + header {header_bytes} bytes = {vlae_row['overhead_bits_per_image']:.2f} "
+          f"bits/image at this count")
+    print(f"\n  {'codec':28s} {'bytes':>10s} {'bits/dim':>9s} {'x vlae':>7s} {'enc img/s':>10s} "
+          f"{'dec img/s':>10s} exact")
+    for r in rows:
+        print(f"  {r['codec']:28s} {r['bytes']:10.0f} {r['bits_per_dim']:9.4f} "
+              f"{r['bits_per_dim'] / vlae_row['bits_per_dim']:7.2f} {r['compress_images_per_s']:10.0f} "
+              f"{r['decompress_images_per_s']:10.0f} {'yes' if r['exact'] else 'NO'}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"\nwrote {args.out}")
+    return 0 if all(r["exact"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,687 @@
+"""Bits-back lossless compression with a trained VLAE: the bound as a file size.
+
+The paper's section 2 reads the negative ELBO as the length of a *bits-back*
+code (Hinton and van Camp, 1993; Frey and Hinton, 1997). This module makes that
+code real, with asymmetric numeral systems on a stack (BB-ANS, Townsend et al.,
+2019) from the ``constriction`` package (:class:`constriction.stream.stack.AnsCoder`,
+every model ``perfect=False``).
+
+Bits-back, one image ``x`` at a time, on one stack of bits:
+
+1. **pop** a latent ``z`` from the discretized posterior ``Q(z|x)``: decoding
+   with ``Q`` *reads* about ``-log2 Q(z|x)`` bits off the stack (the bits of
+   earlier images, or the initial bits);
+2. **push** ``x`` under ``p(x|z)``, pixel by pixel: ``-log2 p(x|z)`` bits;
+3. **push** ``z`` under the discretized prior ``P(z)``: ``-log2 P(z)`` bits.
+
+The stack grows by ``-log2 p(x|z) - log2 P(z) + log2 Q(z|x)`` bits, whose
+expectation over ``z ~ Q`` is the negative ELBO. Decoding runs the steps
+backwards: pop ``z`` under ``P``, pop ``x`` under ``p(x|z)``, recompute
+``Q(z|x)`` from the decoded ``x`` and push ``z`` back under it, which returns the
+bits step 1 read, exactly. Images are coded in *chunks* (one network pass
+serves a chunk): the first chunk holds one image, the others ``batch`` each;
+decoding visits the chunks in reverse order. Chunks grow 1, 2, 4, ... up to
+``batch``, so each finds enough bits on the stack to pop its latents (a pop
+from an exhausted stack still round-trips, but reads zeros: a poor ``z``).
+
+**Initial bits.** The first pop needs bits to read: the stack starts with
+``initial_words`` pseudo-random 32-bit words (seeded by the images' digest), a
+fixed overhead of about ``D * (precision + 2)`` bits, stated separately and
+amortized over the images. The decoder regenerates them and checks that
+exactly they remain after the last image: a free integrity check.
+
+**Latent discretization** (as BB-ANS). Every latent dimension is cut into
+``K = 2**precision`` bins of equal mass under the prior's base distribution
+``N(0, 1)``; a bin is represented by its median. Pushing a bin under the prior
+then costs exactly ``precision`` bits per dimension, and the posterior's mass
+in a bin is a difference of two normal CDFs. ``precision`` (default 12) trades
+discretization error (the bins near 0 are ``~1 / (0.4 K)`` wide, far below
+any posterior standard deviation that matters) against time: each popped or
+pushed dimension evaluates all ``K`` bins.
+
+**The AF prior: coding in the flow's noise coordinates.** With more than one
+flow step in alternating orders, ``p(z)`` is not a product of univariate
+conditionals in one order, so ``z`` cannot be pushed under it directly. The
+code therefore lives in the prior's noise coordinates ``eps = f(z)``, where
+``p(eps) = N(0, I)`` *factorizes*: the bins above are bins of ``eps``, the prior
+push is the uniform ``precision`` bits per dimension, and the decoder is fed
+``z = f^-1(eps_hat)`` (the flow's exact inverse of the bin medians). Since
+``log p(z) - log q(z|x) = log N(eps) - log q_eps(eps|x)`` for any bijection
+``f`` (a mean-only step has log-determinant 0 on both sides), the ELBO is the
+same in either coordinate system; only the posterior must be re-expressed:
+``q_eps`` is ``q(z|x)`` pushed through ``f``, which is not factorized either.
+We pop from its **Gaussian linearization** ``Q = N(f(g(0)), J J^T)``, where
+``g(eta) = mu + sigma * eta`` (followed by the IAF steps for an IAF posterior) maps
+the posterior's standard noise to ``z`` and ``J`` is the Jacobian of
+``f(g(eta))`` at ``eta = 0``. ``Q`` is coded dimension by dimension through its
+Cholesky factor (``J J^T = L L^T``): dimension ``i`` given the bins chosen
+for ``j < i`` is ``N(m_i + sum_j L_ij eta_j, L_ii^2)``. Bits-back is exact for any
+proposal both sides compute identically; a proposal other than the true
+posterior only changes the *length*: the code costs the ELBO of ``Q``
+instead of ``q``. For a Gaussian prior and a Gaussian posterior ``J = diag(sigma)``
+and ``Q`` *is* the posterior (the textbook case). For the AF prior the price
+is how far ``f`` bends across the posterior's width; it is measured by
+``bench/compress.py``. (Local bits-back coding, Ho et al. 2019, would track the
+Jacobian per bin instead; the linearization costs ``D`` forward-mode passes per
+chunk and no extra initial bits.)
+
+**Exactness.** One wrong probability bit corrupts everything decoded after it,
+so the encoder and the decoder run *the same computation*: the pixel
+probabilities come from the fast sampler's cached engine
+(:mod:`vlae.sampling`), driven position by position by :func:`_walk_pixels` on
+both sides with the same chunk of images (the encoder writes the known pixels
+where the decoder writes the decoded ones), so every tensor operation sees the
+same operands in the same shapes; the posterior is recomputed from the same
+chunk of images; the bin probabilities go through one function
+(:meth:`_Latents.walk`) on both sides. Decoding costs one network position per
+pixel, not a decoder pass. A file records a digest of the images, checked
+after decoding, so hardware or a library version that computes different
+floats fails loudly instead of returning wrong pixels.
+
+File format (all integers little-endian):
+
+=========  =======  ==========================================================
+bytes      type     field
+=========  =======  ==========================================================
+0-7        8 bytes  magic ``\\x89VLAEbb\\n``
+8-9        u16      format version (:data:`FORMAT_VERSION`)
+10-25      16 B     model identity: SHA-256 of its config and weights (:func:`model_identity`)
+26         u8       observation model (0: Bernoulli, binary pixels)
+27-32      3 x u16  image shape ``C, H, W``
+33-36      u32      number of images
+37-38      u16      chunk size ``batch``
+39         u8       latent precision (bits per dimension)
+40-43      u32      initial words (32-bit)
+44-59      16 B     SHA-256 of the bit-packed images (also seeds the initial words)
+60-63      u32      ``W``, number of 32-bit words in the stream
+64-...     W x u32  the ANS stack (``AnsCoder.get_compressed()``)
+last 4     u32      CRC-32 of everything before it
+=========  =======  ==========================================================
+
+Example:
+    >>> from vlae.config import get_preset
+    >>> from vlae.model import VLAE
+    >>> model = VLAE(get_preset("tiny").model).eval()
+    >>> x = torch.bernoulli(torch.full((5, 1, 28, 28), 0.2))
+    >>> data = compress(model, x)
+    >>> torch.equal(decompress(model, data), x.to(torch.uint8))
+    True
+
+References:
+    Townsend, Bird and Barber, Practical Lossless Compression with Latent
+    Variables using Bits Back Coding (ICLR 2019).
+    Ho, Lohn and Abbeel, Compression with Flows via Local Bits-Back Coding (2019).
+    Chen et al., Variational Lossy Autoencoder (ICLR 2017), section 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import struct
+import sys
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .errors import VLAEError
+from .flows import AFPrior, GaussianPrior
+from .pixelcnn import FactorizedDecoder
+
+__all__ = ["compress", "decompress", "read_header", "Header", "CodeStats", "model_identity", "MAGIC",
+           "FORMAT_VERSION", "DEFAULT_PRECISION", "DEFAULT_BATCH", "read_images", "write_images", "add_cli"]
+
+MAGIC = b"\x89VLAEbb\n"
+FORMAT_VERSION = 1
+DEFAULT_PRECISION = 12
+DEFAULT_BATCH = 100
+PRECISIONS = range(4, 17)  # K = 16 .. 65,536 bins per latent dimension
+_HEADER = struct.Struct("<8sH16sB3HIHBI16sI")
+_CRC = struct.Struct("<I")
+_OBSERVATIONS = {"bernoulli": 0}  # observation model -> code in the header; 8-bit models plug in here
+
+
+# ---------------------------------------------------------------------- model interface
+def model_identity(model) -> bytes:
+    """16 bytes naming a model: SHA-256 of its config and every weight (name, dtype,
+    shape and bytes). Decompressing needs the very model that compressed."""
+    h = hashlib.sha256(json.dumps(dataclasses.asdict(model.cfg), sort_keys=True).encode())
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.digest()[:16]
+
+
+def _observation(model) -> str:
+    """The model's observation model, if the codec can code its pixels."""
+    obs = getattr(model, "obs", None)
+    name = "bernoulli" if obs is None else str(getattr(obs, "name", type(obs).__name__))
+    channels = model.cfg.image_shape[0]
+    if name not in _OBSERVATIONS or channels != 1:
+        raise VLAEError(f"vlae compress supports binary images only; this model has a {name} observation model "
+                        f"on {channels}-channel images (colour / 8-bit is not supported yet)")
+    return name
+
+
+def _check_model(model) -> None:
+    _observation(model)
+    if next(model.parameters()).device.type != "cpu":
+        raise VLAEError("the codec runs on the CPU (bit-exact probabilities on both sides); move the model there")
+    if model.latent_dim > 0 and type(model.prior) not in (GaussianPrior, AFPrior):
+        raise VLAEError(f"the codec supports Gaussian and AF priors, not {type(model.prior).__name__}")
+
+
+class _Latents:
+    """The latent code in the prior's noise coordinates, discretized into ``2**precision``
+    equal-mass bins per dimension (see the module docstring)."""
+
+    def __init__(self, model, precision: int):
+        self.model, self.dims, self.bins = model, model.latent_dim, 2 ** precision
+        grid = torch.arange(self.bins + 1, dtype=torch.float64) / self.bins
+        self.edges = torch.special.ndtri(grid)  # (K + 1,), from -inf to inf
+        self.medians = torch.special.ndtri((torch.arange(self.bins, dtype=torch.float64) + 0.5) / self.bins)
+
+    def _noise(self, mu, log_sigma, h, eta):
+        """Posterior noise ``eta (B, D)`` -> the prior's noise coordinates ``(B, D)``."""
+        z, _ = self.model.posterior.rsample(mu, log_sigma, h, eta)
+        return self.model.prior.to_noise(z)[0] if isinstance(self.model.prior, AFPrior) else z
+
+    def proposal(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gaussian linearization of q(eps|x): mean ``(B, D)`` and Cholesky factor
+        ``(B, D, D)``, float64."""
+        mu, log_sigma, h = self.model.encode(x)
+        eta = torch.zeros_like(mu)
+        mean = self._noise(mu, log_sigma, h, eta)
+        # Images are independent, so the Jacobian of the batch sum holds every image's rows.
+        jac = torch.func.jacfwd(lambda e: self._noise(mu, log_sigma, h, e).sum(0))(eta)  # (D, B, D)
+        r = torch.linalg.qr(jac.permute(1, 2, 0).double()).R  # J^T = Q R, so J J^T = R^T R
+        diag = torch.diagonal(r, dim1=1, dim2=2)
+        if not bool((diag != 0).all() and torch.isfinite(r).all()):
+            raise VLAEError("the posterior is degenerate (zero or non-finite spread); cannot code its latent")
+        return mean.double(), r.transpose(1, 2) * diag.sign()[:, None, :]
+
+    def walk(self, mean: torch.Tensor, chol: torch.Tensor, choose: Callable[[int, np.ndarray], Any]
+             ) -> torch.Tensor:
+        """Visit the dimensions in order: ``choose(i, probs (B, K))`` picks dimension ``i``'s
+        bins ``(B,)`` given its conditional bin probabilities; returns all bins ``(B, D)``."""
+        n = mean.shape[0]
+        eta = mean.new_zeros(n, self.dims)
+        chosen = torch.empty(n, self.dims, dtype=torch.long)
+        for i in range(self.dims):
+            centre = mean[:, i] + (chol[:, i, :i] * eta[:, :i]).sum(-1)
+            spread = chol[:, i, i]
+            cdf = torch.special.ndtr((self.edges[None, :] - centre[:, None]) / spread[:, None])
+            k = torch.as_tensor(np.asarray(choose(i, (cdf[:, 1:] - cdf[:, :-1]).numpy())), dtype=torch.long)
+            chosen[:, i] = k
+            eta[:, i] = (self.medians[k] - centre) / spread
+        return chosen
+
+    def latent(self, bins: torch.Tensor) -> torch.Tensor:
+        """Bins ``(B, D)`` -> ``z (B, D)``: the prior's flow inverted at the bin medians."""
+        anchor = next(self.model.parameters())
+        eps = self.medians[bins].to(anchor.dtype)
+        return self.model.prior.sample(len(bins), eps=eps)
+
+
+def _walk_pixels(model, z: torch.Tensor | None, n: int, decide: Callable[[torch.Tensor, np.ndarray], torch.Tensor]
+                 ) -> None:
+    """Run the decoder position by position in decoding order: ``decide(pos, p)`` gets the
+    flat positions ``(P,)`` and ``p(x = 1)`` there ``(n, P)`` (float64), and returns the
+    pixel values ``(n, P)`` the decoder reads from then on. One network position per
+    pixel (the fast sampler's cached engine); the factorized decoder needs one pass."""
+    from .sampling import FastSampler
+
+    dec = model.decoder
+    _, height, width = model.cfg.image_shape
+    cond = model.condition(z)
+    like = next(dec.parameters()).new_zeros(n, 1, height, width)
+    if isinstance(dec, FactorizedDecoder):
+        logits = dec(model.obs.scale(like), cond).reshape(n, height * width)
+        decide(torch.arange(height * width), torch.sigmoid(logits).double().numpy())
+        return
+    engine = FastSampler(model)._engine(cond, n, height, width, like)
+    for _, layer_positions, pos in engine.schedule(height, width):
+        engine.advance(layer_positions)
+        if pos is None:
+            continue
+        p = torch.sigmoid(engine.logits(pos)).double().numpy()
+        engine.write_pixels(pos, decide(pos, p))
+
+
+# ---------------------------------------------------------------------- bits-back chunks
+def _cs():
+    import constriction
+
+    return constriction
+
+
+@dataclass
+class CodeStats:
+    """What a compression cost, in bits. ``ideal_*`` are information contents
+    under the unquantized probabilities; the stream is what ANS wrote."""
+
+    images: int
+    dims: int  # data dimensions per image
+    file_bytes: int
+    stream_bits: int  # the ANS stack in the file, initial bits included
+    initial_bits: int  # the initial words (and constriction's seal word)
+    ideal_pixel_bits: float  # sum of -log2 p(x|z)
+    ideal_prior_bits: float  # sum of -log2 P(z)
+    ideal_bits_back: float  # sum of -log2 Q(z|x): read off the stack
+    seconds: float
+
+    @property
+    def net_bits(self) -> int:
+        """Stream bits net of the initial bits: what the images cost."""
+        return self.stream_bits - self.initial_bits
+
+    @property
+    def bits_per_dim(self) -> float:
+        return self.net_bits / (self.images * self.dims)
+
+    @property
+    def nats_per_image(self) -> float:
+        return self.net_bits * float(np.log(2)) / self.images
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "net_bits": self.net_bits, "bits_per_dim": self.bits_per_dim,
+                "nats_per_image": self.nats_per_image}
+
+
+class _Coder:
+    """The constriction stack and the three model families the codec uses."""
+
+    def __init__(self, words: np.ndarray, precision: int, seal: bool):
+        cs = _cs()
+        self.ans = cs.stream.stack.AnsCoder(words, seal=seal)
+        self.pixel = cs.stream.model.Bernoulli(perfect=False)
+        self.posterior = cs.stream.model.Categorical(perfect=False)
+        self.prior = cs.stream.model.Uniform(2 ** precision)
+
+
+def _encode_chunk(coder: _Coder, model, latents: _Latents | None, x: torch.Tensor, stats: dict) -> None:
+    n = x.shape[0]
+    z, bins = None, None
+    if latents is not None:
+        mean, chol = latents.proposal(x)
+
+        def pop(i: int, probs: np.ndarray) -> np.ndarray:
+            k = coder.ans.decode(coder.posterior, probs)
+            mass = probs[np.arange(n), k] / probs.sum(1)
+            stats["back"] -= np.log2(np.maximum(mass, 2.0 ** -24)).sum()  # constriction's floor
+            return k
+
+        bins = latents.walk(mean, chol, pop)
+        z = latents.latent(bins)
+    flat = x.reshape(n, -1)
+    symbols, probs = [], []
+
+    def known(pos: torch.Tensor, p: np.ndarray) -> torch.Tensor:
+        values = flat[:, pos]
+        symbols.append(values.to(torch.int32).numpy().ravel())
+        probs.append(p.ravel())
+        return values
+
+    _walk_pixels(model, z, n, known)
+    s, p = np.concatenate(symbols), np.concatenate(probs)
+    stats["pixels"] -= np.log2(np.where(s == 1, p, 1 - p)).sum()
+    coder.ans.encode_reverse(s, coder.pixel, p)  # decoded first-position first
+    if bins is not None:
+        coder.ans.encode_reverse(bins.numpy().astype(np.int32).ravel(), coder.prior)
+        stats["prior"] += bins.numel() * np.log2(latents.bins)
+
+
+def _decode_chunk(coder: _Coder, model, latents: _Latents | None, n: int) -> torch.Tensor:
+    _, height, width = model.cfg.image_shape
+    z, bins = None, None
+    if latents is not None:
+        bins = torch.from_numpy(coder.ans.decode(coder.prior, n * latents.dims).astype(np.int64)).view(n, -1)
+        z = latents.latent(bins)
+    flat = next(model.parameters()).new_zeros(n, height * width)
+
+    def pop(pos: torch.Tensor, p: np.ndarray) -> torch.Tensor:
+        values = torch.from_numpy(coder.ans.decode(coder.pixel, p.ravel()).astype(np.float32))
+        flat[:, pos] = values.view(n, -1).to(flat.dtype)
+        return flat[:, pos]
+
+    _walk_pixels(model, z, n, pop)
+    x = flat.view(n, 1, height, width)
+    if latents is not None:
+        mean, chol = latents.proposal(x)
+        tables: list[np.ndarray] = []
+        latents.walk(mean, chol, lambda i, probs: (tables.append(probs), bins[:, i])[1])
+        # The encoder popped dimension-major (all images' dimension 0 first): push back in that order.
+        coder.ans.encode_reverse(bins.T.numpy().astype(np.int32).ravel(), coder.posterior, np.concatenate(tables))
+    return x
+
+
+def _chunks(count: int, batch: int) -> list[tuple[int, int]]:
+    """Chunks of 1, 2, 4, ... images up to ``batch``, then ``batch`` each. A chunk pops
+    all its latents before it pushes anything, so it must find enough bits on the
+    stack: the initial bits cover the first image, and each earlier image left more
+    bits than its latent takes, so doubling never runs the stack dry."""
+    edges, size = [0], 1
+    while edges[-1] < count:
+        edges.append(min(count, edges[-1] + size))
+        size = min(2 * size, batch)
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def _initial_words(model, precision: int) -> int:
+    return 0 if model.latent_dim == 0 else -(-model.latent_dim * (precision + 2) // 32) + 2
+
+
+def _initial_bits(digest: bytes, words: int) -> np.ndarray:
+    rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+    return rng.integers(0, 2 ** 32, size=words, dtype=np.uint32)
+
+
+def _digest(x: torch.Tensor) -> bytes:
+    packed = np.packbits(x.to(torch.uint8).numpy().reshape(len(x), -1), axis=1)
+    return hashlib.sha256(packed.tobytes()).digest()[:16]
+
+
+# ---------------------------------------------------------------------- public API
+@torch.no_grad()
+def compress(model, images, *, precision: int = DEFAULT_PRECISION, batch: int = DEFAULT_BATCH,
+             progress: Callable[[int, int], object] | None = None, return_stats: bool = False):
+    """Losslessly compress binary images with ``model`` (bits-back ANS).
+
+    Args:
+        model: a :class:`~vlae.model.VLAE` on the CPU, in eval mode.
+        images: ``(N, 1, H, W)`` 0/1 tensor or array, ``N >= 1``.
+        precision: latent bins per dimension, as bits (4..16).
+        batch: images per chunk (one network pass each); the decoder uses the same.
+        progress: called with ``(images done, N)`` after each chunk.
+        return_stats: also return a :class:`CodeStats`.
+
+    Returns:
+        The file's bytes (and the stats).
+    """
+    _check_model(model)
+    if precision not in PRECISIONS:
+        raise VLAEError(f"invalid latent precision {precision}: must be in [{PRECISIONS[0]}, {PRECISIONS[-1]}] bits")
+    if not 1 <= batch <= 65535:
+        raise VLAEError(f"invalid batch {batch}: must be in [1, 65535]")
+    x = model.check_images(torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images))
+    if len(x) == 0:
+        raise VLAEError("no images to compress")
+    if len(x) >= 2 ** 32:
+        raise VLAEError(f"too many images for one file: {len(x)}")
+    start = time.perf_counter()
+    digest, latents = _digest(x), (_Latents(model, precision) if model.latent_dim > 0 else None)
+    words = _initial_words(model, precision)
+    coder = _Coder(_initial_bits(digest, words), precision, seal=True)
+    initial = coder.ans.num_bits()
+    stats = {"pixels": 0.0, "prior": 0.0, "back": 0.0}
+    for a, b in _chunks(len(x), batch):
+        _encode_chunk(coder, model, latents, x[a:b], stats)
+        if progress is not None:
+            progress(b, len(x))
+    payload = coder.ans.get_compressed().astype("<u4")
+    c, h, w = model.cfg.image_shape
+    body = _HEADER.pack(MAGIC, FORMAT_VERSION, model_identity(model), _OBSERVATIONS[_observation(model)], c, h, w,
+                        len(x), batch, precision, words, digest, len(payload)) + payload.tobytes()
+    data = body + _CRC.pack(zlib.crc32(body))
+    if not return_stats:
+        return data
+    return data, CodeStats(images=len(x), dims=c * h * w, file_bytes=len(data), stream_bits=32 * len(payload),
+                           initial_bits=initial, ideal_pixel_bits=float(stats["pixels"]),
+                           ideal_prior_bits=float(stats["prior"]), ideal_bits_back=float(stats["back"]),
+                           seconds=time.perf_counter() - start)
+
+
+@dataclass(frozen=True)
+class Header:
+    """The fixed fields of a compressed file (see the module docstring)."""
+
+    version: int
+    model_id: bytes
+    observation: int
+    image_shape: tuple[int, int, int]
+    count: int
+    batch: int
+    precision: int
+    initial_words: int
+    digest: bytes
+    words: int
+
+
+def read_header(data: bytes, name: str = "input") -> Header:
+    """Parse and check a compressed file's header, length and CRC; one-line
+    :class:`VLAEError` for a foreign, newer, truncated or corrupted file."""
+    if len(data) < len(MAGIC) or data[:len(MAGIC)] != MAGIC:
+        raise VLAEError(f"{name}: not a vlae compressed file (bad magic bytes)")
+    if len(data) < _HEADER.size + _CRC.size:
+        raise VLAEError(f"{name}: truncated ({len(data)} bytes, shorter than the header)")
+    fields = _HEADER.unpack_from(data)
+    head = Header(fields[1], fields[2], fields[3], tuple(fields[4:7]), *fields[7:])
+    if head.version > FORMAT_VERSION:
+        raise VLAEError(f"{name}: format version {head.version} is newer than this vlae reads ({FORMAT_VERSION})")
+    size = _HEADER.size + 4 * head.words + _CRC.size
+    if len(data) != size:
+        what = "truncated" if len(data) < size else "corrupted (trailing bytes)"
+        raise VLAEError(f"{name}: {what}: {len(data)} bytes, the header announces {size}")
+    if _CRC.unpack_from(data, size - _CRC.size)[0] != zlib.crc32(data[:size - _CRC.size]):
+        raise VLAEError(f"{name}: corrupted (CRC-32 mismatch)")
+    if head.version < 1 or head.precision not in PRECISIONS or head.batch < 1 or head.count < 1:
+        raise VLAEError(f"{name}: corrupted header (version {head.version}, precision {head.precision}, "
+                        f"batch {head.batch}, {head.count} images)")
+    return head
+
+
+@torch.no_grad()
+def decompress(model, data: bytes, *, name: str = "input",
+               progress: Callable[[int, int], object] | None = None) -> torch.Tensor:
+    """Invert :func:`compress`: ``(N, 1, H, W)`` uint8 0/1 images.
+
+    Raises :class:`VLAEError` when ``data`` is not a vlae file, is truncated or
+    corrupted, was made by another model, or does not decode to the images it
+    records (the digest check): nothing partial is ever returned.
+    """
+    _check_model(model)
+    head = read_header(data, name)
+    if head.model_id != model_identity(model):
+        raise VLAEError(f"{name}: compressed with another model (identity {head.model_id.hex()}, this model is "
+                        f"{model_identity(model).hex()}); decompress with the model that compressed it")
+    if head.observation != _OBSERVATIONS[_observation(model)] or head.image_shape != tuple(model.cfg.image_shape):
+        raise VLAEError(f"{name}: images {head.image_shape} with observation code {head.observation} do not fit "
+                        "this model")
+    expected_words = _initial_words(model, head.precision)
+    if head.initial_words != expected_words:
+        raise VLAEError(f"{name}: corrupted header ({head.initial_words} initial words, expected {expected_words})")
+    payload = np.frombuffer(data, dtype="<u4", count=head.words, offset=_HEADER.size).astype(np.uint32)
+    coder = _Coder(payload, head.precision, seal=False)
+    latents = _Latents(model, head.precision) if model.latent_dim > 0 else None
+    chunks = _chunks(head.count, head.batch)
+    out: list[torch.Tensor] = []
+    try:
+        for done, (a, b) in enumerate(reversed(chunks)):
+            out.append(_decode_chunk(coder, model, latents, b - a))
+            if progress is not None:
+                progress(sum(len(t) for t in out), head.count)
+        rest = coder.ans.get_compressed(unseal=True)  # the encoder sealed its initial words
+    except (ValueError, RuntimeError, AssertionError) as error:  # constriction's complaints about bad data
+        raise VLAEError(f"{name}: corrupted stream ({str(error).splitlines()[0] if str(error) else 'decode failed'})"
+                        ) from None
+    x = torch.cat(out[::-1]).to(torch.uint8)
+    if not np.array_equal(rest, _initial_bits(head.digest, expected_words)) or _digest(x) != head.digest:
+        raise VLAEError(f"{name}: decoded images fail the integrity check (a corrupted file, or this machine "
+                        "computes the model's probabilities differently from the one that compressed)")
+    return x
+
+
+# ---------------------------------------------------------------------- image files and the CLI
+def read_images(path: str | Path) -> np.ndarray:
+    """Binary images from an ``.npy`` array (``(N, H, W)`` or ``(N, 1, H, W)``, values
+    0/1 of any numeric or bool dtype) or a folder of PNGs (sorted by name; 0 or 255
+    grey levels, or 1-bit; white is 1): ``(N, 1, H, W)`` uint8."""
+    path = Path(path)
+    if path.is_dir():
+        from PIL import Image, UnidentifiedImageError
+
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() == ".png")
+        if not files:
+            raise VLAEError(f"{path}: no .png images in this folder")
+        arrays = []
+        for f in files:
+            try:
+                with Image.open(f) as im:
+                    a = np.asarray(im.convert("L"))
+            except (OSError, UnidentifiedImageError) as error:
+                raise VLAEError(f"{f}: not a readable PNG ({error})") from None
+            if not np.isin(a, (0, 255)).all():
+                raise VLAEError(f"{f}: not a binary image (grey levels other than 0 and 255)")
+            if arrays and a.shape != arrays[0].shape:
+                raise VLAEError(f"{f}: size {a.shape[1]}x{a.shape[0]} differs from {files[0].name}'s")
+            arrays.append(a // 255)
+        return np.stack(arrays)[:, None].astype(np.uint8)
+    if path.suffix.lower() != ".npy":
+        raise VLAEError(f"{path}: give an .npy array or a folder of PNG images")
+    if not path.is_file():
+        raise VLAEError(f"{path}: no such file")
+    try:
+        a = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise VLAEError(f"{path}: not a readable .npy array ({str(error).splitlines()[0]})") from None
+    if a.ndim == 3:
+        a = a[:, None]
+    if a.ndim != 4 or a.shape[1] != 1 or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+        raise VLAEError(f"{path}: expected binary images (N, H, W) or (N, 1, H, W), got {a.dtype} {a.shape}")
+    if not np.isin(a, (0, 1)).all():
+        raise VLAEError(f"{path}: values other than 0 and 1; binarize the images first")
+    return a.astype(np.uint8)
+
+
+def _is_folder_output(path: Path) -> bool:
+    return path.suffix.lower() != ".npy"
+
+
+def _check_output(path: Path, force: bool) -> None:
+    """Refuse to overwrite without ``--force``; checked before any work."""
+    if path.exists() and not force and (not path.is_dir() or any(path.iterdir())):
+        raise VLAEError(f"{path} exists; pass --force to overwrite it")
+    if path.exists() and not path.is_dir() and _is_folder_output(path):
+        raise VLAEError(f"{path} is a file; a folder output holds PNGs (or name an .npy file)")
+
+
+def write_images(x: torch.Tensor | np.ndarray, path: str | Path, force: bool = False) -> Path:
+    """Write ``(N, 1, H, W)`` 0/1 images to an ``.npy`` file (uint8) or, for any other
+    name, a folder of 1-bit PNGs ``00000.png, ...`` (white is 1); atomically per file."""
+    from .outputs import writing
+
+    path, a = Path(path), np.asarray(x, dtype=np.uint8)
+    _check_output(path, force)
+    if not _is_folder_output(path):
+        with writing(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, a)
+        return path
+    from PIL import Image
+
+    width = max(5, len(str(len(a) - 1)))
+    for i, img in enumerate(a[:, 0]):
+        with writing(path / f"{i:0{width}d}.png") as tmp:
+            Image.fromarray(img.astype(bool)).save(tmp, format="PNG")
+    return path
+
+
+def add_cli(subparsers: Any) -> None:
+    """Register ``vlae compress`` and ``vlae decompress``."""
+    p = subparsers.add_parser(
+        "compress", help="lossless bits-back compression of binary images with a trained model",
+        description="Compress binary images with a trained VLAE: bits-back ANS, whose length is the model's "
+                    "-ELBO plus a fixed overhead. INPUT is an .npy array or a folder of PNGs; or use --dataset.")
+    p.add_argument("run", metavar="RUN", help="run folder or .pt checkpoint")
+    p.add_argument("input", metavar="INPUT", nargs="?", help=".npy array or folder of PNG images")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="compressed file to write")
+    p.add_argument("--dataset", default=None, help="compress a dataset split instead of INPUT, e.g. binarized-mnist")
+    p.add_argument("--split", choices=("test", "valid", "train"), default="test", help="split of --dataset")
+    p.add_argument("--subset", type=int, default=0, help="a fixed subset of N images of the split (0: all)")
+    p.add_argument("--data-dir", default=None, help="folder holding the dataset (default: the run's)")
+    p.add_argument("--precision", type=int, default=DEFAULT_PRECISION,
+                   help=f"latent bins per dimension, in bits (default {DEFAULT_PRECISION})")
+    p.add_argument("--batch", type=int, default=DEFAULT_BATCH, help=f"images per chunk (default {DEFAULT_BATCH})")
+    _common(p)
+    p.set_defaults(func=_cli_compress)
+    p = subparsers.add_parser("decompress", help="invert vlae compress",
+                              description="Decompress a file written by `vlae compress` with the same model. "
+                                          "OUTPUT: an .npy file, or any other name for a folder of PNGs.")
+    p.add_argument("run", metavar="RUN", help="run folder or .pt checkpoint (the one that compressed)")
+    p.add_argument("file", metavar="FILE", help="compressed file")
+    p.add_argument("-o", "--output", required=True, metavar="OUTPUT", help=".npy file or folder for PNGs")
+    _common(p)
+    p.set_defaults(func=_cli_decompress)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", choices=("ema", "raw"), default="ema", help="Polyak-averaged or raw weights")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+
+
+def _load(args: argparse.Namespace):
+    from .checkpoint import load_model
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise VLAEError(f"invalid --threads: must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    model, cfg = load_model(args.run, weights=args.weights, device="cpu")
+    _check_model(model)  # a colour model fails here, before any data is read
+    return model, cfg
+
+
+def _cli_compress(args: argparse.Namespace) -> int:
+    out = Path(args.output)
+    if (args.input is None) == (args.dataset is None):
+        raise VLAEError("compress: give exactly one of INPUT or --dataset")
+    if args.subset < 0:
+        raise VLAEError(f"invalid --subset: must be >= 0, got {args.subset}")
+    if out.is_dir():
+        raise VLAEError(f"{out} is a folder; name the compressed file")
+    _check_output(out, args.force)
+    model, cfg = _load(args)
+    if args.dataset is not None:
+        from .data import fixed_subset, load_dataset
+
+        data = load_dataset(args.dataset, args.split, args.data_dir or cfg.train.data_dir)
+        if data.dynamic:
+            raise VLAEError(f"{args.dataset} has grey levels (binarized on the fly); compress a binary .npy instead")
+        images = fixed_subset(data.images, args.subset).numpy()
+    else:
+        images = read_images(args.input)
+        if args.subset:
+            raise VLAEError("--subset applies to --dataset only")
+    blob, stats = compress(model, images, precision=args.precision, batch=args.batch, return_stats=True)
+    from .outputs import writing
+
+    with writing(out) as tmp:
+        tmp.write_bytes(blob)
+    print(f"wrote {out}: {stats.images} images, {stats.file_bytes} bytes, {stats.bits_per_dim:.4f} bits/dim "
+          f"({stats.nats_per_image:.2f} nats/image) net of {stats.initial_bits} initial bits, "
+          f"{stats.images / stats.seconds:.1f} images/s")
+    return 0
+
+
+def _cli_decompress(args: argparse.Namespace) -> int:
+    out, source = Path(args.output), Path(args.file)
+    _check_output(out, args.force)
+    if not source.is_file():
+        raise VLAEError(f"{source}: no such file")
+    model, _ = _load(args)
+    start = time.perf_counter()
+    x = decompress(model, source.read_bytes(), name=str(source))
+    seconds = time.perf_counter() - start
+    write_images(x, out, force=args.force)
+    print(f"wrote {out}: {len(x)} images of {x.shape[2]}x{x.shape[3]} ({len(x) / seconds:.1f} images/s)",
+          file=sys.stdout)
+    return 0

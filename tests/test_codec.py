@@ -1,0 +1,252 @@
+"""The bits-back codec: bit-exact round trips, code length against the bound, bad input.
+
+Round trips run on small random images (12x12, tiny models) for every decoder
+kind and prior, and on real binarized MNIST digits when the data is present.
+The code-length test trains a tiny model for a few seconds on real digits.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import types
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+from vlae import cli
+from vlae.checkpoint import save_checkpoint
+from vlae.codec import MAGIC, _HEADER, compress, decompress, read_header, read_images, write_images
+from vlae.config import get_preset
+from vlae.data import find_shared_binarized_mnist, fixed_subset, load_dataset
+from vlae.errors import VLAEError
+from vlae.model import VLAE
+
+SHARED = find_shared_binarized_mnist()
+needs_data = pytest.mark.skipif(SHARED is None, reason="binarized MNIST not found in ../shared/data")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _model(decoder: str = "masked", prior: str = "gaussian", shape=(1, 12, 12), seed: int = 0, **changes) -> VLAE:
+    cfg = get_preset("tiny").model
+    cfg.decoder, cfg.prior, cfg.image_shape = decoder, prior, shape
+    for key, value in changes.items():
+        setattr(cfg, key, value)
+    torch.manual_seed(seed)
+    return VLAE(cfg).eval()
+
+
+def _random_images(n: int, shape=(1, 12, 12), seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.bernoulli(torch.full((n, *shape), 0.3), generator=g)
+
+
+# ---------------------------------------------------------------------- round trips
+@pytest.mark.parametrize("decoder, prior, extra", [
+    ("masked", "gaussian", {}), ("masked", "af", {}), ("gated", "gaussian", {}), ("gated", "af", {}),
+    ("factorized", "gaussian", {}), ("factorized", "af", {}),
+    ("masked", "af", {"flow_steps": 3, "mean_only": False}),  # non-volume-preserving, odd number of steps
+    ("masked", "gaussian", {"posterior": "iaf", "iaf_steps": 2}),
+    ("gated", "gaussian", {"latent_dim": 0}),  # an unconditional PixelCNN: no latent, no bits back
+])
+def test_round_trip_random_images(decoder, prior, extra):
+    model = _model(decoder, prior, **extra)
+    x = _random_images(11)
+    data, stats = compress(model, x, batch=4, return_stats=True)  # chunks of 1, 2, 4, 4
+    assert torch.equal(decompress(model, data), x.to(torch.uint8))
+    head = read_header(data)
+    assert head.count == 11 and head.image_shape == (1, 12, 12) and data.startswith(MAGIC)
+    # The stream is the sum of the information contents plus at most a few words of ANS overhead.
+    ideal = stats.ideal_pixel_bits + stats.ideal_prior_bits - stats.ideal_bits_back
+    assert abs(stats.net_bits - ideal) < 64 + 0.01 * ideal, (stats.net_bits, ideal)
+
+
+def test_round_trip_is_deterministic_and_precision_is_an_option():
+    model, x = _model("masked", "af"), _random_images(5)
+    assert compress(model, x) == compress(model, x)
+    for precision in (6, 16):
+        assert torch.equal(decompress(model, compress(model, x, precision=precision)), x.to(torch.uint8))
+
+
+@needs_data
+@pytest.mark.parametrize("decoder, prior", [("masked", "af"), ("gated", "gaussian"), ("factorized", "af")])
+def test_round_trip_real_digits(decoder, prior):
+    model = _model(decoder, prior, shape=(1, 28, 28))
+    x = fixed_subset(load_dataset("binarized-mnist", "test", SHARED).images, 6)
+    assert torch.equal(decompress(model, compress(model, x, batch=3)), x)
+
+
+# ---------------------------------------------------------------------- code length vs the bound
+def _trained_tiny(prior: str, steps: int = 100) -> tuple[VLAE, torch.Tensor]:
+    train = load_dataset("binarized-mnist", "train", SHARED).images.float()
+    cfg = get_preset("tiny").model
+    cfg.prior = prior
+    torch.manual_seed(0)
+    model = VLAE(cfg)
+    model.initialize(train[:256])
+    opt = torch.optim.Adam(model.parameters(), lr=4e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        batch = train[torch.randint(len(train), (32,), generator=g)]
+        loss, _ = model.loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval(), train
+
+
+# Tolerances (the issue's goals): with a Gaussian prior the code costs -log p(x|z) + log Q(z|x)
+# - log P(z) for one z ~ Q per image, whose mean over 300 images is the -ELBO up to the sampling
+# error of both estimates (~0.2%) and the latent discretization (negligible at 12 bits): 1%.
+# The AF prior pays, in addition, for the Gaussian linearization of the posterior in the flow's
+# noise coordinates (the module docstring): 2%. Measured: 0.01% and 0.06% (100 nats per image).
+@needs_data
+@pytest.mark.slow
+@pytest.mark.parametrize("prior, tolerance", [("gaussian", 0.01), ("af", 0.02)])
+def test_code_length_matches_the_elbo(prior, tolerance):
+    model, _ = _trained_tiny(prior)
+    x = fixed_subset(load_dataset("binarized-mnist", "test", SHARED).images, 300).float()
+    data, stats = compress(model, x, return_stats=True)
+    assert torch.equal(decompress(model, data), x.to(torch.uint8))
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(0)
+        nelbo = torch.stack([model.terms(x, generator=g).nelbo for _ in range(4)]).mean().item()
+        nll = -model.iw_bound(x, k=16, generator=g).mean().item()
+    code = stats.nats_per_image
+    assert abs(code - nelbo) <= tolerance * nelbo, (code, nelbo)
+    # Bits-back cannot beat the likelihood; it sits above it by about the ELBO's gap.
+    assert nll - 0.5 <= code <= nll + (nelbo - nll) + tolerance * nelbo, (code, nll, nelbo)
+    # The initial bits are a fixed overhead of about D * (precision + 2) bits, not per image.
+    assert stats.initial_bits <= 32 * (math.ceil(8 * 14 / 32) + 3)
+
+
+# ---------------------------------------------------------------------- bad input
+@pytest.fixture(scope="module")
+def packed():
+    model, x = _model("masked", "af"), _random_images(4)
+    return model, x, compress(model, x)
+
+
+def _with_crc(body: bytes) -> bytes:
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+@pytest.mark.parametrize("mangle, message", [
+    (lambda d: d[:-9], "truncated"),
+    (lambda d: d[:30], "truncated"),
+    (lambda d: d + b"\0", "trailing bytes"),
+    (lambda d: d[:70] + bytes([d[70] ^ 4]) + d[71:], "CRC-32"),
+    (lambda d: b"\x89PNG\r\n\x1a\n" + d[8:], "not a vlae compressed file"),
+    (lambda d: b"", "not a vlae compressed file"),
+    (lambda d: _with_crc(d[:8] + struct.pack("<H", 99) + d[10:-4]), "newer"),
+    # A stream altered behind a recomputed CRC: caught by decoding or the integrity check.
+    (lambda d: _with_crc(d[:_HEADER.size + 8] + bytes([d[_HEADER.size + 8] ^ 1]) + d[_HEADER.size + 9:-4]),
+     "corrupted stream|integrity"),
+])
+def test_bad_files_are_one_line_errors(packed, mangle, message):
+    model, _, data = packed
+    with pytest.raises(VLAEError, match=message) as info:
+        decompress(model, mangle(data))
+    assert "\n" not in str(info.value)
+
+
+def test_another_model_is_refused(packed):
+    _, _, data = packed
+    with pytest.raises(VLAEError, match="another model"):
+        decompress(_model("masked", "af", seed=1), data)
+
+
+def test_bad_images_and_models_are_refused():
+    model = _model()
+    with pytest.raises(VLAEError, match="binary"):
+        compress(model, torch.full((2, 1, 12, 12), 0.5))
+    with pytest.raises(VLAEError, match="shape"):
+        compress(model, torch.zeros(2, 1, 28, 28))
+    with pytest.raises(VLAEError, match="no images"):
+        compress(model, torch.zeros(0, 1, 12, 12))
+    with pytest.raises(VLAEError, match="precision"):
+        compress(model, torch.zeros(2, 1, 12, 12), precision=30)
+    model.obs = types.SimpleNamespace(name="logistic_mixture")
+    with pytest.raises(VLAEError, match="colour"):
+        compress(model, torch.zeros(2, 1, 12, 12))
+
+
+def test_image_files(tmp_path):
+    x = _random_images(3).to(torch.uint8)
+    write_images(x, tmp_path / "pngs")
+    assert np.array_equal(read_images(tmp_path / "pngs"), x.numpy())
+    write_images(x, tmp_path / "x.npy")
+    assert np.array_equal(read_images(tmp_path / "x.npy"), x.numpy())
+    with pytest.raises(VLAEError, match="exists"):
+        write_images(x, tmp_path / "x.npy")
+    np.save(tmp_path / "grey.npy", np.full((2, 12, 12), 0.5))
+    with pytest.raises(VLAEError, match="values other than 0 and 1"):
+        read_images(tmp_path / "grey.npy")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(VLAEError, match="no .png"):
+        read_images(tmp_path / "empty")
+    from PIL import Image
+
+    (tmp_path / "grey").mkdir()
+    Image.fromarray(np.full((12, 12), 128, dtype=np.uint8)).save(tmp_path / "grey" / "a.png")
+    with pytest.raises(VLAEError, match="not a binary image"):
+        read_images(tmp_path / "grey")
+
+
+# ---------------------------------------------------------------------- command line
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("run")
+    cfg, model = get_preset("tiny"), _model()
+    cfg.model = model.cfg
+    save_checkpoint(folder / "best.pt", {"config": cfg.to_dict(), "model": model.state_dict(), "ema": None})
+    other = tmp_path_factory.mktemp("other")
+    save_checkpoint(other / "best.pt", {"config": cfg.to_dict(), "model": _model(seed=5).state_dict(), "ema": None})
+    return folder, other
+
+
+def _main(capsys, *argv) -> tuple[int, str, str]:
+    status = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_cli_round_trip_and_refusals(run, tmp_path, capsys):
+    folder, other = run
+    x = _random_images(5).to(torch.uint8).numpy()
+    np.save(tmp_path / "in.npy", x[:, 0])  # (N, H, W) is accepted too
+    blob = tmp_path / "x.vlae"
+    status, out, _ = _main(capsys, "compress", folder, tmp_path / "in.npy", "-o", blob)
+    assert status == 0 and "bits/dim" in out and blob.is_file()
+    status, _, _ = _main(capsys, "decompress", folder, blob, "-o", tmp_path / "out.npy")
+    assert status == 0 and np.array_equal(np.load(tmp_path / "out.npy"), x)
+    status, _, _ = _main(capsys, "decompress", folder, blob, "-o", tmp_path / "pngs")
+    assert status == 0 and np.array_equal(read_images(tmp_path / "pngs"), x)
+    status, _, _ = _main(capsys, "compress", folder, tmp_path / "pngs", "-o", tmp_path / "y.vlae")
+    assert status == 0 and (tmp_path / "y.vlae").read_bytes() == blob.read_bytes()
+
+    before = blob.read_bytes()
+    for argv, culprit in [
+        (["compress", folder, tmp_path / "in.npy", "-o", blob], "--force"),  # exists
+        (["decompress", folder, blob, "-o", tmp_path / "out.npy"], "--force"),
+        (["decompress", other, blob, "-o", tmp_path / "new.npy"], "another model"),
+        (["decompress", folder, tmp_path / "in.npy", "-o", tmp_path / "new.npy"], "not a vlae"),
+        (["compress", folder, "-o", tmp_path / "z.vlae"], "exactly one of INPUT or --dataset"),
+        (["compress", folder, tmp_path / "nothing.npy", "-o", tmp_path / "z.vlae"], "no such file"),
+    ]:
+        status, _, err = _main(capsys, *argv)
+        assert status == 2 and err.startswith("error:") and len(err.strip().splitlines()) == 1, err
+        assert culprit in err, err
+    assert blob.read_bytes() == before and not (tmp_path / "new.npy").exists()
+    assert not (tmp_path / "z.vlae").exists()
+    status, _, _ = _main(capsys, "decompress", folder, blob, "-o", tmp_path / "out.npy", "--force")
+    assert status == 0
