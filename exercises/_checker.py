@@ -378,7 +378,7 @@ class TimeBudget:
                 start = time.process_time()
                 reference_step()
                 times.append(time.process_time() - start)
-        self.steps = steps
+        self.steps, self.floor, self.factor = steps, floor, factor
         self.seconds = max(floor, factor * steps * min(times))
         self.start = time.process_time()
 
@@ -389,7 +389,8 @@ class TimeBudget:
         """Fail the running check once the CPU time since construction exceeds the budget."""
         if self.elapsed() > self.seconds:
             fail(f"training stopped at step {step} of {self.steps}: it ran over its budget of {self.seconds:.0f} s "
-                 "of CPU time (about twice what the reference needs, measured now on this machine)",
+                 f"of CPU time (the larger of {self.floor:.0f} s and {self.factor:g} times what the reference needs "
+                 "for these steps, measured now on this machine)",
                  hint or "every exact check passed, so look for extra work done in every step")
 
 

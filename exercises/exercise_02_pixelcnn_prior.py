@@ -142,9 +142,12 @@ def _shapes(ex):
         expect(torch.isfinite(logits).all(), "the logits contain NaN or inf")
 
 
-def _trace(model: nn.Module, x: torch.Tensor) -> tuple[list[tuple[nn.Module, torch.Tensor, torch.Tensor]], torch.Tensor]:
+_Call = tuple[nn.Module, torch.Tensor, torch.Tensor]  # a convolution module, its input, its output
+
+
+def _trace(model: nn.Module, x: torch.Tensor) -> tuple[list[_Call], torch.Tensor]:
     """Every convolution the forward pass calls, in order: ``(module, its input, its output)``, and the logits."""
-    calls: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []
+    calls: list[_Call] = []
     hooks = [m.register_forward_hook(lambda mod, inp, out: calls.append((mod, inp[0].detach(), out.detach())))
              for m in model.modules() if isinstance(m, nn.Conv2d)]
     try:
@@ -173,7 +176,8 @@ def _mask_kind(module: nn.Module) -> str | None:
     if not isinstance(mask, torch.Tensor):
         return None
     for kind in "AB":
-        if torch.equal(mask.float().expand_as(module.weight), make_mask(module.kernel_size, kind).expand_as(module.weight)):
+        want = make_mask(module.kernel_size, kind).expand_as(module.weight)
+        if torch.equal(mask.float().expand_as(module.weight), want):
             return kind
     return "?"
 
@@ -193,10 +197,17 @@ def _architecture(ex):
         calls, logits = _trace(model, torch.bernoulli(torch.full((2, 1, 9, 8), 0.4)))
         want = [(1, c, size["first_kernel"], "A")] + [(c, c, size["kernel"], "B")] * n + [(c, 1, 1, None)]
         if len(calls) != len(want):
-            fail(f"{spec}: the forward pass applies {len(calls)} convolutions, expected {len(want)} "
-                 f"(1 type-A, {n} type-B, 1 output)",
-                 "make exactly `hidden_layers` type-B layers (range(hidden_layers)) and apply each once"
-                 if len(calls) != 2 + n else "")
+            found = [f"{_mask_kind(m) or 'unmasked'} {m.kernel_size[0]}x{m.kernel_size[1]}" for m, _, _ in calls]
+            kinds = [_mask_kind(m) for m, _, _ in calls]
+            if kinds.count("B") != n:
+                hint = (f"{kinds.count('B')} type-B layers were applied: make exactly `hidden_layers` of them "
+                        "(for _ in range(hidden_layers)) and apply each once")
+            elif kinds.count("A") != 1:
+                hint = "apply exactly one type-A layer, the first"
+            else:
+                hint = "end with one 1x1 nn.Conv2d(channels, 1, 1) and add no other convolution"
+            fail(f"{spec}: the forward pass applies {len(calls)} convolutions ({', '.join(found)}), expected "
+                 f"{len(want)} (1 type-A, {n} type-B, 1 output)", hint)
         for i, ((module, _, _), (c_in, c_out, k, kind)) in enumerate(zip(calls, want)):
             name = _layer_name(i, len(want))
             got_k = tuple(module.kernel_size)

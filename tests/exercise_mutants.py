@@ -124,7 +124,7 @@ MUTANTS: list[Mutant] = [
            "nn.Conv2d(channels, channels, kernel, padding=kernel // 2)",
            "architecture", "must be a MaskedConv2d"),
     Mutant(E2, "one-hidden-layer-too-few", "for _ in range(hidden_layers))", "for _ in range(hidden_layers - 1))",
-           "architecture", "exactly `hidden_layers` type-B layers"),
+           "architecture", "2 type-B layers were applied: make exactly `hidden_layers` of them"),
     Mutant(E2, "hidden-layers-shared", 'nn.ModuleList(MaskedConv2d(channels, channels, kernel, "B") for _ in '
            "range(hidden_layers))", 'nn.ModuleList([MaskedConv2d(channels, channels, kernel, "B")] * hidden_layers)',
            "architecture", "the layers share their weights"),

@@ -136,6 +136,13 @@ def packed():
     return model, x, compress(model, x)
 
 
+_STREAM = _HEADER.size + 2 * 2  # where the stream starts in `packed`: 4 images in chunks of 1 and 3 (checked below)
+
+
+def _flip(data: bytes, at: int) -> bytes:
+    return data[:at] + bytes([data[at] ^ 3]) + data[at + 1:]
+
+
 def _with_crc(body: bytes) -> bytes:
     return body + struct.pack("<I", zlib.crc32(body))
 
@@ -149,8 +156,8 @@ def _with_crc(body: bytes) -> bytes:
     (lambda d: b"", "not a vlae compressed file"),
     (lambda d: _with_crc(d[:8] + struct.pack("<H", 99) + d[10:-4]), "newer"),
     # A stream altered behind a recomputed CRC: caught by decoding or the integrity check.
-    (lambda d: _with_crc(d[:_HEADER.size + 8] + bytes([d[_HEADER.size + 8] ^ 1]) + d[_HEADER.size + 9:-4]),
-     "corrupted stream|integrity"),
+    (lambda d: _with_crc(_flip(d[:-4], _STREAM + 8)), "corrupted stream|integrity"),
+    (lambda d: _with_crc(_flip(d[:-4], _HEADER.size)), "chunks"),  # a chunk size: the sizes no longer add up
 ])
 def test_bad_files_are_one_line_errors(packed, mangle, message):
     model, _, data = packed
@@ -161,6 +168,7 @@ def test_bad_files_are_one_line_errors(packed, mangle, message):
 
 def test_another_model_is_refused(packed):
     _, _, data = packed
+    assert read_header(data).chunks == (1, 3)  # the layout the corruption cases above assume
     with pytest.raises(VLAEError, match="another model"):
         decompress(_model("masked", "af", seed=1), data)
 

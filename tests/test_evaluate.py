@@ -173,6 +173,19 @@ def test_evaluate_checkpoint_never_overwrites_other_data(tmp_path, model):
         evaluate_checkpoint(tmp_path, k=2, subset=4, chunk=-1, notice=lambda m: None, progress=False)
 
 
+def test_a_non_finite_bound_is_an_error_and_writes_nothing(tmp_path, model, monkeypatch):
+    import vlae.evaluate
+
+    cfg = get_preset("tiny")
+    cfg.train.dataset = "mnist-embedded"
+    save_checkpoint(tmp_path / "best.pt", {"config": cfg.to_dict(), "model": model.state_dict(), "ema": None})
+    real = vlae.evaluate.evaluate_model
+    monkeypatch.setattr(vlae.evaluate, "evaluate_model", lambda *a, **kw: {**real(*a, **kw), "nll": math.inf})
+    with pytest.raises(VLAEError, match="IW bound came out inf"):
+        evaluate_checkpoint(tmp_path, k=2, subset=3, notice=lambda m: None, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt"]
+
+
 def test_result_names_say_what_was_measured():
     from vlae.evaluate import result_name
 

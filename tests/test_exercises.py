@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -151,3 +152,23 @@ def test_readme_lists_every_exercise():
     for name in NAMES:
         assert name in readme, name
     assert "--solution" in readme
+
+
+def test_time_budget_stops_a_slow_run_and_scales_with_the_reference():
+    from _checker import CheckFailed, TimeBudget
+
+    def busy(seconds: float) -> None:
+        start = time.process_time()
+        while time.process_time() - start < seconds:
+            pass
+
+    torch.manual_seed(3)
+    state = torch.get_rng_state()
+    budget = TimeBudget(lambda: (busy(0.01), torch.randn(5)), steps=10, floor=0.02)
+    assert torch.equal(torch.get_rng_state(), state)  # the calibration leaves the check's random numbers alone
+    assert 0.15 <= budget.seconds < 0.5  # 1.5 * 10 steps * about 0.01 s, above the floor
+    budget.check(0)  # within budget: no failure
+    busy(budget.seconds + 0.05)
+    with pytest.raises(CheckFailed, match="ran over its budget"):
+        budget.check(7)
+    assert TimeBudget(lambda: None, steps=10, floor=2.0).seconds == 2.0  # a fast reference: the floor holds

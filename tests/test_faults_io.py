@@ -247,6 +247,29 @@ def test_strict_json_writer(tmp_path):
         write_json(tmp_path / "deep", {})
 
 
+def test_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from vlae import cli, outputs, plots
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(outputs.os, "replace", full)
+    with pytest.raises(VLAEError, match=r"r.json: cannot write \(No space left on device\)"):
+        write_json(tmp_path / "r.json", {"nll": 1.0})
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary
+    monkeypatch.undo()
+
+    def vanished(*args, **kwargs):  # an OSError no vlae code turned into a message
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", "run/best.pt")
+
+    monkeypatch.setattr(plots, "plot_run", vanished)
+    assert cli.main(["plot", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err == "error: run/best.pt: No such file or directory\n"
+
+
 def test_sweep_writes_strict_json(tmp_path):
     from vlae.sweep import _write_json
 

@@ -377,6 +377,9 @@ def test_sigterm_writes_a_resumable_checkpoint(reference, tmp_path):
         train(_cfg(), tmp_path, data=DATA, quiet=True, callback=preempt)
     assert stop.value.exit_status == 143 and stop.value.checkpoint == tmp_path / "ckpt-000000015.pt"
     assert str(tmp_path) in str(stop.value) and "--resume" in str(stop.value)
+    import pickle
+
+    assert str(pickle.loads(pickle.dumps(stop.value))) == str(stop.value)  # process pools send it back
     assert _weights(tmp_path)[2]["trainer"]["reason"] == "SIGTERM"
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is uninstalled
     train(_cfg(), tmp_path, data=DATA, quiet=True, resume=True)

@@ -13,7 +13,9 @@ Subcommands::
     vlae compress RUN INPUT -o FILE / vlae decompress RUN FILE -o OUTPUT   (bits-back codec)
 
 Errors caused by the user's input print ``error: <message>`` on stderr and
-exit with status 2; Ctrl-C exits with 130 (the last checkpoint can be resumed).
+exit with status 2; an unexpected failure of the system (``OSError``) prints
+one such line too and exits with 1; Ctrl-C exits with 130 (the last
+checkpoint can be resumed). JSON outputs are strict (:mod:`vlae.outputs`).
 ``vlae train`` turns SIGINT and SIGTERM into a checkpoint after the current
 step, then exits with 130 or 143 (128 + the signal number).
 """
@@ -130,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="draw samples into a PNG grid")
     p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="run folder or .pt file")
     p.add_argument("--n", type=int, default=64, help="number of samples")
-    p.add_argument("--out", default="samples.png", help="output PNG")
+    p.add_argument("--out", default="samples.png", help="output image: .png, .jpg, .jpeg, .pdf or .svg")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--naive", action="store_true", help="naive pixel-by-pixel sampling instead of the fast sampler")
     p.add_argument("--weights", choices=("ema", "raw"), default="ema", help="Polyak-averaged or raw weights")

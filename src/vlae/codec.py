@@ -19,10 +19,12 @@ expectation over ``z ~ Q`` is the negative ELBO. Decoding runs the steps
 backwards: pop ``z`` under ``P``, pop ``x`` under ``p(x|z)``, recompute
 ``Q(z|x)`` from the decoded ``x`` and push ``z`` back under it, which returns the
 bits step 1 read, exactly. Images are coded in *chunks* (one network pass
-serves a chunk): the first chunk holds one image, the others ``batch`` each;
-decoding visits the chunks in reverse order. Chunks grow 1, 2, 4, ... up to
-``batch``, so each finds enough bits on the stack to pop its latents (a pop
-from an exhausted stack still round-trips, but reads zeros: a poor ``z``).
+serves a chunk; decoding visits the chunks in reverse order). A chunk pops all
+its latents before it pushes anything, and each pop takes up to
+``D * precision`` bits while an image leaves only its net cost (~150 bits for
+MNIST) on the stack, so the encoder sizes each chunk to the bits the stack
+holds (at most ``batch``) and the file lists the sizes. (Popping from an
+exhausted stack would still round-trip, but it reads zeros: a poor ``z``.)
 
 **Initial bits.** The first pop needs bits to read: the stack starts with
 ``initial_words`` pseudo-random 32-bit words (seeded by the images' digest), a
@@ -89,12 +91,14 @@ bytes      type     field
 26         u8       observation model (0: Bernoulli, binary pixels)
 27-32      3 x u16  image shape ``C, H, W``
 33-36      u32      number of images
-37-38      u16      chunk size ``batch``
+37-38      u16      largest chunk ``batch``
 39         u8       latent precision (bits per dimension)
 40-43      u32      initial words (32-bit)
 44-59      16 B     SHA-256 of the bit-packed images (also seeds the initial words)
-60-63      u32      ``W``, number of 32-bit words in the stream
-64-...     W x u32  the ANS stack (``AnsCoder.get_compressed()``)
+60-63      u32      ``M``, number of chunks
+64-67      u32      ``W``, number of 32-bit words in the stream
+68-...     M x u16  images per chunk, in encoding order
+...        W x u32  the ANS stack (``AnsCoder.get_compressed()``)
 last 4     u32      CRC-32 of everything before it
 =========  =======  ==========================================================
 
@@ -121,7 +125,6 @@ import dataclasses
 import hashlib
 import json
 import struct
-import sys
 import time
 import zlib
 from dataclasses import dataclass
@@ -143,7 +146,7 @@ FORMAT_VERSION = 1
 DEFAULT_PRECISION = 12
 DEFAULT_BATCH = 100
 PRECISIONS = range(4, 17)  # K = 16 .. 65,536 bins per latent dimension
-_HEADER = struct.Struct("<8sH16sB3HIHBI16sI")
+_HEADER = struct.Struct("<8sH16sB3HIHBI16sII")
 _CRC = struct.Struct("<I")
 _OBSERVATIONS = {"bernoulli": 0}  # observation model -> code in the header; 8-bit models plug in here
 
@@ -363,20 +366,21 @@ def _decode_chunk(coder: _Coder, model, latents: _Latents | None, n: int) -> tor
     return x
 
 
-def _chunks(count: int, batch: int) -> list[tuple[int, int]]:
-    """Chunks of 1, 2, 4, ... images up to ``batch``, then ``batch`` each. A chunk pops
-    all its latents before it pushes anything, so it must find enough bits on the
-    stack: the initial bits cover the first image, and each earlier image left more
-    bits than its latent takes, so doubling never runs the stack dry."""
-    edges, size = [0], 1
-    while edges[-1] < count:
-        edges.append(min(count, edges[-1] + size))
-        size = min(2 * size, batch)
-    return list(zip(edges[:-1], edges[1:]))
+def _pop_budget(model, precision: int) -> int:
+    """Bits reserved per image for popping its latent: ``D * (precision + 2)``, above
+    what a posterior no wider than the prior takes (``D * precision`` at most)."""
+    return model.latent_dim * (precision + 2)
+
+
+def _next_chunk(coder: _Coder, model, precision: int, left: int, batch: int) -> int:
+    """Images in the next chunk: as many as the bits on the stack can pop latents
+    for (a chunk pops all its latents before it pushes anything), at most ``batch``."""
+    budget = _pop_budget(model, precision)
+    return min(left, batch) if budget == 0 else max(1, min(left, batch, coder.ans.num_valid_bits() // budget))
 
 
 def _initial_words(model, precision: int) -> int:
-    return 0 if model.latent_dim == 0 else -(-model.latent_dim * (precision + 2) // 32) + 2
+    return 0 if model.latent_dim == 0 else -(-_pop_budget(model, precision) // 32) + 2
 
 
 def _initial_bits(digest: bytes, words: int) -> np.ndarray:
@@ -422,14 +426,18 @@ def compress(model, images, *, precision: int = DEFAULT_PRECISION, batch: int = 
     coder = _Coder(_initial_bits(digest, words), precision, seal=True)
     initial = coder.ans.num_bits()
     stats = {"pixels": 0.0, "prior": 0.0, "back": 0.0}
-    for a, b in _chunks(len(x), batch):
-        _encode_chunk(coder, model, latents, x[a:b], stats)
+    chunks: list[int] = []
+    while sum(chunks) < len(x):
+        a = sum(chunks)
+        chunks.append(_next_chunk(coder, model, precision, len(x) - a, batch))
+        _encode_chunk(coder, model, latents, x[a:a + chunks[-1]], stats)
         if progress is not None:
-            progress(b, len(x))
+            progress(a + chunks[-1], len(x))
     payload = coder.ans.get_compressed().astype("<u4")
     c, h, w = model.cfg.image_shape
-    body = _HEADER.pack(MAGIC, FORMAT_VERSION, model_identity(model), _OBSERVATIONS[_observation(model)], c, h, w,
-                        len(x), batch, precision, words, digest, len(payload)) + payload.tobytes()
+    body = (_HEADER.pack(MAGIC, FORMAT_VERSION, model_identity(model), _OBSERVATIONS[_observation(model)], c, h, w,
+                         len(x), batch, precision, words, digest, len(chunks), len(payload))
+            + np.asarray(chunks, dtype="<u2").tobytes() + payload.tobytes())
     data = body + _CRC.pack(zlib.crc32(body))
     if not return_stats:
         return data
@@ -452,7 +460,9 @@ class Header:
     precision: int
     initial_words: int
     digest: bytes
+    n_chunks: int
     words: int
+    chunks: tuple[int, ...] = ()
 
 
 def read_header(data: bytes, name: str = "input") -> Header:
@@ -466,16 +476,18 @@ def read_header(data: bytes, name: str = "input") -> Header:
     head = Header(fields[1], fields[2], fields[3], tuple(fields[4:7]), *fields[7:])
     if head.version > FORMAT_VERSION:
         raise VLAEError(f"{name}: format version {head.version} is newer than this vlae reads ({FORMAT_VERSION})")
-    size = _HEADER.size + 4 * head.words + _CRC.size
+    size = _HEADER.size + 2 * head.n_chunks + 4 * head.words + _CRC.size
     if len(data) != size:
         what = "truncated" if len(data) < size else "corrupted (trailing bytes)"
         raise VLAEError(f"{name}: {what}: {len(data)} bytes, the header announces {size}")
     if _CRC.unpack_from(data, size - _CRC.size)[0] != zlib.crc32(data[:size - _CRC.size]):
         raise VLAEError(f"{name}: corrupted (CRC-32 mismatch)")
-    if head.version < 1 or head.precision not in PRECISIONS or head.batch < 1 or head.count < 1:
+    chunks = tuple(int(m) for m in np.frombuffer(data, "<u2", count=head.n_chunks, offset=_HEADER.size))
+    if (head.version < 1 or head.precision not in PRECISIONS or head.count < 1 or sum(chunks) != head.count
+            or not all(1 <= m <= head.batch for m in chunks)):
         raise VLAEError(f"{name}: corrupted header (version {head.version}, precision {head.precision}, "
-                        f"batch {head.batch}, {head.count} images)")
-    return head
+                        f"{head.count} images in {head.n_chunks} chunks)")
+    return dataclasses.replace(head, chunks=chunks)
 
 
 @torch.no_grad()
@@ -498,18 +510,17 @@ def decompress(model, data: bytes, *, name: str = "input",
     expected_words = _initial_words(model, head.precision)
     if head.initial_words != expected_words:
         raise VLAEError(f"{name}: corrupted header ({head.initial_words} initial words, expected {expected_words})")
-    payload = np.frombuffer(data, dtype="<u4", count=head.words, offset=_HEADER.size).astype(np.uint32)
-    coder = _Coder(payload, head.precision, seal=False)
+    payload = np.frombuffer(data, dtype="<u4", count=head.words, offset=_HEADER.size + 2 * head.n_chunks)
+    coder = _Coder(payload.astype(np.uint32), head.precision, seal=False)
     latents = _Latents(model, head.precision) if model.latent_dim > 0 else None
-    chunks = _chunks(head.count, head.batch)
     out: list[torch.Tensor] = []
     try:
-        for done, (a, b) in enumerate(reversed(chunks)):
-            out.append(_decode_chunk(coder, model, latents, b - a))
+        for m in reversed(head.chunks):
+            out.append(_decode_chunk(coder, model, latents, m))
             if progress is not None:
                 progress(sum(len(t) for t in out), head.count)
         rest = coder.ans.get_compressed(unseal=True)  # the encoder sealed its initial words
-    except (ValueError, RuntimeError, AssertionError) as error:  # constriction's complaints about bad data
+    except (ValueError, RuntimeError, AssertionError, OverflowError) as error:  # constriction on bad data
         raise VLAEError(f"{name}: corrupted stream ({str(error).splitlines()[0] if str(error) else 'decode failed'})"
                         ) from None
     x = torch.cat(out[::-1]).to(torch.uint8)
@@ -682,6 +693,5 @@ def _cli_decompress(args: argparse.Namespace) -> int:
     x = decompress(model, source.read_bytes(), name=str(source))
     seconds = time.perf_counter() - start
     write_images(x, out, force=args.force)
-    print(f"wrote {out}: {len(x)} images of {x.shape[2]}x{x.shape[3]} ({len(x) / seconds:.1f} images/s)",
-          file=sys.stdout)
+    print(f"wrote {out}: {len(x)} images of {x.shape[2]}x{x.shape[3]} ({len(x) / seconds:.1f} images/s)")
     return 0

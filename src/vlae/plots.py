@@ -55,10 +55,10 @@ def _warn(message: str) -> None:
 
 
 def _tile(images: torch.Tensor, pad: int = 2) -> np.ndarray:
-    """``(R, C, H, W)`` -> one ``(R*(H+pad)-pad, C*(W+pad)-pad)`` array, tiles
-    separated by a grey (0.5) gutter."""
-    r, c, h, w = images.shape
-    canvas = np.full((r * (h + pad) - pad, c * (w + pad) - pad), 0.5, dtype=np.float32)
+    """``(R, C, H, W)`` (or ``(R, C, H, W, 3)`` in colour) -> one
+    ``(R*(H+pad)-pad, C*(W+pad)-pad[, 3])`` array, tiles separated by a grey (0.5) gutter."""
+    r, c, h, w = images.shape[:4]
+    canvas = np.full((r * (h + pad) - pad, c * (w + pad) - pad, *images.shape[4:]), 0.5, dtype=np.float32)
     for i in range(r):
         for j in range(c):
             canvas[i * (h + pad):i * (h + pad) + h, j * (w + pad):j * (w + pad) + w] = images[i, j].cpu().numpy()
@@ -67,8 +67,9 @@ def _tile(images: torch.Tensor, pad: int = 2) -> np.ndarray:
 
 def _grid(ax, images: torch.Tensor, row_labels: Iterable[str] | None = None, col_labels: Iterable[str] | None = None,
           pad: int = 2, cmap=_PIXELS) -> None:
-    """Show ``(R, C, H, W)`` images as a grid on ``ax``, ticks at tile centres."""
-    r, c, h, w = images.shape
+    """Show ``(R, C, H, W)`` images (``(R, C, H, W, 3)``: RGB) as a grid on ``ax``,
+    ticks at tile centres."""
+    r, c, h, w = images.shape[:4]
     ax.imshow(_tile(images, pad), cmap="gray" if cmap is None else cmap, vmin=0, vmax=1, interpolation="nearest")
     ax.set_yticks([i * (h + pad) + h / 2 - 0.5 for i in range(r)])
     ax.set_yticklabels(list(row_labels) if row_labels is not None else [str(i + 1) for i in range(r)])
@@ -82,6 +83,13 @@ def _grid(ax, images: torch.Tensor, row_labels: Iterable[str] | None = None, col
 def _need_latent(model, what: str) -> None:
     if model.latent_dim == 0:
         raise VLAEError(f"{what} needs a latent code; this model is an unconditional PixelCNN (latent_dim=0)")
+
+
+def _show(model, x: torch.Tensor) -> torch.Tensor:
+    """Images ``(..., C, H, W)`` in observed units -> what ``_grid`` shows, in [0, 1]:
+    ``(..., H, W)`` for one channel, ``(..., H, W, 3)`` for RGB."""
+    x = x / 255 if model.cfg.observation == "logistic_mixture" else x
+    return x[..., 0, :, :] if x.shape[-3] == 1 else x.movedim(-3, -1)
 
 
 def _images(model, x: torch.Tensor, limit: int | None = None) -> torch.Tensor:
@@ -112,7 +120,7 @@ def _fixed_uniforms(model, n: int, seed: int) -> torch.Tensor:
     only through ``z``."""
     anchor = next(model.decoder.parameters())
     g = torch.Generator(device=anchor.device).manual_seed(seed)
-    u = torch.rand((1, *model.cfg.image_shape), generator=g, device=anchor.device, dtype=anchor.dtype)
+    u = torch.rand((1, *model.uniforms_shape), generator=g, device=anchor.device, dtype=anchor.dtype)
     return u.expand(n, -1, -1, -1).contiguous()
 
 
@@ -270,7 +278,7 @@ def plot_reconstructions(model, x: torch.Tensor, out, n_images: int = 8, seed: i
     rec = FastSampler(model).reconstruct(x, 1, generator=g)[0]
     fig = Figure(figsize=(1.1 * x.shape[0] + 1.5, 3.0), layout="constrained")
     ax = fig.subplots()
-    _grid(ax, torch.stack([x[:, 0], rec[:, 0]]), ["original x", "x' ~ p(x|z)"])
+    _grid(ax, torch.stack([_show(model, x), _show(model, rec)]), ["original x", "x' ~ p(x|z)"])
     ax.set_xlabel("test image")
     ax.set_title("Reconstructions (z ~ q(z|x) once per image)")
     return _save(fig, out)
@@ -285,8 +293,8 @@ def plot_lossy_decompression(model, x: torch.Tensor, out, n: int = 5, n_images: 
     _need_latent(model, "lossy decompression")
     x = _images(model, x, n_images)
     g = torch.Generator(device=x.device).manual_seed(seed)
-    rec = FastSampler(model).reconstruct(x, n, generator=g)  # (n, B, 1, H, W)
-    grid = torch.cat([x[None, :, 0], rec[:, :, 0]]).transpose(0, 1)  # (B, 1 + n, H, W)
+    rec = FastSampler(model).reconstruct(x, n, generator=g)  # (n, B, C, H, W)
+    grid = _show(model, torch.cat([x[None], rec])).transpose(0, 1)  # (B, 1 + n, H, W[, 3])
     fig = Figure(figsize=(1.05 * (n + 1) + 1.5, 1.05 * x.shape[0] + 1.0), layout="constrained")
     ax = fig.subplots()
     _grid(ax, grid, [str(i + 1) for i in range(x.shape[0])], ["original"] + [f"x'{i + 1}" for i in range(n)])
@@ -305,8 +313,9 @@ def plot_samples(model, n: int, out, seed: int = 0) -> Path:
     x = fast_sample(model, n, generator=torch.Generator(device=anchor.device).manual_seed(seed))
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
+    x = _show(model, x)
     pad = torch.full((rows * cols - n, *x.shape[1:]), 0.5, dtype=x.dtype, device=x.device)
-    grid = torch.cat([x, pad])[:, 0].view(rows, cols, *x.shape[-2:])
+    grid = torch.cat([x, pad]).view(rows, cols, *x.shape[1:])
     fig = Figure(figsize=(0.9 * cols + 1.0, 0.9 * rows + 1.0), layout="constrained")
     ax = fig.subplots()
     _grid(ax, grid, [""] * rows, [""] * cols)
@@ -367,7 +376,8 @@ def plot_latent_traversals(model, x: torch.Tensor, out, dims: int = 6, steps: in
     imgs = FastSampler(model).decode(z.view(dims * steps, -1), _fixed_uniforms(model, dims * steps, seed))
     fig = Figure(figsize=(1.0 * steps + 2.0, 1.0 * dims + 1.2), layout="constrained")
     ax = fig.subplots()
-    _grid(ax, imgs[:, 0].view(dims, steps, *imgs.shape[-2:]),
+    imgs = _show(model, imgs)
+    _grid(ax, imgs.view(dims, steps, *imgs.shape[1:]),
           [f"z[{d}] ({kl[d]:.1f} nats)" for d in top.tolist()], [f"{v:+.1f}" for v in values.tolist()])
     ax.set(xlabel="value of the latent dimension", ylabel="latent dimension (mean KL)")
     ax.set_title("Latent traversals from the posterior point of one test image")
@@ -388,8 +398,9 @@ def plot_interpolations(model, x: torch.Tensor, out, pairs: int = 4, steps: int 
     t = torch.linspace(0, 1, steps, dtype=z.dtype, device=z.device)[None, :, None]
     zt = (1 - t) * z[:, :1] + t * z[:, 1:]  # (pairs, steps, D)
     imgs = FastSampler(model).decode(zt.reshape(pairs * steps, -1), _fixed_uniforms(model, pairs * steps, seed))
-    imgs = imgs[:, 0].view(pairs, steps, *imgs.shape[-2:])
-    grid = torch.cat([x[0:2 * pairs:2], imgs, x[1:2 * pairs:2]], 1)
+    imgs = _show(model, imgs)
+    imgs = imgs.view(pairs, steps, *imgs.shape[1:])
+    grid = torch.cat([_show(model, x[0:2 * pairs:2])[:, None], imgs, _show(model, x[1:2 * pairs:2])[:, None]], 1)
     fig = Figure(figsize=(1.0 * (steps + 2) + 1.5, 1.05 * pairs + 1.2), layout="constrained")
     ax = fig.subplots()
     _grid(ax, grid, [str(i + 1) for i in range(pairs)],
@@ -436,7 +447,8 @@ def jacobian_support(decoder, pixel: tuple[int, int], shape: tuple[int, int] = (
 
     dec = copy.deepcopy(_decoder_of(decoder)).double().eval()
     g = torch.Generator().manual_seed(seed)
-    x = torch.bernoulli(torch.full((1, 1, *shape), 0.5, dtype=torch.float64), generator=g).requires_grad_(True)
+    c_in = getattr(dec, "in_channels", 1)  # colour decoders read every channel of the pixels in their field
+    x = torch.bernoulli(torch.full((1, c_in, *shape), 0.5, dtype=torch.float64), generator=g).requires_grad_(True)
     channels = getattr(dec, "cond_channels", None)
     if channels is None:  # e.g. the factorized decoder: its first 1x1 convolution reads the map
         channels = next(m for m in dec.modules() if isinstance(m, torch.nn.Conv2d)).in_channels
@@ -444,7 +456,7 @@ def jacobian_support(decoder, pixel: tuple[int, int], shape: tuple[int, int] = (
     (grad,) = torch.autograd.grad(dec(x, cond)[0, 0, pixel[0], pixel[1]], x, allow_unused=True)
     if grad is None:  # e.g. a factorized decoder: the logit ignores x
         return torch.zeros(shape, dtype=torch.bool)
-    return grad[0, 0] != 0
+    return (grad[0] != 0).any(0)
 
 
 def _describe(dec) -> str:

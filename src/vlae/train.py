@@ -319,6 +319,9 @@ class Interrupted(KeyboardInterrupt):
                  "no checkpoint written in this session")
         super().__init__(f"{name}{where}: {saved}; continue with `vlae train --resume --run-dir {run_dir}`")
 
+    def __reduce__(self):  # picklable (process pools send exceptions back to the parent)
+        return type(self), (self.signum, self.run_dir, self.checkpoint, self.step)
+
     @property
     def exit_status(self) -> int:
         """128 + the signal number, the shell's convention (130 for SIGINT, 143 for SIGTERM)."""
@@ -588,7 +591,9 @@ def _train(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, quiet: boo
     if resume:
         last = latest_checkpoint(run_dir)
         if last is None:
-            raise VLAEError(f"{run_dir}: nothing to resume (no ckpt-*.pt in the run folder)")
+            started = run_dir.is_dir() and any(run_dir.iterdir())  # killed before its first checkpoint
+            raise VLAEError(f"{run_dir}: nothing to resume (no ckpt-*.pt in the run folder)"
+                            + ("; --overwrite starts it afresh" if started else ""))
         state = load_checkpoint(last, map_location="cpu")
         _require_resumable(state, last)
         _check_resumable(state["config"], cfg, last)
@@ -687,6 +692,8 @@ def _train(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, quiet: boo
                 warn(f"dropped {dropped} metrics.jsonl record(s) past step {step}, written by the interrupted "
                      "session after its last checkpoint; this run writes them again")
             _repair_best(run_dir, best_step, warn)
+            # it described the end of an earlier session; best.pt may move on before this one writes its own
+            (run_dir / "summary.json").unlink(missing_ok=True)
         say(f"resuming {run_dir} at step {step} (epoch {epoch}, batch {pos})")
     if main:
         write_text(run_dir / "config.json", cfg.to_json() + "\n")
