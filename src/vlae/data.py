@@ -362,8 +362,10 @@ def dataset_identity(ds: Images) -> dict[str, Any]:
 
 def identity_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """``field: saved -> current`` for each field of two :func:`dataset_identity`
-    dicts that differ, ignoring ``source`` (a path); empty if the data is the same."""
-    keys = [k for k in dict.fromkeys([*saved, *current]) if k != "source"]
+    dicts that differ, ignoring ``source`` and ``fallback`` (texts that name paths,
+    which move with the machine; the images themselves are compared through
+    ``sha256``); empty if the data is the same."""
+    keys = [k for k in dict.fromkeys([*saved, *current]) if k not in ("source", "fallback")]
     return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
 
 

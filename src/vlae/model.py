@@ -227,14 +227,38 @@ class VLAE(nn.Module):
         terms = self.terms(x, generator)
         return terms.recon.mean() + kl_weight * self.kl_penalty(terms, free_bits), terms
 
+    def shared(self, x: torch.Tensor) -> tuple:
+        """What all posterior samples of images ``x`` share, to compute once per image:
+        the encoder's ``mu, log_sigma, h`` and the decoder's ``image_part`` (its first
+        layer's convolution of the image)."""
+        return (*self.encode(x), self.decoder.image_part(self.obs.scale(x)))
+
+    def sample_terms(self, x: torch.Tensor, k: int, generator: torch.Generator | None = None,
+                     eps: torch.Tensor | None = None, shared: tuple | None = None) -> Terms:
+        """Bound terms of ``k`` samples ``z_j ~ q(z|x)`` per image, sample-major
+        (entry ``j * B + b``): ``recon (k*B,)``, ``kl (k*B,)``, ``kl_per_dim (k*B, D)``;
+        ``-nelbo`` is the log weight. ``eps (k*B, D)`` fixes the base noise (default:
+        drawn from ``generator``); ``shared`` is :meth:`shared` of ``x``, reused across calls."""
+        if shared is None and eps is None:  # the draws posterior_sample documents
+            z, log_q = self.posterior_sample(x, k, generator)
+            part = self.decoder.image_part(self.obs.scale(x))
+        else:
+            mu, log_sigma, h, part = shared if shared is not None else self.shared(x)
+            if eps is None:
+                eps = torch.randn((k * x.shape[0], self.latent_dim), generator=generator, device=mu.device,
+                                  dtype=mu.dtype)
+            rep = lambda t: t.repeat(k, 1)  # noqa: E731 -- sample-major
+            z, log_q = self.posterior.rsample(rep(mu), rep(log_sigma), rep(h), eps)
+        kl_per_dim = log_q - self.prior.log_prob_per_dim(z)
+        # The image's own features are broadcast over the k samples, not recomputed k times.
+        recon = -self.obs.log_prob(self.decoder.from_image_part(part, self.condition(z)), x.repeat(k, 1, 1, 1))
+        return Terms(recon, kl_per_dim.sum(1), kl_per_dim)
+
     def log_weights(self, x: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``log p(x|z_j) + log p(z_j) - log q(z_j|x)`` for ``k`` samples: ``(k, B)``."""
         if self.latent_dim == 0:
             return (-self.terms(x).recon)[None].expand(k, -1)
-        z, log_q = self.posterior_sample(x, k, generator)
-        xk = x.repeat(k, 1, 1, 1)
-        log_w = self.obs.log_prob(self.params(xk, z), xk) + self.prior.log_prob(z) - log_q.sum(1)
-        return log_w.view(k, x.shape[0])
+        return (-self.sample_terms(x, k, generator).nelbo).view(k, x.shape[0])
 
     @torch.no_grad()
     def iw_bound(self, x: torch.Tensor, k: int, chunk: int = 0, generator: torch.Generator | None = None

@@ -147,13 +147,13 @@ class _Decoder(nn.Module):
         return field_name(self.receptive_field())
 
     def receptive_field(self) -> Offsets:
-        """Offsets ``(dy, dx)`` of the input pixels each output logit depends on
-        (away from the image border; at the border, offsets that fall outside
-        the image are simply absent)."""
+        """Offsets ``(dy, dx)`` of the input pixels (all their channels) each
+        output pixel's parameters depend on (away from the image border; at the
+        border, offsets that fall outside the image are simply absent)."""
         raise NotImplementedError  # pragma: no cover
 
     def condition_field(self) -> Offsets:
-        """Offsets of the conditioning-map positions each output logit depends on."""
+        """Offsets of the conditioning-map positions each output pixel depends on."""
         raise NotImplementedError  # pragma: no cover
 
     def receptive_field_extent(self) -> dict[str, int]:
@@ -226,9 +226,18 @@ class MaskedPixelCNN(_Decoder):
         self.out = Conv2d(filters, out_channels, 1, weight_norm=weight_norm)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.first(self._context(x))
+        return self.from_image_part(self.image_part(x), cond)
+
+    def image_part(self, x: torch.Tensor) -> torch.Tensor:
+        """What depends on the image alone: the first masked layer's convolution of it."""
+        return self.first(self._context(x))
+
+    def from_image_part(self, part: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """The outputs from :meth:`image_part` of ``B`` images and a conditioning map of
+        ``k * B`` (sample-major: ``cond[s * B + b]`` belongs to image ``b``)."""
+        h = part
         if self.cond_in is not None:
-            h = h + self.cond_in(cond)
+            h = _add_shared(h, self.cond_in(cond))
         for i, conv in enumerate(self.masked):
             h = h + conv(F.elu(h))
             if self.cond_layers is not None:
@@ -347,19 +356,35 @@ class GatedPixelCNN(_Decoder):
         return torch.tanh(t) * torch.sigmoid(s)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        v = h = self._context(x)
+        return self.from_image_part(self.image_part(x), cond)
+
+    def image_part(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What depends on the image alone: the first layer's vertical and horizontal
+        pre-activations before the conditioning is added."""
+        context = self._context(x)
+        v_lin = self.v_convs[0](context)
+        return v_lin, self.h_convs[0](context) + self.v_to_h[0](v_lin)
+
+    def from_image_part(self, part: tuple[torch.Tensor, torch.Tensor], cond: torch.Tensor | None = None
+                        ) -> torch.Tensor:
+        """The outputs from :meth:`image_part` of ``B`` images and a conditioning map of
+        ``k * B`` (sample-major: ``cond[s * B + b]`` belongs to image ``b``)."""
         skip = 0
         for l in range(self.layers):
-            if l < self.vertical_layers:  # later horizontal layers reuse the last vertical layer's
-                v_lin = self.v_convs[l](v)
+            if l == 0:
+                v_lin, h_pre = part
                 v_pre = v_lin
-            h_pre = self.h_convs[l](h) + self.v_to_h[l](v_lin)
+            else:
+                if l < self.vertical_layers:  # later horizontal layers reuse the last vertical layer's
+                    v_lin = self.v_convs[l](v)
+                    v_pre = v_lin
+                h_pre = _add_shared(self.h_convs[l](h), self.v_to_h[l](v_lin))
             if l < len(self.conds):
                 c = self.conds[l](cond)
                 if l < self.vertical_layers:
                     cv, c = c.chunk(2, dim=1)
-                    v_pre = v_pre + cv
-                h_pre = h_pre + c
+                    v_pre = _add_shared(v_pre, cv)
+                h_pre = _add_shared(h_pre, c)
             if l < self.vertical_layers - 1:
                 v = self._gate(v_pre)
             g = self._gate(h_pre)
@@ -423,6 +448,13 @@ class FactorizedDecoder(_Decoder):
         self.out = Conv2d(filters, out_channels, 1, weight_norm=weight_norm)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        return self.from_image_part(None, cond)
+
+    def image_part(self, x: torch.Tensor) -> None:
+        """Nothing: this decoder reads no pixels."""
+        return None
+
+    def from_image_part(self, part: None, cond: torch.Tensor | None = None) -> torch.Tensor:
         return self.out(F.elu(self.hidden(cond)))
 
     def receptive_field(self) -> Offsets:
@@ -430,6 +462,16 @@ class FactorizedDecoder(_Decoder):
 
     def condition_field(self) -> Offsets:
         return _ORIGIN
+
+
+def _add_shared(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a + b`` where one operand may hold ``B`` images' features shared by the
+    other's ``k * B`` (sample-major): the shared one is broadcast over the ``k``
+    samples, with the same float additions as adding a ``k``-fold copy."""
+    if a.shape[0] == b.shape[0]:
+        return a + b
+    big, small = (a, b) if a.shape[0] > b.shape[0] else (b, a)
+    return (big.view(-1, *small.shape) + small).flatten(0, 1)
 
 
 def _check_gray(gray_context: bool, in_channels: int) -> bool:

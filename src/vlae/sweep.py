@@ -259,7 +259,8 @@ def _run_task(payload: dict[str, Any]) -> dict[str, Any]:
     cfg = config_from_dict(payload["config"]).validate()
     resume = _has_checkpoint(run_dir)
     t0 = time.perf_counter()
-    summary = train(cfg, run_dir, resume=resume, quiet=True, data=_WORKER.get("data"))
+    # A task killed before its first checkpoint left a folder that cannot be resumed: start it afresh.
+    summary = train(cfg, run_dir, resume=resume, overwrite=not resume, quiet=True, data=_WORKER.get("data"))
     train_seconds = time.perf_counter() - t0
 
     model, _ = load_model(run_dir, weights="ema", device="cpu")
