@@ -49,10 +49,16 @@ def _timed(fn, *args):
     return out, time.perf_counter() - start
 
 
-def _row(name: str, nbytes: int, n: int, dims: int, enc_s: float, dec_s: float, exact: bool, **extra) -> dict:
+def _row(name: str, nbytes: float, n: int, dims: int, enc_s: float | None, dec_s: float | None, exact: bool,
+         **extra) -> dict:
     return {"codec": name, "bytes": nbytes, "bits_per_dim": 8 * nbytes / (n * dims),
-            "nats_per_image": 8 * nbytes * math.log(2) / n, "compress_images_per_s": n / max(enc_s, 1e-9),
-            "decompress_images_per_s": n / max(dec_s, 1e-9), "exact": exact, **extra}
+            "nats_per_image": 8 * nbytes * math.log(2) / n,
+            "compress_images_per_s": None if enc_s is None else n / max(enc_s, 1e-9),
+            "decompress_images_per_s": None if dec_s is None else n / max(dec_s, 1e-9), "exact": exact, **extra}
+
+
+def _speed(v: float | None) -> str:
+    return f"{'-':>10s}" if v is None else f"{v:10.0f}"
 
 
 def _page(x: np.ndarray) -> np.ndarray:
@@ -130,7 +136,7 @@ def bench_generic(x: np.ndarray) -> list[dict]:
         back, dec = _timed(dec_fn, data)
         exact = np.array_equal(np.unpackbits(np.frombuffer(back, np.uint8))[:x.size].reshape(x.shape), x)
         rows.append(_row(name, len(data), len(x), x[0].size, enc, dec, exact))
-    rows.append(_row("raw bit-packed", len(packed), len(x), x[0].size, 0.0, 0.0, True))
+    rows.append(_row("raw bit-packed", len(packed), len(x), x[0].size, None, None, True))
     return rows
 
 
@@ -223,8 +229,8 @@ def main(argv=None) -> int:
           f"{'dec img/s':>10s} exact")
     for r in rows:
         print(f"  {r['codec']:28s} {r['bytes']:10.0f} {r['bits_per_dim']:9.4f} "
-              f"{r['bits_per_dim'] / vlae_row['bits_per_dim']:7.2f} {r['compress_images_per_s']:10.0f} "
-              f"{r['decompress_images_per_s']:10.0f} {'yes' if r['exact'] else 'NO'}")
+              f"{r['bits_per_dim'] / vlae_row['bits_per_dim']:7.2f} {_speed(r['compress_images_per_s'])} "
+              f"{_speed(r['decompress_images_per_s'])} {'yes' if r['exact'] else 'NO'}")
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
         print(f"\nwrote {args.out}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import torch
 from vlae.checkpoint import save_checkpoint
 from vlae.config import get_preset
 from vlae.errors import VLAEError
-from vlae.evaluate import active_units, evaluate_checkpoint, evaluate_model, standard_error
+from vlae.evaluate import active_units, evaluate_checkpoint, evaluate_model, image_seed, standard_error
 from vlae.model import VLAE
 
 
@@ -38,22 +39,70 @@ def _images(n: int, seed: int = 1) -> torch.Tensor:
                            ).to(torch.uint8)
 
 
-def test_iw_bound_matches_the_model(model):
-    x = _images(6)
-    result = evaluate_model(model, x, k=10, batch_size=3, chunk=4, progress=False,
-                            generator=torch.Generator().manual_seed(5))
-    gen = torch.Generator().manual_seed(5)
-    expected = []
-    for start in (0, 3):  # evaluate_model draws, per batch, the IW samples and then one ELBO sample
-        expected.append(model.iw_bound(x[start:start + 3].float(), k=10, chunk=4, generator=gen))
-        model.terms(x[start:start + 3].float(), generator=gen)
-    nll = -torch.cat(expected)
-    assert result["nll"] == pytest.approx(float(nll.mean()), rel=1e-9)
-    assert result["nll_se"] == pytest.approx(float(nll.std() / math.sqrt(6)), rel=1e-9)
+def _eager_log_weights(model, x, eps):
+    """The log weights as computed before the fast path: the whole decoder on a k-fold copy of each image."""
+    k = eps.shape[0] // x.shape[0]
+    mu, log_sigma, h = model.encode(x)
+    rep = lambda t: t.repeat(k, 1)  # noqa: E731
+    z, log_q = model.posterior.rsample(rep(mu), rep(log_sigma), rep(h), eps)
+    xk = x.repeat(k, 1, 1, 1)
+    return (model.obs.log_prob(model.decoder(model.obs.scale(xk), model.upsampler(z)), xk)
+            + model.prior.log_prob(z) - log_q.sum(1)).view(k, x.shape[0])
+
+
+def test_iw_bound_matches_the_eager_computation_with_per_image_streams(model):
+    x, k, seed = _images(6), 10, 5
+    result = evaluate_model(model, x, k=k, batch_size=4, chunk=3, progress=False, seed=seed)
+    nll = []
+    with torch.no_grad():
+        for i in range(6):  # image i's samples come from its own stream, whatever the batch
+            eps = torch.randn((k, model.latent_dim), generator=torch.Generator().manual_seed(image_seed(seed, i)))
+            log_w = _eager_log_weights(model, x[i:i + 1].float(), eps).double()
+            nll.append(-(torch.logsumexp(log_w, 0) - math.log(k)))
+    nll = torch.cat(nll)
+    assert result["nll"] == pytest.approx(float(nll.mean()), rel=1e-6)
+    assert result["nll_se"] == pytest.approx(float(nll.std() / math.sqrt(6)), rel=1e-4)
     assert result["bits_per_dim"] == pytest.approx(result["nll"] / (784 * math.log(2)))
     assert result["estimator"] == "IW bound, k=10" and result["images"] == 6
     assert -result["elbo"] >= result["nll"]  # the mean log weight bounds log p(x) less tightly
+    assert result["elbo"] == pytest.approx(-(result["recon"] + result["kl"]), rel=1e-7)  # the same k samples
     assert len(result["kl_per_dim"]) == 8 and sum(result["kl_per_dim"]) == pytest.approx(result["kl"], rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["masked", "masked-cond-every-layer", "gated", "gated-4x2", "iaf"])
+def test_fast_log_weights_equal_the_eager_ones(kind):
+    """Shared encoder and first layer, channels-last weights, chunked passes: the
+    same log weights as the whole model on k copies, to float rounding."""
+    cfg = get_preset("tiny").model
+    if kind.startswith("gated"):
+        cfg.decoder, cfg.decoder_filters = "gated", 8
+        cfg.decoder_field = "4x2" if kind == "gated-4x2" else ""  # one vertical layer: its part is shared further
+    cfg.cond_every_layer = kind in ("masked-cond-every-layer", "gated")
+    cfg.posterior = "iaf" if kind == "iaf" else "gaussian"
+    torch.manual_seed(3)
+    m = VLAE(cfg)
+    m.initialize(torch.bernoulli(torch.full((16, 1, 28, 28), 0.2)))
+    m.eval()
+    x, k = _images(3, seed=4).float(), 7
+    eps = torch.randn((k * 3, cfg.latent_dim), generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        eager = _eager_log_weights(m, x, eps)
+        m.to(memory_format=torch.channels_last)
+        shared = m.shared(x)
+        fast = torch.cat([-m.sample_terms(x, n, eps=eps[s * 3:(s + n) * 3], shared=shared).nelbo.view(n, 3)
+                          for s, n in ((0, 3), (3, 3), (6, 1))])
+    torch.testing.assert_close(fast, eager, rtol=1e-5, atol=2e-4)
+    assert not torch.allclose(fast, eager.roll(1, 1))  # the images' weights differ: the check has teeth
+
+
+def test_numbers_do_not_depend_on_batch_or_pass_size(model):
+    x = _images(7, seed=2)
+    a = evaluate_model(model, x, k=12, batch_size=7, progress=False, seed=3)
+    b = evaluate_model(model, x, k=12, batch_size=2, chunk=5, progress=False, seed=3)
+    c = evaluate_model(model, x, k=12, batch_size=7, progress=False, seed=4)
+    for key in ("nll", "elbo", "kl", "recon"):
+        assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-6)
+    assert c["nll"] != pytest.approx(a["nll"], rel=1e-6)  # another seed: other samples
 
 
 def test_one_sample_bound_is_the_elbo(model):
@@ -63,8 +112,8 @@ def test_one_sample_bound_is_the_elbo(model):
 
 def test_iw_bound_tightens_with_k(model):
     x = _images(8, seed=3)
-    loose = evaluate_model(model, x, k=1, batch_size=8, progress=False, generator=torch.Generator().manual_seed(0))
-    tight = evaluate_model(model, x, k=64, batch_size=8, progress=False, generator=torch.Generator().manual_seed(0))
+    loose = evaluate_model(model, x, k=1, batch_size=8, progress=False, seed=0)
+    tight = evaluate_model(model, x, k=64, batch_size=8, progress=False, seed=0)
     assert tight["nll"] < loose["nll"]
 
 
@@ -179,8 +228,8 @@ def test_a_non_finite_bound_is_an_error_and_writes_nothing(tmp_path, model, monk
     cfg = get_preset("tiny")
     cfg.train.dataset = "mnist-embedded"
     save_checkpoint(tmp_path / "best.pt", {"config": cfg.to_dict(), "model": model.state_dict(), "ema": None})
-    real = vlae.evaluate.evaluate_model
-    monkeypatch.setattr(vlae.evaluate, "evaluate_model", lambda *a, **kw: {**real(*a, **kw), "nll": math.inf})
+    real = vlae.evaluate.summarize
+    monkeypatch.setattr(vlae.evaluate, "summarize", lambda *a, **kw: {**real(*a, **kw), "nll": math.inf})
     with pytest.raises(VLAEError, match="IW bound came out inf"):
         evaluate_checkpoint(tmp_path, k=2, subset=3, notice=lambda m: None, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt"]
@@ -202,9 +251,131 @@ def test_evaluate_checkpoint_subset_is_the_fixed_subset(tmp_path, model):
     result = evaluate_checkpoint(tmp_path, split="test", k=2, subset=6, seed=1, notice=lambda m: None, progress=False)
     images = load_or_fallback("mnist-embedded", "test").binarized(torch.Generator().manual_seed(1))
     model.eval()
-    expect = evaluate_model(model, fixed_subset(images, 6), k=2, batch_size=cfg.eval.batch_size,
-                            generator=torch.Generator().manual_seed(1), progress=False)
-    prefix = evaluate_model(model, images[:6], k=2, batch_size=cfg.eval.batch_size,
-                            generator=torch.Generator().manual_seed(1), progress=False)
+    expect = evaluate_model(model, fixed_subset(images, 6), k=2, batch_size=cfg.eval.batch_size, seed=1,
+                            progress=False)
+    prefix = evaluate_model(model, images[:6], k=2, batch_size=cfg.eval.batch_size, seed=1, progress=False)
     assert result["nll"] == pytest.approx(expect["nll"], abs=1e-9)
     assert result["nll"] != pytest.approx(prefix["nll"], abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- scaling out
+
+
+def _checkpoint(tmp_path, model):
+    cfg = get_preset("tiny")
+    cfg.train.dataset = "mnist-embedded"
+    save_checkpoint(tmp_path / "best.pt", {"config": cfg.to_dict(), "model": model.state_dict(), "ema": None})
+    return tmp_path
+
+
+_SAME = ("nll", "nll_se", "elbo", "elbo_se", "recon", "kl", "kl_per_dim", "active_units", "posterior_mean_variance",
+         "images", "estimator")
+
+
+def _quiet(**kw):
+    return dict(k=3, subset=10, seed=2, batch_size=3, notice=lambda m: None, progress=False, **kw)
+
+
+def test_sharded_and_merged_equals_unsharded(tmp_path, model):
+    run = _checkpoint(tmp_path, model)
+    whole = evaluate_checkpoint(run, **_quiet(out=tmp_path / "whole.json"))
+    parts = [evaluate_checkpoint(run, **_quiet(shard=f"{i}/3")) for i in (2, 0, 1)]  # any order
+    assert all(p["partial"] and p["path"].endswith(f".shard-{p['shard'][0]}-of-3.pt") for p in parts)
+    assert sum(p["images"] for p in parts) == 10  # 4 blocks of 3 images over 3 shards
+    with pytest.raises(VLAEError, match="exclude"):
+        evaluate_checkpoint(run, **_quiet(shard="0/3", merge=True))
+    merged = evaluate_checkpoint(run, **_quiet(merge=True))
+    assert merged["shards"] == 3 and whole["shards"] == 1
+    for key in _SAME:  # the same per-image samples: the same numbers, not merely close ones
+        assert merged[key] == whole[key], key
+    assert not (run / "eval_mnist-embedded_test_k3_n10.parts").exists()  # finished blocks are cleaned up
+
+
+def test_merge_refuses_missing_or_foreign_shards(tmp_path, model):
+    run = _checkpoint(tmp_path, model)
+    with pytest.raises(VLAEError, match="nothing to merge"):
+        evaluate_checkpoint(run, **_quiet(merge=True))
+    evaluate_checkpoint(run, **_quiet(shard="1/2"))
+    with pytest.raises(VLAEError, match=r"shard\(s\) 0/2 not finished"):
+        evaluate_checkpoint(run, **_quiet(merge=True))
+    with pytest.raises(VLAEError, match="another evaluation"):  # another seed draws other samples
+        evaluate_checkpoint(run, **{**_quiet(merge=True), "seed": 9})
+
+
+@pytest.mark.parametrize("spec", ["2/2", "1", "a/b", "-1/2", "0/0", "1/2/3", ""])
+def test_bad_shard_specs_are_one_line_errors(spec):
+    from vlae.evaluate import parse_shard
+
+    with pytest.raises(VLAEError, match="invalid --shard") as error:
+        parse_shard(spec)
+    assert "\n" not in str(error.value)
+
+
+def test_more_shards_than_blocks_is_an_error(tmp_path, model, capsys):
+    from vlae.cli import main
+
+    run = _checkpoint(tmp_path, model)
+    assert main(["eval", str(run), "--k", "2", "--subset", "4", "--batch-size", "2", "--shard", "0/3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --shard 0/3: 3 shards but only 2 blocks") and "\n" not in err
+    assert main(["eval", str(run), "--k", "2", "--shard", "5/4"]) == 2
+    assert "invalid --shard '5/4'" in capsys.readouterr().err
+
+
+def test_an_interrupted_evaluation_resumes_from_its_finished_blocks(tmp_path, model, monkeypatch):
+    import vlae.evaluate
+
+    run = _checkpoint(tmp_path, model)
+    whole = evaluate_checkpoint(run, **_quiet(out=tmp_path / "whole.json"))
+    real, calls = vlae.evaluate.evaluate_block, []
+
+    def interrupted(model, x, indices, *args):
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as Ctrl-C during the third block
+        calls.append(indices)
+        return real(model, x, indices, *args)
+
+    monkeypatch.setattr(vlae.evaluate, "evaluate_block", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_checkpoint(run, **_quiet())
+    parts = run / "eval_mnist-embedded_test_k3_n10.parts"
+    assert len(list(parts.glob("block-*.pt"))) == 2 and not (run / "eval_mnist-embedded_test_k3_n10.json").exists()
+
+    def counting(model, x, indices, *args):
+        calls.append(indices)
+        return real(model, x, indices, *args)
+
+    monkeypatch.setattr(vlae.evaluate, "evaluate_block", counting)
+    resumed = evaluate_checkpoint(run, **_quiet())
+    assert calls[2:] == [range(6, 9), range(9, 10)]  # only the blocks not finished before
+    for key in _SAME:
+        assert resumed[key] == whole[key], key
+    assert not parts.exists()
+
+
+def _rank(rank: int, world: int, port: int, run: str, out: str) -> None:
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    result = evaluate_checkpoint(run, **_quiet(device="cpu"))
+    torch.save({key: result.get(key) for key in (*_SAME, "partial", "shards")}, os.path.join(out, f"rank{rank}.pt"))
+
+
+def test_two_processes_give_the_result_of_one(tmp_path, model):
+    """As under ``torchrun --nproc-per-node 2``: the ranks are the shards (gloo), rank 0 writes the result."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    run = _checkpoint(tmp_path, model)
+    one = evaluate_checkpoint(run, **_quiet(out=tmp_path / "one.json"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_rank, args=(2, port, str(run), str(tmp_path)), nprocs=2, join=True)
+    first, second = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2))
+    assert second["partial"] and not first["partial"] and first["shards"] == 2
+    for key in _SAME:
+        assert first[key] == one[key], key
+    written = json.loads((run / "eval_mnist-embedded_test_k3_n10.json").read_text())
+    assert written["nll"] == one["nll"] and written["shards"] == 2

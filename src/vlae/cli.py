@@ -127,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
     p.add_argument("--out", default=None, help="JSON output path (default: beside the checkpoint)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="evaluate part I of N (0 <= I < N) and write a partial result; merge with --merge")
+    p.add_argument("--merge", action="store_true",
+                   help="combine the partial results of all shards (same options otherwise) into the result")
+    p.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
+                   help="progress bar with ETA (auto: only on a terminal)")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("sample", help="draw samples into a PNG grid")
@@ -245,7 +251,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     r = evaluate_checkpoint(args.checkpoint, split=args.split, k=args.k, subset=args.subset,
                             data_dir=args.data_dir, seed=args.seed, out=args.out, batch_size=args.batch_size,
                             chunk=args.chunk, weights=args.weights, device=args.device,
-                            notice=lambda m: print(m, file=sys.stderr))
+                            notice=lambda m: print(m, file=sys.stderr), shard=args.shard, merge=args.merge,
+                            progress={"auto": None, "on": True, "off": False}[args.progress])
+    if r.get("partial"):
+        if "path" in r:
+            print(f"shard {r['shard'][0]}/{r['shard'][1]}: {r['images']} images, mean NLL {r['nll']:.2f} nats "
+                  f"(partial); wrote {r['path']}; combine all shards with --merge")
+        return 0
     fallback = f" (embedded fallback for {r['requested_dataset']})" if r["data_fallback"] else ""
     print(f"{r['dataset']}{fallback} {r['split']}, {r['images']} images, {r['estimator']} ({r['weights']} weights)")
     print(f"  NLL    {r['nll']:.2f} ± {r['nll_se']:.2f} nats   ({r['bits_per_dim']:.4f} bits/dim)")

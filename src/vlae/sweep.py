@@ -271,7 +271,7 @@ def _run_task(payload: dict[str, Any]) -> dict[str, Any]:
     t1 = time.perf_counter()
     # the same posterior draws for every run of a sweep
     ev = evaluate_model(model, images, k=payload["k"], batch_size=payload["eval_batch_size"], progress=False,
-                        generator=torch.Generator().manual_seed(cfg.train.seed))
+                        seed=cfg.train.seed)
     eval_seconds = time.perf_counter() - t1
 
     m = cfg.model
