@@ -95,9 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         model = build_model(args)
         cfg = model.cfg
         sampler = FastSampler(model, method=args.method)
-        field = model.decoder.receptive_field_name() or "-"
+        dec = model.decoder
+        field = dec.receptive_field_name() or "-"
+        layers = (f"{dec.vertical_layers}v+{dec.layers}h" if hasattr(dec, "vertical_layers")
+                  else getattr(dec, "layers", 0))
         print(f"preset={args.preset if not args.run_dir else args.run_dir} decoder={cfg.decoder} field={field} "
-              f"layers={cfg.decoder_layers} kernel={cfg.decoder_kernel} latent_dim={cfg.latent_dim} "
+              f"layers={layers} kernel={getattr(dec, 'kernel_size', '-')} latent_dim={cfg.latent_dim} "
               f"image={'x'.join(map(str, cfg.image_shape))} observation={cfg.observation} n={args.n} "
               f"repeats={args.repeats} threads={torch.get_num_threads()} method={args.method}")
         naive_t, fast_t, prior_t = [], [], []

@@ -317,7 +317,7 @@ def test_more_shards_than_blocks_is_an_error(tmp_path, model, capsys):
     run = _checkpoint(tmp_path, model)
     assert main(["eval", str(run), "--k", "2", "--subset", "4", "--batch-size", "2", "--shard", "0/3"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: --shard 0/3: 3 shards but only 2 blocks") and "\n" not in err
+    assert err.startswith("error: --shard 0/3: 3 shards but only 2 block(s)") and "\n" not in err
     assert main(["eval", str(run), "--k", "2", "--shard", "5/4"]) == 2
     assert "invalid --shard '5/4'" in capsys.readouterr().err
 
@@ -361,6 +361,7 @@ def _rank(rank: int, world: int, port: int, run: str, out: str) -> None:
     torch.save({key: result.get(key) for key in (*_SAME, "partial", "shards")}, os.path.join(out, f"rank{rank}.pt"))
 
 
+@pytest.mark.slow  # two processes and a gloo group: ~20 s on a busy 2-core machine
 def test_two_processes_give_the_result_of_one(tmp_path, model):
     """As under ``torchrun --nproc-per-node 2``: the ranks are the shards (gloo), rank 0 writes the result."""
     import socket

@@ -37,8 +37,8 @@ def _extreme(obs, dtype=torch.float64) -> torch.Tensor:
     for mean, log_s, logit, coef in [(-3.0, -20.0, 50.0, 20.0), (3.0, -20.0, -50.0, -20.0), (0.0, 20.0, 0.0, 0.0),
                                      (0.999, -7.0, 5.0, 1.0), (-1.0, -5.0, -5.0, -1.0), (1.0, 3.0, 1.0, 3.0)]:
         logits = torch.linspace(-logit, logit, K, dtype=dtype)
-        rows.append(torch.cat([logits, torch.full((C * K,), mean, dtype=dtype), torch.full((C * K,), log_s, dtype=dtype),
-                               torch.full((obs.n_coeffs * K,), coef, dtype=dtype)]))
+        full = lambda n, value: torch.full((n,), value, dtype=dtype)  # noqa: E731
+        rows.append(torch.cat([logits, full(C * K, mean), full(C * K, log_s), full(obs.n_coeffs * K, coef)]))
     return torch.stack(rows)[:, :, None, None]
 
 

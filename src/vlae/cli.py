@@ -3,7 +3,7 @@
 Subcommands::
 
     vlae train --preset mnist-small [--time-budget 3600] [--set model.latent_dim=16 ...]
-    vlae eval RUN_OR_CHECKPOINT [--k 4096] [--subset N] [--split test]
+    vlae eval RUN_OR_CHECKPOINT [--k 4096] [--subset N] [--split test] [--shard I/N | --merge]
     vlae sample RUN_OR_CHECKPOINT [--n 64] [--out samples.png]
     vlae plot RUN
     vlae download NAME [--data-dir DIR]
@@ -133,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="combine the partial results of all shards (same options otherwise) into the result")
     p.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
                    help="progress bar with ETA (auto: only on a terminal)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the per-pass computation (pays for long runs; the first passes compile)")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("sample", help="draw samples into a PNG grid")
@@ -252,7 +254,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                             data_dir=args.data_dir, seed=args.seed, out=args.out, batch_size=args.batch_size,
                             chunk=args.chunk, weights=args.weights, device=args.device,
                             notice=lambda m: print(m, file=sys.stderr), shard=args.shard, merge=args.merge,
-                            progress={"auto": None, "on": True, "off": False}[args.progress])
+                            progress={"auto": None, "on": True, "off": False}[args.progress], compile=args.compile)
     if r.get("partial"):
         if "path" in r:
             print(f"shard {r['shard'][0]}/{r['shard'][1]}: {r['images']} images, mean NLL {r['nll']:.2f} nats "

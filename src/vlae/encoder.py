@@ -56,6 +56,14 @@ from .layers import Conv2d, ConvTranspose2d, Linear, ResBlock
 
 __all__ = ["Encoder", "SpatialEncoder", "SpatialUpsampler", "DenseBlock", "ENCODER_KINDS"]
 
+# Output scales of the data-dependent init in the spatial networks. With unit-variance
+# residual branches, seven blocks multiply the variance by 2^7, and a single Adamax
+# step (every weight moves by lr) then shifts log sigma by several units: the KL of a
+# paper-sized model reached 1e10 nats after one step. Small residual branches and a
+# small head keep the first steps stable (as in the IAF and PixelCNN++ code bases).
+RESIDUAL_INIT = 0.1
+HEAD_INIT = 0.1
+
 
 class Encoder(nn.Module):
     """ResNet encoder to the parameters of a diagonal Gaussian.
@@ -117,7 +125,7 @@ def _stage(kind: str, in_channels: int, width: int, blocks: int, dense_steps: in
     Returns the layers and their output channels."""
     wn = weight_norm
     if kind == "resnet" or blocks == 0:
-        return [entry(in_channels, width)] + [ResBlock(width, 3, wn) for _ in range(blocks)], width
+        return [entry(in_channels, width)] + [ResBlock(width, 3, wn, RESIDUAL_INIT) for _ in range(blocks)], width
     growth = -(-width // (dense_steps + 1))
     layers: list[nn.Module] = []
     channels = in_channels
@@ -177,6 +185,7 @@ class SpatialEncoder(nn.Module):
             layers += stage
         self.net = nn.Sequential(*layers)
         self.head = Conv2d(channels, 2 * latent_shape[0], 1, weight_norm=wn)
+        self.head.init_scale = HEAD_INIT  # q(z|x) starts near N(0, I): a small initial KL
         self.context = (Linear(channels * latent_shape[1] * latent_shape[2], context_dim, weight_norm=wn)
                         if context_dim else None)
         self.latent_shape, self.context_dim = latent_shape, context_dim

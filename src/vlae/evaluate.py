@@ -8,7 +8,16 @@ The paper's headline number is the test NLL estimated with the IW bound
 averaged over test images, in nats per image (also in bits per dimension),
 with its standard error over images. The ELBO is the average of the same
 ``k`` log weights (a ``k``-sample estimate of one-sample ELBO), so it costs
-nothing extra.
+nothing extra; so are ``recon`` and ``kl``.
+
+Every image draws its ``k`` samples from its own stream, a generator seeded
+by :func:`image_seed` ``(seed, index)``, and the images form fixed blocks
+(``batch_size``): the numbers do not depend on how the blocks are spread over
+shards, processes or restarts, so a sharded evaluation merged
+(:func:`summarize` of all per-image records) equals the unsharded one exactly.
+What the ``k`` samples share -- the encoder pass and the decoder's first-layer
+convolution of the image -- is computed once per image
+(:meth:`vlae.model.VLAE.sample_terms`).
 
 Example:
     >>> from vlae import VLAE, get_preset
@@ -22,6 +31,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -88,8 +98,8 @@ def _noise(seed: int, indices: range, rows: int, d: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_block(model: VLAE, x: torch.Tensor, indices: range, k: int, seed: int = 0, chunk: int = 0
-                   ) -> dict[str, torch.Tensor]:
+def evaluate_block(model: VLAE, x: torch.Tensor, indices: range, k: int, seed: int = 0, chunk: int = 0,
+                   step=None) -> dict[str, torch.Tensor]:
     """Per-image results for images ``x (B, C, H, W)`` whose indices in the
     evaluated set are ``indices``: ``nll`` (minus the IW bound), ``elbo`` (mean
     log weight), ``recon`` and ``kl`` (means over the ``k`` samples), all ``(B,)``;
@@ -98,6 +108,7 @@ def evaluate_block(model: VLAE, x: torch.Tensor, indices: range, k: int, seed: i
     What the ``k`` samples share (encoder, the decoder's first layer on the image)
     is computed once; samples go through in passes of ``chunk`` per image
     (0: about 1,024 decoder evaluations per pass on a CPU, 4,096 on a GPU).
+    ``step`` replaces ``model.sample_terms`` (e.g. by a compiled version of it).
     """
     x = model.check_images(x)
     b, d = x.shape[0], model.latent_dim
@@ -110,13 +121,13 @@ def evaluate_block(model: VLAE, x: torch.Tensor, indices: range, k: int, seed: i
     eps = _noise(seed, indices, k + (_MEAN_SAMPLES if iaf else 0), d).to(x.device, x.dtype)
     shared = model.shared(x)
     per_pass = 4096 if x.device.type == "cuda" else 1024
-    step = chunk or max(1, per_pass // b)
+    size = chunk or max(1, per_pass // b)
     lse = torch.full((b,), -math.inf, dtype=torch.float64, device=x.device)
     sums = {key: torch.zeros(b, dtype=torch.float64, device=x.device) for key in ("log_w", "recon")}
     kl_dims = torch.zeros(b, d, dtype=torch.float64, device=x.device)
-    for s in range(0, k, step):
-        n = min(step, k - s)
-        terms = model.sample_terms(x, n, eps=eps[s:s + n].flatten(0, 1), shared=shared)
+    for s in range(0, k, size):
+        n = min(size, k - s)
+        terms = (step or model.sample_terms)(x, n, eps=eps[s:s + n].flatten(0, 1), shared=shared)
         log_w = -terms.nelbo.double().view(n, b)
         lse = torch.logaddexp(lse, torch.logsumexp(log_w, 0))
         sums["log_w"] += log_w.sum(0)
@@ -194,13 +205,13 @@ def shard_blocks(blocks: int, shard: tuple[int, int]) -> range:
     """The blocks shard ``i`` of ``n`` evaluates: a contiguous run, sizes differing by at most one."""
     i, n = shard
     if n > blocks:
-        raise VLAEError(f"--shard {i}/{n}: {n} shards but only {blocks} blocks of images; use at most {blocks} "
-                        f"shards or a smaller --batch-size")
+        raise VLAEError(f"--shard {i}/{n}: {n} shards but only {blocks} block(s) of images; use at most {blocks} "
+                        f"shard(s) or a smaller --batch-size")
     return range(i * blocks // n, (i + 1) * blocks // n)
 
 
 def _run_blocks(model: VLAE, images: torch.Tensor, chosen: list[range], k: int, seed: int, chunk: int,
-                progress: bool | None, store: "_BlockStore | None" = None, desc: str = ""):
+                progress: bool | None, store: "_BlockStore | None" = None, desc: str = "", compile: bool = False):
     """Records of the ``chosen`` blocks, each loaded from ``store`` if finished
     before, else computed (and saved there). A tqdm bar with ETA counts images."""
     from tqdm.auto import tqdm
@@ -214,9 +225,11 @@ def _run_blocks(model: VLAE, images: torch.Tensor, chosen: list[range], k: int, 
     finished = sum(len(b) for b in chosen) - sum(len(b) for b in todo)
     bar = tqdm(total=sum(len(b) for b in chosen), initial=finished, unit="img", desc=desc or f"IW bound k={k}",
                disable=not progress, dynamic_ncols=True)
+    # Compiled (fused elementwise chains), the same computation: log weights agree to float rounding.
+    step = torch.compile(model.sample_terms, dynamic=False) if compile and todo else None
     try:
         for block in todo:
-            record = evaluate_block(model, images[block.start:block.stop], block, k, seed, chunk)
+            record = evaluate_block(model, images[block.start:block.stop], block, k, seed, chunk, step)
             if store is not None:
                 store.save(block, record)
             records.append(record)
@@ -228,7 +241,7 @@ def _run_blocks(model: VLAE, images: torch.Tensor, chosen: list[range], k: int, 
 
 @torch.no_grad()
 def evaluate_model(model: VLAE, images: torch.Tensor, k: int = 4096, batch_size: int = 50, chunk: int = 0,
-                   progress: bool | None = None, seed: int = 0) -> dict[str, Any]:
+                   progress: bool | None = None, seed: int = 0, compile: bool = False) -> dict[str, Any]:
     """IW bound, ELBO, KL and active units of ``model`` on ``images``.
 
     Args:
@@ -240,6 +253,8 @@ def evaluate_model(model: VLAE, images: torch.Tensor, k: int = 4096, batch_size:
             bounds memory for large ``k``, changes no number.
         progress: tqdm bar with ETA (default: when stderr is a terminal).
         seed: seed of the per-image random streams (:func:`image_seed`).
+        compile: ``torch.compile`` the per-pass computation (pays for long
+            evaluations: the first passes compile, minutes on a CPU).
 
     Returns:
         dict with ``nll`` (mean of ``-IW bound``, nats per image), ``nll_se``,
@@ -256,25 +271,57 @@ def evaluate_model(model: VLAE, images: torch.Tensor, k: int = 4096, batch_size:
     if batch_size < 1 or chunk < 0:
         raise VLAEError(f"batch_size must be >= 1 and chunk >= 0, got {batch_size} and {chunk}")
     with _evaluation_mode(model):
-        records = _run_blocks(model, images, blocks_of(images.shape[0], batch_size), k, seed, chunk, progress)
+        records = _run_blocks(model, images, blocks_of(images.shape[0], batch_size), k, seed, chunk, progress,
+                              compile=compile)
     return summarize(records, k, model.dims)
 
 
 @contextlib.contextmanager
 def _evaluation_mode(model: VLAE):
-    """Eval mode, and channels-last weights on a CPU (oneDNN's own layout: measured
-    faster for these small convolutions); both undone afterwards."""
+    """Eval mode; channels-last weights on a CPU (oneDNN's own layout: measured
+    faster for these small convolutions); every layer's effective weight (weight
+    normalisation, autoregressive mask) computed once instead of once per pass.
+    All undone afterwards; no number changes (the same weights, the same ops)."""
     was_training = model.training
     channels_last = next(model.parameters()).device.type == "cpu"
     model.eval()
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    fixed = _fix_weights(model)
     try:
         yield
     finally:
+        for layer in fixed:
+            del layer.forward  # back to the class's forward, which recomputes the weight
         if channels_last:
             model.to(memory_format=torch.contiguous_format)
         model.train(was_training)
+
+
+def _fix_weights(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """Give each weight-normalised or masked layer a forward with its effective
+    weight precomputed (as its own forward computes it); returns those layers."""
+    import torch.nn.functional as F
+
+    from .layers import Conv2d, ConvTranspose2d, Linear
+    from .made import MaskedLinear
+
+    fixed = []
+    for m in model.modules():
+        if isinstance(m, Conv2d) and (m.weight_norm or m.mask is not None):
+            m.forward = functools.partial(F.conv2d, weight=m.masked_weight().detach(), bias=m.bias, stride=m.stride,
+                                          padding=m.padding)
+        elif isinstance(m, ConvTranspose2d) and m.weight_norm:
+            m.forward = functools.partial(F.conv_transpose2d, weight=m._effective_weight(m.weight).detach(),
+                                          bias=m.bias, stride=m.stride, padding=m.padding)
+        elif isinstance(m, Linear) and m.weight_norm:
+            m.forward = functools.partial(F.linear, weight=m._effective_weight(m.weight).detach(), bias=m.bias)
+        elif isinstance(m, MaskedLinear):
+            m.forward = functools.partial(F.linear, weight=(m.weight * m.mask).detach(), bias=m.bias)
+        else:
+            continue
+        fixed.append(m)
+    return fixed
 
 
 class _BlockStore:
@@ -362,7 +409,7 @@ def evaluate_checkpoint(path: str | os.PathLike, split: str = "test", k: int = 4
                         data_dir: str | os.PathLike | None = None, seed: int = 0, out: str | os.PathLike | None = None,
                         batch_size: int | None = None, chunk: int = 0, weights: str = "ema", device: str = "auto",
                         progress: bool | None = None, notice=None, shard: str | tuple[int, int] | None = None,
-                        merge: bool = False) -> dict[str, Any]:
+                        merge: bool = False, compile: bool = False) -> dict[str, Any]:
     """Evaluate a checkpoint (or run folder) on a data split and write the result as JSON.
 
     The JSON goes to ``out``, by default beside the checkpoint under
@@ -439,7 +486,7 @@ def evaluate_checkpoint(path: str | os.PathLike, split: str = "test", k: int = 4
         desc = f"IW bound k={k}" + (f", shard {own[0]}/{own[1]}" if own else "")
         with _process_group(world, dev), _evaluation_mode(model):
             records = _run_blocks(model, images, chosen, k, seed, chunk, progress if rank == 0 else False,
-                                  store, desc)
+                                  store, desc, compile)
             seconds = time.perf_counter() - t0
             if shard is not None:
                 return _write_partial(target, shard, fingerprint, records, seconds, store, chosen)

@@ -31,6 +31,10 @@ class _WeightNorm:
     weight: nn.Parameter
     bias: nn.Parameter | None
     _ddi_pending: bool = False
+    # Standard deviation the data-dependent init gives the outputs. Below 1 for the
+    # last layer of a residual branch (so a stack of blocks does not double the
+    # variance per block) and for heads whose outputs enter exponentials (log sigma).
+    init_scale: float = 1.0
 
     def _init_weight_norm(self, weight_norm: bool, out_dim: int) -> None:
         self.weight_norm = weight_norm
@@ -55,13 +59,14 @@ class _WeightNorm:
         dims = [d for d in range(out.dim()) if d != 1]
         mean = out.mean(dims)
         std = out.std(dims).clamp_min(1e-6)
+        scale = self.init_scale / std
         with torch.no_grad():
-            self.g.copy_(1.0 / std)
+            self.g.copy_(scale)
             if self.bias is not None:
-                self.bias.copy_(-mean / std)
+                self.bias.copy_(-mean * scale)
         self._ddi_pending = False
         shape = [1, -1] + [1] * (out.dim() - 2)
-        return (out - mean.view(shape)) / std.view(shape)
+        return (out - mean.view(shape)) * scale.view(shape)
 
 
 class Linear(nn.Linear, _WeightNorm):
@@ -171,10 +176,11 @@ class ResBlock(nn.Module):
     """Pre-activation residual block ``x + conv(elu(conv(elu(x))))`` with
     "same" padding: ``(B, C, H, W) -> (B, C, H, W)``."""
 
-    def __init__(self, channels: int, kernel_size: int = 3, weight_norm: bool = False):
+    def __init__(self, channels: int, kernel_size: int = 3, weight_norm: bool = False, init_scale: float = 1.0):
         super().__init__()
         self.conv1 = Conv2d(channels, channels, kernel_size, weight_norm=weight_norm)
         self.conv2 = Conv2d(channels, channels, kernel_size, weight_norm=weight_norm)
+        self.conv2.init_scale = init_scale  # the residual branch's share of the output at initialisation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv2(F.elu(self.conv1(F.elu(x))))

@@ -329,7 +329,8 @@ class GatedPixelCNN(_Decoder):
             if l < lv:
                 shape = (2 * rows + 1, kernel_size) if l == 0 else kernel_size
                 self.v_convs.append(MaskedConv2d(c_in, 2 * filters, shape, "V_A" if l == 0 else "V_B", weight_norm=wn))
-            self.h_convs.append(MaskedConv2d(c_in, 2 * filters, (1, kernel_size), "A" if l == 0 else "B", weight_norm=wn))
+            self.h_convs.append(MaskedConv2d(c_in, 2 * filters, (1, kernel_size), "A" if l == 0 else "B",
+                                             weight_norm=wn))
             self.v_to_h.append(Conv2d(2 * filters, 2 * filters, 1, weight_norm=wn))
             self.h_out.append(Conv2d(filters, filters, 1, weight_norm=wn))
             self.skips.append(Conv2d(filters, filters, 1, weight_norm=wn))

@@ -461,8 +461,13 @@ def jacobian_support(decoder, pixel: tuple[int, int], shape: tuple[int, int] = (
 
 def _describe(dec) -> str:
     name = type(dec).__name__
+    field = dec.receptive_field_name() if hasattr(dec, "receptive_field_name") else None
+    if hasattr(dec, "vertical_layers") and (dec.vertical_layers != dec.layers
+                                            or dec.first_rows != dec.kernel_size // 2):  # a paper-style AxB decoder
+        return f"{name}, field {field}: {dec.vertical_layers} vertical + {dec.layers} horizontal layers"
     if hasattr(dec, "layers"):
-        return f"{name}, {dec.layers} layers, {dec.kernel_size}x{dec.kernel_size} kernels"
+        suffix = f", field {field}" if field else ""
+        return f"{name}, {dec.layers} layers, {dec.kernel_size}x{dec.kernel_size} kernels{suffix}"
     return name
 
 
