@@ -95,6 +95,20 @@ def test_fast_log_weights_equal_the_eager_ones(kind):
     assert not torch.allclose(fast, eager.roll(1, 1))  # the images' weights differ: the check has teeth
 
 
+def test_an_unconditional_pixelcnn_gets_its_exact_likelihood():
+    cfg = get_preset("tiny").model
+    cfg.latent_dim = 0
+    torch.manual_seed(1)
+    m = VLAE(cfg).eval()
+    x = _images(5, seed=6)
+    result = evaluate_model(m, x, k=4, batch_size=2, progress=False)
+    with torch.no_grad():
+        exact = m.terms(x.float()).recon.double()
+    assert result["nll"] == pytest.approx(float(exact.mean()), rel=1e-6)  # float32 rounding (layout, batch)
+    assert result["elbo"] == pytest.approx(-result["nll"], rel=1e-12) and result["kl"] == 0
+    assert result["active_units"] == 0 and result["kl_per_dim"] == []
+
+
 def test_numbers_do_not_depend_on_batch_or_pass_size(model):
     x = _images(7, seed=2)
     a = evaluate_model(model, x, k=12, batch_size=7, progress=False, seed=3)

@@ -200,6 +200,7 @@ def test_schedules():
     assert soft_free_bits_update(1.0, kl=1.0, target=2.0) == pytest.approx(0.9)
     assert soft_free_bits_update(0.5, kl=3.0, target=2.0) == pytest.approx(0.55)
     assert soft_free_bits_update(0.95, kl=3.0, target=2.0) == 1.0
+    assert soft_free_bits_update(0.5, kl=2.05, target=2.0) == 0.5  # within the paper's 5% band: unchanged
     assert [kl_warmup_weight(s, 4) for s in (0, 2, 4, 9)] == [0.0, 0.5, 1.0, 1.0]
     assert kl_warmup_weight(0, 0) == 1.0
     cfg = _cfg(lr_warmup_steps=4, lr_decay="cosine", max_steps=100)

@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "report ELBO, KL and active units; writes <run>/eval_<dataset>_<split>_k<k>[_n<images>].json "
                        "(strict JSON; never over a result of other data).")
     p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="run folder (best.pt or latest) or .pt file")
-    p.add_argument("--k", type=int, default=4096, help="importance samples per image (paper: 4096)")
+    p.add_argument("--k", type=int, default=None,
+                   help="importance samples per image (default: the run's eval.k; paper: 512 on CIFAR-10, 4096 on MNIST)")
     p.add_argument("--subset", type=int, default=0, help="evaluate N images only, a fixed choice spread over the split (0: all)")
     p.add_argument("--split", choices=("test", "valid", "train"), default="test", help="data split")
     p.add_argument("--batch-size", type=int, default=None, help="images per batch (default: the config's)")
@@ -236,7 +237,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"wrote {len(paths)} figures to {Path(summary['run_dir']) / 'figures'}")
     if not args.quiet:
-        print(f"run folder: {summary['run_dir']}\nevaluate with: vlae eval {summary['run_dir']} --k 4096")
+        print(f"run folder: {summary['run_dir']}\nevaluate with: vlae eval {summary['run_dir']} --k {cfg.eval.k}")
     return 0
 
 

@@ -405,12 +405,15 @@ def _refuse_other_data(target: Path, identity: dict[str, Any]) -> None:
                         f"{identity['name']} {identity['split']} ({identity['source']}); choose another --out")
 
 
-def evaluate_checkpoint(path: str | os.PathLike, split: str = "test", k: int = 4096, subset: int = 0,
+def evaluate_checkpoint(path: str | os.PathLike, split: str = "test", k: int | None = None, subset: int = 0,
                         data_dir: str | os.PathLike | None = None, seed: int = 0, out: str | os.PathLike | None = None,
                         batch_size: int | None = None, chunk: int = 0, weights: str = "ema", device: str = "auto",
                         progress: bool | None = None, notice=None, shard: str | tuple[int, int] | None = None,
                         merge: bool = False, compile: bool = False) -> dict[str, Any]:
     """Evaluate a checkpoint (or run folder) on a data split and write the result as JSON.
+
+    ``k`` importance samples per image; ``None`` takes the run's ``eval.k`` (512 for
+    the 8-bit presets, as the paper's CIFAR-10 numbers; 4096 for binary MNIST).
 
     The JSON goes to ``out``, by default beside the checkpoint under
     :func:`result_name` (dataset, split, ``k``, subset size, weights). It names
@@ -456,6 +459,7 @@ def evaluate_checkpoint(path: str | os.PathLike, split: str = "test", k: int = 4
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
         torch.cuda.set_device(dev)
     model, cfg = load_model(file, weights=weights, device=dev)
+    k = cfg.eval.k if k is None else k  # the run's own default: 512 for 8-bit presets (as the paper), 4096 binary
     if out is not None:  # before the (possibly long) evaluation
         prepare_output(out, "--out")
     root = data_dir if data_dir is not None else cfg.train.data_dir
