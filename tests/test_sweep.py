@@ -152,6 +152,8 @@ def test_changed_configuration_is_refused(finished, tmp_path):
     (["--jobs", "-1"], "--jobs"),
     (["--k", "0"], "--k"),
     (["--report", "/nonexistent/sweep"], "/nonexistent/sweep"),
+    (["--preset", "cifar-small", "--fields", "4x3"], "--fields"),
+    (["--preset", "cifar-small", "--fields", "7x4,x4"], "--fields"),
 ])
 def test_bad_input_is_a_one_line_error_with_status_2(argv, message, capsys, tmp_path):
     assert main(["--out", str(tmp_path / "never"), *argv]) == 2
@@ -208,3 +210,45 @@ def test_scope_note_names_every_free_bits_value_and_image_count():
     records = [{"free_bits": 0.01, "eval_images": 10}, {"free_bits": 0.0, "eval_images": 10}, {"eval_images": 20}]
     assert scope_note(records) == "Free bits: 0.0, 0.01 nats per pixel. Nats per image on 10, 20 test images"
     assert scope_note([]) == "Free bits: ? nats per pixel. Nats per image on ? test images"
+
+
+# ----------------------------------------------------------------------------- colour: the paper's AxB grid
+
+COLOUR = ["model.image_shape=3,16,16", "model.latent_shape=2,4,4", "model.latent_dim=32", "model.stage_channels=8,8,8",
+          "model.decoder_filters=8", "model.cond_channels=4", "model.prior_hidden=8", "model.flow_steps=1",
+          "model.mixture_components=2", "model.free_bits_groups=2", "train.batch_size=8", "train.eval_subset=8"]
+
+
+def colour(n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, 16, 16), generator=g, dtype=torch.uint8)
+
+
+def test_field_grid_validates_and_names_the_runs():
+    base = base_config("cifar-small", COLOUR, None, 2)
+    tasks = sweep_tasks(base, "masked", [1], [3], ["gaussian", "af"], fields=["4x2", "5x3", "7x4", "9x5"])
+    assert [t.name for t in tasks][:4] == ["gated-4x2-gaussian", "gated-5x3-gaussian", "gated-7x4-gaussian",
+                                           "gated-9x5-gaussian"]
+    assert all(t.config.model.decoder == "gated" and t.meta["field"] == t.config.model.decoder_field for t in tasks)
+    for t in tasks:  # each run's decoder really has the field it is named after
+        assert VLAE(t.config.model).decoder.receptive_field_name() == t.config.model.decoder_field
+    with pytest.raises(VLAEError, match="--fields"):
+        sweep_tasks(base, "gated", [1], [3], ["af"], fields=["6x2"])
+
+
+def test_colour_sweep_over_fields_records_the_axb_name(tmp_path):
+    """Two colour runs (fields 4x2 and 9x5, two steps each) on random 8-bit images:
+    the records, the table and the CSV carry each run's AxB field and its IW bound."""
+    base = base_config("cifar-small", COLOUR, None, 2)
+    records, status = run_sweep(tmp_path, base, fields=["4x2", "9x5"], priors=["af"], eval_subset=4, k=2,
+                                eval_batch_size=4, jobs=2, threads=1, data=(colour(16, 0), colour(8, 1)),
+                                test_images=colour(4, 2), log=lambda _m: None)
+    assert status["failed"] == {} and sorted(status["ran"]) == ["gated-4x2-af", "gated-9x5-af"]
+    assert [r["rf_name"] for r in records] == ["4x2", "9x5"] == [r["field"] for r in records]
+    assert records[0]["rf_size"] < records[1]["rf_size"]
+    for r in records:
+        assert r["eval_images"] == 4 and r["k"] == 2 and r["steps"] == 2
+        assert 0 < r["bits_per_dim"] < 20 and r["nll"] > 0  # 8-bit: nats over 3*16*16 dimensions
+    rows = list(csv.DictReader(open(tmp_path / "sweep.csv")))
+    assert [row["rf_name"] for row in rows] == ["4x2", "9x5"]
+    assert "field AxB" in (tmp_path / "sweep.md").read_text()

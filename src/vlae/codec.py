@@ -63,12 +63,13 @@ posterior only changes the *length*: the code costs the ELBO of ``Q``
 instead of ``q``. For a Gaussian prior and a Gaussian posterior ``J = diag(sigma)``
 and ``Q`` *is* the posterior (the textbook case). For the AF prior the price
 is how far ``f`` bends across the posterior's width; ``bench/compress.py``
-measures it. On all 10,000 binarized-MNIST test digits (mnist-small, 30 CPU
-minutes of training) the code came within +0.17% of the -ELBO with the
-Gaussian prior and +0.29% with the AF prior (both within two standard errors
-of the -ELBO estimate), and precisions 6 to 16 cost the same to 0.1 nats. (Local bits-back coding, Ho et al. 2019, would track the
-Jacobian per bin instead; the linearization costs one reverse-mode Jacobian per
-chunk and no extra initial bits.)
+measures it. On all 10,000 binarized-MNIST test digits (mnist-small, 15 and
+30 minutes of training on a shared CPU) the code came within +0.17% of the
+-ELBO with the Gaussian prior and +0.29% with the AF prior (both within two
+standard errors of the -ELBO estimate), and precisions 6 to 16 cost the same
+to 0.1 nats. (Local bits-back coding, Ho et al. 2019, would track the Jacobian
+per bin instead; the linearization costs one reverse-mode Jacobian per chunk
+and no extra initial bits.)
 
 **Exactness.** One wrong probability bit corrupts everything decoded after it,
 so the encoder and the decoder run *the same computation*: the pixel

@@ -115,8 +115,11 @@ def parse_list(text: str, option: str, kind: type = int) -> list:
 
 
 def sweep_tasks(base: Config, decoder: str, layers: Sequence[int], kernels: Sequence[int],
-                priors: Sequence[str]) -> list[Task]:
-    """The grid ``layers x kernels x priors`` on top of ``base``, validated.
+                priors: Sequence[str], fields: Sequence[str] = ()) -> list[Task]:
+    """The grid ``layers x kernels x priors`` on top of ``base``, validated; or,
+    with ``fields``, the paper's receptive-field grid ``fields x priors`` of gated
+    decoders named ``AxB`` (e.g. ``["4x2", "5x3", "7x4", "9x5"]`` for CIFAR-10,
+    :meth:`vlae.pixelcnn.GatedPixelCNN.from_field`; ``layers`` and ``kernels`` unused).
 
     Raises:
         VLAEError: a grid value the decoder cannot take (layers < 1, an even or
@@ -124,6 +127,8 @@ def sweep_tasks(base: Config, decoder: str, layers: Sequence[int], kernels: Sequ
     """
     from .config import PRIORS
 
+    if fields:
+        return _field_tasks(base, fields, priors)
     if decoder not in ("masked", "gated"):
         raise VLAEError(f"invalid --decoder: the sweep varies a PixelCNN's receptive field, so it must be "
                         f"masked or gated, got {decoder!r}")
@@ -149,6 +154,31 @@ def sweep_tasks(base: Config, decoder: str, layers: Sequence[int], kernels: Sequ
                 cfg.validate()
                 tasks.append(Task(f"{decoder}-L{n}-k{k}-{prior}", cfg,
                                   {"decoder": decoder, "layers": n, "kernel": k, "prior": prior}))
+    return tasks
+
+
+def _field_tasks(base: Config, fields: Sequence[str], priors: Sequence[str]) -> list[Task]:
+    from .config import PRIORS
+    from .pixelcnn import field_depths
+
+    for f in fields:
+        try:
+            field_depths(f)
+        except ValueError as error:
+            raise VLAEError(f"invalid --fields: {error}") from None
+    for p in priors:
+        if p not in PRIORS:
+            raise VLAEError(f"invalid --priors: unknown prior {p!r}; choose from {', '.join(PRIORS)}")
+    if base.model.latent_dim == 0:
+        raise VLAEError("invalid --set model.latent_dim=0: the sweep measures the KL of a latent code; "
+                        "an unconditional PixelCNN has none")
+    tasks = []
+    for prior in priors:
+        for f in fields:
+            cfg = config_from_dict(base.to_dict())
+            cfg.model.decoder, cfg.model.decoder_field, cfg.model.prior = "gated", f, prior
+            cfg.validate()
+            tasks.append(Task(f"gated-{f}-{prior}", cfg, {"decoder": "gated", "field": f, "prior": prior}))
     return tasks
 
 
@@ -182,7 +212,8 @@ def receptive_field_record(decoder: Any, image_shape: Sequence[int] = (1, 28, 28
     ``rf_size`` is :meth:`receptive_field_size` (pixels an interior output
     depends on, unclipped), ``rf_up``/``rf_left``/``rf_right`` its extent and
     ``rf_coverage`` the fraction of the causal context it covers
-    (:func:`context_coverage`).
+    (:func:`context_coverage`), ``rf_name`` the field in the paper's ``AxB``
+    notation (``None`` for fields of another shape, e.g. a masked PixelCNN's).
 
     Example:
         >>> from vlae.pixelcnn import MaskedPixelCNN
@@ -191,7 +222,7 @@ def receptive_field_record(decoder: Any, image_shape: Sequence[int] = (1, 28, 28
     """
     ext = decoder.receptive_field_extent()
     return {"rf_size": int(decoder.receptive_field_size()), "rf_up": ext["up"], "rf_left": ext["left"],
-            "rf_right": ext["right"],
+            "rf_right": ext["right"], "rf_name": getattr(decoder, "receptive_field_name", lambda: None)(),
             "rf_coverage": round(context_coverage(decoder.receptive_field(), *image_shape[1:]), 4)}
 
 
@@ -276,7 +307,8 @@ def _run_task(payload: dict[str, Any]) -> dict[str, Any]:
 
     m = cfg.model
     record: dict[str, Any] = {"name": payload["name"], **payload["meta"]}
-    record.update(decoder=m.decoder, layers=m.decoder_layers, kernel=m.decoder_kernel,
+    record.update(decoder=m.decoder, layers=getattr(model.decoder, "layers", m.decoder_layers),
+                  kernel=getattr(model.decoder, "kernel_size", m.decoder_kernel),
                   prior=m.prior if m.latent_dim else "none", posterior=m.posterior if m.latent_dim else "none",
                   latent_dim=m.latent_dim, free_bits=m.free_bits)
     record.update(receptive_field_record(model.decoder, m.image_shape))
@@ -534,7 +566,7 @@ def write_sweep_report(out_dir: str | os.PathLike, records: list[dict[str, Any]]
     records = sorted(records, key=_sort_key)
     est = _estimator(records)
     columns = [("prior", "prior"), ("decoder", "decoder"), ("layers", "layers"), ("kernel", "kernel"),
-               ("rf_size", "RF size (px)"), ("rf_up", "RF rows up"), ("rf_left", "RF cols left/right"),
+               ("rf_name", "field AxB"), ("rf_size", "RF size (px)"), ("rf_up", "RF rows up"), ("rf_left", "RF cols left/right"),
                ("rf_coverage", "context seen"), ("kl", "KL (nats)"), ("nll", f"NLL ({est})"),
                ("nelbo", "-ELBO"), ("active_units", "active units"), ("steps", "steps"), ("seconds", "seconds")]
     note = (f"{scope_note(records)}. KL: single-sample estimate of "
@@ -569,7 +601,8 @@ def _plots(records: list[dict[str, Any]], out: Path, estimator: str) -> dict[str
                     linestyle="--" if prior == "gaussian" else "-", label=label)
             for r in rows:  # depth, kernel and the share of the causal context the decoder sees
                 coverage = f" {100 * r['rf_coverage']:.0f}%" if r.get("rf_coverage") is not None else ""
-                ax.annotate(f"L{r['layers']} k{r['kernel']}{coverage}", (r["rf_size"], r[key]), fontsize=7,
+                name = r.get("rf_name") or f"L{r['layers']} k{r['kernel']}"
+                ax.annotate(f"{name}{coverage}", (r["rf_size"], r[key]), fontsize=7,
                             textcoords="offset points", xytext=(3, 3), alpha=0.7)
         ax.set_xscale("log")
         ax.set_xlabel("decoder receptive field  [pixels]  (labels: layers, kernel, % of the context seen)")
@@ -608,8 +641,9 @@ def run_sweep(out_dir: str | os.PathLike, base: Config, *, decoder: str = "maske
               priors: Sequence[str] = ("gaussian", "af"), eval_subset: int = 1000, k: int = 16,
               eval_batch_size: int = 50, jobs: int = 0, threads: int = 1, data: Any = None,
               test_images: Any = None, log: Callable[[str], object] = print,
-              sweep_config: dict[str, Any] | None = None) -> tuple[list[dict], dict]:
-    """Run (or finish) a sweep and write its tables and plots.
+              sweep_config: dict[str, Any] | None = None, fields: Sequence[str] = ()) -> tuple[list[dict], dict]:
+    """Run (or finish) a sweep and write its tables and plots (``fields``: the
+    ``AxB`` grid of :func:`sweep_tasks` instead of ``layers x kernels``).
 
     Returns:
         ``(records, status)`` as :func:`run_tasks`; ``status["outputs"]`` maps
@@ -618,11 +652,11 @@ def run_sweep(out_dir: str | os.PathLike, base: Config, *, decoder: str = "maske
     Raises:
         VLAEError: bad grid values; every run failed.
     """
-    tasks = sweep_tasks(base, decoder, layers, kernels, priors)
+    tasks = sweep_tasks(base, decoder, layers, kernels, priors, fields)
     check_run_options(jobs=jobs, threads=threads, k=k, eval_subset=eval_subset, eval_batch_size=eval_batch_size)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    config = {"decoder": decoder, "layers": list(layers), "kernels": list(kernels), "priors": list(priors),
+    config = {"decoder": "gated" if fields else decoder, "fields": list(fields), "layers": list(layers), "kernels": list(kernels), "priors": list(priors),
               "eval_subset": eval_subset, "k": k, "jobs": jobs, "threads": threads, **(sweep_config or {}),
               "runs": [t.name for t in tasks], "base_config": base.to_dict()}
     _write_json(out / "sweep_config.json", config)
@@ -684,6 +718,9 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
                    help="odd decoder kernel sizes, comma-separated (default: 3,5)")
     p.add_argument("--priors", default="gaussian,af", metavar="LIST",
                    help="priors p(z), comma-separated, from gaussian and af (default: gaussian,af)")
+    p.add_argument("--fields", default=None, metavar="LIST",
+                   help="instead of --layers/--kernels: the paper's receptive fields AxB of a gated decoder, "
+                        "comma-separated, e.g. 4x2,5x3,7x4,9x5 (colour presets such as cifar-small)")
     p.add_argument("--list", action="store_true",
                    help="print the grid with each point's receptive field and exit without training")
     p.set_defaults(func=_cli_sweep)
@@ -703,24 +740,27 @@ def _cli_sweep(args: argparse.Namespace) -> int:
         layers = parse_list(args.layers, "--layers", int)
         kernels = parse_list(args.kernels, "--kernels", int)
         priors = parse_list(args.priors, "--priors", str)
+        fields = parse_list(args.fields, "--fields", str) if args.fields is not None else []
         budget = args.budget if (args.budget is not None or args.max_steps is not None) else 300.0
         base = base_config(args.preset, args.overrides, budget, args.max_steps)
         if args.list:
-            from .pixelcnn import DECODERS
+            from .pixelcnn import DECODERS, GatedPixelCNN
 
-            for t in sweep_tasks(base, args.decoder, layers, kernels, priors):
+            for t in sweep_tasks(base, args.decoder, layers, kernels, priors, fields):
                 m = t.config.model
-                dec = DECODERS[m.decoder](m.decoder_layers, m.decoder_kernel, cond_channels=m.cond_channels)
+                dec = (GatedPixelCNN.from_field(m.decoder_field, 8, m.cond_channels) if m.decoder_field
+                       else DECODERS[m.decoder](m.decoder_layers, m.decoder_kernel, cond_channels=m.cond_channels))
                 rf = receptive_field_record(dec, m.image_shape)
-                print(f"{t.name:24s} RF {rf['rf_size']:6d} px, {rf['rf_up']:3d} rows up, "
+                field = f" field {rf['rf_name']}," if rf["rf_name"] else ""
+                print(f"{t.name:24s}{field} RF {rf['rf_size']:6d} px, {rf['rf_up']:3d} rows up, "
                       f"{rf['rf_left']:3d} cols left/right, sees {100 * rf['rf_coverage']:5.1f}% of the context")
             return 0
-        sweep_config = {"preset": args.preset, "overrides": list(args.overrides), "budget": budget,
+        sweep_config = {"preset": args.preset, "overrides": list(args.overrides), "budget": budget, "fields": fields,
                         "max_steps": args.max_steps, "command": " ".join(sys.argv)}
         records, status = run_sweep(args.out, base, decoder=args.decoder, layers=layers, kernels=kernels,
                                     priors=priors, eval_subset=args.eval_subset, k=args.k,
                                     eval_batch_size=args.eval_batch_size, jobs=args.jobs, threads=args.threads,
-                                    sweep_config=sweep_config)
+                                    sweep_config=sweep_config, fields=fields)
         _print_outputs(status["outputs"])
         if status["failed"]:
             print(f"error: {len(status['failed'])} run(s) failed: {', '.join(status['failed'])}", file=sys.stderr)
