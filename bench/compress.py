@@ -1,20 +1,25 @@
 """Benchmark: the VLAE's bits-back code against its bound and against generic image codecs.
 
-On one trained run and one set of binary images, measures
+On one trained run and one set of binary or 8-bit (grey or RGB) images, measures
 
 - vlae's bits-back stream (:mod:`vlae.codec`): bytes, bits/dim net of the initial
   bits (stated separately, with the file header), compress and decompress images/s,
   and the exact check ``decompress(compress(x)) == x``;
 - the same model's -ELBO (one posterior sample per image, as the code uses) and
   IW NLL (``--k`` importance samples, on ``--iw-subset`` of the images);
-- JBIG (jbigkit's ``pbmtojbg``/``jbgtopbm``; skipped with a notice when absent),
-  PNG (1-bit, Pillow, ``optimize=True``), gzip, bz2 and lzma (strongest settings)
-  of the bit-packed images. The baselines code all images as one tall page (one
-  header, one context), their most favourable setting.
+- binary images: JBIG (jbigkit's ``pbmtojbg``/``jbgtopbm``; skipped with a notice
+  when absent), PNG (1-bit, Pillow, ``optimize=True``), gzip, bz2 and lzma
+  (strongest settings) of the bit-packed images;
+- 8-bit images: PNG (8-bit grey or RGB, Pillow, ``optimize=True``), gzip, bz2 and
+  lzma of the raw bytes (channel-interleaved, as in a PPM).
+
+The baselines code all images as one tall page (one header, one context), their
+most favourable setting.
 
 Prints a table and writes JSON::
 
     python bench/compress.py --run runs/mnist-small --split test --subset 0 --out compress.json --threads 1
+    python bench/compress.py --run runs/cifar-small --dataset cifar10 --subset 1000 --k 0 --threads 1
 """
 
 from __future__ import annotations
@@ -58,12 +63,19 @@ def _row(name: str, nbytes: float, n: int, dims: int, enc_s: float | None, dec_s
 
 
 def _speed(v: float | None) -> str:
-    return f"{'-':>10s}" if v is None else f"{v:10.0f}"
+    return f"{'-':>10s}" if v is None else f"{v:10.0f}" if v >= 10 else f"{v:10.2f}"
 
 
 def _page(x: np.ndarray) -> np.ndarray:
-    """``(N, 1, H, W)`` 0/1 -> one ``(N * H, W)`` page."""
-    return x[:, 0].reshape(-1, x.shape[-1])
+    """``(N, C, H, W)`` -> one page: ``(N * H, W)`` for one channel, ``(N * H, W, C)`` otherwise."""
+    if x.shape[1] == 1:
+        return x[:, 0].reshape(-1, x.shape[-1])
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1).reshape(-1, x.shape[-1], x.shape[1]))
+
+
+def _unpage(page: np.ndarray, shape) -> np.ndarray:
+    n, c, h, w = shape
+    return page.reshape(n, h, w, c).transpose(0, 3, 1, 2)
 
 
 def _pbm(page: np.ndarray) -> bytes:
@@ -107,10 +119,12 @@ def bench_jbig(x: np.ndarray, notice) -> dict | None:
         return _row("JBIG (pbmtojbg)", jbg.stat().st_size, len(x), x[0].size, enc, dec, exact)
 
 
-def bench_png(x: np.ndarray) -> dict:
+def bench_png(x: np.ndarray, binary: bool) -> dict:
     from PIL import Image
 
-    page = _page(x).astype(bool)
+    page = _page(x).astype(bool) if binary else _page(x)
+    mode, name = ("1", "PNG 1-bit (Pillow)") if binary else (("L", "PNG 8-bit grey (Pillow)") if x.shape[1] == 1
+                                                             else ("RGB", "PNG 8-bit RGB (Pillow)"))
     buf = io.BytesIO()
     start = time.perf_counter()
     Image.fromarray(page).save(buf, format="PNG", optimize=True)
@@ -118,25 +132,31 @@ def bench_png(x: np.ndarray) -> dict:
     data = buf.getvalue()
     start = time.perf_counter()
     with Image.open(io.BytesIO(data)) as im:
-        back = np.asarray(im.convert("1"), dtype=np.uint8)
+        back = np.asarray(im.convert(mode), dtype=np.uint8)
     dec = time.perf_counter() - start
-    return _row("PNG 1-bit (Pillow)", len(data), len(x), x[0].size, enc, dec,
-                np.array_equal(back.reshape(x.shape), x))
+    return _row(name, len(data), len(x), x[0].size, enc, dec, np.array_equal(_unpage(back, x.shape), x))
 
 
-def bench_generic(x: np.ndarray) -> list[dict]:
-    packed = np.packbits(x.reshape(-1)).tobytes()
+def bench_generic(x: np.ndarray, binary: bool) -> list[dict]:
+    """gzip, bz2, lzma of the bit-packed (binary) or raw, channel-interleaved (8-bit) bytes."""
+    raw = np.packbits(x.reshape(-1)).tobytes() if binary else _page(x).tobytes()
+    what = "bit-packed" if binary else "raw bytes"
+
+    def back_to_images(b: bytes) -> np.ndarray:
+        a = np.frombuffer(b, np.uint8)
+        return np.unpackbits(a)[:x.size].reshape(x.shape) if binary else _unpage(a, x.shape)
+
     rows = []
     for name, enc_fn, dec_fn in [
-        ("gzip -9 (bit-packed)", lambda b: gzip.compress(b, 9, mtime=0), gzip.decompress),
-        ("bz2 -9 (bit-packed)", lambda b: bz2.compress(b, 9), bz2.decompress),
-        ("lzma -9e (bit-packed)", lambda b: lzma.compress(b, preset=9 | lzma.PRESET_EXTREME), lzma.decompress),
+        (f"gzip -9 ({what})", lambda b: gzip.compress(b, 9, mtime=0), gzip.decompress),
+        (f"bz2 -9 ({what})", lambda b: bz2.compress(b, 9), bz2.decompress),
+        (f"lzma -9e ({what})", lambda b: lzma.compress(b, preset=9 | lzma.PRESET_EXTREME), lzma.decompress),
     ]:
-        data, enc = _timed(enc_fn, packed)
+        data, enc = _timed(enc_fn, raw)
         back, dec = _timed(dec_fn, data)
-        exact = np.array_equal(np.unpackbits(np.frombuffer(back, np.uint8))[:x.size].reshape(x.shape), x)
-        rows.append(_row(name, len(data), len(x), x[0].size, enc, dec, exact))
-    rows.append(_row("raw bit-packed", len(packed), len(x), x[0].size, None, None, True))
+        rows.append(_row(name, len(data), len(x), x[0].size, enc, dec, np.array_equal(back_to_images(back), x)))
+    name = "raw bit-packed" if binary else "raw bytes (uncompressed)"
+    rows.append(_row(name, len(raw), len(x), x[0].size, None, None, True))
     return rows
 
 
@@ -184,6 +204,8 @@ def main(argv=None) -> int:
         model, cfg = load_model(args.run, weights=args.weights, device="cpu")
         data = load_dataset(args.dataset, args.split, args.data_dir or cfg.train.data_dir)
         x = fixed_subset(data.images, args.subset)
+        x = x[:, None] if x.dim() == 3 else x
+        binary = model.obs.name == "bernoulli"
         n, dims = len(x), x[0].numel()
         notice(f"{n} {args.dataset} {args.split} images; model {args.run} ({cfg.preset}, prior {cfg.model.prior}, "
                f"decoder {cfg.model.decoder})")
@@ -204,8 +226,8 @@ def main(argv=None) -> int:
         file_row = _row("vlae file (all included)", len(blob), n, dims, enc_s, dec_s, exact)
         b = bounds(model, x, args.k, args.iw_subset)
         rows = [vlae_row, file_row]
-        jbig = bench_jbig(x.numpy(), notice)
-        rows += ([jbig] if jbig else []) + [bench_png(x.numpy())] + bench_generic(x.numpy())
+        jbig = bench_jbig(x.numpy(), notice) if binary else None
+        rows += ([jbig] if jbig else []) + [bench_png(x.numpy(), binary)] + bench_generic(x.numpy(), binary)
     except VLAEError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -168,3 +168,36 @@ def test_visualization_script(tmp_path):
     bad = subprocess.run([sys.executable, str(script), "--receptive-field", "--kernel", "4"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr
+
+
+# ---------------------------------------------------------------------- colour
+def colour_model(**overrides) -> VLAE:
+    """A cifar-small-shaped model (RGB, logistic mixture, spatial code 2x2x2) on 8x8 images."""
+    cfg = get_preset("cifar-small")
+    small = dict(image_shape=(3, 8, 8), latent_shape=(2, 2, 2), latent_dim=8, stage_channels=(8, 8, 8),
+                 decoder_filters=8, cond_channels=4, prior_hidden=8, flow_steps=1, mixture_components=2,
+                 free_bits_groups=2)
+    for key, value in {**small, **overrides}.items():
+        setattr(cfg.model, key, value)
+    cfg.model.validate()
+    torch.manual_seed(0)
+    model = VLAE(cfg.model).eval()
+    model.initialize(torch.randint(0, 256, (8, 3, 8, 8)).float())
+    return model
+
+
+def test_colour_figures_and_the_kl_maps_of_a_spatial_code(tmp_path):
+    model = colour_model()
+    x = torch.randint(0, 256, (6, 3, 8, 8), generator=torch.Generator().manual_seed(2)).float()
+    for name in ("reconstructions", "lossy_decompression", "kl_heatmap"):
+        assert_png(getattr(plots, f"plot_{name}")(model, x, tmp_path / f"{name}.png"))
+    assert_png(plots.plot_samples(model, 4, tmp_path / "samples.png"))
+    with pytest.raises(VLAEError, match="gray context"):  # only a gray-context decoder makes that experiment
+        plots.plot_grayscale_experiment(model, x, tmp_path / "gray.png")
+    assert not (tmp_path / "gray.png").exists()
+
+
+def test_grayscale_experiment_figure(tmp_path):
+    model = colour_model(gray_context=True)
+    x = torch.randint(0, 256, (6, 3, 8, 8), generator=torch.Generator().manual_seed(2)).float()
+    assert_png(plots.plot_grayscale_experiment(model, x, tmp_path / "gray.png", n=3, n_images=4))

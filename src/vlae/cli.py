@@ -289,7 +289,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
         x = fast_sample(model, args.n, generator=gen)
     seconds = time.perf_counter() - t0
-    _save_grid(x, out)
+    _save_grid(x, out, 255 if model.cfg.observation == "logistic_mixture" else 1)
     print(f"wrote {args.n} samples to {out} ({seconds:.1f} s, {'naive' if args.naive else 'fast'} sampler)")
     return 0
 
@@ -297,8 +297,10 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
 
 
-def _save_grid(x, out: Path) -> None:
-    """An image grid (format from ``out``'s suffix) of binary images ``(n, 1, H, W)``, written atomically."""
+def _save_grid(x, out: Path, top: int = 1) -> None:
+    """An image grid (format from ``out``'s suffix) of images ``(n, C, H, W)`` with values
+    ``0..top``, written atomically: binary (``top=1``) black on white as MNIST is
+    drawn, 8-bit grey levels (``C = 1``) or RGB (``C = 3``) as they are."""
     import math
 
     from matplotlib.image import imsave
@@ -308,19 +310,20 @@ def _save_grid(x, out: Path) -> None:
     n, _, h, w = x.shape
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
-    grid = torch_grid(x.float().cpu(), rows, cols, h, w)
+    grid = torch_grid(x.float().cpu() / top, rows, cols, h, w)
     with writing(out) as tmp:
-        imsave(tmp, grid, cmap="gray_r", vmin=0, vmax=1, format=out.suffix[1:].lower())
+        imsave(tmp, grid if grid.shape[-1] == 3 else grid[..., 0], cmap="gray_r" if top == 1 else "gray",
+               vmin=0, vmax=1, format=out.suffix[1:].lower())
 
 
 def torch_grid(x, rows: int, cols: int, h: int, w: int):
-    """Tile ``(n, 1, h, w)`` into a ``(rows*(h+1)+1, cols*(w+1)+1)`` array with 1-pixel gaps."""
+    """Tile ``(n, C, h, w)`` into a ``(rows*(h+1)+1, cols*(w+1)+1, C)`` array with 1-pixel gaps."""
     import numpy as np
 
-    grid = np.full((rows * (h + 1) + 1, cols * (w + 1) + 1), 0.15)
+    grid = np.full((rows * (h + 1) + 1, cols * (w + 1) + 1, x.shape[1]), 0.15)
     for i in range(x.shape[0]):
         r, c = divmod(i, cols)
-        grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = x[i, 0].numpy()
+        grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = x[i].permute(1, 2, 0).numpy()
     return grid
 
 

@@ -71,6 +71,18 @@ to 0.1 nats. (Local bits-back coding, Ho et al. 2019, would track the Jacobian
 per bin instead; the linearization costs one reverse-mode Jacobian per chunk
 and no extra initial bits.)
 
+**Pixels.** A binary pixel is one Bernoulli symbol. An 8-bit pixel is coded
+channel by channel, R, then G, then B, each a 256-symbol categorical: the exact
+conditionals of the PixelCNN++ mixture, ``p(R)`` from the mixture's R marginal
+and ``p(G | R)``, ``p(B | R, G)`` from the mixture with each component's weight
+re-weighted by its likelihood of the channels already coded (and its G and B
+means shifted by them), the bins from the observation model's own CDF
+differences (:meth:`~vlae.likelihood.DiscretizedLogisticMixture.channel_probs`),
+so the three conditionals multiply to ``p(x|z)`` exactly. On 1,000 8x8 patches
+of the embedded photographs, with a tiny spatial-latent model trained for 300
+steps (about 100 s), the code took 777.39 nats per patch against a -ELBO of
+777.37 with the AF prior, and 773.37 against 773.39 with the Gaussian prior.
+
 **Exactness.** One wrong probability bit corrupts everything decoded after it,
 so the encoder and the decoder run *the same computation*: the pixel
 probabilities come from the fast sampler's cached engine
@@ -92,13 +104,13 @@ bytes      type     field
 0-7        8 bytes  magic ``\\x89VLAEbb\\n``
 8-9        u16      format version (:data:`FORMAT_VERSION`)
 10-25      16 B     model identity: SHA-256 of its config and weights (:func:`model_identity`)
-26         u8       observation model (0: Bernoulli, binary pixels)
+26         u8       observation model (0: Bernoulli, binary pixels; 1: logistic mixture, 8-bit)
 27-32      3 x u16  image shape ``C, H, W``
 33-36      u32      number of images
 37-38      u16      largest chunk ``batch``
 39         u8       latent precision (bits per dimension)
 40-43      u32      initial words (32-bit)
-44-59      16 B     SHA-256 of the bit-packed images (also seeds the initial words)
+44-59      16 B     SHA-256 of the images (bit-packed if binary; seeds the initial words)
 60-63      u32      ``M``, number of chunks
 64-67      u32      ``W``, number of 32-bit words in the stream
 68-...     M x u16  images per chunk, in encoding order
@@ -141,6 +153,7 @@ import torch
 from .errors import VLAEError
 from .flows import AFPrior, GaussianPrior
 from .pixelcnn import FactorizedDecoder
+from .spatial_prior import SpatialAFPrior
 
 __all__ = ["compress", "decompress", "read_header", "Header", "CodeStats", "model_identity", "MAGIC",
            "FORMAT_VERSION", "DEFAULT_PRECISION", "DEFAULT_BATCH", "read_images", "write_images", "add_cli"]
@@ -152,7 +165,7 @@ DEFAULT_BATCH = 100
 PRECISIONS = range(4, 17)  # K = 16 .. 65,536 bins per latent dimension
 _HEADER = struct.Struct("<8sH16sB3HIHBI16sII")
 _CRC = struct.Struct("<I")
-_OBSERVATIONS = {"bernoulli": 0}  # observation model -> code in the header; 8-bit models plug in here
+_OBSERVATIONS = {"bernoulli": 0, "logistic_mixture": 1}  # observation model -> code in the header
 
 
 # ---------------------------------------------------------------------- model interface
@@ -172,18 +185,23 @@ def _observation(model) -> str:
     obs = getattr(model, "obs", None)
     name = "bernoulli" if obs is None else str(getattr(obs, "name", type(obs).__name__))
     channels = model.cfg.image_shape[0]
-    if name not in _OBSERVATIONS or channels != 1:
-        raise VLAEError(f"vlae compress supports binary images only; this model has a {name} observation model "
-                        f"on {channels}-channel images (colour / 8-bit is not supported yet)")
+    if name not in _OBSERVATIONS or (name == "bernoulli" and channels != 1) or channels not in (1, 3):
+        raise VLAEError(f"vlae compress supports binary (1 channel) and 8-bit (1 or 3 channel) images; this model "
+                        f"has a {name} observation model on {channels}-channel images")
     return name
+
+
+def _binary(model) -> bool:
+    return _observation(model) == "bernoulli"
 
 
 def _check_model(model) -> None:
     _observation(model)
     if next(model.parameters()).device.type != "cpu":
         raise VLAEError("the codec runs on the CPU (bit-exact probabilities on both sides); move the model there")
-    if model.latent_dim > 0 and type(model.prior) not in (GaussianPrior, AFPrior):
-        raise VLAEError(f"the codec supports Gaussian and AF priors, not {type(model.prior).__name__}")
+    prior = getattr(model, "prior", None)
+    if model.latent_dim > 0 and not (type(prior) is GaussianPrior or isinstance(prior, (AFPrior, SpatialAFPrior))):
+        raise VLAEError(f"the codec supports Gaussian and AF priors, not {type(prior).__name__}")
 
 
 class _Latents:
@@ -199,7 +217,7 @@ class _Latents:
     def _noise(self, mu, log_sigma, h, eta):
         """Posterior noise ``eta (B, D)`` -> the prior's noise coordinates ``(B, D)``."""
         z, _ = self.model.posterior.rsample(mu, log_sigma, h, eta)
-        return self.model.prior.to_noise(z)[0] if isinstance(self.model.prior, AFPrior) else z
+        return self.model.prior.to_noise(z)[0] if isinstance(self.model.prior, (AFPrior, SpatialAFPrior)) else z
 
     def proposal(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Gaussian linearization of q(eps|x): mean ``(B, D)`` and Cholesky factor
@@ -239,29 +257,50 @@ class _Latents:
         return self.model.prior.sample(len(bins), eps=eps)
 
 
-def _walk_pixels(model, z: torch.Tensor | None, n: int, decide: Callable[[torch.Tensor, np.ndarray], torch.Tensor]
+def _walk_pixels(model, z: torch.Tensor | None, n: int, decide: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
                  ) -> None:
-    """Run the decoder position by position in decoding order: ``decide(pos, p)`` gets the
-    flat positions ``(P,)`` and ``p(x = 1)`` there ``(n, P)`` (float64), and returns the
-    pixel values ``(n, P)`` the decoder reads from then on. One network position per
-    pixel (the fast sampler's cached engine); the factorized decoder needs one pass."""
+    """Run the decoder position by position in decoding order: ``decide(pos, params)`` gets
+    the flat positions ``(N,)`` and the decoder's outputs there ``(n * N, P)`` (image-major),
+    and returns the pixel values ``(n * N, C)`` the decoder reads from then on. One network
+    position per pixel (the fast sampler's cached engine); the factorized decoder needs
+    one pass."""
     from .sampling import FastSampler
 
     dec = model.decoder
-    _, height, width = model.cfg.image_shape
+    channels, height, width = model.cfg.image_shape
     cond = model.condition(z)
-    like = next(dec.parameters()).new_zeros(n, 1, height, width)
+    like = next(dec.parameters()).new_zeros(n, channels, height, width)
     if isinstance(dec, FactorizedDecoder):
-        logits = dec(model.obs.scale(like), cond).reshape(n, height * width)
-        decide(torch.arange(height * width), torch.sigmoid(logits).double().numpy())
+        params = dec(model.obs.scale(like), cond).flatten(2).transpose(1, 2)  # (n, HW, P)
+        decide(torch.arange(height * width), params.reshape(n * height * width, -1))
         return
     engine = FastSampler(model)._engine(cond, n, height, width, like)
     for _, layer_positions, pos in engine.schedule(height, width):
         engine.advance(layer_positions)
         if pos is None:
             continue
-        p = torch.sigmoid(engine.logits(pos)).double().numpy()
-        engine.write_pixels(pos, decide(pos, p))
+        params = engine.params(pos)  # (n, N, P)
+        values = decide(pos, params.reshape(-1, params.shape[-1]))
+        engine.write_pixels(pos, values.view(n, len(pos), channels))
+
+
+def _channel_probs(model, params: torch.Tensor, previous: torch.Tensor) -> np.ndarray:
+    """The coding distribution of the pixels' next channel ``c = previous.shape[1]`` given
+    their decoder outputs ``(m, P)`` and earlier channels ``(m, c)``: ``p(x = 1) (m,)`` for a
+    binary pixel, 256 bin probabilities ``(m, 256)`` for an 8-bit channel (R, then G given
+    R, then B given R and G: :meth:`~vlae.likelihood.DiscretizedLogisticMixture.channel_probs`).
+    Float64; the encoder and the decoder call it with the same operands."""
+    if _binary(model):
+        return torch.sigmoid(params[:, 0]).double().numpy()
+    return model.obs.channel_probs(params, previous).numpy()
+
+
+def _information(symbols: np.ndarray, probs: np.ndarray) -> float:
+    """``-sum log2 p(symbol)`` under the unquantized probabilities, in bits."""
+    if probs.ndim == 1:
+        return float(-np.log2(np.where(symbols == 1, probs, 1 - probs)).sum())
+    mass = probs[np.arange(len(symbols)), symbols] / probs.sum(1)
+    return float(-np.log2(np.maximum(mass, 2.0 ** -24)).sum())  # constriction's floor
 
 
 # ---------------------------------------------------------------------- bits-back chunks
@@ -310,13 +349,14 @@ class _Coder:
     def __init__(self, words: np.ndarray, precision: int, seal: bool):
         cs = _cs()
         self.ans = cs.stream.stack.AnsCoder(words, seal=seal)
-        self.pixel = cs.stream.model.Bernoulli(perfect=False)
+        self.pixel = cs.stream.model.Bernoulli(perfect=False)  # a binary pixel
+        self.channel = cs.stream.model.Categorical(perfect=False)  # an 8-bit channel, 256 symbols
         self.posterior = cs.stream.model.Categorical(perfect=False)
         self.prior = cs.stream.model.Uniform(2 ** precision)
 
 
 def _encode_chunk(coder: _Coder, model, latents: _Latents | None, x: torch.Tensor, stats: dict) -> None:
-    n = x.shape[0]
+    n, channels = x.shape[:2]
     z, bins = None, None
     if latents is not None:
         mean, chol = latents.proposal(x)
@@ -329,39 +369,47 @@ def _encode_chunk(coder: _Coder, model, latents: _Latents | None, x: torch.Tenso
 
         bins = latents.walk(mean, chol, pop)
         z = latents.latent(bins)
-    flat = x.reshape(n, -1)
-    symbols, probs = [], []
+    flat = x.reshape(n, channels, -1)
+    steps: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-    def known(pos: torch.Tensor, p: np.ndarray) -> torch.Tensor:
-        values = flat[:, pos]
-        symbols.append(values.to(torch.int32).numpy().ravel())
-        probs.append(p.ravel())
+    def known(pos: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        values = flat[:, :, pos].transpose(1, 2).reshape(-1, channels)  # (n * N, C), as the decoder has them
+        steps.append((params, values))
         return values
 
     _walk_pixels(model, z, n, known)
-    s, p = np.concatenate(symbols), np.concatenate(probs)
-    stats["pixels"] -= np.log2(np.where(s == 1, p, 1 - p)).sum()
-    coder.ans.encode_reverse(s, coder.pixel, p)  # decoded first-position first
+    # The stack is last in, first out: push the last step's last channel first, so that the
+    # decoder pops pixels in decoding order and each pixel's channels R, G, B in turn.
+    for params, values in reversed(steps):
+        for c in reversed(range(channels)):
+            probs = _channel_probs(model, params, values[:, :c])
+            symbols = values[:, c].to(torch.int32).numpy()
+            stats["pixels"] += _information(symbols, probs)
+            coder.ans.encode_reverse(symbols, coder.pixel if probs.ndim == 1 else coder.channel, probs)
     if bins is not None:
         coder.ans.encode_reverse(bins.numpy().astype(np.int32).ravel(), coder.prior)
         stats["prior"] += bins.numel() * np.log2(latents.bins)
 
 
 def _decode_chunk(coder: _Coder, model, latents: _Latents | None, n: int) -> torch.Tensor:
-    _, height, width = model.cfg.image_shape
+    channels, height, width = model.cfg.image_shape
     z, bins = None, None
     if latents is not None:
         bins = torch.from_numpy(coder.ans.decode(coder.prior, n * latents.dims).astype(np.int64)).view(n, -1)
         z = latents.latent(bins)
-    flat = next(model.parameters()).new_zeros(n, height * width)
+    flat = next(model.parameters()).new_zeros(n, channels, height * width)
 
-    def pop(pos: torch.Tensor, p: np.ndarray) -> torch.Tensor:
-        values = torch.from_numpy(coder.ans.decode(coder.pixel, p.ravel()).astype(np.float32))
-        flat[:, pos] = values.view(n, -1).to(flat.dtype)
-        return flat[:, pos]
+    def pop(pos: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        values = params.new_zeros(len(params), channels)
+        for c in range(channels):
+            probs = _channel_probs(model, params, values[:, :c])
+            symbols = coder.ans.decode(coder.pixel if probs.ndim == 1 else coder.channel, probs)
+            values[:, c] = torch.from_numpy(np.asarray(symbols, dtype=np.float32)).to(values.dtype)
+        flat[:, :, pos] = values.view(n, len(pos), channels).transpose(1, 2)
+        return values
 
     _walk_pixels(model, z, n, pop)
-    x = flat.view(n, 1, height, width)
+    x = flat.view(n, channels, height, width)
     if latents is not None:
         mean, chol = latents.proposal(x)
         tables: list[np.ndarray] = []
@@ -393,20 +441,22 @@ def _initial_bits(digest: bytes, words: int) -> np.ndarray:
     return rng.integers(0, 2 ** 32, size=words, dtype=np.uint32)
 
 
-def _digest(x: torch.Tensor) -> bytes:
-    packed = np.packbits(x.to(torch.uint8).numpy().reshape(len(x), -1), axis=1)
-    return hashlib.sha256(packed.tobytes()).digest()[:16]
+def _digest(x: torch.Tensor, binary: bool) -> bytes:
+    """16 bytes naming the images: SHA-256 of their bytes (bit-packed for binary images)."""
+    a = x.to(torch.uint8).numpy().reshape(len(x), -1)
+    return hashlib.sha256((np.packbits(a, axis=1) if binary else a).tobytes()).digest()[:16]
 
 
 # ---------------------------------------------------------------------- public API
 @torch.no_grad()
 def compress(model, images, *, precision: int = DEFAULT_PRECISION, batch: int = DEFAULT_BATCH,
              progress: Callable[[int, int], object] | None = None, return_stats: bool = False):
-    """Losslessly compress binary images with ``model`` (bits-back ANS).
+    """Losslessly compress binary or 8-bit images with ``model`` (bits-back ANS).
 
     Args:
         model: a :class:`~vlae.model.VLAE` on the CPU, in eval mode.
-        images: ``(N, 1, H, W)`` 0/1 tensor or array, ``N >= 1``.
+        images: ``(N, C, H, W)`` tensor or array of the model's shape, ``N >= 1``: 0/1 for a
+            binary (Bernoulli) model, integers 0..255 for an 8-bit (logistic mixture) one.
         precision: latent bins per dimension, as bits (4..16).
         batch: images per chunk (one network pass each); the decoder uses the same.
         progress: called with ``(images done, N)`` after each chunk.
@@ -421,12 +471,15 @@ def compress(model, images, *, precision: int = DEFAULT_PRECISION, batch: int = 
     if not 1 <= batch <= 65535:
         raise VLAEError(f"invalid batch {batch}: must be in [1, 65535]")
     x = model.check_images(torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images))
+    # The decoder's images are contiguous; a strided copy (channels last) would send the encoder's
+    # convolutions down other kernels, with other roundings, and its proposal would differ.
+    x = x.contiguous()
     if len(x) == 0:
         raise VLAEError("no images to compress")
     if len(x) >= 2 ** 32:
         raise VLAEError(f"too many images for one file: {len(x)}")
     start = time.perf_counter()
-    digest, latents = _digest(x), (_Latents(model, precision) if model.latent_dim > 0 else None)
+    digest, latents = _digest(x, _binary(model)), (_Latents(model, precision) if model.latent_dim > 0 else None)
     words = _initial_words(model, precision)
     coder = _Coder(_initial_bits(digest, words), precision, seal=True)
     initial = coder.ans.num_bits()
@@ -498,7 +551,7 @@ def read_header(data: bytes, name: str = "input") -> Header:
 @torch.no_grad()
 def decompress(model, data: bytes, *, name: str = "input",
                progress: Callable[[int, int], object] | None = None) -> torch.Tensor:
-    """Invert :func:`compress`: ``(N, 1, H, W)`` uint8 0/1 images.
+    """Invert :func:`compress`: ``(N, C, H, W)`` uint8 images (0/1, or 0..255 for an 8-bit model).
 
     Raises :class:`VLAEError` when ``data`` is not a vlae file, is truncated or
     corrupted, was made by another model, or does not decode to the images it
@@ -529,37 +582,26 @@ def decompress(model, data: bytes, *, name: str = "input",
         raise VLAEError(f"{name}: corrupted stream ({str(error).splitlines()[0] if str(error) else 'decode failed'})"
                         ) from None
     x = torch.cat(out[::-1]).to(torch.uint8)
-    if not np.array_equal(rest, _initial_bits(head.digest, expected_words)) or _digest(x) != head.digest:
+    intact = np.array_equal(rest, _initial_bits(head.digest, expected_words))
+    if not intact or _digest(x, _binary(model)) != head.digest:
         raise VLAEError(f"{name}: decoded images fail the integrity check (a corrupted file, or this machine "
                         "computes the model's probabilities differently from the one that compressed)")
     return x
 
 
 # ---------------------------------------------------------------------- image files and the CLI
-def read_images(path: str | Path) -> np.ndarray:
-    """Binary images from an ``.npy`` array (``(N, H, W)`` or ``(N, 1, H, W)``, values
-    0/1 of any numeric or bool dtype) or a folder of PNGs (sorted by name; 0 or 255
-    grey levels, or 1-bit; white is 1): ``(N, 1, H, W)`` uint8."""
-    path = Path(path)
-    if path.is_dir():
-        from PIL import Image, UnidentifiedImageError
+def read_images(path: str | Path, channels: int = 1, binary: bool = True) -> np.ndarray:
+    """Images for a model with ``channels`` channels, binary or 8-bit: ``(N, C, H, W)`` uint8.
 
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() == ".png")
-        if not files:
-            raise VLAEError(f"{path}: no .png images in this folder")
-        arrays = []
-        for f in files:
-            try:
-                with Image.open(f) as im:
-                    a = np.asarray(im.convert("L"))
-            except (OSError, UnidentifiedImageError) as error:
-                raise VLAEError(f"{f}: not a readable PNG ({error})") from None
-            if not np.isin(a, (0, 255)).all():
-                raise VLAEError(f"{f}: not a binary image (grey levels other than 0 and 255)")
-            if arrays and a.shape != arrays[0].shape:
-                raise VLAEError(f"{f}: size {a.shape[1]}x{a.shape[0]} differs from {files[0].name}'s")
-            arrays.append(a // 255)
-        return np.stack(arrays)[:, None].astype(np.uint8)
+    From an ``.npy`` array -- ``(N, H, W)`` (one channel), ``(N, C, H, W)`` or ``(N, H, W, C)``;
+    binary: values 0/1 of any numeric or bool dtype; 8-bit: integers 0..255 of an integer
+    dtype -- or a folder of PNGs (sorted by name; binary: 0 or 255 grey levels or 1-bit,
+    white is 1; 8-bit: any PNG, read as grey ``L`` or ``RGB``).
+    """
+    path = Path(path)
+    kind = "binary" if binary else "8-bit"
+    if path.is_dir():
+        return _read_pngs(path, channels, binary)
     if path.suffix.lower() != ".npy":
         raise VLAEError(f"{path}: give an .npy array or a folder of PNG images")
     if not path.is_file():
@@ -568,13 +610,42 @@ def read_images(path: str | Path) -> np.ndarray:
         a = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as error:
         raise VLAEError(f"{path}: not a readable .npy array ({str(error).splitlines()[0]})") from None
-    if a.ndim == 3:
+    if a.ndim == 3 and channels == 1:
         a = a[:, None]
-    if a.ndim != 4 or a.shape[1] != 1 or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
-        raise VLAEError(f"{path}: expected binary images (N, H, W) or (N, 1, H, W), got {a.dtype} {a.shape}")
-    if not np.isin(a, (0, 1)).all():
+    elif a.ndim == 4 and a.shape[1] != channels and a.shape[3] == channels:
+        a = a.transpose(0, 3, 1, 2)  # channels last, as image libraries hold them
+    numeric = np.issubdtype(a.dtype, np.number) or a.dtype == bool
+    if a.ndim != 4 or a.shape[1] != channels or not numeric or (not binary and not np.issubdtype(a.dtype, np.integer)):
+        layout = "(N, H, W), (N, 1, H, W)" if channels == 1 else f"(N, {channels}, H, W) or (N, H, W, {channels})"
+        raise VLAEError(f"{path}: expected {kind} images {layout}{'' if binary else ' of an integer dtype'}, "
+                        f"got {a.dtype} {a.shape}")
+    if binary and not np.isin(a, (0, 1)).all():
         raise VLAEError(f"{path}: values other than 0 and 1; binarize the images first")
-    return a.astype(np.uint8)
+    if not binary and (a.min() < 0 or a.max() > 255):
+        raise VLAEError(f"{path}: 8-bit images must hold values 0..255, got [{a.min()}, {a.max()}]")
+    return np.ascontiguousarray(a, dtype=np.uint8)
+
+
+def _read_pngs(path: Path, channels: int, binary: bool) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() == ".png")
+    if not files:
+        raise VLAEError(f"{path}: no .png images in this folder")
+    arrays = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                a = np.asarray(im.convert("L" if channels == 1 else "RGB"))
+        except (OSError, UnidentifiedImageError) as error:
+            raise VLAEError(f"{f}: not a readable PNG ({error})") from None
+        if binary and not np.isin(a, (0, 255)).all():
+            raise VLAEError(f"{f}: not a binary image (grey levels other than 0 and 255)")
+        if arrays and a.shape != arrays[0].shape:
+            raise VLAEError(f"{f}: size {a.shape[1]}x{a.shape[0]} differs from {files[0].name}'s")
+        arrays.append(a // 255 if binary else a)
+    a = np.stack(arrays)
+    return np.ascontiguousarray(a[:, None] if channels == 1 else a.transpose(0, 3, 1, 2), dtype=np.uint8)
 
 
 def _is_folder_output(path: Path) -> bool:
@@ -589,9 +660,10 @@ def _check_output(path: Path, force: bool) -> None:
         raise VLAEError(f"{path} is a file; a folder output holds PNGs (or name an .npy file)")
 
 
-def write_images(x: torch.Tensor | np.ndarray, path: str | Path, force: bool = False) -> Path:
-    """Write ``(N, 1, H, W)`` 0/1 images to an ``.npy`` file (uint8) or, for any other
-    name, a folder of 1-bit PNGs ``00000.png, ...`` (white is 1); atomically per file."""
+def write_images(x: torch.Tensor | np.ndarray, path: str | Path, force: bool = False, binary: bool = True) -> Path:
+    """Write ``(N, C, H, W)`` images (0/1 if ``binary``, else 0..255) to an ``.npy`` file
+    (uint8) or, for any other name, a folder of PNGs ``00000.png, ...`` (1-bit with white
+    as 1, 8-bit grey, or 8-bit RGB); atomically per file."""
     from .outputs import writing
 
     path, a = Path(path), np.asarray(x, dtype=np.uint8)
@@ -604,22 +676,25 @@ def write_images(x: torch.Tensor | np.ndarray, path: str | Path, force: bool = F
     from PIL import Image
 
     width = max(5, len(str(len(a) - 1)))
-    for i, img in enumerate(a[:, 0]):
+    for i, img in enumerate(a):
+        picture = (img[0].astype(bool) if binary else img[0]) if len(img) == 1 else img.transpose(1, 2, 0)
         with writing(path / f"{i:0{width}d}.png") as tmp:
-            Image.fromarray(img.astype(bool)).save(tmp, format="PNG")
+            Image.fromarray(picture).save(tmp, format="PNG")
     return path
 
 
 def add_cli(subparsers: Any) -> None:
     """Register ``vlae compress`` and ``vlae decompress``."""
     p = subparsers.add_parser(
-        "compress", help="lossless bits-back compression of binary images with a trained model",
-        description="Compress binary images with a trained VLAE: bits-back ANS, whose length is the model's "
-                    "-ELBO plus a fixed overhead. INPUT is an .npy array or a folder of PNGs; or use --dataset.")
+        "compress", help="lossless bits-back compression of images with a trained model",
+        description="Compress binary or 8-bit (grey or RGB) images with a trained VLAE: bits-back ANS, whose "
+                    "length is the model's -ELBO plus a fixed overhead. INPUT is an .npy array or a folder of "
+                    "PNGs; or use --dataset.")
     p.add_argument("run", metavar="RUN", help="run folder or .pt checkpoint")
     p.add_argument("input", metavar="INPUT", nargs="?", help=".npy array or folder of PNG images")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="compressed file to write")
-    p.add_argument("--dataset", default=None, help="compress a dataset split instead of INPUT, e.g. binarized-mnist")
+    p.add_argument("--dataset", default=None,
+                   help="compress a dataset split instead of INPUT, e.g. binarized-mnist, cifar10, photos-embedded")
     p.add_argument("--split", choices=("test", "valid", "train"), default="test", help="split of --dataset")
     p.add_argument("--subset", type=int, default=0, help="a fixed subset of N images of the split (0: all)")
     p.add_argument("--data-dir", default=None, help="folder holding the dataset (default: the run's)")
@@ -670,11 +745,13 @@ def _cli_compress(args: argparse.Namespace) -> int:
         from .data import fixed_subset, load_dataset
 
         data = load_dataset(args.dataset, args.split, args.data_dir or cfg.train.data_dir)
-        if data.dynamic:
+        if data.dynamic and _binary(model):
             raise VLAEError(f"{args.dataset} has grey levels (binarized on the fly); compress a binary .npy instead")
         images = fixed_subset(data.images, args.subset).numpy()
+        if images.ndim == 3:
+            images = images[:, None]
     else:
-        images = read_images(args.input)
+        images = read_images(args.input, model.cfg.image_shape[0], _binary(model))
         if args.subset:
             raise VLAEError("--subset applies to --dataset only")
     blob, stats = compress(model, images, precision=args.precision, batch=args.batch, return_stats=True)
@@ -697,6 +774,6 @@ def _cli_decompress(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     x = decompress(model, source.read_bytes(), name=str(source))
     seconds = time.perf_counter() - start
-    write_images(x, out, force=args.force)
+    write_images(x, out, force=args.force, binary=_binary(model))
     print(f"wrote {out}: {len(x)} images of {x.shape[2]}x{x.shape[3]} ({len(x) / seconds:.1f} images/s)")
     return 0

@@ -284,6 +284,45 @@ class DiscretizedLogisticMixture(ObservationModel):
             log_bins, log_pi = self._log_bins(params, x)
             return torch.logsumexp(log_pi + log_bins.sum(1), dim=1)
 
+    def channel_probs(self, params: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+        """The exact conditional of one channel given the pixel's earlier channels,
+        as 256 bin probabilities (what a lossless coder needs; float64).
+
+        ``p(x_c | x_<c) = sum_k w_k p_k(x_c | x_<c)`` with the component weights
+        re-weighted by the channels already known, ``w_k ~ pi_k prod_{c'<c} p_k(x_c' | x_<c')``,
+        and the bins computed by the same :meth:`_log_bin` as :meth:`log_prob_pixels`
+        (edge bins at 0 and 255), so the product over the channels is ``exp(log p(x))``.
+
+        Args:
+            params: ``(n, P)`` decoder outputs of ``n`` pixels.
+            previous: ``(n, c)`` values 0..255 of channels ``0..c-1`` (``c < C``; ``(n, 0)`` for R).
+
+        Returns:
+            ``(n, 256)`` probabilities of channel ``c``'s values, float64.
+
+        Example:
+            >>> obs = DiscretizedLogisticMixture(channels=3, components=2)
+            >>> obs.channel_probs(torch.randn(4, obs.param_channels), torch.zeros(4, 1)).sum(1)  # p(G | R = 0)
+            tensor([1.0000, 1.0000, 1.0000, 1.0000], dtype=torch.float64)
+        """
+        c = previous.shape[-1]
+        if params.dim() != 2 or previous.dim() != 2 or len(previous) != len(params) or not 0 <= c < self.channels:
+            raise VLAEError(f"channel_probs needs params (n, {self.param_channels}) and previous channels (n, c) with "
+                            f"c < {self.channels}, got {tuple(params.shape)} and {tuple(previous.shape)}")
+        with _no_autocast(params.device):
+            logits, means, log_scales, coeffs = self._split(params.double())  # (n, K), (n, C, K), .., (n, C', K)
+            x = previous.double()
+            v = self.scale(x)
+            log_w = F.log_softmax(logits, dim=1)
+            for j in range(c):  # re-weight the components by the channels already known
+                log_w = log_w + self._log_bin(v[:, j:j + 1], self._mean(means, coeffs, v, j), log_scales[:, j],
+                                              x[:, j:j + 1])
+            log_w = F.log_softmax(log_w, dim=1)
+            values = torch.arange(256, dtype=torch.float64, device=params.device)
+            mu, log_s = self._mean(means, coeffs, v, c)[..., None], log_scales[:, c, :, None]  # (n, K, 1)
+            log_bins = self._log_bin(self.scale(values), mu, log_s, values)  # (n, K, 256)
+            return torch.logsumexp(log_w[..., None] + log_bins, dim=1).exp()
+
     def sample_with_margin(self, params: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Component ``k`` from ``u_0`` (inverse CDF of the weights), then channel
         ``c`` as the bin of ``y = mu_kc + s_kc * logit(u_{c+1})``, clamped to 0..255

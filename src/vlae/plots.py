@@ -1,5 +1,6 @@
-"""Figures of a VLAE: training curves, lossy reconstructions, samples, the
-per-dimension KL, latent traversals and interpolations, and the decoder's
+"""Figures of a VLAE: training curves, lossy reconstructions, samples (binary
+or colour), the grayscale experiment of a gray-context decoder, the
+per-dimension KL (as ``C`` maps for a spatial code ``(C, h, w)``), latent traversals and interpolations, and the decoder's
 receptive field checked against autograd.
 
 All figures are drawn with matplotlib's object-oriented API on an Agg canvas
@@ -33,7 +34,7 @@ from .outputs import prepare_output, writing
 from .sampling import FastSampler, fast_sample
 
 __all__ = ["plot_training_curves", "plot_reconstructions", "plot_lossy_decompression", "plot_samples",
-           "plot_kl_heatmap", "plot_latent_traversals", "plot_interpolations", "plot_receptive_field",
+           "plot_grayscale_experiment", "plot_kl_heatmap", "plot_latent_traversals", "plot_interpolations", "plot_receptive_field",
            "plot_run", "jacobian_support", "receptive_field_mask", "read_metrics"]
 
 _DPI = 120
@@ -304,6 +305,39 @@ def plot_lossy_decompression(model, x: torch.Tensor, out, n: int = 5, n_images: 
 
 
 @torch.no_grad()
+def plot_grayscale_experiment(model, x: torch.Tensor, out, n: int = 5, n_images: int = 6, seed: int = 0) -> Path:
+    """The paper's grayscale experiment (its figure 3(d)): a decoder whose context
+    is only the luma ``0.299 R + 0.587 G + 0.114 B`` of the pixels around it must
+    get the colour from ``z``. Each row: a test image, the gray context the
+    decoder reads, and ``n`` decodings ``x' ~ p(x|z)`` from ONE ``z ~ q(z|x)``.
+    If ``z`` holds the colour, the decodings keep the original's colours while
+    local texture varies; the row label gives both in 0..255 units: the mean
+    absolute difference between the decodings' and the original's mean colour
+    (``colour``) and the mean per-pixel standard deviation across the decodings
+    (``texture``)."""
+    from .pixelcnn import grayscale
+
+    _need_latent(model, "the grayscale experiment")
+    if not getattr(model.cfg, "gray_context", False):
+        raise VLAEError("the grayscale experiment needs a decoder with a gray context (model.gray_context=true, "
+                        "e.g. the cifar-gray preset)")
+    x = _images(model, x, n_images)
+    g = torch.Generator(device=x.device).manual_seed(seed)
+    rec = FastSampler(model).reconstruct(x, n, generator=g)  # (n, B, 3, H, W), one z per image
+    colour = (rec.mean((-2, -1)) - x.mean((-2, -1))).abs().mean((0, 2))  # (B,)
+    texture = rec.std(0).mean((1, 2, 3)) if n > 1 else torch.zeros(x.shape[0])
+    gray = grayscale(x).expand_as(x)
+    grid = _show(model, torch.cat([x[None], gray[None], rec])).transpose(0, 1)  # (B, 2 + n, H, W, 3)
+    fig = Figure(figsize=(1.05 * (n + 2) + 2.5, 1.05 * x.shape[0] + 1.0), layout="constrained")
+    ax = fig.subplots()
+    _grid(ax, grid, [f"colour {c:.0f}, texture {t:.0f}" for c, t in zip(colour.tolist(), texture.tolist())],
+          ["original", "gray context"] + [f"x'{i + 1}" for i in range(n)])
+    ax.set(xlabel="decodings x' ~ p(x | z, Grayscale(context)), the same z across a row", ylabel="test image")
+    ax.set_title("Grayscale experiment: the colour comes from z, the texture from the decoder")
+    return _save(fig, out)
+
+
+@torch.no_grad()
 def plot_samples(model, n: int, out, seed: int = 0) -> Path:
     """``n`` samples ``z ~ p(z)``, ``x ~ p(x|z)`` (or ``x ~ p(x)`` for an
     unconditional PixelCNN), on a near-square grid."""
@@ -333,6 +367,8 @@ def plot_kl_heatmap(model, x: torch.Tensor, out, n_images: int = 32, draws: int 
     _need_latent(model, "a KL heat map")
     x = _images(model, x, n_images)
     kl = _kl_per_dim(model, x, draws)
+    if model.cfg.latent_shape:
+        return _kl_maps(model, kl, out, draws)
     order = torch.argsort(kl.mean(0), descending=True)
     kl = kl[:, order].cpu().numpy()
     mean = kl.mean(0)
@@ -353,6 +389,42 @@ def plot_kl_heatmap(model, x: torch.Tensor, out, n_images: int = 32, draws: int 
     ticks = np.arange(0, d, max(1, d // 16))
     bottom.set_xticks(ticks, [str(int(order[t])) for t in ticks])
     fig.colorbar(im, ax=bottom, label="KL (nats)")
+    return _save(fig, out)
+
+
+def _kl_maps(model, kl: torch.Tensor, out, draws: int) -> Path:
+    """The KL heat map of a spatial code ``(C, h, w)``: the mean KL of every
+    latent unit as ``C`` maps of ``h x w`` on one colour scale (top), and each
+    image's KL per feature map (bottom)."""
+    from .spatial_prior import latent_map
+
+    shape = tuple(model.cfg.latent_shape)
+    maps = latent_map(kl, shape)  # (B, C, h, w)
+    mean = maps.mean(0).cpu().numpy()
+    per_map = maps.sum((-2, -1)).cpu().numpy()  # (B, C)
+    c = shape[0]
+    cols = min(c, 8)
+    rows = math.ceil(c / cols)
+    mosaic = [[f"m{r * cols + j}" if r * cols + j < c else "." for j in range(cols)] for r in range(rows)]
+    mosaic.append(["images"] * cols)
+    fig = Figure(figsize=(1.4 * cols + 2.0, 1.5 * rows + 4.0), layout="constrained")
+    axes = fig.subplot_mosaic(mosaic, height_ratios=[1] * rows + [2.2])
+    hi = max(float(mean.max()), 1e-6)
+    lo = min(float(mean.min()), 0.0)
+    for i in range(c):
+        ax = axes[f"m{i}"]
+        im = ax.imshow(mean[i], cmap="viridis", vmin=lo, vmax=hi, interpolation="nearest")
+        ax.set_title(f"map {i}: {mean[i].sum():.1f}", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.colorbar(im, ax=[axes[f"m{i}"] for i in range(c)], label="mean KL (nats)", shrink=0.8)
+    ax = axes["images"]
+    norm = CenteredNorm(0.0) if per_map.min() < 0 < per_map.max() else None
+    heat = ax.imshow(per_map, aspect="auto", cmap="RdBu_r" if norm else "viridis", norm=norm, interpolation="nearest")
+    ax.set(xlabel="feature map of z", ylabel="image", xticks=range(c))
+    fig.colorbar(heat, ax=ax, label="KL per feature map (nats)")
+    fig.suptitle(f"KL over the {'x'.join(map(str, shape))} code: {mean.sum():.2f} nats per image "
+                 f"(mean over {kl.shape[0]} images, {draws} draws each)", fontsize=10)
     return _save(fig, out)
 
 
@@ -536,7 +608,8 @@ def plot_run(run_dir, images: torch.Tensor | None = None, out_dir=None,
     """Every figure of a training run, written to ``run_dir/figures/`` (or
     ``out_dir``): training curves (if ``metrics.jsonl`` exists), samples and the
     receptive field, and for models with a latent code reconstructions, lossy
-    decompression, the KL heat map, latent traversals and interpolations (on
+    decompression, the grayscale experiment (gray-context decoders), the KL heat
+    map, latent traversals and interpolations (on
     ``images``, default 64 fixed random test images). ``notice`` receives
     warnings (unreadable metrics lines, the data fallback).
 
@@ -562,6 +635,8 @@ def plot_run(run_dir, images: torch.Tensor | None = None, out_dir=None,
         x = images if images is not None else _test_images(cfg, notice=notice)
         paths.append(plot_reconstructions(model, x, figures / "reconstructions.png"))
         paths.append(plot_lossy_decompression(model, x, figures / "lossy_decompression.png"))
+        if cfg.model.gray_context:
+            paths.append(plot_grayscale_experiment(model, x, figures / "grayscale_experiment.png"))
         paths.append(plot_kl_heatmap(model, x, figures / "kl_heatmap.png"))
         paths.append(plot_latent_traversals(model, x, figures / "latent_traversals.png"))
         paths.append(plot_interpolations(model, x, figures / "interpolations.png"))

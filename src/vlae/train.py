@@ -213,6 +213,23 @@ def resolve_data(cfg: Config, data: Any = None, notice: Callable[[str], object] 
     return train_set, valid_set
 
 
+def check_data_fits(cfg: Config, images) -> None:
+    """Raise a one-line :class:`VLAEError` unless ``images`` (:class:`~vlae.data.Images`)
+    are what the model observes: ``model.image_shape`` and the observation model's
+    kind (binary 0/1 for Bernoulli, 8-bit for the logistic mixture), e.g. colour
+    photographs given to a binary MNIST model."""
+    m = cfg.model
+    kind = "8bit" if m.observation == "logistic_mixture" else "binary"
+    shape = tuple(images.images.shape[1:])
+    if shape != tuple(m.image_shape) or images.kind != kind:
+        def fmt(s):
+            return "x".join(map(str, s))
+        name = {"8bit": "8-bit"}
+        raise VLAEError(f"data: {images.name} holds {name.get(images.kind, images.kind)} images of {fmt(shape)}, but "
+                        f"the model observes {name.get(kind, kind)} images of {fmt(m.image_shape)} (model.image_shape, model.observation); use a "
+                        "preset made for this data (binary: mnist-*, 8-bit colour: cifar-*)")
+
+
 def _rng_state(data_gen: torch.Generator, epoch_gen_state: torch.Tensor) -> dict[str, Any]:
     np_state = np.random.get_state()
     return {
@@ -603,12 +620,14 @@ def _train(cfg: Config, run_dir: Path, resume: bool, overwrite: bool, quiet: boo
         state = load_checkpoint(last, map_location="cpu")
         _require_resumable(state, last)
         _check_resumable(state["config"], cfg, last)
-    if main:
-        prepare_run_dir(run_dir, resume=resume, overwrite=overwrite, notice=warn)
 
     # -- data ------------------------------------------------------------------
     _seed_everything(t.seed)
     train_set, valid_set = resolve_data(cfg, data, notice=warn)  # stderr even under --quiet
+    for images in (train_set, valid_set):
+        check_data_fits(cfg, images)
+    if main:  # only now: data the model cannot read leaves nothing behind
+        prepare_run_dir(run_dir, resume=resume, overwrite=overwrite, notice=warn)
     from .data import dataset_identity, fixed_subset
 
     identity = {"train": dataset_identity(train_set), "valid": dataset_identity(valid_set)}
