@@ -34,6 +34,8 @@ Example (2 priors x 5 depths x 2 kernels = 20 runs)::
         --max-steps 1000 --layers 1,2,4,8,16 --kernels 3,5 --priors gaussian,af --jobs 2
     vlae sweep --out runs/sweep-300s --preset mnist-small --budget 300 ...   # 5 minutes per run instead
     vlae sweep --report runs/sweep          # tables and plots from finished runs
+    vlae sweep --out runs/sweep-cifar --preset cifar-small --fields 4x2,5x3,7x4,9x5 --priors af \\
+        --budget 1200 --k 64 --eval-subset 200   # colour: the paper's receptive fields AxB (column rf_name)
 
 Worker processes start with ``forkserver`` (or ``spawn``), which import the
 main module again: a script that calls :func:`run_sweep` needs the usual
