@@ -263,7 +263,7 @@ from vlae.evaluate import evaluate_model
 
 def test_bounds(run_dir):
     model, _ = load_model(run_dir, weights="ema")
-    result = evaluate_model(model, test_x, k=K, generator=torch.Generator().manual_seed(0), progress=False)
+    result = evaluate_model(model, test_x, k=K, seed=0, progress=False)
     print(f"{run_dir.name}: NLL {result['nll']:.2f} +- {result['nll_se']:.2f} nats ({result['estimator']}), "
           f"-ELBO {-result['elbo']:.2f}, KL {result['kl']:.2f} nats, "
           f"active units {result['active_units']}/{model.latent_dim}")

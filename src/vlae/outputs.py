@@ -25,6 +25,7 @@ import json
 import math
 import os
 import secrets
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -117,6 +118,11 @@ def prepare_output(path: str | os.PathLike, what: str = "output file",
         raise VLAEError(os_error_message(folder, error, "cannot create folder")) from None
     if not os.access(folder, os.W_OK | os.X_OK):
         raise VLAEError(f"{what} {path}: folder {folder} is not writable")
+    try:  # os.access says yes to root everywhere, also under /proc: try a file for real
+        with tempfile.TemporaryFile(dir=folder, prefix=".vlae-probe-"):
+            pass
+    except OSError as error:
+        raise VLAEError(os_error_message(folder, error, "cannot write in folder")) from None
     return path
 
 
