@@ -48,7 +48,7 @@ import torch.nn as nn
 
 from .made import MADE
 
-__all__ = ["AffineAutoregressive", "AFPrior", "GaussianPrior", "IAFPosterior", "standard_normal_log_prob"]
+__all__ = ["AffineAutoregressive", "AFPrior", "FlowPrior", "GaussianPrior", "IAFPosterior", "standard_normal_log_prob"]
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -139,7 +139,40 @@ class GaussianPrior(nn.Module):
         return self.rsample(n, eps, generator)
 
 
-class AFPrior(GaussianPrior):
+class FlowPrior(GaussianPrior):
+    """A standard normal pushed through ``self.steps`` (autoregressive flow steps,
+    each ``forward -> (y, log-det per dim)`` in one pass and a sequential
+    ``inverse``); the subclass builds the steps. ``log p(z) = log N(eps) + sum log-det``."""
+
+    steps: nn.ModuleList
+
+    def _check(self, z: torch.Tensor) -> None:
+        """Hook: validate a code before the steps read it (no-op here)."""
+
+    def to_noise(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One pass per step: ``z (B, D) -> eps (B, D), log-det per dim (B, D)``."""
+        self._check(z)
+        logdet = torch.zeros_like(z)
+        for step in self.steps:
+            z, ld = step(z)
+            logdet = logdet + ld
+        return z, logdet
+
+    def log_prob_per_dim(self, z: torch.Tensor) -> torch.Tensor:
+        """``(B, D) -> (B, D)``: terms that sum to ``log p(z)``."""
+        eps, logdet = self.to_noise(z)
+        return standard_normal_log_prob(eps) + logdet
+
+    def rsample(self, n: int, eps: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` samples ``(n, D)`` through the sequential inverse; ``eps (n, D)`` fixes the noise."""
+        z = super().rsample(n, eps, generator)
+        self._check(z)
+        for step in reversed(self.steps):
+            z, _ = step.inverse(z)
+        return z
+
+
+class AFPrior(FlowPrior):
     """The VLAE paper's autoregressive-flow prior.
 
     ``eps = f_K(...f_1(z))`` with each ``f_k`` an :class:`AffineAutoregressive`
@@ -161,25 +194,6 @@ class AFPrior(GaussianPrior):
         self.steps = nn.ModuleList(
             AffineAutoregressive(features, hidden, order, mean_only=mean_only, activation=activation)
             for order in _alternating_orders(features, steps))
-
-    def to_noise(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One pass per step: ``z (B, D) -> eps (B, D), log-det per dim (B, D)``."""
-        logdet = torch.zeros_like(z)
-        for step in self.steps:
-            z, ld = step(z)
-            logdet = logdet + ld
-        return z, logdet
-
-    def log_prob_per_dim(self, z: torch.Tensor) -> torch.Tensor:
-        eps, logdet = self.to_noise(z)
-        return standard_normal_log_prob(eps) + logdet
-
-    def rsample(self, n: int, eps: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        z = super().rsample(n, eps, generator)
-        for step in reversed(self.steps):
-            z, _ = step.inverse(z)
-        return z
-
 
 class IAFPosterior(nn.Module):
     """Posterior ``q(z|x)``: the encoder's diagonal Gaussian, optionally

@@ -53,7 +53,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import VLAEError
-from .flows import GaussianPrior, standard_normal_log_prob
+from .flows import FlowPrior
 from .layers import Conv2d
 from .masked_conv import make_mask
 
@@ -242,7 +242,7 @@ class PixelCNNAutoregressive(nn.Module):
         return forward.flip(0) if self.reverse else forward
 
 
-class SpatialAFPrior(GaussianPrior):
+class SpatialAFPrior(FlowPrior):
     """The AF prior over a ``(C, h, w)`` latent map (flat ``(B, D)`` outside).
 
     ``eps = f_K(...f_1(z))`` with :class:`PixelCNNAutoregressive` steps, the
@@ -273,25 +273,3 @@ class SpatialAFPrior(GaussianPrior):
     def _check(self, z: torch.Tensor) -> None:
         if z.dim() != 2 or z.shape[1] != self.features:
             raise VLAEError(f"latent codes must have shape (B, {self.features}), got {tuple(z.shape)}")
-
-    def to_noise(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One pass per step: ``z (B, D) -> eps (B, D), log-det per dim (B, D)``."""
-        self._check(z)
-        logdet = torch.zeros_like(z)
-        for step in self.steps:
-            z, ld = step(z)
-            logdet = logdet + ld
-        return z, logdet
-
-    def log_prob_per_dim(self, z: torch.Tensor) -> torch.Tensor:
-        """``(B, D) -> (B, D)``: terms that sum to ``log p(z)``."""
-        eps, logdet = self.to_noise(z)
-        return standard_normal_log_prob(eps) + logdet
-
-    def rsample(self, n: int, eps: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``n`` samples ``(n, D)`` through the sequential inverse; ``eps (n, D)`` fixes the noise."""
-        z = super().rsample(n, eps, generator)
-        self._check(z)
-        for step in reversed(self.steps):
-            z, _ = step.inverse(z)
-        return z

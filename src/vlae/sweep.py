@@ -127,8 +127,6 @@ def sweep_tasks(base: Config, decoder: str, layers: Sequence[int], kernels: Sequ
         VLAEError: a grid value the decoder cannot take (layers < 1, an even or
             non-positive kernel, an unknown prior or decoder), naming the flag.
     """
-    from .config import PRIORS
-
     if fields:
         return _field_tasks(base, fields, priors)
     if decoder not in ("masked", "gated"):
@@ -140,12 +138,7 @@ def sweep_tasks(base: Config, decoder: str, layers: Sequence[int], kernels: Sequ
     for k in kernels:
         if k < 1 or k % 2 == 0:
             raise VLAEError(f"invalid --kernels: every kernel size must be a positive odd number, got {k}")
-    for p in priors:
-        if p not in PRIORS:
-            raise VLAEError(f"invalid --priors: unknown prior {p!r}; choose from {', '.join(PRIORS)}")
-    if base.model.latent_dim == 0:
-        raise VLAEError("invalid --set model.latent_dim=0: the sweep measures the KL of a latent code; "
-                        "an unconditional PixelCNN has none")
+    _check_priors_and_code(base, priors)
     tasks = []
     for prior in priors:
         for k in kernels:
@@ -159,8 +152,19 @@ def sweep_tasks(base: Config, decoder: str, layers: Sequence[int], kernels: Sequ
     return tasks
 
 
-def _field_tasks(base: Config, fields: Sequence[str], priors: Sequence[str]) -> list[Task]:
+def _check_priors_and_code(base: Config, priors: Sequence[str]) -> None:
+    """One-line errors for a grid whose priors are unknown or whose model has no latent code."""
     from .config import PRIORS
+
+    for p in priors:
+        if p not in PRIORS:
+            raise VLAEError(f"invalid --priors: unknown prior {p!r}; choose from {', '.join(PRIORS)}")
+    if base.model.latent_dim == 0:
+        raise VLAEError("invalid --set model.latent_dim=0: the sweep measures the KL of a latent code; "
+                        "an unconditional PixelCNN has none")
+
+
+def _field_tasks(base: Config, fields: Sequence[str], priors: Sequence[str]) -> list[Task]:
     from .pixelcnn import field_depths
 
     for f in fields:
@@ -168,12 +172,7 @@ def _field_tasks(base: Config, fields: Sequence[str], priors: Sequence[str]) -> 
             field_depths(f)
         except ValueError as error:
             raise VLAEError(f"invalid --fields: {error}") from None
-    for p in priors:
-        if p not in PRIORS:
-            raise VLAEError(f"invalid --priors: unknown prior {p!r}; choose from {', '.join(PRIORS)}")
-    if base.model.latent_dim == 0:
-        raise VLAEError("invalid --set model.latent_dim=0: the sweep measures the KL of a latent code; "
-                        "an unconditional PixelCNN has none")
+    _check_priors_and_code(base, priors)
     tasks = []
     for prior in priors:
         for f in fields:
