@@ -39,3 +39,34 @@ def test_eval_benchmark_rejects_bad_options():
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "eval.py"), "--k", "0"], env=_env(),
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--k" in proc.stderr
+
+
+def _git_head() -> str | None:
+    proc = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def test_eval_speedup_compares_two_trees_in_one_run(tmp_path):
+    import pytest
+
+    head = _git_head()
+    if head is None:
+        pytest.skip("not a git checkout: the reference tree comes from git")
+    out = tmp_path / "speedup.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "eval_speedup.py"), "--presets", "tiny",
+                           "--reference", head, "--threads", "1", "--images", "2", "--k", "4", "--rounds", "2",
+                           "--seconds", "0.05", "--json", str(out)], env=_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())["results"][0]
+    assert result["preset"] == "tiny" and len(result["round_ratios"]) == 2
+    assert result["reference_samples_per_s"] > 0 and result["current_samples_per_s"] > 0
+    assert result["speedup"] == result["current_samples_per_s"] / result["reference_samples_per_s"]
+    assert "speed-up" in proc.stdout and "tiny" in proc.stdout
+
+
+def test_eval_speedup_unknown_revision_is_one_line():
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "eval_speedup.py"), "--reference", "no-such-rev",
+                           "--presets", "tiny"], env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "no-such-rev" in proc.stderr

@@ -4,8 +4,8 @@ planted bug (``tests/exercise_mutants.py``) is caught -- first by the check that
 names the mistake, with a diagnosis that says so, before any training run.
 
 Cost (CPU time, one thread): the five solution checkers run once each in a
-subprocess; their training checks dominate (exercises 2, 3 and 5: about 20, 30
-and 20 s, marked ``slow``). The untouched exercises and the ~110 mutants fail on
+subprocess; their training checks dominate (exercises 2, 3 and 5: about 25, 35
+and 30 s, marked ``slow``). The untouched exercises and the ~110 mutants fail on
 exact checks within about a second of CPU each (the exercise-3 ones, which
 replay short training runs, about two). The whole file: about 3 minutes of CPU.
 """

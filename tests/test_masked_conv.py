@@ -154,3 +154,24 @@ def test_dilate_and_extent():
     assert extent({(-2, -1), (0, -1), (-1, 3)}) == {"up": 2, "down": 0, "left": 1, "right": 3}
     assert extent(set()) == {"up": 0, "down": 0, "left": 0, "right": 0}
     assert full_offsets((1, 3)) == {(0, -1), (0, 0), (0, 1)}
+
+
+@pytest.mark.parametrize("kernel", KERNELS + [7, 1, (3, 1)])
+@pytest.mark.parametrize("mask_type", MASK_TYPES)
+@pytest.mark.parametrize("weight_norm", [False, True])
+def test_cropped_kernel_equals_the_full_masked_convolution(kernel, mask_type, weight_norm):
+    """The layer skips the rows and columns its mask zeroes at the kernel's edges;
+    the numbers are those of the full masked kernel, in training and frozen form."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(2)
+    conv = MaskedConv2d(3, 4, kernel, mask_type, weight_norm=weight_norm).double()
+    conv._ddi_pending = False  # compare the plain forward, not the data-dependent init
+    x = torch.randn(2, 3, 9, 11, dtype=torch.float64)
+    full = F.conv2d(x, conv.masked_weight(), conv.bias, 1, conv.padding)
+    torch.testing.assert_close(conv(x), full, rtol=0, atol=1e-12)
+    torch.testing.assert_close(conv.frozen_forward()(x), full, rtol=0, atol=1e-12)
+    kh, kw = _sides(kernel)
+    mask = make_mask(kernel, mask_type)
+    zero_edge = mask.any() and (not mask[-1].any() or not mask[:, -1].any() or not mask[0].any())
+    assert (conv._crop is not None) == bool(zero_edge)  # cropped exactly when an edge row/column is all zeros

@@ -14,7 +14,7 @@ Task
     kernel sizes, mask types, channels, a non-linearity between consecutive
     layers, no layer shared between depths), proves the autoregressive property
     from the Jacobian, tests the NLL on a case worked out by hand, and finally
-    trains your network for 600 steps (about 20-40 s on one CPU thread) and
+    trains your network for 250 steps (about 15-20 s on one CPU thread) and
     measures the test NLL.
 
 Paper

@@ -22,8 +22,8 @@ Task
     The checker compares your arithmetic with the library's exact receptive
     field and checks each piece exactly (your training loop is replayed step by
     step against a plain Adam loop on the same batches; your KL against the
-    values ``model.terms`` returned), then trains two VAEs for 200 steps each
-    (about 40 s on one CPU thread): one whose decoder sees 1 row up, one whose
+    values ``model.terms`` returned), then trains two VAEs for 100 steps each
+    (about 30 s on one CPU thread): one whose decoder sees 1 row up, one whose
     decoder sees the whole image. The first keeps a clearly positive KL; the
     second collapses.
 

@@ -24,7 +24,7 @@ Task
     2 rows up, so the digit's shape has to come through ``z``; the AF prior makes
     ``z`` cheap to encode; free bits stop the optimiser from switching ``z`` off
     early in training. The checker verifies each piece exactly, then trains the
-    model for 500 steps (about 20-40 s on one CPU thread).
+    model for 300 steps (about 25 s on one CPU thread).
 
     The prior is mean-only, like the paper's AF prior: each step is
     ``eps = z + m(z)``, whose Jacobian is triangular with ones on the diagonal,

@@ -309,8 +309,7 @@ def _fix_weights(model: torch.nn.Module) -> list[torch.nn.Module]:
     fixed = []
     for m in model.modules():
         if isinstance(m, Conv2d) and (m.weight_norm or m.mask is not None):
-            m.forward = functools.partial(F.conv2d, weight=m.masked_weight().detach(), bias=m.bias, stride=m.stride,
-                                          padding=m.padding)
+            m.forward = m.frozen_forward()
         elif isinstance(m, ConvTranspose2d) and m.weight_norm:
             m.forward = functools.partial(F.conv_transpose2d, weight=m._effective_weight(m.weight).detach(),
                                           bias=m.bias, stride=m.stride, padding=m.padding)

