@@ -197,6 +197,15 @@ def test_colour_figures_and_the_kl_maps_of_a_spatial_code(tmp_path):
     assert not (tmp_path / "gray.png").exists()
 
 
+def test_chroma_is_zero_for_gray_and_follows_the_colour():
+    gray = torch.full((2, 3, 4, 4), 77.0)
+    assert torch.allclose(plots._chroma(gray), torch.zeros(2, 3), atol=1e-5)
+    red = torch.zeros(1, 3, 4, 4)
+    red[:, 0] = 100.0  # luma 29.9: chroma (70.1, -29.9, -29.9)
+    torch.testing.assert_close(plots._chroma(red), torch.tensor([[70.1, -29.9, -29.9]]))
+    assert torch.allclose(plots._chroma(red + 50.0), plots._chroma(red), atol=1e-4)  # brightness is not chroma
+
+
 def test_grayscale_experiment_figure(tmp_path):
     model = colour_model(gray_context=True)
     x = torch.randint(0, 256, (6, 3, 8, 8), generator=torch.Generator().manual_seed(2)).float()

@@ -305,35 +305,49 @@ def plot_lossy_decompression(model, x: torch.Tensor, out, n: int = 5, n_images: 
 
 
 @torch.no_grad()
+def _chroma(images: torch.Tensor) -> torch.Tensor:
+    """``(..., 3, H, W) -> (..., 3)``: an image's mean colour minus its luma (zero for gray images)."""
+    from .pixelcnn import GRAY_WEIGHTS
+
+    colour = images.float().mean((-2, -1))
+    return colour - (colour * colour.new_tensor(GRAY_WEIGHTS)).sum(-1, keepdim=True)
+
+
 def plot_grayscale_experiment(model, x: torch.Tensor, out, n: int = 5, n_images: int = 6, seed: int = 0) -> Path:
     """The paper's grayscale experiment (its figure 3(d)): a decoder whose context
     is only the luma ``0.299 R + 0.587 G + 0.114 B`` of the pixels around it must
     get the colour from ``z``. Each row: a test image, the gray context the
     decoder reads, and ``n`` decodings ``x' ~ p(x|z)`` from ONE ``z ~ q(z|x)``.
     If ``z`` holds the colour, the decodings keep the original's colours while
-    local texture varies; the row label gives both in 0..255 units: the mean
-    absolute difference between the decodings' and the original's mean colour
-    (``colour``) and the mean per-pixel standard deviation across the decodings
-    (``texture``)."""
+    local texture varies. The numbers, in 0..255 units: ``chroma`` is the mean
+    absolute difference between the chroma (mean colour minus its luma) of the
+    decodings and of their own image; the title sets its average against the
+    same difference measured against another image of the figure (the next
+    row's), the level a ``z`` without colour would reach; ``texture`` is the
+    mean per-pixel standard deviation across the decodings."""
     from .pixelcnn import grayscale
 
     _need_latent(model, "the grayscale experiment")
     if not getattr(model.cfg, "gray_context", False):
         raise VLAEError("the grayscale experiment needs a decoder with a gray context (model.gray_context=true, "
                         "e.g. the cifar-gray preset)")
-    x = _images(model, x, n_images)
+    x = _images(model, x)
+    x = x[torch.linspace(0, len(x) - 1, min(n_images, len(x))).round().long()]  # spread: unlike colours per row
     g = torch.Generator(device=x.device).manual_seed(seed)
     rec = FastSampler(model).reconstruct(x, n, generator=g)  # (n, B, 3, H, W), one z per image
-    colour = (rec.mean((-2, -1)) - x.mean((-2, -1))).abs().mean((0, 2))  # (B,)
+    own = (_chroma(rec) - _chroma(x)).abs().mean((0, 2))  # (B,)
+    other = (_chroma(rec) - _chroma(x.roll(-1, 0))).abs().mean((0, 2))
     texture = rec.std(0).mean((1, 2, 3)) if n > 1 else torch.zeros(x.shape[0])
     gray = grayscale(x).expand_as(x)
     grid = _show(model, torch.cat([x[None], gray[None], rec])).transpose(0, 1)  # (B, 2 + n, H, W, 3)
-    fig = Figure(figsize=(1.05 * (n + 2) + 2.5, 1.05 * x.shape[0] + 1.0), layout="constrained")
+    fig = Figure(figsize=(1.05 * (n + 2) + 2.5, 1.05 * x.shape[0] + 1.3), layout="constrained")
     ax = fig.subplots()
-    _grid(ax, grid, [f"colour {c:.0f}, texture {t:.0f}" for c, t in zip(colour.tolist(), texture.tolist())],
+    _grid(ax, grid, [f"chroma {c:.1f}, texture {t:.0f}" for c, t in zip(own.tolist(), texture.tolist())],
           ["original", "gray context"] + [f"x'{i + 1}" for i in range(n)])
     ax.set(xlabel="decodings x' ~ p(x | z, Grayscale(context)), the same z across a row", ylabel="test image")
-    ax.set_title("Grayscale experiment: the colour comes from z, the texture from the decoder")
+    ax.set_title("Grayscale experiment: the colour comes from z, the texture from the decoder\n"
+                 f"chroma difference of the decodings: {own.mean():.1f} from their own image, "
+                 f"{other.mean():.1f} from the next row's (0..255)")
     return _save(fig, out)
 
 
