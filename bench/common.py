@@ -60,10 +60,12 @@ def count_flops(fn: Callable[[], Any]) -> int:
     return int(counter.get_total_flops())
 
 
-def timed_rate(fn: Callable[[], Any], items: int, device: torch.device, seconds: float, warmup: int = 2
-               ) -> tuple[float, int]:
-    """Median items/s of ``fn`` (which processes ``items`` items per call) over
-    repeats filling about ``seconds``; returns the rate and the number of timed calls."""
+def timed_rate(fn: Callable[[], Any], items: int, device: torch.device, seconds: float, warmup: int = 2,
+               statistic: str = "median") -> tuple[float, int]:
+    """items/s of ``fn`` (which processes ``items`` items per call) over repeats
+    filling about ``seconds``, from the median call time, or with
+    ``statistic="mean"`` from the total time (comparable with a loop's rate,
+    which pays for its slow calls too); returns the rate and the number of timed calls."""
     for _ in range(warmup):
         fn()
     synchronize(device)
@@ -74,7 +76,8 @@ def timed_rate(fn: Callable[[], Any], items: int, device: torch.device, seconds:
         fn()
         synchronize(device)
         times.append(time.perf_counter() - start)
-    return items / statistics.median(times), len(times)
+    per_call = statistics.median(times) if statistic == "median" else statistics.fmean(times)
+    return items / per_call, len(times)
 
 
 def random_images(cfg, n: int, generator: torch.Generator) -> torch.Tensor:

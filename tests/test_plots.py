@@ -4,6 +4,7 @@ figure marks exactly the pixels autograd says a logit depends on."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 import matplotlib.image
@@ -204,6 +205,21 @@ def test_chroma_is_zero_for_gray_and_follows_the_colour():
     red[:, 0] = 100.0  # luma 29.9: chroma (70.1, -29.9, -29.9)
     torch.testing.assert_close(plots._chroma(red), torch.tensor([[70.1, -29.9, -29.9]]))
     assert torch.allclose(plots._chroma(red + 50.0), plots._chroma(red), atol=1e-4)  # brightness is not chroma
+
+
+def test_colour_retention_compares_with_own_and_other_images():
+    model = colour_model(gray_context=True)
+    x = torch.randint(0, 256, (4, 3, 8, 8), generator=torch.Generator().manual_seed(3)).float()
+    result = plots.colour_retention(model, x, draws=2)
+    assert result["images"] == 4 and result["draws"] == 2
+    assert all(result[key] >= 0 and math.isfinite(result[key]) for key in ("own", "other", "prior"))
+    same = plots.colour_retention(model, x[:1].expand(4, -1, -1, -1), draws=2)
+    assert same["own"] == pytest.approx(same["other"], abs=1e-4)  # "other" is another image: here, an equal one
+    tinted = x.clone()
+    tinted[1::2, 0] = 255.0  # every other image red: its neighbours' chroma now differs from its own
+    assert plots.colour_retention(model, tinted)["other"] != pytest.approx(plots.colour_retention(model, tinted)["own"])
+    with pytest.raises(VLAEError, match="at least 2 RGB images"):
+        plots.colour_retention(model, x[:1])
 
 
 def test_grayscale_experiment_figure(tmp_path):

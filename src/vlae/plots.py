@@ -34,7 +34,8 @@ from .outputs import prepare_output, writing
 from .sampling import FastSampler, fast_sample
 
 __all__ = ["plot_training_curves", "plot_reconstructions", "plot_lossy_decompression", "plot_samples",
-           "plot_grayscale_experiment", "plot_kl_heatmap", "plot_latent_traversals", "plot_interpolations", "plot_receptive_field",
+           "plot_grayscale_experiment", "colour_retention", "plot_kl_heatmap", "plot_latent_traversals",
+           "plot_interpolations", "plot_receptive_field",
            "plot_run", "jacobian_support", "receptive_field_mask", "read_metrics"]
 
 _DPI = 120
@@ -311,6 +312,32 @@ def _chroma(images: torch.Tensor) -> torch.Tensor:
 
     colour = images.float().mean((-2, -1))
     return colour - (colour * colour.new_tensor(GRAY_WEIGHTS)).sum(-1, keepdim=True)
+
+
+@torch.no_grad()
+def colour_retention(model, x: torch.Tensor, draws: int = 2, seed: int = 0) -> dict[str, float]:
+    """How much of an image's colour its code keeps, in 0..255 units per channel.
+
+    For each image, ``draws`` decodings ``x' ~ p(x|z)`` from one ``z ~ q(z|x)``
+    are compared with the image by their chroma (:func:`_chroma`): ``own`` is
+    the mean absolute difference from their own image, ``other`` from the
+    image before it in ``x`` (what a code without colour would reach), and
+    ``prior`` that of samples with ``z ~ p(z)`` from the images. A code that
+    holds the colour has ``own`` well below the other two.
+    """
+    _need_latent(model, "a colour-retention measurement")
+    x = _images(model, x)
+    if x.shape[1] != 3 or x.shape[0] < 2:
+        raise VLAEError(f"colour retention needs at least 2 RGB images, got shape {tuple(x.shape)}")
+    g = torch.Generator(device=x.device).manual_seed(seed)
+    sampler = FastSampler(model)
+    rec = sampler.reconstruct(x, draws, generator=g)  # (draws, B, 3, H, W)
+    prior = sampler.sample(x.shape[0], generator=g)
+    target = _chroma(x)
+    return {"images": x.shape[0], "draws": draws,
+            "own": (_chroma(rec) - target).abs().mean().item(),
+            "other": (_chroma(rec) - target.roll(1, 0)).abs().mean().item(),
+            "prior": (_chroma(prior) - target).abs().mean().item()}
 
 
 def plot_grayscale_experiment(model, x: torch.Tensor, out, n: int = 5, n_images: int = 6, seed: int = 0) -> Path:
