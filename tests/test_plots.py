@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from pathlib import Path
 
 import matplotlib.image
 import pytest
@@ -158,7 +159,6 @@ def test_plot_run(model, images, tmp_path):
 
 def test_visualization_script(tmp_path):
     import subprocess
-    from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "visualization.py"
     out = tmp_path / "rf.png"
@@ -220,6 +220,19 @@ def test_colour_retention_compares_with_own_and_other_images():
     assert plots.colour_retention(model, tinted)["other"] != pytest.approx(plots.colour_retention(model, tinted)["own"])
     with pytest.raises(VLAEError, match="at least 2 RGB images"):
         plots.colour_retention(model, x[:1])
+
+
+def test_colour_retention_tool_errors_are_one_line(tmp_path):
+    import subprocess
+
+    tool = str(Path(__file__).resolve().parents[1] / "tools" / "colour_retention.py")
+    missing = subprocess.run([sys.executable, tool, str(tmp_path / "no-run")], capture_output=True, text=True,
+                             timeout=120)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1 and "no-run" in missing.stderr
+    few = subprocess.run([sys.executable, tool, str(tmp_path), "--images", "1"], capture_output=True, text=True,
+                         timeout=120)
+    assert few.returncode == 2 and "--images" in few.stderr
 
 
 def test_grayscale_experiment_figure(tmp_path):
