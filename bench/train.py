@@ -19,6 +19,7 @@ step does not depend on the pixel values.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -86,10 +87,14 @@ def bench_preset(name: str, args, device: torch.device, reference: float) -> dic
     if not args.no_loop:
         # The loop's rate is total images over total time, so the bare step's is taken the same way
         # (its median would drop the slow calls the loop pays for), right before the loop.
-        bare_mean, _ = timed_rate(step, batch, device, args.seconds, statistic="mean")
-        loop = loop_rate(cfg, device, args.loop_steps, args.bf16, args.compile)
-        row.update({"bare_mean_images_per_s": bare_mean, "loop_images_per_s": loop,
-                    "loop_fraction_of_bare": loop / bare_mean})
+        # On a machine whose speed drifts, alternate the two (--loop-rounds) and take the median ratio.
+        bares, loops = [], []
+        for _ in range(args.loop_rounds):
+            bares.append(timed_rate(step, batch, device, args.seconds, statistic="mean")[0])
+            loops.append(loop_rate(cfg, device, args.loop_steps, args.bf16, args.compile))
+        ratios = [loop / bare for loop, bare in zip(loops, bares)]
+        row.update({"bare_mean_images_per_s": statistics.median(bares), "loop_images_per_s": statistics.median(loops),
+                    "loop_fraction_of_bare": statistics.median(ratios), "loop_fraction_per_round": ratios})
     return row
 
 
@@ -101,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=0, help="batch size (0: each preset's own)")
     parser.add_argument("--seconds", type=float, default=5.0, help="timing budget per measurement (default: 5)")
     parser.add_argument("--loop-steps", type=int, default=20, help="steps of the vlae.train loop to time")
+    parser.add_argument("--loop-rounds", type=int, default=1,
+                        help="alternating bare/loop measurements; the median ratio is reported (default: 1)")
     parser.add_argument("--no-loop", action="store_true", help="skip the vlae.train loop measurement")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CPU with AVX512-bf16, or CUDA)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (as vlae train --compile)")
@@ -109,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="config override applied to every preset (repeatable)")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args(argv)
-    if args.threads < 0 or args.seconds <= 0 or args.loop_steps < 4 or args.batch_size < 0:
-        parser.error("--threads and --batch-size must be >= 0, --seconds > 0, --loop-steps >= 4")
+    if args.threads < 0 or args.seconds <= 0 or args.loop_steps < 4 or args.batch_size < 0 or args.loop_rounds < 1:
+        parser.error("--threads and --batch-size must be >= 0, --seconds > 0, --loop-steps >= 4, --loop-rounds >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -29,6 +29,7 @@ def test_gpu_script_dry_run_writes_one_report(tmp_path):
     assert train_row["preset"] == "tiny" and train_row["images_per_s"] > 0
     assert 0 < train_row["fraction_of_gemm"] < 5 and train_row["gflop_per_image"] > 0
     assert 0 < train_row["loop_fraction_of_bare"] < 5
+    assert train_row["loop_fraction_per_round"] == [train_row["loop_fraction_of_bare"]]  # one round by default
     eval_row = report["eval"]["rows"][0]
     assert eval_row["samples_per_s"] > 0 and eval_row["gflop_per_sample"] > 0
     projection = report["projection"][0]
