@@ -184,8 +184,8 @@ def _kernel_crop(mask: torch.Tensor, padding: tuple[int, int]):
     other: a masked 3x3 kernel is a third zeros, a 7x7 one nearly half. The
     convolution with the kernel cropped to the mask's bounding box, and the
     input padded so that every output reads the same input pixels, gives the
-    same numbers up to the order of the sums, at 1.3-1.6x the speed measured on
-    a CPU for these layers. Returns ``((r0, r1, c0, c1), padding, residual)``:
+    same numbers up to the order of the sums: measured on a CPU, 1.2-1.6x faster
+    for 16-64 channels, about even for the narrowest (8) layers. Returns ``((r0, r1, c0, c1), padding, residual)``:
     the kernel's kept rows ``r0:r1`` and columns ``c0:c1``, the symmetric
     padding the convolution takes, and the rest as an ``F.pad`` tuple
     ``(left, right, top, bottom)`` (negative entries crop the input).
@@ -195,7 +195,8 @@ def _kernel_crop(mask: torch.Tensor, padding: tuple[int, int]):
         return None  # an all-zero mask (kernel 1, type A) keeps its plain path
     r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
     ph, pw = padding
-    left, right, top, bottom = pw - c0, c1 - 1 - pw, ph - r0, r1 - 1 - ph  # output (i, j) reads (i - ph + r, j - pw + c)
+    # output (i, j) reads input (i - ph + r, j - pw + c) for kept kernel rows r and columns c
+    left, right, top, bottom = pw - c0, c1 - 1 - pw, ph - r0, r1 - 1 - ph
     sym_h, sym_w = max(0, min(top, bottom)), max(0, min(left, right))
     return (r0, r1, c0, c1), (sym_h, sym_w), (left - sym_w, right - sym_w, top - sym_h, bottom - sym_h)
 
