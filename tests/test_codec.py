@@ -30,12 +30,7 @@ SHARED = find_shared_binarized_mnist()
 needs_data = pytest.mark.skipif(SHARED is None, reason="binarized MNIST not found in ../shared/data")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _model(decoder: str = "masked", prior: str = "gaussian", shape=(1, 12, 12), seed: int = 0, **changes) -> VLAE:

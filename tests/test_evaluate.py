@@ -17,12 +17,7 @@ from vlae.evaluate import active_units, evaluate_checkpoint, evaluate_model, ima
 from vlae.model import VLAE
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

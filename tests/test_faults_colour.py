@@ -31,12 +31,7 @@ SMALL_COLOUR = ["model.latent_shape=2,8,8", "model.latent_dim=128", "model.stage
                 "model.mixture_components=2", "model.free_bits_groups=2", "train.eval_subset=8"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _sets(items: list[str]) -> list[str]:

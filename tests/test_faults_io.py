@@ -43,12 +43,7 @@ LEGACY = "run/eval_test_k2_n1.json"  # the old name, here a real-data result: mu
 slow = pytest.mark.slow
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _vlae(*args: str, cwd: Path) -> subprocess.CompletedProcess:
