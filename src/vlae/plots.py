@@ -314,6 +314,14 @@ def _chroma(images: torch.Tensor) -> torch.Tensor:
     return colour - (colour * colour.new_tensor(GRAY_WEIGHTS)).sum(-1, keepdim=True)
 
 
+def _chroma_gaps(decoded: torch.Tensor, x: torch.Tensor, shift: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image ``(B,)``: the mean ``|chroma(decoded) - chroma(x)|`` over draws and
+    channels (``decoded`` is ``(draws, B, 3, H, W)``), and the same against the
+    image ``shift`` places along in ``x`` (``x.roll(shift, 0)``)."""
+    ours, target = _chroma(decoded), _chroma(x)
+    return (ours - target).abs().mean((0, 2)), (ours - target.roll(shift, 0)).abs().mean((0, 2))
+
+
 @torch.no_grad()
 def colour_retention(model, x: torch.Tensor, draws: int = 2, seed: int = 0) -> dict[str, float]:
     """How much of an image's colour its code keeps, in 0..255 units per channel.
@@ -333,11 +341,10 @@ def colour_retention(model, x: torch.Tensor, draws: int = 2, seed: int = 0) -> d
     sampler = FastSampler(model)
     rec = sampler.reconstruct(x, draws, generator=g)  # (draws, B, 3, H, W)
     prior = sampler.sample(x.shape[0], generator=g)
-    target = _chroma(x)
-    return {"images": x.shape[0], "draws": draws,
-            "own": (_chroma(rec) - target).abs().mean().item(),
-            "other": (_chroma(rec) - target.roll(1, 0)).abs().mean().item(),
-            "prior": (_chroma(prior) - target).abs().mean().item()}
+    own, other = _chroma_gaps(rec, x, shift=1)
+    from_prior, _ = _chroma_gaps(prior[None], x, shift=1)
+    return {"images": x.shape[0], "draws": draws, "own": own.mean().item(), "other": other.mean().item(),
+            "prior": from_prior.mean().item()}
 
 
 def plot_grayscale_experiment(model, x: torch.Tensor, out, n: int = 5, n_images: int = 6, seed: int = 0) -> Path:
@@ -362,8 +369,7 @@ def plot_grayscale_experiment(model, x: torch.Tensor, out, n: int = 5, n_images:
     x = x[torch.linspace(0, len(x) - 1, min(n_images, len(x))).round().long()]  # spread: unlike colours per row
     g = torch.Generator(device=x.device).manual_seed(seed)
     rec = FastSampler(model).reconstruct(x, n, generator=g)  # (n, B, 3, H, W), one z per image
-    own = (_chroma(rec) - _chroma(x)).abs().mean((0, 2))  # (B,)
-    other = (_chroma(rec) - _chroma(x.roll(-1, 0))).abs().mean((0, 2))
+    own, other = _chroma_gaps(rec, x, shift=-1)  # other: against the next row's image
     texture = rec.std(0).mean((1, 2, 3)) if n > 1 else torch.zeros(x.shape[0])
     gray = grayscale(x).expand_as(x)
     grid = _show(model, torch.cat([x[None], gray[None], rec])).transpose(0, 1)  # (B, 2 + n, H, W, 3)
