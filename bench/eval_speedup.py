@@ -8,9 +8,12 @@ the evaluation speed-ups). The parent asks them in turn, round after round, to
 time :func:`vlae.evaluate.evaluate_model` for ``--seconds``; the two rates of a
 round are taken moments apart on the same machine, so a busy machine slows
 both alike. Printed per preset: each side's median importance samples/s and
-the ratio of the medians, with the ratio of every round.
+the ratio of the medians, with the ratio of every round. ``--compile``
+evaluates this checkout with ``compile=True`` (the reference stays eager); it
+compiles in the warm-up, which is not timed.
 
     python bench/eval_speedup.py --presets mnist-paper mnist-gated --threads 2 --json results/eval_speedup.json
+    python bench/eval_speedup.py --compile --threads 2
 """
 
 from __future__ import annotations
@@ -48,9 +51,9 @@ def _worker(args) -> int:
 
     def call():
         with torch.no_grad():
-            evaluate_model(model, x, k=args.k, batch_size=args.images, progress=False)
+            evaluate_model(model, x, k=args.k, batch_size=args.images, progress=False, compile=args.compile)
 
-    call()  # warm-up
+    call()  # warm-up (and compilation)
     import vlae
 
     print(json.dumps({"module": str(Path(vlae.__file__).resolve())}), flush=True)
@@ -83,6 +86,8 @@ class _Side:
         command = [sys.executable, str(Path(__file__).resolve()), "--worker", "--preset", preset,
                    "--threads", str(args.threads), "--images", str(args.images), "--k", str(args.k),
                    "--seconds", str(args.seconds), "--seed", str(args.seed)]
+        if args.compile and name == "current":
+            command.append("--compile")
         self.name = name
         self.process = subprocess.Popen(command, env=env, cwd=HERE, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         text=True)
@@ -136,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per preset (default: 5)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the models and images")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument("--compile", action="store_true",
+                        help="evaluate this checkout with torch.compile (the reference stays eager)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--preset", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -150,17 +157,19 @@ def main(argv: list[str] | None = None) -> int:
         reference_src = _reference_tree(args.reference, Path(tmp))
         print(f"IW evaluation, importance samples/s ({args.images} images x k={args.k} per call, "
               f"{args.threads} threads, {args.rounds} alternating rounds of {args.seconds:g} s per side)")
-        print(f"{'preset':<14}{args.reference + ' (reference)':>24}{'current':>12}{'speed-up':>10}  per round")
+        current = "current, compiled" if args.compile else "current"
+        print(f"{'preset':<14}{args.reference + ' (reference)':>24}{current:>19}{'speed-up':>10}  per round")
         for preset in args.presets:
             r = bench_preset(preset, reference_src, args)
             results.append(r)
-            print(f"{preset:<14}{r['reference_samples_per_s']:>24.0f}{r['current_samples_per_s']:>12.0f}"
+            print(f"{preset:<14}{r['reference_samples_per_s']:>24.0f}{r['current_samples_per_s']:>19.0f}"
                   f"{r['speedup']:>9.2f}x  " + " ".join(f"{x:.2f}" for x in r["round_ratios"]), flush=True)
     if args.json:
         from common import write_json
 
         write_json(args.json, {"reference": args.reference, "threads": args.threads, "images": args.images,
-                               "k": args.k, "seconds": args.seconds, "rounds": args.rounds, "results": results})
+                               "k": args.k, "seconds": args.seconds, "rounds": args.rounds, "compile": args.compile,
+                               "results": results})
     return 0
 
 

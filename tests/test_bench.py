@@ -56,10 +56,12 @@ def test_eval_speedup_compares_two_trees_in_one_run(tmp_path):
     out = tmp_path / "speedup.json"
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "eval_speedup.py"), "--presets", "tiny",
                            "--reference", head, "--threads", "1", "--images", "2", "--k", "4", "--rounds", "2",
-                           "--seconds", "0.05", "--json", str(out)], env=_env(), capture_output=True, text=True,
-                          timeout=300)
+                           "--seconds", "0.05", "--compile", "--json", str(out)], env=_env(), capture_output=True,
+                          text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(out.read_text())["results"][0]
+    written = json.loads(out.read_text())
+    assert written["compile"] is True and "current, compiled" in proc.stdout
+    result = written["results"][0]
     assert result["preset"] == "tiny" and len(result["round_ratios"]) == 2
     assert result["reference_samples_per_s"] > 0 and result["current_samples_per_s"] > 0
     assert result["speedup"] == result["current_samples_per_s"] / result["reference_samples_per_s"]

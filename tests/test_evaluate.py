@@ -114,6 +114,19 @@ def test_numbers_do_not_depend_on_batch_or_pass_size(model):
     assert c["nll"] != pytest.approx(a["nll"], rel=1e-6)  # another seed: other samples
 
 
+def test_compiled_evaluation_gives_the_eager_numbers(model):
+    """``compile=True`` fuses the same operations: the same per-image bounds to float rounding."""
+    x = _images(8, seed=7)
+    eager = evaluate_model(model, x, k=6, batch_size=4, chunk=3, progress=False, seed=2)
+    torch._dynamo.reset()
+    compiled = evaluate_model(model, x, k=6, batch_size=4, chunk=3, progress=False, seed=2, compile=True)
+    for key in ("nll", "elbo", "kl", "recon"):
+        assert compiled[key] == pytest.approx(eager[key], rel=1e-5, abs=1e-4)
+    assert compiled["kl_per_dim"] == pytest.approx(eager["kl_per_dim"], rel=1e-4, abs=1e-5)
+    other = evaluate_model(model, x, k=6, batch_size=4, chunk=3, progress=False, seed=3, compile=True)
+    assert other["nll"] != pytest.approx(eager["nll"], rel=1e-5)  # the comparison can fail
+
+
 def test_one_sample_bound_is_the_elbo(model):
     result = evaluate_model(model, _images(5), k=1, batch_size=5, progress=False)
     assert result["nll"] == pytest.approx(-result["elbo"], rel=1e-12)

@@ -45,7 +45,7 @@ from typing import Any
 import torch
 
 from .errors import VLAEError
-from .model import VLAE, nats_to_bits_per_dim
+from .model import VLAE, nats_to_bits_per_dim, samples_per_pass
 
 __all__ = ["evaluate_model", "evaluate_block", "evaluate_checkpoint", "summarize", "image_seed", "parse_shard",
            "shard_blocks", "blocks_of", "result_name", "active_units", "standard_error", "ACTIVE_THRESHOLD"]
@@ -107,7 +107,7 @@ def evaluate_block(model: VLAE, x: torch.Tensor, indices: range, k: int, seed: i
 
     What the ``k`` samples share (encoder, the decoder's first layer on the image)
     is computed once; samples go through in passes of ``chunk`` per image
-    (0: about 1,024 decoder evaluations per pass on a CPU, 4,096 on a GPU).
+    (0: about :func:`~vlae.model.samples_per_pass` decoder evaluations per pass).
     ``step`` replaces ``model.sample_terms`` (e.g. by a compiled version of it).
     """
     x = model.check_images(x)
@@ -120,8 +120,7 @@ def evaluate_block(model: VLAE, x: torch.Tensor, indices: range, k: int, seed: i
     iaf = model.cfg.posterior == "iaf" and model.cfg.iaf_steps > 0
     eps = _noise(seed, indices, k + (_MEAN_SAMPLES if iaf else 0), d).to(x.device, x.dtype)
     shared = model.shared(x)
-    per_pass = 4096 if x.device.type == "cuda" else 1024
-    size = chunk or max(1, per_pass // b)
+    size = chunk or max(1, samples_per_pass(x.device) // b)
     lse = torch.full((b,), -math.inf, dtype=torch.float64, device=x.device)
     sums = {key: torch.zeros(b, dtype=torch.float64, device=x.device) for key in ("log_w", "recon")}
     kl_dims = torch.zeros(b, d, dtype=torch.float64, device=x.device)
