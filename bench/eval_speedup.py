@@ -49,9 +49,11 @@ def _worker(args) -> int:
     model.eval()
     x = random_images(cfg, args.images, torch.Generator().manual_seed(args.seed))
 
+    options = {"compile": True} if args.compile else {}  # the reference may predate the option
+
     def call():
         with torch.no_grad():
-            evaluate_model(model, x, k=args.k, batch_size=args.images, progress=False, compile=args.compile)
+            evaluate_model(model, x, k=args.k, batch_size=args.images, progress=False, **options)
 
     call()  # warm-up (and compilation)
     import vlae

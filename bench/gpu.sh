@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One GPU, at most 8 minutes: training throughput (bf16 + torch.compile) and IW-evaluation
-# throughput of the paper's presets, with the projected time of the paper's protocol,
+# One GPU, at most 8 minutes: training and IW-evaluation throughput (both bf16 + torch.compile)
+# of the paper's presets, with the projected time of the paper's protocol,
 # written as one JSON.
 #
 #   bash bench/gpu.sh [OUT.json]            # on a CUDA machine (inside the project's venv)
@@ -26,6 +26,6 @@ fi
   "${TRAIN_FLAGS[@]}" --json "$TMP/train.json"
 # shellcheck disable=SC2086
 "$PY" eval.py --device "$DEVICE" --presets $PRESETS --seconds "$SECONDS_EACH" "${EVAL[@]}" \
-  ${TRAIN_FLAGS[0]:+--bf16} --json "$TMP/eval.json"
+  "${TRAIN_FLAGS[@]}" --json "$TMP/eval.json"
 "$PY" protocol.py "$TMP/train.json" "$TMP/eval.json" --out "$OUT"
 echo "wrote $OUT"

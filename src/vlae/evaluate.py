@@ -269,24 +269,29 @@ def evaluate_model(model: VLAE, images: torch.Tensor, k: int = 4096, batch_size:
         raise VLAEError(f"k must be >= 1, got {k}")
     if batch_size < 1 or chunk < 0:
         raise VLAEError(f"batch_size must be >= 1 and chunk >= 0, got {batch_size} and {chunk}")
-    with _evaluation_mode(model):
+    with _evaluation_mode(model, compile):
         records = _run_blocks(model, images, blocks_of(images.shape[0], batch_size), k, seed, chunk, progress,
                               compile=compile)
     return summarize(records, k, model.dims)
 
 
 @contextlib.contextmanager
-def _evaluation_mode(model: VLAE):
+def _evaluation_mode(model: VLAE, compiled: bool = False):
     """Eval mode; channels-last weights on a CPU (oneDNN's own layout: measured
     faster for these small convolutions); every layer's effective weight (weight
     normalisation, autoregressive mask) computed once instead of once per pass.
-    All undone afterwards; no number changes (the same weights, the same ops)."""
+    All undone afterwards; no number changes (the same weights, the same ops).
+
+    ``compiled``: leave the layers' own forwards in place. The compiler folds the
+    effective weights into its graph anyway, and per-call replacement forwards
+    would make every call compile again (they are new functions each time).
+    """
     was_training = model.training
     channels_last = next(model.parameters()).device.type == "cpu"
     model.eval()
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    fixed = _fix_weights(model)
+    fixed = [] if compiled else _fix_weights(model)
     try:
         yield
     finally:
@@ -486,7 +491,7 @@ def evaluate_checkpoint(path: str | os.PathLike, split: str = "test", k: int | N
             return done  # this shard finished before: nothing to redo
         chosen = [blocks[j] for j in (shard_blocks(len(blocks), own) if own else range(len(blocks)))]
         desc = f"IW bound k={k}" + (f", shard {own[0]}/{own[1]}" if own else "")
-        with _process_group(world, dev), _evaluation_mode(model):
+        with _process_group(world, dev), _evaluation_mode(model, compile):
             records = _run_blocks(model, images, chosen, k, seed, chunk, progress if rank == 0 else False,
                                   store, desc, compile)
             seconds = time.perf_counter() - t0
