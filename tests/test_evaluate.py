@@ -193,6 +193,7 @@ def test_evaluate_checkpoint_writes_json(tmp_path, model):
     written = json.loads(path.read_text(), parse_constant=_no_constant)  # strict JSON
     assert written["data_identity"]["name"] == "mnist-embedded" and written["data_identity"]["images"] == 10
     assert written["data_identity"]["subset_of"] == 500 and written["data_fallback"] is False
+    assert written["compiled"] is False
     assert written["estimator"] == "IW bound, k=3" and written["images"] == 10 and written["split"] == "test"
     assert written["config"]["train"]["dataset"] == "mnist-embedded" and "command" in written
     assert written["nll"] == pytest.approx(result["nll"]) and written["checkpoint"].endswith("best.pt")

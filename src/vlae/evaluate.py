@@ -515,6 +515,7 @@ def evaluate_checkpoint(path: str | os.PathLike, split: str = "test", k: int | N
               **result, "seconds": seconds, "checkpoint": str(file), "weights": weights, "seed": seed,
               "seed_stream": "per image: torch.Generator seeded with vlae.evaluate.image_seed(seed, index)",
               "block_size": block, "shards": shards, "subset": subset, "device": str(dev),
+              "compiled": None if merge else compile,  # a merge does not know how its shards ran
               "config": cfg.to_dict(), "command": " ".join(sys.argv)}
     write_json(target, result, default=str)
     result["path"] = str(target)
