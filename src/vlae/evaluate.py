@@ -282,9 +282,10 @@ def _evaluation_mode(model: VLAE, compiled: bool = False):
     normalisation, autoregressive mask) computed once instead of once per pass.
     All undone afterwards; no number changes (the same weights, the same ops).
 
-    ``compiled``: leave the layers' own forwards in place. The compiler folds the
-    effective weights into its graph anyway, and per-call replacement forwards
-    would make every call compile again (they are new functions each time).
+    ``compiled``: leave the layers' own forwards in place. The compiled graph
+    computes the effective weights itself (a few small kernels per pass), and
+    replacement forwards, new functions on every call, would make every call
+    compile again.
     """
     was_training = model.training
     channels_last = next(model.parameters()).device.type == "cpu"
