@@ -217,7 +217,8 @@ def test_colour_retention_compares_with_own_and_other_images():
     assert same["own"] == pytest.approx(same["other"], abs=1e-4)  # "other" is another image: here, an equal one
     tinted = x.clone()
     tinted[1::2, 0] = 255.0  # every other image red: its neighbours' chroma now differs from its own
-    assert plots.colour_retention(model, tinted)["other"] != pytest.approx(plots.colour_retention(model, tinted)["own"])
+    result = plots.colour_retention(model, tinted)
+    assert result["other"] != pytest.approx(result["own"])
     with pytest.raises(VLAEError, match="at least 2 RGB images"):
         plots.colour_retention(model, x[:1])
 

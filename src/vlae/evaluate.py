@@ -107,7 +107,7 @@ def evaluate_block(model: VLAE, x: torch.Tensor, indices: range, k: int, seed: i
 
     What the ``k`` samples share (encoder, the decoder's first layer on the image)
     is computed once; samples go through in passes of ``chunk`` per image
-    (0: about :func:`~vlae.model.samples_per_pass` decoder evaluations per pass).
+    (0: :func:`~vlae.model.samples_per_pass`).
     ``step`` replaces ``model.sample_terms`` (e.g. by a compiled version of it).
     """
     x = model.check_images(x)
@@ -120,7 +120,7 @@ def evaluate_block(model: VLAE, x: torch.Tensor, indices: range, k: int, seed: i
     iaf = model.cfg.posterior == "iaf" and model.cfg.iaf_steps > 0
     eps = _noise(seed, indices, k + (_MEAN_SAMPLES if iaf else 0), d).to(x.device, x.dtype)
     shared = model.shared(x)
-    size = chunk or max(1, samples_per_pass(x.device) // b)
+    size = chunk or samples_per_pass(x)
     lse = torch.full((b,), -math.inf, dtype=torch.float64, device=x.device)
     sums = {key: torch.zeros(b, dtype=torch.float64, device=x.device) for key in ("log_w", "recon")}
     kl_dims = torch.zeros(b, d, dtype=torch.float64, device=x.device)

@@ -305,13 +305,12 @@ def plot_lossy_decompression(model, x: torch.Tensor, out, n: int = 5, n_images: 
     return _save(fig, out)
 
 
-@torch.no_grad()
 def _chroma(images: torch.Tensor) -> torch.Tensor:
     """``(..., 3, H, W) -> (..., 3)``: an image's mean colour minus its luma (zero for gray images)."""
-    from .pixelcnn import GRAY_WEIGHTS
+    from .pixelcnn import grayscale
 
     colour = images.float().mean((-2, -1))
-    return colour - (colour * colour.new_tensor(GRAY_WEIGHTS)).sum(-1, keepdim=True)
+    return colour - grayscale(colour, dim=-1)
 
 
 def _chroma_gaps(decoded: torch.Tensor, x: torch.Tensor, shift: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -347,6 +346,7 @@ def colour_retention(model, x: torch.Tensor, draws: int = 2, seed: int = 0) -> d
             "prior": from_prior.mean().item()}
 
 
+@torch.no_grad()
 def plot_grayscale_experiment(model, x: torch.Tensor, out, n: int = 5, n_images: int = 6, seed: int = 0) -> Path:
     """The paper's grayscale experiment (its figure 3(d)): a decoder whose context
     is only the luma ``0.299 R + 0.587 G + 0.114 B`` of the pixels around it must
