@@ -47,6 +47,8 @@ _TRAIN_FLAGS: list[tuple[str, str, str, Any, str]] = [
     ("--data-dir", "train", "data_dir", str, "folder holding the dataset files"),
     ("--device", "train", "device", str, "auto, cpu, cuda, cuda:1, mps"),
     ("--precision", "train", "precision", str, "auto (bf16 on capable GPUs), fp32 or bf16"),
+    ("--cuda-graph", "train", "cuda_graph", str, "auto (on for one CUDA process), on or off: replay each step as "
+     "one CUDA graph"),
     ("--polyak", "train", "polyak", float, "EMA decay of the evaluation weights (0: off)"),
     ("--kl-warmup-steps", "train", "kl_warmup_steps", int, "steps over which the KL weight rises from 0 to 1"),
     ("--eval-every", "train", "eval_every", int, "epochs between validation passes"),

@@ -196,6 +196,7 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"  # "auto", "fp32" or "bf16"
     compile: bool = False
+    cuda_graph: str = "auto"  # "auto" (on for one CUDA process), "on" or "off": replay the step as a CUDA graph
     eval_every: int = 1  # epochs between validation passes
     eval_k: int = 0  # importance samples in the validation bound (0: ELBO only)
     eval_subset: int = 1000  # validation images (0: all)
@@ -214,6 +215,8 @@ class TrainConfig:
                f"must be none, exponential or cosine, got {self.lr_decay!r}")
         _check(self.precision in ("auto", "fp32", "bf16"), "train.precision",
                f"must be auto, fp32 or bf16, got {self.precision!r}")
+        _check(self.cuda_graph in ("auto", "on", "off"), "train.cuda_graph",
+               f"must be auto, on or off, got {self.cuda_graph!r}")
         _check(self.progress in ("auto", "on", "off"), "train.progress", f"must be auto, on or off, got {self.progress!r}")
         _check(self.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.batch_size}")
         _check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")

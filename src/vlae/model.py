@@ -74,6 +74,13 @@ def nats_to_bits_per_dim(nats: float | torch.Tensor, dims: int) -> float | torch
     return nats / (dims * math.log(2))
 
 
+def full_precision(t: torch.Tensor):
+    """Autocast off on ``t``'s device: under bf16 autocast the densities log q(z|x) and
+    log p(z), and so the KL, stay in float32 (bf16 would round a KL of ~100 nats to
+    0.5-1 nat, the size of the free-bits floor's margin)."""
+    return torch.autocast(t.device.type, enabled=False)
+
+
 @dataclass
 class Terms:
     """Per-example terms of the single-sample bound, all in nats, shape ``(B,)``
@@ -192,9 +199,10 @@ class VLAE(nn.Module):
         """``n`` samples per image from q(z|x): ``z (n*B, D)`` ordered sample-major
         (``z[s * B + b]``), and ``log q`` per dimension ``(n*B, D)``."""
         mu, log_sigma, h = self.encode(x)
-        rep = lambda t: t.repeat(n, 1)  # noqa: E731
-        eps = torch.randn((n * x.shape[0], self.latent_dim), generator=generator, device=mu.device, dtype=mu.dtype)
-        return self.posterior.rsample(rep(mu), rep(log_sigma), rep(h), eps)
+        rep = lambda t: t.float().repeat(n, 1)  # noqa: E731
+        with full_precision(mu):
+            eps = torch.randn((n * x.shape[0], self.latent_dim), generator=generator, device=mu.device)
+            return self.posterior.rsample(rep(mu), rep(log_sigma), rep(h), eps)
 
     @torch.no_grad()
     def initialize(self, x: torch.Tensor) -> None:
@@ -211,7 +219,8 @@ class VLAE(nn.Module):
             zero = recon.new_zeros(x.shape[0])
             return Terms(recon, zero, zero[:, None])
         z, log_q = self.posterior_sample(x, 1, generator)
-        kl_per_dim = log_q - self.prior.log_prob_per_dim(z)
+        with full_precision(z):
+            kl_per_dim = log_q - self.prior.log_prob_per_dim(z)
         recon = -self.obs.log_prob(self.params(x, z), x)
         return Terms(recon, kl_per_dim.sum(1), kl_per_dim)
 

@@ -1,0 +1,94 @@
+"""Where a command runs: device, processes, precision and threads, in one place.
+
+A :class:`Runtime` answers the questions every long-running command asks before
+its first tensor: which device (``auto``: CUDA, then MPS, then the CPU), which
+process of how many (``torchrun`` sets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``;
+NCCL on GPUs, gloo on CPUs), and in which precision the model's arithmetic runs
+(bf16 autocast where it is supported and chosen, fp32 otherwise).
+
+Example:
+    >>> rt = Runtime.create("cpu", "fp32")
+    >>> rt.device, rt.world, rt.main, rt.bf16
+    (device(type='cpu'), 1, True, False)
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from .checkpoint import pick_device
+from .errors import VLAEError
+
+__all__ = ["Runtime", "torchrun_ranks"]
+
+
+def torchrun_ranks() -> tuple[int, int, int]:
+    """``(rank, world size, local rank)`` from torchrun's environment, ``(0, 1, 0)`` without it."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    rank = int(os.environ.get("RANK", "0"))
+    return rank, world, int(os.environ.get("LOCAL_RANK", rank))
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The device, process rank and precision of this process (see the module docstring)."""
+
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+    bf16: bool = False
+
+    @classmethod
+    def create(cls, device: str = "auto", precision: str = "auto") -> "Runtime":
+        """Choose the device and precision, and join torchrun's process group (once).
+
+        ``precision="auto"`` is bf16 on CUDA devices that support it, else fp32.
+        """
+        rank, world, local_rank = torchrun_ranks()
+        dev = pick_device(device)
+        if world > 1 and dev.type == "cuda":
+            dev = torch.device("cuda", local_rank)
+            torch.cuda.set_device(dev)
+        if world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        bf16 = precision == "bf16" or (precision == "auto" and dev.type == "cuda" and torch.cuda.is_bf16_supported())
+        if bf16 and dev.type not in ("cuda", "cpu"):
+            raise VLAEError(f"invalid option train.precision: bf16 is not supported on {dev.type}")
+        return cls(dev, rank, world, bf16)
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the process that writes files and prints."""
+        return self.rank == 0
+
+    @property
+    def precision(self) -> str:
+        return "bf16" if self.bf16 else "fp32"
+
+    @property
+    def threads(self) -> int:
+        return torch.get_num_threads()
+
+    def autocast(self) -> AbstractContextManager:
+        """The context the model's forward pass runs in (bf16 autocast, or nothing)."""
+        # no cast cache: a CUDA graph must not capture casts made outside it
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=False) if self.bf16 else nullcontext()
+
+    def all_reduce_mean(self, values: torch.Tensor) -> torch.Tensor:
+        """The mean of ``values`` over the processes (``values`` itself for one process)."""
+        if not self.distributed:
+            return values
+        out = values.to(self.device)
+        dist.all_reduce(out)
+        return out / self.world

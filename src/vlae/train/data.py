@@ -1,0 +1,80 @@
+"""The data of a run: the configured dataset or in-memory images, checked against the model."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from ..config import Config
+from ..errors import VLAEError
+
+__all__ = ["resolve_data", "check_data_fits"]
+
+
+def as_images(obj: Any, name: str, kind: str = "binary"):
+    """A :class:`vlae.data.Images` from an Images or a ``uint8 (N, C, H, W)`` tensor of ``kind`` data
+    (binary: dynamically binarized when it holds grey levels; 8bit: used as is)."""
+    from ..data import Images
+
+    if isinstance(obj, Images):
+        return obj
+    if isinstance(obj, torch.Tensor):
+        images = (obj if obj.dtype == torch.uint8 else obj.to(torch.uint8)).cpu()
+        dynamic = kind == "binary" and bool((images > 1).any())
+        return Images(images, name="custom", split=name, kind=kind, dynamic=dynamic, source="data= argument")
+    raise VLAEError(f"data: expected vlae.data.Images or a uint8 tensor for {name}, got {type(obj).__name__}")
+
+
+def resolve_data(cfg: Config, data: Any = None, notice: Callable[[str], object] | None = None):
+    """Train and valid :class:`~vlae.data.Images` for a run.
+
+    ``data`` (tests, sweeps) may be ``{"train": ..., "valid": ...}``, a
+    ``(train, valid)`` pair, or one tensor used for both; each item a
+    :class:`~vlae.data.Images` or a ``uint8 (N, C, H, W)`` tensor. Otherwise the configured
+    dataset is loaded; binarized MNIST is also looked for in the shared data
+    folder (``../shared/data``), and ``cfg.train.data_dir`` is set to wherever
+    it was found so that evaluation later reads the same files. An explicit
+    ``data_dir`` without the data is an error; with none, an embedded fallback
+    is announced through ``notice`` (default: stderr) and recorded in the
+    returned sets' ``fallback``.
+    """
+    if data is not None:
+        if isinstance(data, dict):
+            train_set, valid_set = data["train"], data.get("valid", data["train"])
+        elif isinstance(data, (tuple, list)):
+            train_set, valid_set = data
+        else:
+            train_set = valid_set = data
+        from ..data import INFO
+
+        kind = INFO[cfg.train.dataset].kind if cfg.train.dataset in INFO else "binary"  # tensors: the config's kind
+        return as_images(train_set, "train", kind), as_images(valid_set, "valid", kind)
+    from ..data import find_shared_binarized_mnist, load_or_fallback, resolve_data_dir
+
+    t = cfg.train
+    if t.data_dir is None and t.dataset == "binarized-mnist":
+        shared = find_shared_binarized_mnist()
+        default = resolve_data_dir(None)
+        if shared is not None and not any((default / d).is_dir() for d in ("binarized-mnist", "binarized_mnist")):
+            t.data_dir = str(shared)
+    train_set = load_or_fallback(t.dataset, "train", t.data_dir, train_on_valid=t.train_on_valid, notice=notice)
+    valid_set = load_or_fallback(t.dataset, "valid", t.data_dir, notice=lambda _m: None)
+    return train_set, valid_set
+
+
+def check_data_fits(cfg: Config, images) -> None:
+    """Raise a one-line :class:`VLAEError` unless ``images`` (:class:`~vlae.data.Images`)
+    are what the model observes: ``model.image_shape`` and the observation model's
+    kind (binary 0/1 for Bernoulli, 8-bit for the logistic mixture), e.g. colour
+    photographs given to a binary MNIST model."""
+    m = cfg.model
+    kind = "8bit" if m.observation == "logistic_mixture" else "binary"
+    shape = tuple(images.images.shape[1:])
+    if shape != tuple(m.image_shape) or images.kind != kind:
+        def fmt(s):
+            return "x".join(map(str, s))
+        name = {"8bit": "8-bit"}
+        raise VLAEError(f"data: {images.name} holds {name.get(images.kind, images.kind)} images of {fmt(shape)}, but "
+                        f"the model observes {name.get(kind, kind)} images of {fmt(m.image_shape)} (model.image_shape, model.observation); use a "
+                        "preset made for this data (binary: mnist-*, 8-bit colour: cifar-*)")

@@ -1,0 +1,596 @@
+"""The training loop: a :class:`Trainer` whose state is one object, read top to bottom.
+
+:meth:`Trainer.run` is the whole loop: every epoch draws its permutation, every
+step is :meth:`Trainer.train_step`, every ``log_every`` steps :meth:`Trainer.record`
+reads the device's statistics (the loop's only synchronisation), every epoch ends
+in :meth:`Trainer.end_epoch` (validation, checkpoint, ``best.pt``), and
+:meth:`Trainer.finish` writes the last checkpoint and ``summary.json``. The step
+itself is :class:`vlae.train.step.TrainStep`, replayed as a CUDA graph on one GPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..checkpoint import (checkpoint_name, copy_checkpoint, latest_checkpoint, list_checkpoints, load_checkpoint,
+                          save_checkpoint, weights_mismatch, write_error)
+from ..config import Config
+from ..errors import VLAEError
+from ..model import VLAE, nats_to_bits_per_dim
+from ..outputs import write_json, write_text
+from ..runtime import Runtime
+from .data import check_data_fits, resolve_data
+from .interrupt import Interrupted, StopSignals
+from .metrics import Metrics
+from .resume import (check_resumable, check_same_data, optimizer_mismatch, require_resumable, rng_state,
+                     seed_everything, set_rng_state)
+from .run_dir import prepare_run_dir, repair_best, trim_metrics
+from .schedules import kl_warmup_weight, lr_lambda
+from .step import ROW, SKIP_REASONS, TrainStep
+
+__all__ = ["train", "Trainer", "TrainerState", "validate", "LOG_EVERY"]
+
+LOG_EVERY = 20  # optimiser steps between metrics records (and device reads)
+PRINT_EVERY = 30.0  # seconds between plain-text progress lines when there is no progress bar
+GRAPH_WARMUP = 3  # eager steps on a side stream before the step is captured as a CUDA graph
+
+
+@dataclass
+class TrainerState:
+    """Where training stands: the ``trainer`` entry of a checkpoint (with ``reason``,
+    ``threads`` and ``valid`` added when written)."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    gamma: float = 1.0  # soft-free-bits weight of the KL
+    skipped: int = 0
+    elapsed: float = 0.0  # training seconds, over all sessions
+    best: float = math.inf  # best validation -ELBO so far, held by best.pt
+    best_step: int | None = None
+    in_a_row: int = 0  # consecutive skipped updates
+    ema_n_averaged: int = 0
+
+    @classmethod
+    def from_checkpoint(cls, trainer: dict[str, Any]) -> "TrainerState":
+        state = cls(**{f.name: trainer[f.name] for f in fields(cls) if f.name in trainer})
+        state.step, state.epoch, state.batch_in_epoch = int(state.step), int(state.epoch), int(state.batch_in_epoch)
+        state.gamma, state.skipped, state.elapsed = float(state.gamma), int(state.skipped), float(state.elapsed)
+        state.in_a_row, state.ema_n_averaged = int(state.in_a_row), int(state.ema_n_averaged)
+        return state
+
+
+@torch.no_grad()
+def validate(model: VLAE, images: torch.Tensor, batch_size: int, k: int = 0, seed: int = 0) -> dict[str, float]:
+    """Single-sample ELBO (and IW bound with ``k`` samples) on ``images``, nats per image.
+
+    Uses its own generator, so it never disturbs the training random stream.
+    """
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    nelbo = recon = kl = iw = 0.0
+    for start in range(0, images.shape[0], batch_size):
+        x = images[start:start + batch_size].to(dev).float()
+        terms = model.terms(x, generator=gen)
+        nelbo += float(terms.nelbo.double().sum())
+        recon += float(terms.recon.double().sum())
+        kl += float(terms.kl.double().sum())
+        if k > 0:
+            iw += float(-model.iw_bound(x, k, generator=gen).sum())
+    model.train(was_training)
+    n, dims = images.shape[0], model.cfg.data_dims
+    out = {"nelbo": nelbo / n, "elbo": -nelbo / n, "recon": recon / n, "kl": kl / n,
+           "bits_per_dim": nats_to_bits_per_dim(nelbo / n, dims), "images": n}
+    if k > 0:
+        out.update({"iw_nll": iw / n, "iw_k": k, "iw_bits_per_dim": nats_to_bits_per_dim(iw / n, dims)})
+    return out
+
+
+class Trainer:
+    """One training run in ``run_dir``; see :func:`train` for the arguments."""
+
+    def __init__(self, cfg: Config, run_dir: Path, *, resume: bool, overwrite: bool, quiet: bool, data: Any,
+                 callback: Callable[[dict[str, Any]], object] | None, log_every: int, signals: StopSignals):
+        self.cfg, self.t, self.run_dir, self.signals = cfg, cfg.train, run_dir, signals
+        self.callback, self.log_every = callback, log_every
+        self.rt = Runtime.create(self.t.device, self.t.precision)
+        main = self.rt.main
+        self.say = (lambda *a: print(*a, flush=True)) if (main and not quiet) else (lambda *a: None)
+        self.warn = (lambda m: print(m, file=sys.stderr, flush=True)) if main else (lambda m: None)
+        self.quiet = quiet
+        checkpoint, self.last_path = self._resumable() if resume else (None, None)
+        self._set_up_data(data, resume, overwrite, checkpoint)
+        self._set_up_parts(checkpoint)
+        self._restore(checkpoint)
+
+    # ------------------------------------------------------------------ set up
+    def _resumable(self) -> tuple[dict[str, Any], Path]:
+        last = latest_checkpoint(self.run_dir)
+        if last is None:
+            started = self.run_dir.is_dir() and any(self.run_dir.iterdir())  # killed before its first checkpoint
+            raise VLAEError(f"{self.run_dir}: nothing to resume (no ckpt-*.pt in the run folder)"
+                            + ("; --overwrite starts it afresh" if started else ""))
+        state = load_checkpoint(last, map_location="cpu")
+        require_resumable(state, last)
+        check_resumable(state["config"], self.cfg, last)
+        return state, last
+
+    def _set_up_data(self, data: Any, resume: bool, overwrite: bool, checkpoint: dict[str, Any] | None) -> None:
+        from ..data import dataset_identity, fixed_subset
+
+        t, rt = self.t, self.rt
+        seed_everything(t.seed)
+        self.train_set, valid_set = resolve_data(self.cfg, data, notice=self.warn)  # stderr even under --quiet
+        for images in (self.train_set, valid_set):
+            check_data_fits(self.cfg, images)
+        if rt.main:  # only now: data the model cannot read leaves nothing behind
+            prepare_run_dir(self.run_dir, resume=resume, overwrite=overwrite, notice=self.warn)
+        self.identity = {"train": dataset_identity(self.train_set), "valid": dataset_identity(valid_set)}
+        if checkpoint is not None:
+            check_same_data(checkpoint.get("data"), self.identity, self.last_path, self.warn)
+        valid_images = valid_set.observed(torch.Generator().manual_seed(t.seed + 1))
+        self.valid_images = fixed_subset(valid_images, t.eval_subset).to(rt.device)
+        self.dynamic = self.train_set.dynamic
+        # grey levels of dynamically binarized data stay on the CPU: each epoch draws its binary images there
+        self.train_images = self.train_set.images if self.dynamic else self.train_set.images.to(rt.device)
+        n_train = len(self.train_set)
+        self.per_rank = n_train // rt.world
+        if self.per_rank < 1:
+            raise VLAEError(f"data: {n_train} training images cannot be shared by {rt.world} processes")
+        self.batch = min(t.batch_size, self.per_rank)
+        # the images past the last full batch are left out of the epoch (drop_last, the authors' convention):
+        # every step has one shape, so one CUDA graph serves the whole run
+        self.steps_per_epoch = self.per_rank // self.batch
+        self.data_gen = torch.Generator().manual_seed(t.seed)  # epoch permutations and dynamic binarization
+
+    def _set_up_parts(self, checkpoint: dict[str, Any] | None) -> None:
+        """Model (initialised from data or loaded), Polyak average, optimiser and the step."""
+        t, rt = self.t, self.rt
+        model = VLAE(self.cfg.model).to(rt.device)
+        if checkpoint is None:
+            n = len(self.train_set)
+            first = self.train_set.observed(torch.Generator().manual_seed(t.seed)) if self.dynamic else self.train_images
+            perm0 = torch.randperm(n, generator=torch.Generator().manual_seed(t.seed))[:self.batch]
+            model.initialize(first[perm0.to(first.device)].to(rt.device).float())
+        else:
+            self._check_weights(model, checkpoint)
+            model.load_state_dict(checkpoint["model"])
+        net: torch.nn.Module = model
+        if rt.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            net = DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+        self.ema = None
+        if t.polyak > 0:
+            self.ema = copy.deepcopy(model).requires_grad_(False)
+            if checkpoint is not None and checkpoint.get("ema") is not None:
+                self.ema.load_state_dict(checkpoint["ema"])
+        self.model, self.eval_model = model, (self.ema if self.ema is not None else model)
+        self.graphs = self._use_graphs()
+        # CPU: a float64 learning rate rounds in the update as the Python float it replaces; CUDA: the
+        # captured kernels read it from device memory, in the parameters' precision
+        lr_dtype = torch.float32 if rt.device.type == "cuda" else torch.float64
+        self.lr = torch.tensor(t.lr, dtype=lr_dtype, device=rt.device)
+        opt_cls = torch.optim.Adamax if t.optimizer == "adamax" else torch.optim.Adam
+        self.capturable = rt.device.type == "cuda"
+        self.optimizer = opt_cls(model.parameters(), lr=self.lr, weight_decay=t.weight_decay,
+                                 capturable=self.capturable)
+        self.lr_factor = lr_lambda(self.cfg, self.steps_per_epoch)
+        forward = torch.compile(net, dynamic=False) if t.compile else net  # one shape: compiled once
+        lam = self.cfg.model.free_bits * self.cfg.model.data_dims
+        self.step_fn = TrainStep(model, forward, self.optimizer, rt, (self.batch, *self.cfg.model.image_shape),
+                                 window=self.log_every, grad_clip=t.grad_clip, hard_free_bits=not t.soft_free_bits,
+                                 soft_target=lam if t.soft_free_bits else 0.0, ema=self.ema, polyak=t.polyak)
+
+    def _use_graphs(self) -> bool:
+        mode, cuda = self.t.cuda_graph, self.rt.device.type == "cuda"
+        if mode == "on" and (not cuda or self.rt.distributed):
+            raise VLAEError("train.cuda_graph=on needs one CUDA process (DDP steps stay eager); use auto or off")
+        return mode == "on" or (mode == "auto" and cuda and not self.rt.distributed)
+
+    def _check_weights(self, model: VLAE, checkpoint: dict[str, Any]) -> None:
+        for what in ("model", "ema"):
+            problem = checkpoint.get(what) is not None and weights_mismatch(model.state_dict(), checkpoint[what])
+            if problem:
+                raise VLAEError(f"{self.last_path}: cannot resume: the {what} weights do not match the model: {problem}")
+        problem = optimizer_mismatch(checkpoint["optimizer"], list(model.parameters()))
+        if problem:
+            raise VLAEError(f"{self.last_path}: cannot resume: {problem}")
+
+    def _restore(self, checkpoint: dict[str, Any] | None) -> None:
+        """The trainer state, fresh or from ``checkpoint`` (optimiser, random streams, log, best.pt)."""
+        t, rt = self.t, self.rt
+        self.state = TrainerState()
+        self.result: dict[str, float] = {}
+        self.result_step = self.checkpoint_step = -1
+        seed_everything(t.seed * 1009 + rt.rank)  # posterior noise: different per process, fixed per seed
+        self.epoch_gen_state = self.data_gen.get_state()
+        if checkpoint is not None:
+            self._resume_from(checkpoint)
+        self.step_fn.gamma.fill_(self.state.gamma)
+        self.step_fn.ema_updates.fill_(self.state.ema_n_averaged)
+        if rt.main:
+            write_text(self.run_dir / "config.json", self.cfg.to_json() + "\n")
+        self.metrics = Metrics(self.run_dir, rt.main, t.tensorboard)
+
+    def _resume_from(self, checkpoint: dict[str, Any]) -> None:
+        tr, rng, last = checkpoint["trainer"], checkpoint["rng"], self.last_path
+        if rng["world"] != self.rt.world:
+            raise VLAEError(f"{last}: written by {rng['world']} processes, cannot resume exactly with {self.rt.world}")
+        try:
+            self._load_optimizer(checkpoint["optimizer"])
+            self.state = TrainerState.from_checkpoint(tr)
+            mine = rng["ranks"][self.rt.rank]
+            set_rng_state(mine, self.data_gen)
+            self.epoch_gen_state = mine["data_epoch_start"]
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise VLAEError(f"{last}: cannot resume from this checkpoint ({type(error).__name__}: {first})") from None
+        self.checkpoint_step = self.state.step
+        if isinstance(tr.get("valid"), dict):  # the checkpoint was written right after validating this step
+            self.result, self.result_step = dict(tr["valid"]), self.state.step
+        if tr.get("threads") is not None and tr["threads"] != self.rt.threads:
+            self.warn(f"note: {last.name} was written with {tr['threads']} CPU threads, this run uses "
+                      f"{self.rt.threads}: the result will not be bit-identical to an uninterrupted run (use "
+                      f"--threads {tr['threads']} for that)")
+        if self.rt.main:
+            dropped = trim_metrics(self.run_dir / "metrics.jsonl", self.state.step)
+            if dropped:
+                self.warn(f"dropped {dropped} metrics.jsonl record(s) past step {self.state.step}, written by the "
+                          "interrupted session after its last checkpoint; this run writes them again")
+            repair_best(self.run_dir, self.state.best_step, self.warn)
+            # it described the end of an earlier session; best.pt may move on before this one writes its own
+            (self.run_dir / "summary.json").unlink(missing_ok=True)
+        self.say(f"resuming {self.run_dir} at step {self.state.step} (epoch {self.state.epoch}, "
+                 f"batch {self.state.batch_in_epoch})")
+
+    def _load_optimizer(self, saved: dict[str, Any]) -> None:
+        """Load the optimiser's state, keeping this run's learning-rate tensor and device placement
+        (a checkpoint written on a GPU resumes on a CPU and vice versa)."""
+        self.optimizer.load_state_dict(saved)
+        for group in self.optimizer.param_groups:
+            group["lr"], group["capturable"] = self.lr, self.capturable
+        for p, entry in self.optimizer.state.items():
+            if torch.is_tensor(entry.get("step")):
+                entry["step"] = entry["step"].to(p.device if self.capturable else "cpu", torch.float32)
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> dict[str, Any]:
+        """Train until the epochs, ``max_steps`` or the time budget are done, or a signal stops it."""
+        s = self.state
+        self._start_session()
+        try:
+            while not self._finished() and not self._out_of_time() and not self.stop_signal:
+                images, perm = self._epoch_data()
+                while s.batch_in_epoch < self.steps_per_epoch:
+                    self.train_step(images, perm)
+                    if s.step % self.log_every == 0 or self.step_fn.pending == self.log_every:
+                        self.record()
+                    if self.callback is not None:
+                        self.callback({"step": s.step, "epoch": s.epoch, "lr": self.host_lr, "time": self.clock})
+                    if not self.rt.distributed and self.signals.signum:  # processes agree on it in record()
+                        self.stop_signal = self.signals.signum
+                    if self._finished() or self._out_of_time() or self.stop_signal:
+                        break
+                    if s.batch_in_epoch < self.steps_per_epoch and self._checkpoint_due():
+                        self.write_checkpoint("steps" if self._steps_due() else "time")
+                if s.batch_in_epoch >= self.steps_per_epoch:
+                    self.end_epoch()
+            return self.finish()
+        finally:
+            if self.bar is not None:
+                self.bar.close()
+            self.metrics.close()
+
+    def train_step(self, images: torch.Tensor, perm: torch.Tensor) -> None:
+        """One optimiser step on the next batch of this epoch's permutation (no synchronisation)."""
+        s, step_fn, b = self.state, self.step_fn, self.batch
+        step_fn.x.copy_(images[perm[s.batch_in_epoch * b:(s.batch_in_epoch + 1) * b]])
+        self._set_host_value(step_fn.kl_warmup, kl_warmup_weight(s.step, self.t.kl_warmup_steps))
+        self._set_host_value(self.lr, self.t.lr * self.lr_factor(s.step))
+        if step_fn.graph is None and self.graphs and self.session_steps >= GRAPH_WARMUP:
+            step_fn.capture()
+            self.say(f"captured the training step as a CUDA graph after {self.session_steps} warm-up steps")
+        if step_fn.graph is None and self.graphs:  # warm-up: on a side stream, as capture requires
+            side = self.side_stream
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                step_fn()
+            torch.cuda.current_stream().wait_stream(side)
+        else:
+            step_fn()
+        s.step += 1
+        s.batch_in_epoch += 1
+        self.session_steps += 1
+        self.window_images += b * self.rt.world
+        self.host_lr = self.t.lr * self.lr_factor(s.step)
+        if not self.rt.distributed:
+            self.clock = self._now()
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def record(self) -> None:
+        """Read the device's statistics of the steps since the last read: log skipped steps (and
+        stop if ``max_skipped_steps`` came in a row), and at ``log_every`` steps the window's means."""
+        s = self.state
+        rows, s.gamma, s.ema_n_averaged = self.step_fn.read()
+        first = s.step - len(rows) + 1
+        for i, row in enumerate(rows):
+            self._account(first + i, dict(zip(ROW, row)))
+        self.window_rows += [row for row in rows if row[0] == 0]
+        if self.rt.distributed:  # every process takes the same decisions about time and signals
+            agreed = self.rt.all_reduce_mean(torch.tensor([self._now(), float(self.signals.signum)],
+                                                          dtype=torch.float64)).tolist()
+            self.clock = agreed[0]
+            if agreed[1] > 0:
+                self.stop_signal = self.signals.signum or signal.SIGTERM
+        if s.step % self.log_every == 0:
+            self._log_window(rows[-1][ROW.index("kl_weight")] if rows else 0.0)
+
+    def _account(self, step: int, row: dict[str, float]) -> None:
+        """Count one step's outcome; a skipped step is logged on its own, with no made-up numbers."""
+        s, t = self.state, self.t
+        if row["code"] == 0:
+            s.in_a_row = 0
+            return
+        reason = SKIP_REASONS[int(row["code"])]
+        s.skipped, s.in_a_row = s.skipped + 1, s.in_a_row + 1
+        self.metrics.log({"step": step, "epoch": s.epoch, "kl_weight": row["kl_weight"],
+                          "lr": self.t.lr * self.lr_factor(step), "skipped": s.skipped, "time": self.clock,
+                          "skipped_step": reason})
+        self.warn(f"warning: {reason} at step {step} (loss {row['loss']:.4g}, gradient norm {row['grad_norm']:.4g}); "
+                  f"update skipped ({s.in_a_row} in a row, {s.skipped} in all)")
+        if t.max_skipped_steps > 0 and s.in_a_row >= t.max_skipped_steps:
+            raise VLAEError(f"training diverged: {s.in_a_row} updates in a row skipped (last: {reason}) at step "
+                            f"{step}; the last good state is {self.last_path or 'not checkpointed yet'}; lower --lr "
+                            "or raise train.max_skipped_steps")
+
+    def _log_window(self, kl_weight: float) -> None:
+        s, now, good = self.state, time.perf_counter(), self.window_rows
+        record = {"step": s.step, "epoch": s.epoch, "kl_weight": kl_weight, "lr": self.host_lr,
+                  "skipped": s.skipped, "time": self.clock, "steps_averaged": len(good),
+                  "images_per_s": self.window_images / max(1e-9, now - self.window_start)}
+        if good:  # means over the window's good steps only, summed in float64 in step order
+            sums = [0.0] * 4
+            for row in good:
+                for j in range(4):
+                    sums[j] += row[1 + j]
+            loss, recon, kl, grad_norm = (v / len(good) for v in sums)
+            record.update({"loss": loss, "nelbo": recon + kl, "recon": recon, "kl": kl, "grad_norm": grad_norm})
+        self.metrics.log(record)
+        if self.bar is not None and good:
+            self.bar.set_postfix(loss=f"{record['loss']:.2f}", kl=f"{record['kl']:.2f}",
+                                 img_s=f"{record['images_per_s']:.0f}")
+        if self.bar is None and now - self.last_print >= PRINT_EVERY and good:
+            self.say(f"train  step {s.step:7d}  epoch {s.epoch:4d}  loss {record['loss']:.2f}  KL "
+                     f"{record['kl']:.2f}  {record['images_per_s']:.0f} images/s")
+            self.last_print = now
+        self.window_rows, self.window_images, self.window_start = [], 0, now
+
+    def end_epoch(self) -> None:
+        """After an epoch's last step: validate and checkpoint as configured (``best.pt`` on improvement)."""
+        s, t = self.state, self.t
+        s.epoch += 1
+        s.batch_in_epoch = 0
+        if s.epoch % t.eval_every == 0 or self._finished():
+            self.validate_and_checkpoint("epoch", always=s.epoch % t.checkpoint_every == 0)
+        elif s.epoch % t.checkpoint_every == 0:
+            self.write_checkpoint("epoch")
+        if self._checkpoint_due() and not self._finished() and not self.stop_signal:
+            self.write_checkpoint("steps" if self._steps_due() else "time")
+
+    def finish(self) -> dict[str, Any]:
+        """The last checkpoint (validated unless a signal stopped the run), ``summary.json``, the summary."""
+        s, t = self.state, self.t
+        if self.stop_signal:  # resumable as it stands; validating could take long, the scheduler waits for no one
+            stopped = signal.Signals(self.stop_signal).name
+            if self.checkpoint_step != s.step:
+                self.write_checkpoint(stopped)
+        else:
+            stopped = ("time_budget" if self._out_of_time() and not self._finished() else
+                       "max_steps" if t.max_steps > 0 and s.step >= t.max_steps else "epochs")
+            if self.result_step != s.step:  # the final state is always validated and checkpointed
+                self.validate_and_checkpoint(stopped, always=True)
+            elif self.checkpoint_step != s.step:
+                self.write_checkpoint(stopped)
+        summary = self._summary(stopped)
+        if self.rt.main:
+            write_json(self.run_dir / "summary.json", summary)
+        if self.stop_signal:
+            raise Interrupted(self.stop_signal, self.run_dir, self.last_path, s.step)
+        valid_text = f"{self.result['nelbo']:.2f} nats" if self.result_step == s.step else "not run"
+        self.say(f"stopped after {s.step} steps ({stopped}); valid -ELBO {valid_text}; "
+                 f"{summary['images_per_s']:.0f} images/s; checkpoint {self.last_path}")
+        return summary
+
+    # ------------------------------------------------------------------ validation and checkpoints
+    def validate_and_checkpoint(self, reason: str, always: bool) -> None:
+        """Validate; checkpoint if ``always`` or the bound improved (then also ``best.pt``)."""
+        s, t, rt = self.state, self.t, self.rt
+        self.sync()
+        self.result, self.result_step = validate(self.eval_model, self.valid_images, max(t.batch_size, 100),
+                                                 t.eval_k, seed=t.seed + 2), s.step
+        result = self.result
+        self.metrics.log({"split": "valid", "step": s.step, "epoch": s.epoch, **result, "time": self.clock})
+        iw = f", IW bound (k={t.eval_k}) {result['iw_nll']:.2f}" if t.eval_k else ""
+        self.say(f"valid  step {s.step:7d}  epoch {s.epoch:4d}  -ELBO {result['nelbo']:.2f} nats "
+                 f"({result['bits_per_dim']:.4f} bits/dim)  KL {result['kl']:.2f}{iw}")
+        improved = torch.tensor([float(result["nelbo"] < s.best)])
+        if rt.distributed:  # rank 0 decides, so every rank takes part in the same checkpoints
+            import torch.distributed as dist
+
+            improved = improved.to(rt.device)
+            dist.broadcast(improved, 0)
+        better = bool(improved.item())
+        if better:
+            s.best, s.best_step = result["nelbo"], s.step
+        if always or better:
+            self.write_checkpoint(reason)
+        if better and rt.main:
+            copy_checkpoint(self.last_path, self.run_dir / "best.pt")  # after the checkpoint: see repair_best
+
+    def write_checkpoint(self, reason: str) -> None:
+        """A checkpoint from which the run resumes exactly (collective: every process takes part)."""
+        s, rt = self.state, self.rt
+        self.sync()
+        mine = rng_state(self.data_gen, self.epoch_gen_state)
+        rng: dict[str, Any] = {"world": 1, "ranks": [mine]}
+        if rt.distributed:
+            import torch.distributed as dist
+
+            every: list[Any] = [None] * rt.world
+            dist.all_gather_object(every, mine)
+            rng = {"world": rt.world, "ranks": every}
+        self.checkpoint_step, self.checkpoint_clock = s.step, self.clock
+        if not rt.main:
+            return
+        trainer = {**asdict(s), "elapsed": self.clock, "reason": reason, "threads": rt.threads,
+                   "valid": self.result if self.result_step == s.step else None}
+        optimizer = self.optimizer.state_dict()
+        for group in optimizer["param_groups"]:  # plain numbers: the file loads anywhere
+            group["lr"] = self.t.lr * self.lr_factor(s.step)
+        self.last_path = save_checkpoint(self.run_dir / checkpoint_name(s.step), {
+            "config": self.cfg.to_dict(), "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": optimizer, "scheduler": {"last_epoch": s.step}, "trainer": trainer, "rng": rng,
+            "data": self.identity})
+        for old in list_checkpoints(self.run_dir)[:-max(1, self.t.keep_last)]:  # never the new one (see repair_best)
+            old.unlink(missing_ok=True)
+
+    def sync(self) -> None:
+        """Bring the host's view up to date with the device (skips, gamma, clock) before a decision."""
+        if self.step_fn.pending:
+            self.record()
+        elif self.rt.distributed:
+            self.clock = self.rt.all_reduce_mean(torch.tensor([self._now()], dtype=torch.float64)).item()
+
+    # ------------------------------------------------------------------ small pieces
+    def _start_session(self) -> None:
+        s, t, rt = self.state, self.t, self.rt
+        self.session_start = time.perf_counter()
+        self.clock = self.checkpoint_clock = s.elapsed  # training seconds as every process agrees on them
+        self.session_steps, self.stop_signal, self.elapsed0 = 0, 0, s.elapsed
+        self.host_values: dict[int, float] = {}
+        self.host_lr = t.lr * self.lr_factor(s.step)
+        self.window_rows: list[list[float]] = []
+        self.window_images, self.window_start = 0, time.perf_counter()
+        self.last_print = self.window_start
+        self.side_stream = torch.cuda.Stream(rt.device) if self.graphs else None
+        self.bar = None
+        total = t.max_steps or (t.epochs * self.steps_per_epoch if t.epochs else None)
+        if rt.main and not self.quiet and (t.progress == "on" or (t.progress == "auto" and sys.stderr.isatty())):
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=s.step, unit="step", dynamic_ncols=True, desc="train")
+        how = [rt.precision] + (["CUDA graph"] if self.graphs else []) + (["compiled"] if t.compile else [])
+        how += [f"{rt.world} processes"] if rt.distributed else []
+        self.say(f"training {sum(p.numel() for p in self.model.parameters()):,} parameters on {rt.device} "
+                 f"({', '.join(how)}, {rt.threads} CPU threads), {len(self.train_set):,} images "
+                 f"({self.train_set.source}), {self.steps_per_epoch} steps/epoch of {self.batch}; run dir {self.run_dir}")
+        self.model.train()
+
+    def _epoch_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This epoch's images and this rank's share of the permutation (uses the data generator)."""
+        rt, s = self.rt, self.state
+        if s.batch_in_epoch == 0:
+            self.epoch_gen_state = self.data_gen.get_state()
+        else:  # resuming mid-epoch: rebuild this epoch's permutation from its starting state
+            self.data_gen.set_state(self.epoch_gen_state)
+        images = self.train_set.observed(self.data_gen).to(rt.device) if self.dynamic else self.train_images
+        perm = torch.randperm(len(self.train_set), generator=self.data_gen)
+        return images, perm[:self.per_rank * rt.world][rt.rank::rt.world].to(rt.device)
+
+    def _now(self) -> float:
+        return self.elapsed0 + time.perf_counter() - self.session_start
+
+    def _set_host_value(self, tensor: torch.Tensor, value: float) -> None:
+        """``tensor.fill_(value)`` when the value changed (on a GPU a fill is a kernel launch)."""
+        if self.host_values.get(id(tensor)) != value:
+            tensor.fill_(value)
+            self.host_values[id(tensor)] = value
+
+    def _finished(self) -> bool:
+        t, s = self.t, self.state
+        return (t.epochs > 0 and s.epoch >= t.epochs) or (t.max_steps > 0 and s.step >= t.max_steps)
+
+    def _out_of_time(self) -> bool:
+        return self.t.time_budget > 0 and self.clock >= self.t.time_budget
+
+    def _steps_due(self) -> bool:
+        return self.t.checkpoint_steps > 0 and self.state.step % self.t.checkpoint_steps == 0
+
+    def _checkpoint_due(self) -> bool:
+        t = self.t
+        return self.checkpoint_step != self.state.step and (
+            self._steps_due() or (t.checkpoint_seconds > 0 and self.clock - self.checkpoint_clock >= t.checkpoint_seconds))
+
+    def _summary(self, stopped: str) -> dict[str, Any]:
+        s, rt = self.state, self.rt
+        seconds = time.perf_counter() - self.session_start
+        s.elapsed = self.clock
+        return {"steps": s.step, "epochs": s.epoch, "batch_in_epoch": s.batch_in_epoch, "stopped": stopped,
+                "skipped": s.skipped, "images_per_s": self.session_steps * self.batch * rt.world / max(1e-9, seconds),
+                "seconds": seconds, "train_seconds": self.clock,
+                "valid": self.result if self.result_step == s.step else {}, "kl_weight_gamma": s.gamma,
+                "world_size": rt.world, "device": str(rt.device), "threads": rt.threads, "precision": rt.precision,
+                "cuda_graph": self.step_fn.graph is not None, "compiled": self.t.compile,
+                "data": self.train_set.source, "data_identity": self.identity, "run_dir": str(self.run_dir),
+                "checkpoint": str(self.last_path) if self.last_path else None,
+                "best": str(self.run_dir / "best.pt") if (self.run_dir / "best.pt").exists() else None,
+                "best_step": s.best_step, "best_nelbo": s.best if math.isfinite(s.best) else None}
+
+
+def train(cfg: Config, run_dir: str | os.PathLike, *, resume: bool = False, overwrite: bool = False,
+          quiet: bool = False, data: Any = None, callback: Callable[[dict[str, Any]], object] | None = None,
+          log_every: int = LOG_EVERY) -> dict[str, Any]:
+    """Train a VLAE; write config, metrics and checkpoints into ``run_dir``.
+
+    Args:
+        cfg: the run's configuration (validated here).
+        run_dir: output folder (created); must be empty unless ``resume`` or ``overwrite``.
+        resume: continue from the latest checkpoint in ``run_dir``. The model,
+            the optimisation settings and the data must match it; when to stop
+            (epochs, max_steps, time_budget), checkpointing and logging may change.
+        overwrite: delete the run already in ``run_dir`` first.
+        quiet: no progress bar and no progress messages (warnings still go to stderr).
+        data: in-memory data instead of the configured dataset (see :func:`resolve_data`).
+        callback: called after every optimiser step with what the host knows of it
+            without waiting for the device (``step``, ``epoch``, ``lr``, ``time``);
+            an exception it raises stops training (the last checkpoint stays resumable).
+            The step's loss and KL are in ``metrics.jsonl``, every ``log_every`` steps.
+        log_every: optimiser steps between ``metrics.jsonl`` records, which are also
+            the steps at which the host reads the device's statistics.
+
+    Returns:
+        summary: ``steps``, ``epochs``, ``images_per_s``, ``skipped``, ``stopped``
+        (why), ``valid`` (final validation of the averaged weights), ``checkpoint``,
+        ``best`` (with ``best_step``, ``best_nelbo``), ``run_dir``, ``seconds``, ``threads``.
+
+    Raises:
+        VLAEError: bad options, a non-empty run folder, a checkpoint of another
+            run or data, a file that cannot be written, or ``max_skipped_steps``
+            consecutive non-finite updates.
+        Interrupted: SIGINT or SIGTERM; a resumable checkpoint was written first.
+    """
+    cfg.validate()
+    if log_every < 1:
+        raise VLAEError(f"log_every must be >= 1, got {log_every}")
+    run_dir = Path(run_dir)
+    with StopSignals(run_dir) as signals:
+        try:
+            return Trainer(cfg, run_dir, resume=resume, overwrite=overwrite, quiet=quiet, data=data,
+                           callback=callback, log_every=log_every, signals=signals).run()
+        except OSError as error:  # a write not already named (tensorboard, a folder that vanished, ...)
+            raise write_error(error.filename or run_dir, error) from None
