@@ -188,7 +188,14 @@ class Trainer:
         self.optimizer = opt_cls(model.parameters(), lr=self.lr, weight_decay=t.weight_decay,
                                  capturable=self.capturable)
         self.lr_factor = lr_lambda(self.cfg, self.steps_per_epoch)
-        forward = torch.compile(net, dynamic=False) if t.compile else net  # one shape: compiled once
+        forward = net
+        if t.compile:
+            from torch._inductor import config as inductor
+
+            # the eager random draws (inductor's own generator would draw others): --compile changes the
+            # numbers by float rounding only, and a seed means the same run with and without it
+            inductor.fallback_random = True
+            forward = torch.compile(net, dynamic=False)  # every step has one shape: compiled once
         lam = self.cfg.model.free_bits * self.cfg.model.data_dims
         self.step_fn = TrainStep(model, forward, self.optimizer, rt, (self.batch, *self.cfg.model.image_shape),
                                  window=self.log_every, grad_clip=t.grad_clip, hard_free_bits=not t.soft_free_bits,
