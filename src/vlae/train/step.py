@@ -77,7 +77,7 @@ class TrainStep:
         self.hard_free_bits, self.soft_target, self.polyak = hard_free_bits, soft_target, polyak
         self.params = list(model.parameters())
         self.averaged = [p.detach() for p in ema.parameters()] if ema is not None else []
-        self._weights = [torch.zeros_like(p) for p in self.averaged]
+        self._ones = [torch.ones_like(p) for p in self.averaged]
         dev = runtime.device
         f64 = dict(dtype=torch.float64, device=dev)
         self.x = torch.zeros(batch_shape, device=dev)
@@ -148,10 +148,10 @@ class TrainStep:
         n = self.ema_updates
         decay = torch.clamp((1 + n) / (10 + n), max=self.polyak)
         weight = (torch.where(n == 0, torch.ones_like(n), 1 - decay) * ok).float()
-        # lerp takes per-tensor weights: filled in place, so the step launches a few fused kernels, not one per tensor
-        torch._foreach_mul_(self._weights, 0.0)
-        torch._foreach_add_(self._weights, weight)
-        torch._foreach_lerp_(self.averaged, [p.detach() for p in self.params], self._weights)
+        # lerp takes per-tensor weights; multiplying ones by a tensor keeps to the device (adding a tensor
+        # to a list reads it on the host), and a few fused kernels serve all tensors
+        weights = torch._foreach_mul(self._ones, weight)
+        torch._foreach_lerp_(self.averaged, [p.detach() for p in self.params], weights)
         self.ema_updates += ok.double()
 
     # ------------------------------------------------------------------ exact rollback
@@ -188,12 +188,21 @@ class TrainStep:
         on a side stream (see :meth:`warm_up_stream`). Capturing runs nothing: the
         current step is the first replay.
         """
-        if not self.optimizer.state or not self._with_state:
+        if not self.optimizer.state:
             raise RuntimeError("TrainStep.capture: take an eager step first (the optimiser has no state)")
+        if not self._with_state:
+            self._track(with_state=True)
         torch.cuda.synchronize(self.runtime.device)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._step()
+        graph, inside = torch.cuda.CUDAGraph(), None
+        try:
+            with torch.cuda.graph(graph):
+                try:
+                    self._step()
+                except Exception as error:  # the cause; ending the capture then fails with a vaguer error
+                    inside = error
+                    raise
+        except Exception as error:
+            raise (inside or error) from None
         self.graph = graph
 
     def read(self) -> tuple[list[list[float]], float, int]:
