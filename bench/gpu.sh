@@ -1,31 +1,60 @@
 #!/usr/bin/env bash
-# One GPU, at most 8 minutes: training throughput (bf16 + torch.compile) and IW-evaluation
-# throughput (fp32 + torch.compile: what `vlae eval --compile` runs) of the paper's presets,
-# with the projected time of the paper's protocol, written as one JSON.
+# One GPU, about 8 minutes: the CUDA tests, then training throughput (eager, CUDA graph and
+# torch.compile; bf16 and fp32) of the paper's presets at the paper's batch sizes, IW-evaluation
+# throughput, bf16 against fp32 training on the same run, and the projected times of the paper's
+# protocols, into one JSON. Every step has its own time limit and log, so a failure loses nothing else.
 #
-#   bash bench/gpu.sh [OUT.json]            # on a CUDA machine (inside the project's venv)
-#   bash bench/gpu.sh --dry-run [OUT.json]  # the same pipeline on the CPU, tiny preset, seconds
-set -euo pipefail
+#   bash bench/gpu.sh [OUT.json]            # on a CUDA machine (VLAE_DATA_DIR: real data for the precision run)
+#   bash bench/gpu.sh --dry-run [OUT.json]  # the same steps and flags on the CPU, tiny sizes (graphs: eager)
+set -uo pipefail
 DRY=0
 if [[ "${1:-}" == "--dry-run" ]]; then DRY=1; shift; fi
 OUT="${1:-gpu_bench.json}"
 [[ "$OUT" = /* ]] || OUT="$PWD/$OUT"
+LOGS="${OUT%.json}.logs"
+mkdir -p "$LOGS"
 cd "$(dirname "$0")"
 PY="${PYTHON:-python}"
-TMP="$(mktemp -d)"
-trap 'rm -rf "$TMP"' EXIT
+DATA=()
+[[ -n "${VLAE_DATA_DIR:-}" ]] && DATA=(--data-dir "$VLAE_DATA_DIR")
 if (( DRY )); then
-  DEVICE=cpu; PRESETS="tiny"; SECONDS_EACH=0.5; EXTRA=(--threads 1 --loop-steps 5); EVAL=(--k 8 --images 4 --threads 1)
-  TRAIN_FLAGS=(); EVAL_FLAGS=()
+  DEVICE=cpu; SPECS=(tiny:16); MODES=(eager); GRAPH=eager; CGRAPH=compile; S=0.3; LOOP=12; TESTS_LIMIT=120
+  MNIST=tiny; DENSE=tiny; EVAL=(--k 8 --images 2 --seconds 0.3 --threads 1); PSTEPS=(--steps 20 --valid-images 16)
+  SPECS_COMPILE=(tiny:16); STAND_IN=(--stand-in tiny)
 else
-  DEVICE=cuda; PRESETS="${PRESETS:-mnist-paper mnist-gated}"; SECONDS_EACH=20; EXTRA=(--loop-steps 60)
-  EVAL=(--k 1024 --images 16); TRAIN_FLAGS=(--bf16 --compile); EVAL_FLAGS=(--compile)
+  DEVICE=cuda; SPECS=(mnist-paper:128 cifar-paper:32 cifar-paper:128 cifar-paper-dense:128); MODES=(eager graph)
+  GRAPH=graph; STAND_IN=()
+  CGRAPH=compile+graph; S=2; LOOP=40; TESTS_LIMIT=150; MNIST=mnist-paper; DENSE=cifar-paper-dense
+  EVAL=(--k 1024 --images 16 --seconds 4); PSTEPS=(--steps 600 --batch-size 128); SPECS_COMPILE=(mnist-paper:128 cifar-paper:32)
 fi
-# shellcheck disable=SC2086
-"$PY" train.py --device "$DEVICE" --presets $PRESETS --seconds "$SECONDS_EACH" "${EXTRA[@]}" \
-  "${TRAIN_FLAGS[@]}" --json "$TMP/train.json"
-# shellcheck disable=SC2086
-"$PY" eval.py --device "$DEVICE" --presets $PRESETS --seconds "$SECONDS_EACH" "${EVAL[@]}" \
-  "${EVAL_FLAGS[@]}" --json "$TMP/eval.json"
-"$PY" protocol.py "$TMP/train.json" "$TMP/eval.json" --out "$OUT"
-echo "wrote $OUT"
+
+step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $LOGS/NAME.log, record the exit status
+  local name=$1 limit=$2; shift 2
+  echo "== $name (at most ${limit} s)"
+  local start=$SECONDS
+  timeout -k 10 "$limit" "$@" >"$LOGS/$name.log" 2>&1
+  local rc=$?
+  echo "{\"step\": \"$name\", \"status\": $rc, \"seconds\": $((SECONDS - start))}" >>"$LOGS/steps.jsonl"
+  tail -n 12 "$LOGS/$name.log"
+  (( rc == 0 )) || { echo "!! $name exited with status $rc (124: time limit)"; FAILED+=("$name"); }
+}
+FAILED=()
+
+: >"$LOGS/steps.jsonl"
+step tests "$TESTS_LIMIT" "$PY" -m pytest ../tests/test_cuda_train.py -q -p no:cacheprovider
+step train_bf16 200 "$PY" train.py --device "$DEVICE" --bf16 --presets "${SPECS[@]}" --modes "${MODES[@]}" \
+  --seconds "$S" --loop-steps "$LOOP" --json "$LOGS/train_bf16.json"
+step train_fp32 80 "$PY" train.py --device "$DEVICE" --presets "${SPECS[@]}" --modes "$GRAPH" --seconds "$S" \
+  --no-loop --json "$LOGS/train_fp32.json"
+step eval_mnist 80 "$PY" eval.py --device "$DEVICE" --presets "$MNIST" --compile "${EVAL[@]}" --protocol-k 4096 \
+  --json "$LOGS/eval_mnist.json"
+step eval_cifar 60 "$PY" eval.py --device "$DEVICE" --presets "$DENSE" "${EVAL[@]}" --protocol-k 512 \
+  --json "$LOGS/eval_cifar.json"
+step precision 120 "$PY" precision.py --device "$DEVICE" --preset "$MNIST" "${PSTEPS[@]}" "${DATA[@]}" \
+  --json "$LOGS/precision.json"
+step protocol 30 "$PY" protocol.py "$LOGS"/train_*.json "$LOGS"/eval_*.json "${STAND_IN[@]}" --out "$OUT"
+step train_compile 150 "$PY" train.py --device "$DEVICE" --bf16 --presets "${SPECS_COMPILE[@]}" --modes "$CGRAPH" \
+  --seconds "$S" --no-loop --json "$LOGS/train_compile.json"
+step protocol 30 "$PY" protocol.py "$LOGS"/train_*.json "$LOGS"/eval_*.json "${STAND_IN[@]}" --out "$OUT"
+echo "wrote $OUT (logs in $LOGS)"
+(( ${#FAILED[@]} == 0 )) || { echo "failed steps: ${FAILED[*]}"; exit 1; }

@@ -207,9 +207,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{r['preset']:<18}{r['batch_size']:>6} {r['mode']:<14}{r['gflop_per_image']:>10.4f}"
                   f"{r['images_per_s']:>10.1f}{r['achieved_gflops']:>9.1f}{r['fraction_of_gemm']:>9.2f}{loop}",
                   flush=True)
-    if args.json:
-        write_json(args.json, {"benchmark": "train", "environment": environment(device), "bf16": args.bf16,
-                               "modes": args.modes, "gemm_gflops": reference, "rows": rows})
+            if args.json:  # after every row: a run stopped by its time limit keeps what it measured
+                write_json(args.json, {"benchmark": "train", "environment": environment(device), "bf16": args.bf16,
+                                       "modes": args.modes, "gemm_gflops": reference, "rows": rows})
     return 0
 
 

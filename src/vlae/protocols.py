@@ -1,0 +1,62 @@
+"""The paper's experimental protocols, as data: what ``vlae reproduce`` runs and
+what ``bench/protocol.py`` projects.
+
+Each :class:`Protocol` names the preset, the data, the training length (epochs or
+images), the evaluation (the IW bound with the paper's ``k`` on the whole test
+set) and the paper's number with its table.
+
+>>> PROTOCOLS["static-mnist"].train_images
+15000000
+>>> round(PROTOCOLS["cifar10"].train_images / 1e6)
+68
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Protocol", "PROTOCOLS"]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One of the paper's experiments (see the module docstring)."""
+
+    name: str
+    preset: str
+    dataset: str
+    batch_size: int
+    eval_k: int
+    test_images: int
+    paper_value: float
+    unit: str  # "nats" (per image) or "bits/dim"
+    source: str
+    epochs: int = 0
+    epoch_images: int = 0
+    steps: int = 0  # when the schedule is counted in steps rather than epochs
+    train_on_valid: bool = False
+
+    @property
+    def train_images(self) -> int:
+        """Images the training sees in all (epochs x images per epoch, or steps x batch)."""
+        return self.steps * self.batch_size if self.steps else self.epochs * self.epoch_images
+
+    @property
+    def eval_samples(self) -> int:
+        """Decoder evaluations of the final IW bound: k for each test image."""
+        return self.eval_k * self.test_images
+
+
+PROTOCOLS = {
+    "static-mnist": Protocol(
+        name="static-mnist", preset="mnist-paper", dataset="binarized-mnist", batch_size=128, eval_k=4096,
+        test_images=10_000, paper_value=79.03, unit="nats", epochs=300, epoch_images=50_000,
+        source="Chen et al. (2017), Table 1 (VLAE, statically binarized MNIST); schedule of the authors' "
+               "vlae_final.py launcher: batch 128, Adamax 2e-3, Polyak 0.998, 300 epochs"),
+    "cifar10": Protocol(
+        name="cifar10", preset="cifar-paper-dense", dataset="cifar10", batch_size=128, eval_k=512,
+        test_images=10_000, paper_value=2.95, unit="bits/dim", steps=530_000, train_on_valid=True,
+        source="Chen et al. (2017), Table 3 (DenseNet VLAE, CIFAR-10); about 530k steps of global batch 128, "
+               "inferred from the step counts in the authors' launchers 0109-0113 (rllab-curriculum, "
+               "sandbox/pchen/InfoGAN/launchers_prime)"),
+}
