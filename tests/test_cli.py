@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import fallback_environ
 from vlae import cli
 from vlae.checkpoint import save_checkpoint
 from vlae.config import get_preset
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _vlae(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "VLAE_DATA_DIR": str(cwd / "no-data")}
+    env = {**fallback_environ(cwd), "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "vlae", *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=300)
 
@@ -164,8 +165,7 @@ def test_train_minimal_runs(tmp_path, monkeypatch, capsys):
     import train_minimal
 
     out = tmp_path / "results"
-    # No data location named: the shared binarized MNIST if present, else the announced embedded fallback.
-    monkeypatch.setenv("VLAE_DATA_DIR", str(tmp_path / "no-data"))
+    # $VLAE_DATA_DIR (tests/conftest.py: the shared binarized MNIST if present), else the announced embedded fallback.
     status = train_minimal.main(["--max-steps", "2", "--k", "2", "--eval-subset", "4", "--output-dir", str(out),
                                  "--use-flow", "--no-plots", "--latent-dim", "8"])
     captured = capsys.readouterr()

@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import fallback_environ
 from vlae.checkpoint import load_model, save_checkpoint
 from vlae.config import get_preset
 from vlae.errors import VLAEError
@@ -47,7 +48,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _vlae(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "VLAE_DATA_DIR": str(cwd / "no-data")}
+    env = {**fallback_environ(cwd), "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "vlae", *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=300)
 

@@ -84,7 +84,7 @@ def _command(prelude: str | None = None) -> list[str]:
 
 
 def _environ() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "VLAE_DATA_DIR": "/nonexistent-vlae-data"}
+    return {**os.environ, "OMP_NUM_THREADS": "1", "VLAE_DATA_DIR": "/nonexistent-vlae-data"}  # --data-dir wins
 
 
 def _vlae(*args: str, cwd: Path, prelude: str | None = None, timeout: float = 240) -> subprocess.CompletedProcess:

@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from vlae.config import get_preset
-from vlae.data import find_shared_binarized_mnist
+from vlae.data import find_binarized_mnist
 from vlae.evaluate import evaluate_checkpoint
 from vlae.train import train
 
-SHARED = find_shared_binarized_mnist()
+SHARED = find_binarized_mnist()  # under $VLAE_DATA_DIR: tests/conftest.py points it at ../shared/data if present
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow,
-              pytest.mark.skipif(SHARED is None, reason="binarized MNIST not found in ../shared/data")]
+              pytest.mark.skipif(SHARED is None, reason="binarized MNIST not found under $VLAE_DATA_DIR")]
 
 # Why 125 nats: the best model that ignores how pixels depend on each other (independent Bernoullis
 # at the training set's per-pixel means) scores 205.95 nats on the test set, and the untrained model

@@ -321,7 +321,6 @@ def _run_task(payload: dict[str, Any]) -> dict[str, Any]:
         steps=_steps(summary), train_seconds=round(train_seconds, 2), eval_seconds=round(eval_seconds, 2),
         seconds=round(train_seconds + eval_seconds, 2), stopped=summary.get("stopped"), resumed=resume,
     )
-    # The requested configuration, not cfg: train() fills in where it found the data.
     _write_json(run_dir / RESULTS, {**record, "summary": _jsonable(summary), "config": payload["config"],
                                     "eval": {k: payload[k] for k in ("eval_subset", "k", "eval_batch_size")}})
     return record
@@ -347,19 +346,13 @@ def _jsonable(obj: Any) -> Any:
 
 def _test_images(cfg: Config, subset: int, notice: Callable[[str], object] = print):
     """``subset`` (0: all) binarized test images of the run's dataset: the
-    :func:`~vlae.data.fixed_subset` that ``vlae eval --subset`` uses too.
-    Binarized MNIST is looked for where :func:`vlae.train.train` finds it."""
+    :func:`~vlae.data.fixed_subset` that ``vlae eval --subset`` uses too,
+    read from where :func:`vlae.train.train` reads the training data."""
     import torch
 
-    from .data import find_shared_binarized_mnist, fixed_subset, load_or_fallback, resolve_data_dir
+    from .data import fixed_subset, load_or_fallback
 
-    data_dir = cfg.train.data_dir
-    if data_dir is None and cfg.train.dataset == "binarized-mnist":
-        shared = find_shared_binarized_mnist()
-        default = resolve_data_dir(None)
-        if shared is not None and not any((default / d).is_dir() for d in ("binarized-mnist", "binarized_mnist")):
-            data_dir = str(shared)
-    test = load_or_fallback(cfg.train.dataset, "test", data_dir, notice=notice)
+    test = load_or_fallback(cfg.train.dataset, "test", cfg.train.data_dir, notice=notice)
     return fixed_subset(test.observed(torch.Generator().manual_seed(0)), subset)
 
 
