@@ -137,6 +137,47 @@ def test_changed_configuration_is_refused(finished, tmp_path):
                   log=lambda _m: None)
 
 
+def test_an_interrupted_run_of_another_budget_is_refused_before_anything_is_written(finished, tmp_path):
+    """A run stopped at step 2 of a 2-step budget is never finished with another budget: its
+    result would sit beside runs of that budget (the issue's 192-step run among 150-step ones)."""
+    import shutil
+
+    out, _, _ = finished
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    for run in copy.glob("*/results.json"):
+        run.unlink()  # as if every run was stopped before its evaluation
+    before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+    base = base_config("tiny", ["train.eval_subset=16"], None, 3)
+    with pytest.raises(VLAEError, match="masked-L1-k3-gaussian was interrupted at step 2 of a run with other "
+                                        r"settings \(train.max_steps: 2 -> 3\)"):
+        run_sweep(copy, base, **GRID, eval_subset=12, k=2, jobs=1, test_images=synthetic(12, 2), log=lambda _m: None)
+    assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before
+
+
+def test_a_table_holds_runs_of_one_setting(finished, tmp_path, capsys):
+    """Another grid of another budget into the same folder, or a folder already mixed: refused."""
+    import shutil
+
+    out, _, _ = finished
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    base = base_config("tiny", ["train.eval_subset=16"], None, 3)
+    with pytest.raises(VLAEError, match="was made with a different configuration \\(train.max_steps: 2 -> 3\\); "
+                                        "a table holds runs of one setting"):
+        run_sweep(copy, base, layers=[5], kernels=[3], priors=["af"], eval_subset=12, k=2, jobs=1,
+                  test_images=synthetic(12, 2), log=lambda _m: None)
+    assert not (copy / "masked-L5-k3-af").exists()
+    stored = json.loads((copy / "masked-L3-k3-af" / "results.json").read_text())
+    stored["config"]["train"]["max_steps"] = 150
+    (copy / "masked-L3-k3-af" / "results.json").write_text(json.dumps(stored))
+    table = (copy / "sweep.md").read_bytes()
+    assert main(["--report", str(copy)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "train.max_steps" in err and "one setting" in err
+    assert (copy / "sweep.md").read_bytes() == table
+
+
 # ----------------------------------------------------------------------------- bad input, pure functions
 
 

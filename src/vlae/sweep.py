@@ -473,8 +473,6 @@ def check_tasks(tasks: Sequence[Task], out_dir: str | os.PathLike, eval_settings
     out = Path(out_dir)
     if not out.is_dir():
         return {}
-    if tasks:
-        _check_folder_settings(out, {"config": tasks[0].config.to_dict(), "eval": eval_settings})
     records = {}
     for task in tasks:
         path = out / task.name / RESULTS
@@ -490,6 +488,8 @@ def check_tasks(tasks: Sequence[Task], out_dir: str | os.PathLike, eval_settings
             raise VLAEError(f"{path} was made with a different configuration ({'; '.join(diffs[:3])}); "
                             f"use another output directory")
         records[task.name] = _record_of(stored)
+    if tasks:
+        _check_folder_settings(out, {"config": tasks[0].config.to_dict(), "eval": eval_settings})
     return records
 
 
