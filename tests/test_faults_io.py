@@ -324,3 +324,33 @@ def test_gated_kernel_size_one_is_refused_by_validation():
     cfg.model.decoder, cfg.model.decoder_kernel = "gated", 1
     with pytest.raises(VLAEError, match="model.decoder_kernel: a gated decoder needs a kernel of at least 3"):
         cfg.validate()
+
+
+@slow
+def test_ctrl_c_during_eval_names_the_same_eval_command_to_continue(lab):
+    """SIGINT mid-evaluation: 130 and one line naming `vlae eval` (not `vlae train --resume`);
+    the same command then continues from the kept blocks and finishes."""
+    import signal
+    import time
+
+    args = ("eval", "run", "--k", "1000", "--subset", "20", "--batch-size", "2", "--progress", "off", "--out",
+            "interrupted.json")
+    proc = subprocess.Popen([sys.executable, "-m", "vlae", *args], cwd=lab, env={**fallback_environ(lab),
+                            "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(lab.glob("interrupted.*.parts/block-*.pt")):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no block finished"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert proc.returncode == 130 and len(lines) == 1 and "Traceback" not in err, err
+    assert "run the same `vlae eval` command again" in lines[0] and "vlae train" not in lines[0], lines[0]
+    kept = len(list(lab.glob("interrupted.*.parts/block-*.pt")))
+    assert kept >= 1 and not (lab / "interrupted.json").exists()
+    done = _vlae(*args, cwd=lab)
+    assert done.returncode == 0, done.stderr
+    result = json.loads((lab / "interrupted.json").read_text())
+    assert result["images"] == 20 and not list(lab.glob("interrupted.*.parts"))  # finished, blocks cleaned up
+    (lab / "interrupted.json").unlink()

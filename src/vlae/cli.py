@@ -404,9 +404,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {where}{error.strerror or error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\ninterrupted; resume from the last checkpoint with `vlae train --resume --run-dir RUN_DIR`",
-              file=sys.stderr)
+        command = getattr(locals().get("args"), "command", None)
+        print(f"\ninterrupted; {_CONTINUE.get(command, 'run the same command again')}", file=sys.stderr)
         return 130
+
+
+#: How each command continues after Ctrl-C (``vlae train``, sweep and ablation print their own line).
+_CONTINUE = {
+    "eval": "run the same `vlae eval` command again to continue: its finished blocks are kept",
+    "train": "continue with `vlae train --resume --run-dir RUN_DIR` if the run folder holds a checkpoint",
+}
 
 
 if __name__ == "__main__":
