@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -176,3 +177,29 @@ def test_train_minimal_runs(tmp_path, monkeypatch, capsys):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["model"]["prior"] == "af" and cfg["model"]["latent_dim"] == 8 and cfg["preset"] == "mnist-small"
     assert (out / "best.pt").is_file() and len(list(out.glob("eval_*_test_k2_n4.json"))) == 1
+
+    # into the used folder: one line in this script's own options (it has no --run-dir), the folder untouched
+    args = ["--k", "2", "--eval-subset", "4", "--output-dir", str(out), "--use-flow", "--no-plots", "--latent-dim", "8"]
+    before = sorted(p.name for p in out.iterdir())
+    assert train_minimal.main(["--max-steps", "2", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {out}: the run folder is not empty") and err.count("\n") == 1, err
+    assert "--resume" in err and "--overwrite" in err and "--output-dir" in err and "--run-dir" not in err
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert train_minimal.main(["--max-steps", "3", "--resume", *args]) == 0  # what the line says works
+    assert json.loads((out / "summary.json").read_text())["steps"] == 3
+
+
+def test_train_minimal_interrupted_names_its_own_way_to_continue(tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(ROOT))
+    import train_minimal
+    import vlae.train
+
+    def interrupted(cfg, run_dir, **kw):
+        raise vlae.train.Interrupted(signal.SIGTERM, Path(run_dir), None, 7)
+
+    monkeypatch.setattr(vlae.train, "train", interrupted)
+    assert train_minimal.main(["--output-dir", str(tmp_path / "r"), "--no-plots"]) == 143
+    err = capsys.readouterr().err.strip()
+    assert err == (f"interrupted; continue with the same command plus --resume: python train_minimal.py ... "
+                   f"--resume --output-dir {tmp_path / 'r'}")
