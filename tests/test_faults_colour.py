@@ -128,6 +128,8 @@ CASES = [
     Case("corrupt archive, eval", ["eval", "{lab}/colour", "--data-dir", "{lab}/corrupt", "--k", "2", "--subset", "2",
                                    "--progress", "off", "--out", "{lab}/out.json"],
          "cifar-10-python.tar.gz", ("out.json",)),
+    Case("sample --n 100000000 (issue 21)", ["sample", "{lab}/colour", "--n", "100000000", "--out", "{lab}/huge.png"],
+         "invalid --n: 100000000 samples make a grid of 330001 x 330001 pixels", ("huge.png",)),
     Case("truncated archive, compress", ["compress", "{lab}/colour", "--dataset", "cifar10", "--data-dir",
                                          "{lab}/truncated", "-o", "{lab}/out.vlae"],
          "cifar-10-python.tar.gz", ("out.vlae",)),

@@ -103,6 +103,17 @@ def lab(tmp_path_factory) -> Path:
                                                                 "images": 20, "source": "/elsewhere/mnist_5k.csv.gz",
                                                                 "sha256": "0" * 64},
                                               "nll": 99.0}))
+    from vlae.evaluate import evaluate_checkpoint
+
+    for k, damage in ((2, "cut"), (3, "foreign")):  # two sharded evaluations whose shard 1/2 is spoilt
+        for i in (0, 1):
+            part = evaluate_checkpoint(run, k=k, subset=4, batch_size=2, shard=f"{i}/2", progress=False,
+                                       notice=lambda _m: None)
+        path = Path(part["path"])
+        if damage == "cut":
+            path.write_bytes(path.read_bytes()[:300])
+        else:
+            torch.save({"fingerprint": "?", "note": torch.zeros(1)}, path)
     (lab / LEGACY).write_text(json.dumps({"estimator": "IW bound, k=2", "dataset": "binarized-mnist",
                                           "split": "test", "data": "/data/binarized_mnist_test.amat", "images": 1,
                                           "nll": 80.0}))
@@ -156,6 +167,19 @@ CASES = [
     Case("train-gated-kernel-1", ("train", "--preset", "tiny", "--decoder", "gated", "--decoder-kernel", "1",
                                   "--dataset", "mnist-embedded", "--run-dir", "gated1"), "gated decoder needs a kernel",
          absent=("gated1",)),
+    # issue 21: sampling in bounded batches, refused when the grid cannot be an image (item 4)
+    Case("sample-too-many", ("sample", "run", "--n", "100000000", "--out", "huge.png"),
+         "invalid --n: 100000000 samples make a grid of 290001 x 290001 pixels", absent=("huge.png",)),
+    # a damaged or foreign shard at --merge (item 3): one line naming the file and the shard to rerun
+    Case("merge-cut-shard", ("eval", "run", "--k", "2", "--subset", "4", "--batch-size", "2", "--merge"),
+         "shard-1-of-2.pt: unreadable partial result (cut short or damaged",
+         absent=("run/eval_mnist-embedded_test_k2_n4.json",)),
+    Case("merge-foreign-shard", ("eval", "run", "--k", "3", "--subset", "4", "--batch-size", "2", "--merge"),
+         "shard-1-of-2.pt: not a partial result of `vlae eval --shard`; delete it and rerun that shard "
+         "(`vlae eval ... --shard 1/2`", absent=("run/eval_mnist-embedded_test_k3_n4.json",)),
+    # a folder where the compressed file belongs (item 9)
+    Case("decompress-a-folder", ("decompress", "run", "adir", "-o", "out.npy"),
+         "adir: is a folder; give the file that `vlae compress` wrote", absent=("out.npy",)),
     # results (item 4): a result of other data under the same name is never replaced
     Case("eval-over-other-data", ("eval", "run", "--k", "2", "--subset", "20"), "other data",
          unchanged=(OTHER_DATA,)),
