@@ -47,8 +47,8 @@ slow = pytest.mark.slow
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
-def _vlae(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**fallback_environ(cwd), "OMP_NUM_THREADS": "1"}
+def _vlae(*args: str, cwd: Path, env: tuple[tuple[str, str], ...] = ()) -> subprocess.CompletedProcess:
+    env = {**fallback_environ(cwd), "OMP_NUM_THREADS": "1", **dict(env)}
     return subprocess.run([sys.executable, "-m", "vlae", *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=300)
 
@@ -128,6 +128,7 @@ class Case:
     status: int = 2
     absent: tuple[str, ...] = ()  # files that must not be written
     unchanged: tuple[str, ...] = ()  # files that must keep their bytes
+    env: tuple[tuple[str, str], ...] = ()  # environment variables of the command
 
 
 CASES = [
@@ -177,6 +178,13 @@ CASES = [
     Case("merge-foreign-shard", ("eval", "run", "--k", "3", "--subset", "4", "--batch-size", "2", "--merge"),
          "shard-1-of-2.pt: not a partial result of `vlae eval --shard`; delete it and rerun that shard "
          "(`vlae eval ... --shard 1/2`", absent=("run/eval_mnist-embedded_test_k3_n4.json",)),
+    # $VLAE_DATA_DIR is an explicit location, never replaced by the embedded data (item 10)
+    Case("train-vlae-data-dir-missing", ("train", "--preset", "tiny", "--max-steps", "1", "--run-dir", "envrun"),
+         "binarized-mnist: $VLAE_DATA_DIR names typo, which does not exist", absent=("envrun",),
+         env=(("VLAE_DATA_DIR", "typo"),)),
+    Case("train-vlae-data-dir-without-data", ("train", "--preset", "tiny", "--max-steps", "1", "--run-dir", "envrun2"),
+         "$VLAE_DATA_DIR names adir, which holds no binarized-mnist data", absent=("envrun2",),
+         env=(("VLAE_DATA_DIR", "adir"),)),
     # a folder where the compressed file belongs (item 9)
     Case("decompress-a-folder", ("decompress", "run", "adir", "-o", "out.npy"),
          "adir: is a folder; give the file that `vlae compress` wrote", absent=("out.npy",)),
@@ -192,7 +200,7 @@ def outcomes(lab) -> dict[str, tuple[subprocess.CompletedProcess, dict[str, byte
     before = {c.name: {f: (lab / f).read_bytes() for f in c.unchanged} for c in CASES}
 
     def run(case: Case):
-        return case.name, _vlae(*case.args, cwd=lab)
+        return case.name, _vlae(*case.args, cwd=lab, env=case.env)
 
     with ThreadPoolExecutor(max_workers=3) as pool:
         done = dict(pool.map(run, CASES))
@@ -207,6 +215,8 @@ def test_fault(case: Case, lab, outcomes):
     assert done.returncode == case.status, done.stderr
     assert "Traceback" not in done.stderr and len(lines) == 1 and lines[0].startswith("error: "), done.stderr
     assert case.message in lines[0], lines[0]
+    if case.env:
+        assert "`vlae download binarized-mnist`" in lines[0], lines[0]
     assert "weights_only" not in lines[0]  # never torch's advice to unpickle code
     for name in case.absent:
         assert not (lab / name).exists(), name
