@@ -187,7 +187,7 @@ _COUNTS: dict[tuple[str, str], int] = {
 # any one match accepts the file, and the FIRST is that of the file the URLs
 # below serve (the one pooch checks a download against). Files without an entry
 # are checked for shape and values only. Provenance:
-# - binarized_mnist_*.mat: /work/shared/data/README.md.
+# - binarized_mnist_*.mat: the README shipped beside the project's copy of those files.
 # - binarized_mnist_*.amat: regenerating the text files from those .mat files
 #   ("0 1 ... 0\n" per image) reproduces, byte for byte, the SHA-1 sums of the
 #   Toronto files published in public loaders (train cf70514e..., valid
