@@ -1,6 +1,7 @@
 """Training on the real binarized MNIST must reach a likelihood no broken trainer can reach.
 
-Skipped when ``../shared/data/binarized_mnist`` is absent. About 1.5 minutes on one CPU thread
+Skipped when ``$VLAE_DATA_DIR`` holds no binarized MNIST (tests/conftest.py points it at
+``../shared/data`` when that exists). About 1.5 minutes on one CPU thread
 (50 s of training, 45 s of evaluation).
 """
 

@@ -18,10 +18,15 @@ samples), and writes ``sweep.csv``, ``sweep.json``, ``sweep.md`` and two plots
 (``kl_vs_receptive_field.png``, ``nll_vs_receptive_field.png``) to the sweep
 directory. Every run lives in its own folder with its own ``results.json``; a
 rerun skips finished runs and resumes half-finished ones from their checkpoint,
-so an interrupted sweep is continued by running the same command again.
+so an interrupted sweep is continued by running the same command again. A
+table holds the runs of one setting: a rerun with another budget (or any other
+training or evaluation option) into a folder holding runs, finished or
+interrupted, is refused before anything is written.
 
-The runner (:func:`run_tasks`) is shared with :mod:`vlae.ablation`: a pool of
-worker processes, each run in a fresh process with ``--threads`` threads.
+The runner (:func:`run_tasks`) is shared with :mod:`vlae.ablation`: worker
+processes, each run in a fresh process with ``--threads`` threads. Ctrl-C or
+SIGTERM (a scheduler's preemption) stops every run at a checkpoint, as
+``vlae train`` does, and the command exits with 130 or 143 after one line.
 
 Free bits (the presets' ``model.free_bits``) hold the KL at a floor, which
 hides the collapse; switch them off to see the bound's own preference. Equal
