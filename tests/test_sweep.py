@@ -64,6 +64,8 @@ def test_grid_runs_in_parallel_and_writes_every_output(finished):
         assert stored["config"]["model"]["decoder_layers"] == stored["layers"]
         assert stored["steps"] == 2 and stored["k"] == 2 and stored["eval_images"] == 12
     assert json.loads((out / "sweep_config.json").read_text())["runs"] == [r["name"] for r in records]
+    assert {r["budget"] for r in records} == {"1 epoch or 2 steps"}  # the table states its one budget
+    assert "Training budget per run: 1 epoch or 2 steps." in (out / "sweep.md").read_text()
 
 
 def test_table_has_one_row_per_grid_point_sorted_by_prior_then_receptive_field(finished):
@@ -248,9 +250,12 @@ def test_collect_results_of_an_empty_folder(tmp_path):
 
 
 def test_scope_note_names_every_free_bits_value_and_image_count():
-    records = [{"free_bits": 0.01, "eval_images": 10}, {"free_bits": 0.0, "eval_images": 10}, {"eval_images": 20}]
-    assert scope_note(records) == "Free bits: 0.0, 0.01 nats per pixel. Nats per image on 10, 20 test images"
-    assert scope_note([]) == "Free bits: ? nats per pixel. Nats per image on ? test images"
+    records = [{"free_bits": 0.01, "eval_images": 10, "budget": "150 steps"}, {"free_bits": 0.0, "eval_images": 10},
+               {"eval_images": 20}]
+    assert scope_note(records) == ("Training budget per run: 150 steps. Free bits: 0.0, 0.01 nats per pixel. "
+                                   "Nats per image on 10, 20 test images")
+    assert scope_note([]) == ("Training budget per run: ?. Free bits: ? nats per pixel. "
+                              "Nats per image on ? test images")
 
 
 # ----------------------------------------------------------------------------- colour: the paper's AxB grid

@@ -74,10 +74,9 @@ from .config import PRESETS, Config, apply_overrides, config_from_dict, get_pres
 from .errors import VLAEError
 
 __all__ = [
-    "Task", "Stopped", "STOP_GRACE", "sweep_tasks", "check_tasks", "run_tasks", "run_sweep", "collect_results", "write_sweep_report",
-    "receptive_field_record", "context_coverage", "parse_list", "write_table", "base_config", "check_run_options",
-    "add_cli", "main",
-    "standalone", "scope_note",
+    "Task", "Stopped", "STOP_GRACE", "sweep_tasks", "check_tasks", "run_tasks", "run_sweep", "collect_results",
+    "write_sweep_report", "receptive_field_record", "context_coverage", "training_budget", "parse_list", "write_table",
+    "base_config", "check_run_options", "add_cli", "main", "command", "standalone", "scope_note",
 ]
 
 #: Keys of a run's configuration that do not change its result (ignored when a
@@ -318,7 +317,7 @@ def _run_task(payload: dict[str, Any]) -> dict[str, Any]:
     record.update(decoder=m.decoder, layers=getattr(model.decoder, "layers", m.decoder_layers),
                   kernel=getattr(model.decoder, "kernel_size", m.decoder_kernel),
                   prior=m.prior if m.latent_dim else "none", posterior=m.posterior if m.latent_dim else "none",
-                  latent_dim=m.latent_dim, free_bits=m.free_bits)
+                  latent_dim=m.latent_dim, free_bits=m.free_bits, budget=training_budget(cfg.to_dict()["train"]))
     record.update(receptive_field_record(model.decoder, m.image_shape))
     record.update(
         kl=_num(ev.get("kl")), nll=_num(ev.get("nll")), nll_se=_num(ev.get("nll_se")), k=payload["k"],
@@ -579,6 +578,8 @@ class _Workers:
             process.join()
             conn.close()
             del running[name]
+            if outcome is None and self.signum:  # ended by the signal passed on, before it could answer
+                outcome = ("stopped", "(resumes from its last checkpoint)")
             if outcome is None:
                 code = process.exitcode
                 how = f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit {code}"
@@ -713,7 +714,21 @@ def _read_results(path: Path) -> dict[str, Any]:
 
 
 def _record_of(stored: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in stored.items() if k not in ("summary", "config", "eval")}
+    record = {k: v for k, v in stored.items() if k not in ("summary", "config", "eval")}
+    if "budget" not in record and isinstance(stored.get("config", {}).get("train"), dict):  # older results
+        record["budget"] = training_budget(stored["config"]["train"])
+    return record
+
+
+def training_budget(train: dict[str, Any]) -> str:
+    """A run's training budget in words, whichever limit comes first: ``"600 steps or 300 s"``.
+
+    >>> training_budget({"epochs": 0, "max_steps": 150, "time_budget": 0})
+    '150 steps'
+    """
+    parts = [f"{train[key]:g} {unit if train[key] == 1 else plural}" for key, unit, plural in
+             (("epochs", "epoch", "epochs"), ("max_steps", "step", "steps"), ("time_budget", "s", "s")) if train.get(key)]
+    return " or ".join(parts) or "unlimited"
 
 
 def collect_results(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
@@ -778,7 +793,8 @@ def scope_note(records: list[dict[str, Any]]) -> str:
     test images evaluated on (several values when the records disagree)."""
     def values(key: str) -> str:
         return ", ".join(map(str, sorted({r[key] for r in records if r.get(key) is not None}))) or "?"
-    return f"Free bits: {values('free_bits')} nats per pixel. Nats per image on {values('eval_images')} test images"
+    return (f"Training budget per run: {values('budget')}. Free bits: {values('free_bits')} nats per pixel. "
+            f"Nats per image on {values('eval_images')} test images")
 
 
 def write_sweep_report(out_dir: str | os.PathLike, records: list[dict[str, Any]] | None = None,
