@@ -157,6 +157,19 @@ def test_an_interrupted_run_of_another_budget_is_refused_before_anything_is_writ
     assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before
 
 
+def test_a_failed_run_is_reported_with_its_traceback_and_the_others_go_on(tmp_path):
+    from vlae.sweep import run_tasks
+
+    tasks = sweep_tasks(base_config("tiny", ["train.eval_subset=16"], None, 2), "masked", [1], [3], ["af"])
+    wrong = (torch.zeros(8, 3, 16, 16, dtype=torch.uint8),) * 2  # colour images for a binary model
+    records, status = run_tasks(tasks, tmp_path, eval_subset=4, k=2, jobs=1, data=wrong,
+                                test_images=synthetic(4, 2), log=lambda _m: None)
+    assert records == [None] and status["ran"] == [] and list(status["failed"]) == ["masked-L1-k3-af"]
+    assert "the model observes binary images of 1x28x28" in status["failed"]["masked-L1-k3-af"]
+    detail = (tmp_path / "masked-L1-k3-af" / "error.txt").read_text()
+    assert "Traceback" in detail and "VLAEError" in detail
+
+
 def test_a_table_holds_runs_of_one_setting(finished, tmp_path, capsys):
     """Another grid of another budget into the same folder, or a folder already mixed: refused."""
     import shutil

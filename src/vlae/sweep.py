@@ -505,8 +505,8 @@ class Stopped(KeyboardInterrupt):
     """A sweep or ablation stopped by SIGINT or SIGTERM (:func:`run_tasks`).
 
     ``runs`` maps each run that was stopped to what became of it (``"at step
-    N"``: checkpointed; ``"killed"``: past :data:`STOP_GRACE`, its last
-    periodic checkpoint stays). A :class:`KeyboardInterrupt`, like
+    N"``: checkpointed; ``"killed after ..."``: past :data:`STOP_GRACE`, its
+    last periodic checkpoint stays). A :class:`KeyboardInterrupt`, like
     :class:`vlae.train.Interrupted`; the command line exits with ``exit_status``.
     """
 
@@ -540,7 +540,7 @@ class _Workers:
         if main:  # elsewhere Python cannot install handlers: the signals keep their usual meaning
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self.previous[sig] = signal.signal(sig, self._handle)
-        running: dict[str, tuple[Any, Any]] = {}
+        running: dict[str, list] = {}  # name -> [process, pipe, outcome or None]
         try:
             queue = list(payloads)
             while (queue or running) and not self.signum:
@@ -552,7 +552,7 @@ class _Workers:
                 return None
             return Stopped(self.signum, self._stop(running, finished))
         finally:
-            for process, conn in running.values():  # only after an unexpected error in this process
+            for process, _, _ in running.values():  # only after an unexpected error in this process
                 process.kill()
             for sig, handler in self.previous.items():
                 signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
@@ -563,24 +563,29 @@ class _Workers:
                                        daemon=False)
         process.start()
         send.close()  # the worker holds the only sending end: its exit ends the pipe
-        return process, receive
+        return [process, receive, None]  # the outcome, once received
 
     def _collect(self, running: dict, finished: Callable[[str, tuple], None], timeout: float | None) -> dict:
-        """Wait up to ``timeout`` for runs to end; report each; their outcomes by name."""
+        """Wait up to ``timeout`` for runs to end; report each; their outcomes by name. Reads the
+        pipes as well as waiting for the processes, so that a long message never blocks its sender."""
         from multiprocessing.connection import wait
 
-        ready = set(wait([p.sentinel for p, _ in running.values()], timeout))
+        waiting = [p.sentinel for p, _, _ in running.values()] + [c for _, c, o in running.values() if o is None]
+        ready = set(wait(waiting, timeout))
         outcomes = {}
-        for name, (process, conn) in list(running.items()):
-            if process.sentinel not in ready:
+        for name, (process, conn, outcome) in list(running.items()):
+            if outcome is None and conn in ready:
+                running[name][2] = outcome = _receive(conn)
+            if process.sentinel not in ready and process.is_alive():
                 continue
-            outcome = conn.recv() if conn.poll() else None
             process.join()
+            if outcome is None and conn.poll():  # sent just before it ended
+                outcome = _receive(conn)
             conn.close()
             del running[name]
-            if outcome is None and self.signum:  # ended by the signal passed on, before it could answer
+            if not outcome and self.signum:  # ended by the signal passed on, before it could answer
                 outcome = ("stopped", "(resumes from its last checkpoint)")
-            if outcome is None:
+            if not outcome:
                 code = process.exitcode
                 how = f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit {code}"
                 outcome = ("failed", f"the worker process ended without a result ({how})",
@@ -594,23 +599,31 @@ class _Workers:
         """Pass the signal on once to every worker, wait up to STOP_GRACE seconds, then kill."""
         what: dict[str, str] = {}
         forwarded = self.signals
-        for process, _ in running.values():
+        for process, _, _ in running.values():
             _signal(process, self.signum)
         deadline = time.monotonic() + STOP_GRACE
         while running and time.monotonic() < deadline:
             if self.signals > forwarded:  # asked again: stop now, without the checkpoint
                 forwarded = self.signals
-                for process, _ in running.values():
+                for process, _, _ in running.values():
                     _signal(process, self.signum)
             for name, outcome in self._collect(running, finished, timeout=0.2).items():
-                what[name] = outcome[1] if outcome[0] == "stopped" else outcome[0]
-        for name, (process, conn) in list(running.items()):
+                what[name] = outcome[1] if outcome[0] == "stopped" else f"({outcome[0]})"  # (done), (failed)
+        for name, (process, conn, _) in list(running.items()):
             process.kill()
             process.join()
             conn.close()
             del running[name]
-            what[name] = "killed"
+            what[name] = f"killed after {STOP_GRACE:g} s (resumes from its last checkpoint)"
         return what
+
+
+def _receive(conn: Any) -> tuple:
+    """A worker's outcome, or ``()`` if it ended without one."""
+    try:
+        return conn.recv()
+    except (EOFError, OSError):
+        return ()
 
 
 def _signal(process: Any, signum: int) -> None:
