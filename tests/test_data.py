@@ -674,7 +674,7 @@ def test_mnist_embedded():
 def test_real_binarized_mnist():
     folder = data.find_binarized_mnist()
     if folder is None:
-        pytest.skip("binarized MNIST not found under $VLAE_DATA_DIR (tests/conftest.py sets it when ../shared/data exists)")
+        pytest.skip("binarized MNIST not found under $VLAE_DATA_DIR (tests/conftest.py: ../shared/data if present)")
     for split, n in {"train": 50_000, "valid": 10_000, "test": 10_000}.items():
         images = load_dataset("binarized-mnist", split, folder.parent)  # verifies the sha256 when known
         assert len(images) == n and images.images.shape[1:] == (1, 28, 28)

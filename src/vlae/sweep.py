@@ -739,8 +739,8 @@ def training_budget(train: dict[str, Any]) -> str:
     >>> training_budget({"epochs": 0, "max_steps": 150, "time_budget": 0})
     '150 steps'
     """
-    parts = [f"{train[key]:g} {unit if train[key] == 1 else plural}" for key, unit, plural in
-             (("epochs", "epoch", "epochs"), ("max_steps", "step", "steps"), ("time_budget", "s", "s")) if train.get(key)]
+    limits = (("epochs", "epoch", "epochs"), ("max_steps", "step", "steps"), ("time_budget", "s", "s"))
+    parts = [f"{train[key]:g} {one if train[key] == 1 else many}" for key, one, many in limits if train.get(key)]
     return " or ".join(parts) or "unlimited"
 
 
