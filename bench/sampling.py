@@ -55,11 +55,9 @@ def build_model(args) -> VLAE:
                                        generator=torch.Generator().manual_seed(args.seed)).float())
         return model
     try:
-        from vlae.data import find_shared_binarized_mnist, load_or_fallback
+        from vlae.data import load_or_fallback
 
-        shared = find_shared_binarized_mnist()
-        data_dir = cfg.train.data_dir or (shared.parent if shared is not None else None)
-        batch = load_or_fallback(cfg.train.dataset, "train", data_dir).binarized()[:100].float()
+        batch = load_or_fallback(cfg.train.dataset, "train", cfg.train.data_dir).binarized()[:100].float()
     except Exception as exc:  # the benchmark only needs plausible activations
         print(f"(no training data: {exc}; initialising on random images)", file=sys.stderr)
         batch = torch.bernoulli(torch.full((100, *cfg.model.image_shape), 0.13))

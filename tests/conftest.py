@@ -1,9 +1,38 @@
-"""Fixtures shared by the test modules."""
+"""Fixtures shared by the test modules, and where the tests find real data.
+
+The library guesses no data location. When the machine has the shared data
+folder beside the repository (``../shared/data``: real binarized MNIST), the
+tests point ``$VLAE_DATA_DIR`` at it -- here, before any test or subprocess
+starts, and only when it exists; a ``$VLAE_DATA_DIR`` set by the caller wins.
+Tests of the offline fallback name no location (:func:`no_data_location`).
+"""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+if SHARED_DATA.is_dir() and not os.environ.get("VLAE_DATA_DIR"):
+    os.environ["VLAE_DATA_DIR"] = str(SHARED_DATA)
+
+
+def fallback_environ(folder: Path) -> dict[str, str]:
+    """``os.environ`` for a subprocess that names no data location: no ``$VLAE_DATA_DIR``
+    and an empty cache under ``folder``, so the embedded data stand in."""
+    env = {k: v for k, v in os.environ.items() if k != "VLAE_DATA_DIR"}
+    env["XDG_CACHE_HOME"] = str(folder / "empty-cache")
+    return env
+
+
+@pytest.fixture
+def no_data_location(monkeypatch, tmp_path):
+    """This test names no data location and finds no cached data: the fallback applies."""
+    monkeypatch.delenv("VLAE_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
 
 
 @pytest.fixture(scope="module")

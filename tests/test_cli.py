@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import fallback_environ
 from vlae import cli
 from vlae.checkpoint import save_checkpoint
 from vlae.config import get_preset
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _vlae(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "VLAE_DATA_DIR": str(cwd / "no-data")}
+    env = {**fallback_environ(cwd), "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "vlae", *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=300)
 
@@ -164,8 +165,7 @@ def test_train_minimal_runs(tmp_path, monkeypatch, capsys):
     import train_minimal
 
     out = tmp_path / "results"
-    # No data location named: the shared binarized MNIST if present, else the announced embedded fallback.
-    monkeypatch.setenv("VLAE_DATA_DIR", str(tmp_path / "no-data"))
+    # $VLAE_DATA_DIR (tests/conftest.py: the shared binarized MNIST if present), else the announced embedded fallback.
     status = train_minimal.main(["--max-steps", "2", "--k", "2", "--eval-subset", "4", "--output-dir", str(out),
                                  "--use-flow", "--no-plots", "--latent-dim", "8"])
     captured = capsys.readouterr()
@@ -176,3 +176,29 @@ def test_train_minimal_runs(tmp_path, monkeypatch, capsys):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["model"]["prior"] == "af" and cfg["model"]["latent_dim"] == 8 and cfg["preset"] == "mnist-small"
     assert (out / "best.pt").is_file() and len(list(out.glob("eval_*_test_k2_n4.json"))) == 1
+
+    # into the used folder: one line in this script's own options (it has no --run-dir), the folder untouched
+    args = ["--k", "2", "--eval-subset", "4", "--output-dir", str(out), "--use-flow", "--no-plots", "--latent-dim", "8"]
+    before = sorted(p.name for p in out.iterdir())
+    assert train_minimal.main(["--max-steps", "2", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {out}: the run folder is not empty") and err.count("\n") == 1, err
+    assert "--resume" in err and "--overwrite" in err and "--output-dir" in err and "--run-dir" not in err
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert train_minimal.main(["--max-steps", "3", "--resume", *args]) == 0  # what the line says works
+    assert json.loads((out / "summary.json").read_text())["steps"] == 3
+
+
+def test_train_minimal_interrupted_names_its_own_way_to_continue(tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(ROOT))
+    import train_minimal
+    import vlae.train
+
+    def interrupted(cfg, run_dir, **kw):
+        raise vlae.train.Interrupted(signal.SIGTERM, Path(run_dir), None, 7)
+
+    monkeypatch.setattr(vlae.train, "train", interrupted)
+    assert train_minimal.main(["--output-dir", str(tmp_path / "r"), "--no-plots"]) == 143
+    err = capsys.readouterr().err.strip()
+    assert err == (f"interrupted; continue with the same command plus --resume: python train_minimal.py ... "
+                   f"--resume --output-dir {tmp_path / 'r'}")

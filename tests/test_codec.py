@@ -21,13 +21,13 @@ from vlae import cli
 from vlae.checkpoint import save_checkpoint
 from vlae.codec import MAGIC, _HEADER, compress, decompress, read_header, read_images, write_images
 from vlae.config import ModelConfig, get_preset
-from vlae.data import find_shared_binarized_mnist, fixed_subset, load_dataset
+from vlae.data import find_binarized_mnist, fixed_subset, load_dataset
 from vlae.errors import VLAEError
 from vlae.likelihood import DiscretizedLogisticMixture
 from vlae.model import VLAE
 
-SHARED = find_shared_binarized_mnist()
-needs_data = pytest.mark.skipif(SHARED is None, reason="binarized MNIST not found in ../shared/data")
+SHARED = find_binarized_mnist()  # under $VLAE_DATA_DIR: tests/conftest.py points it at ../shared/data if present
+needs_data = pytest.mark.skipif(SHARED is None, reason="binarized MNIST not found under $VLAE_DATA_DIR")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

@@ -3,7 +3,7 @@
 Everything runs on small files written to tmp_path (a small CIFAR-10 archive in
 the real format among them); downloads go to a pooch fed by a local HTTP server
 on 127.0.0.1 or file:// URLs, never the network. The real binarized MNIST is
-checked only when find_shared_binarized_mnist() finds it.
+checked only when find_binarized_mnist() finds it under $VLAE_DATA_DIR.
 """
 
 from __future__ import annotations
@@ -547,11 +547,30 @@ def test_data_dir_resolution_order(tmp_path, monkeypatch):
     assert data.resolve_data_dir(str(tmp_path / "flag")) == tmp_path / "flag"
 
 
-def test_find_shared_prefers_env(tmp_path, monkeypatch):
+def test_find_binarized_mnist_looks_only_at_the_named_location(tmp_path, monkeypatch):
     for split in data.SPLITS:
         write_amat(tmp_path / "binarized_mnist" / f"binarized_mnist_{split}.amat", np.zeros((1, 784), np.uint8))
     monkeypatch.setenv("VLAE_DATA_DIR", str(tmp_path))
-    assert data.find_shared_binarized_mnist() == tmp_path / "binarized_mnist"
+    assert data.find_binarized_mnist() == tmp_path / "binarized_mnist"
+    assert data.find_binarized_mnist(tmp_path / "elsewhere") is None
+    monkeypatch.setenv("VLAE_DATA_DIR", str(tmp_path / "empty"))
+    monkeypatch.chdir(tmp_path)  # not even a folder beside the working directory is guessed
+    assert data.find_binarized_mnist() is None
+
+
+@pytest.mark.parametrize("where, state", [("typo", "does not exist"), ("", "holds no cifar10 data")])
+def test_vlae_data_dir_is_an_explicit_location(tmp_path, monkeypatch, where, state):
+    """$VLAE_DATA_DIR is set by a user: a folder without the data is one line naming the
+    variable, the folder and `vlae download NAME`, never replaced by the embedded data."""
+    folder = tmp_path / where if where else tmp_path
+    monkeypatch.setenv("VLAE_DATA_DIR", str(folder))
+    notices = []
+    with pytest.raises(DataNotFoundError) as error:
+        data.load_or_fallback("cifar10", "test", notice=notices.append)
+    message = str(error.value)
+    assert message.startswith(f"cifar10: $VLAE_DATA_DIR names {folder}, which {state} (looked for ")
+    assert "`vlae download cifar10`" in message and "\n" not in message and notices == []
+    assert data.load_or_fallback("mnist-embedded", "test").name == "mnist-embedded"  # needs no location
 
 
 def test_explicit_data_location_without_data_is_an_error(tmp_path, no_env):
@@ -653,9 +672,9 @@ def test_mnist_embedded():
 
 @pytest.mark.realdata
 def test_real_binarized_mnist():
-    folder = data.find_shared_binarized_mnist()
+    folder = data.find_binarized_mnist()
     if folder is None:
-        pytest.skip("binarized MNIST not found (../shared/data/binarized_mnist)")
+        pytest.skip("binarized MNIST not found under $VLAE_DATA_DIR (tests/conftest.py: ../shared/data if present)")
     for split, n in {"train": 50_000, "valid": 10_000, "test": 10_000}.items():
         images = load_dataset("binarized-mnist", split, folder.parent)  # verifies the sha256 when known
         assert len(images) == n and images.images.shape[1:] == (1, 28, 28)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -311,7 +312,7 @@ def test_sharded_and_merged_equals_unsharded(tmp_path, model):
     assert merged["shards"] == 3 and whole["shards"] == 1
     for key in _SAME:  # the same per-image samples: the same numbers, not merely close ones
         assert merged[key] == whole[key], key
-    assert not (run / "eval_mnist-embedded_test_k3_n10.parts").exists()  # finished blocks are cleaned up
+    assert not list(run.glob("*.parts"))  # finished blocks are cleaned up
 
 
 def test_merge_refuses_missing_or_foreign_shards(tmp_path, model):
@@ -323,6 +324,56 @@ def test_merge_refuses_missing_or_foreign_shards(tmp_path, model):
         evaluate_checkpoint(run, **_quiet(merge=True))
     with pytest.raises(VLAEError, match="another evaluation"):  # another seed draws other samples
         evaluate_checkpoint(run, **{**_quiet(merge=True), "seed": 9})
+
+
+def test_shards_of_another_seed_or_batch_size_never_overwrite_a_finished_one(tmp_path, model):
+    """A seed-1 or --batch-size 2 shard 0/2 beside a finished seed-0 one: three files, each merged alone."""
+    run = _checkpoint(tmp_path, model)
+    first = evaluate_checkpoint(run, **_quiet(shard="0/2"))
+    kept = Path(first["path"]).read_bytes()
+    other_seed = evaluate_checkpoint(run, **{**_quiet(shard="0/2"), "seed": 1})
+    other_batch = evaluate_checkpoint(run, **{**_quiet(shard="0/2"), "batch_size": 2})
+    paths = {first["path"], other_seed["path"], other_batch["path"]}
+    assert len(paths) == 3 and Path(first["path"]).read_bytes() == kept
+    assert ".seed2-b3-" in first["path"] and ".seed1-b3-" in other_seed["path"] and ".seed2-b2-" in other_batch["path"]
+    evaluate_checkpoint(run, **_quiet(shard="1/2"))
+    assert evaluate_checkpoint(run, **_quiet(merge=True))["nll"] == evaluate_checkpoint(
+        run, **_quiet(out=tmp_path / "whole.json"))["nll"]
+
+
+@pytest.mark.parametrize("damage", ["cut short", "random bytes", "foreign"])
+def test_a_damaged_or_foreign_shard_is_one_line_at_merge(tmp_path, model, capsys, damage):
+    from vlae.cli import main
+
+    run = _checkpoint(tmp_path, model)
+    args = ["eval", str(run), "--k", "3", "--subset", "10", "--batch-size", "3", "--progress", "off"]
+    for i in (0, 1):
+        assert main([*args, "--shard", f"{i}/2"]) == 0
+    [path] = run.glob("*.shard-1-of-2.pt")
+    if damage == "cut short":
+        path.write_bytes(path.read_bytes()[:200])
+    elif damage == "random bytes":
+        path.write_bytes(bytes(range(256)) * 8)
+    else:
+        torch.save({"fingerprint": 1, "hello": torch.zeros(2)}, path)
+    capsys.readouterr()
+    assert main([*args, "--merge"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "rerun that shard (`vlae eval ... --shard 1/2`" in err and "weights_only" not in err
+    assert not list(run.glob("eval_*.json"))  # no result written
+    assert main([*args, "--shard", "1/2"]) == 0 and main([*args, "--merge"]) == 0  # what the line says works
+
+
+def test_torchrun_with_more_processes_than_blocks_names_the_processes(tmp_path, model, monkeypatch):
+    """`torchrun --nproc-per-node 2 -m vlae eval RUN --subset 5`: the user gave no --shard."""
+    run = _checkpoint(tmp_path, model)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(VLAEError) as error:
+        evaluate_checkpoint(run, **{**_quiet(), "subset": 5, "batch_size": 50})
+    assert str(error.value) == ("2 processes but only 1 block(s) of images (5 images, --batch-size 50): use fewer "
+                                "processes or a smaller --batch-size")
 
 
 @pytest.mark.parametrize("spec", ["2/2", "1", "a/b", "-1/2", "0/0", "1/2/3", ""])
@@ -361,7 +412,7 @@ def test_an_interrupted_evaluation_resumes_from_its_finished_blocks(tmp_path, mo
     monkeypatch.setattr(vlae.evaluate, "evaluate_block", interrupted)
     with pytest.raises(KeyboardInterrupt):
         evaluate_checkpoint(run, **_quiet())
-    parts = run / "eval_mnist-embedded_test_k3_n10.parts"
+    [parts] = run.glob("eval_mnist-embedded_test_k3_n10.seed2-b3-*.parts")
     assert len(list(parts.glob("block-*.pt"))) == 2 and not (run / "eval_mnist-embedded_test_k3_n10.json").exists()
 
     def counting(model, x, indices, *args):

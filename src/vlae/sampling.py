@@ -76,7 +76,8 @@ from .errors import VLAEError
 from .masked_conv import mask_offsets
 from .pixelcnn import FactorizedDecoder, GatedPixelCNN, MaskedPixelCNN, grayscale
 
-__all__ = ["FastSampler", "fast_sample", "wavefront_slope", "crop_logits", "METHODS"]
+__all__ = ["FastSampler", "fast_sample", "sample_in_batches", "SAMPLE_BATCH", "wavefront_slope", "crop_logits",
+           "METHODS"]
 
 METHODS = ("auto", "cache", "window", "naive")
 
@@ -515,6 +516,29 @@ def fast_sample(model, n: int, generator: torch.Generator | None = None, return_
     """``n`` samples from ``model``, bit-identical to ``model.sample(n, generator=g)``
     for a generator in the same state, at a fraction of the cost."""
     return FastSampler(model).sample(n, generator=generator, return_probs=return_probs)
+
+
+#: Images :func:`sample_in_batches` draws at once: memory is bounded by this, not by ``n``.
+SAMPLE_BATCH = 256
+
+
+@torch.no_grad()
+def sample_in_batches(model, n: int, generator: torch.Generator | None = None, naive: bool = False,
+                      batch: int = SAMPLE_BATCH) -> torch.Tensor:
+    """``n`` samples as ``uint8 (n, C, H, W)`` on the CPU, drawn ``batch`` at a time one
+    after the other from ``generator`` (fast sampler, or ``model.sample`` if ``naive``:
+    the two give the same images), so that memory does not grow with ``n``
+    (``vlae sample --n 100000000`` would otherwise ask for hundreds of GB at once)."""
+    if n < 1 or batch < 1:
+        raise ValueError(f"n and batch must be >= 1, got {n} and {batch}")
+    draw = model.sample if naive else FastSampler(model).sample
+    out = None
+    for start in range(0, n, batch):
+        x = draw(min(batch, n - start), generator=generator)
+        if out is None:
+            out = torch.empty((n, *x.shape[1:]), dtype=torch.uint8)
+        out[start:start + x.shape[0]] = x.round().to(torch.uint8).cpu()
+    return out
 
 
 def crop_logits(decoder, x: torch.Tensor, cond: torch.Tensor | None, i: int, j: int) -> torch.Tensor:

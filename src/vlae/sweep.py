@@ -18,10 +18,15 @@ samples), and writes ``sweep.csv``, ``sweep.json``, ``sweep.md`` and two plots
 (``kl_vs_receptive_field.png``, ``nll_vs_receptive_field.png``) to the sweep
 directory. Every run lives in its own folder with its own ``results.json``; a
 rerun skips finished runs and resumes half-finished ones from their checkpoint,
-so an interrupted sweep is continued by running the same command again.
+so an interrupted sweep is continued by running the same command again. A
+table holds the runs of one setting: a rerun with another budget (or any other
+training or evaluation option) into a folder holding runs, finished or
+interrupted, is refused before anything is written.
 
-The runner (:func:`run_tasks`) is shared with :mod:`vlae.ablation`: a pool of
-worker processes, each run in a fresh process with ``--threads`` threads.
+The runner (:func:`run_tasks`) is shared with :mod:`vlae.ablation`: worker
+processes, each run in a fresh process with ``--threads`` threads. Ctrl-C or
+SIGTERM (a scheduler's preemption) stops every run at a checkpoint, as
+``vlae train`` does, and the command exits with 130 or 143 after one line.
 
 Free bits (the presets' ``model.free_bits``) hold the KL at a floor, which
 hides the collapse; switch them off to see the bound's own preference. Equal
@@ -50,13 +55,15 @@ From Python:
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as futures
+import contextlib
 import csv
 import json
 import math
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -67,10 +74,9 @@ from .config import PRESETS, Config, apply_overrides, config_from_dict, get_pres
 from .errors import VLAEError
 
 __all__ = [
-    "Task", "sweep_tasks", "run_tasks", "run_sweep", "collect_results", "write_sweep_report",
-    "receptive_field_record", "context_coverage", "parse_list", "write_table", "base_config", "check_run_options",
-    "add_cli", "main",
-    "standalone", "scope_note",
+    "Task", "Stopped", "STOP_GRACE", "sweep_tasks", "check_tasks", "run_tasks", "run_sweep", "collect_results",
+    "write_sweep_report", "receptive_field_record", "context_coverage", "training_budget", "parse_list", "write_table",
+    "base_config", "check_run_options", "add_cli", "main", "command", "standalone", "scope_note",
 ]
 
 #: Keys of a run's configuration that do not change its result (ignored when a
@@ -311,7 +317,7 @@ def _run_task(payload: dict[str, Any]) -> dict[str, Any]:
     record.update(decoder=m.decoder, layers=getattr(model.decoder, "layers", m.decoder_layers),
                   kernel=getattr(model.decoder, "kernel_size", m.decoder_kernel),
                   prior=m.prior if m.latent_dim else "none", posterior=m.posterior if m.latent_dim else "none",
-                  latent_dim=m.latent_dim, free_bits=m.free_bits)
+                  latent_dim=m.latent_dim, free_bits=m.free_bits, budget=training_budget(cfg.to_dict()["train"]))
     record.update(receptive_field_record(model.decoder, m.image_shape))
     record.update(
         kl=_num(ev.get("kl")), nll=_num(ev.get("nll")), nll_se=_num(ev.get("nll_se")), k=payload["k"],
@@ -321,7 +327,6 @@ def _run_task(payload: dict[str, Any]) -> dict[str, Any]:
         steps=_steps(summary), train_seconds=round(train_seconds, 2), eval_seconds=round(eval_seconds, 2),
         seconds=round(train_seconds + eval_seconds, 2), stopped=summary.get("stopped"), resumed=resume,
     )
-    # The requested configuration, not cfg: train() fills in where it found the data.
     _write_json(run_dir / RESULTS, {**record, "summary": _jsonable(summary), "config": payload["config"],
                                     "eval": {k: payload[k] for k in ("eval_subset", "k", "eval_batch_size")}})
     return record
@@ -347,19 +352,13 @@ def _jsonable(obj: Any) -> Any:
 
 def _test_images(cfg: Config, subset: int, notice: Callable[[str], object] = print):
     """``subset`` (0: all) binarized test images of the run's dataset: the
-    :func:`~vlae.data.fixed_subset` that ``vlae eval --subset`` uses too.
-    Binarized MNIST is looked for where :func:`vlae.train.train` finds it."""
+    :func:`~vlae.data.fixed_subset` that ``vlae eval --subset`` uses too,
+    read from where :func:`vlae.train.train` reads the training data."""
     import torch
 
-    from .data import find_shared_binarized_mnist, fixed_subset, load_or_fallback, resolve_data_dir
+    from .data import fixed_subset, load_or_fallback
 
-    data_dir = cfg.train.data_dir
-    if data_dir is None and cfg.train.dataset == "binarized-mnist":
-        shared = find_shared_binarized_mnist()
-        default = resolve_data_dir(None)
-        if shared is not None and not any((default / d).is_dir() for d in ("binarized-mnist", "binarized_mnist")):
-            data_dir = str(shared)
-    test = load_or_fallback(cfg.train.dataset, "test", data_dir, notice=notice)
+    test = load_or_fallback(cfg.train.dataset, "test", cfg.train.data_dir, notice=notice)
     return fixed_subset(test.observed(torch.Generator().manual_seed(0)), subset)
 
 
@@ -381,7 +380,17 @@ def run_tasks(tasks: Sequence[Task], out_dir: str | os.PathLike, *, eval_subset:
 
     A task whose ``<out_dir>/<name>/results.json`` exists is skipped (after
     checking that it was made with the same configuration and evaluation
-    settings); one with a checkpoint but no results is resumed from it.
+    settings); one with a checkpoint but no results is resumed from it (after
+    checking that its checkpoint was made with the same configuration, budget
+    included, so a table never holds runs of two budgets). Finished runs of
+    other tasks in ``out_dir`` must share the tasks' training and evaluation
+    settings too: a table holds the runs of one setting.
+
+    SIGINT (Ctrl-C) or SIGTERM stops the runs: each worker gets the signal
+    once (the terminal's Ctrl-C reaches only this process), writes a
+    checkpoint as ``vlae train`` does and exits; workers still running after
+    :data:`STOP_GRACE` seconds are killed (their last checkpoint stays). Then
+    :class:`Stopped` is raised. A second signal stops the workers at once.
 
     Args:
         tasks: runs to make (unique names).
@@ -402,6 +411,10 @@ def run_tasks(tasks: Sequence[Task], out_dir: str | os.PathLike, *, eval_subset:
     Returns:
         ``(records, status)``: one record per task in task order (``None``
         where a run failed), and ``{"ran": [...], "skipped": [...], "failed": {name: message}}``.
+
+    Raises:
+        VLAEError: a run folder made with other settings (nothing is started).
+        Stopped: SIGINT or SIGTERM.
     """
     check_run_options(jobs=jobs, threads=threads, k=k, eval_subset=eval_subset, eval_batch_size=eval_batch_size)
     names = [t.name for t in tasks]
@@ -412,24 +425,10 @@ def run_tasks(tasks: Sequence[Task], out_dir: str | os.PathLike, *, eval_subset:
     out.mkdir(parents=True, exist_ok=True)
     eval_settings = {"eval_subset": eval_subset, "k": k, "eval_batch_size": eval_batch_size}
 
-    records: dict[str, dict] = {}
-    status: dict[str, Any] = {"ran": [], "skipped": [], "failed": {}}
-    pending = []
-    for task in tasks:
-        path = out / task.name / RESULTS
-        if path.is_file():
-            stored = _read_results(path)
-            diffs = _config_diff(stored.get("config", {}), task.config.to_dict())
-            diffs += [f"{key}: {stored.get('eval', {}).get(key)!r} -> {value!r}"
-                      for key, value in eval_settings.items() if stored.get("eval", {}).get(key) != value
-                      and key != "eval_batch_size"]
-            if diffs:
-                raise VLAEError(f"{path} was made with a different configuration ({'; '.join(diffs[:3])}); "
-                                f"use another output directory")
-            records[task.name] = _record_of(stored)
-            status["skipped"].append(task.name)
-            continue
-        pending.append(task)
+    finished_before = check_tasks(tasks, out, eval_settings)
+    records: dict[str, dict] = dict(finished_before)
+    status: dict[str, Any] = {"ran": [], "skipped": list(finished_before), "failed": {}}
+    pending = [t for t in tasks if t.name not in finished_before]
     if status["skipped"]:
         log(f"skipping {len(status['skipped'])} finished run(s) in {out}")
     if not pending:
@@ -443,34 +442,268 @@ def run_tasks(tasks: Sequence[Task], out_dir: str | os.PathLike, *, eval_subset:
                  "threads": threads, **eval_settings} for t in pending]
     log(f"running {len(pending)} run(s) with {min(jobs, len(pending))} worker(s) x {threads} thread(s) "
         f"in {out}")
-    context = _context()
-    pool = futures.ProcessPoolExecutor(max_workers=min(jobs, len(pending)), mp_context=context,
-                                       initializer=_init_worker, initargs=(threads, data, test_images),
-                                       max_tasks_per_child=1)
-    try:
-        submitted = {pool.submit(_run_task, p): p["name"] for p in payloads}
-        for done in futures.as_completed(submitted):
-            name = submitted[done]
-            try:
-                record = done.result()
-            except Exception as error:  # noqa: BLE001 - one failed run must not stop the others
-                message = str(error).splitlines()[0] if str(error) else type(error).__name__
-                status["failed"][name] = message
-                detail = "".join(traceback.format_exception(error))
-                (out / name).mkdir(parents=True, exist_ok=True)
-                (out / name / ERROR).write_text(detail)
-                log(f"failed  {name}: {message} (details in {out / name / ERROR})")
-                continue
-            records[name] = record
+
+    def finished(name: str, outcome: tuple) -> None:
+        if outcome[0] == "done":
+            records[name] = record = outcome[1]
             status["ran"].append(name)
             log(f"done    {name}: KL {_fmt(record['kl'])} nats, NLL (IW, k={record['k']}) "
                 f"{_fmt(record['nll'])}, {record['steps']} steps, {record['seconds']:.0f} s")
-    except KeyboardInterrupt:
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        elif outcome[0] == "failed":
+            status["failed"][name] = outcome[1]
+            (out / name).mkdir(parents=True, exist_ok=True)
+            (out / name / ERROR).write_text(outcome[2])
+            log(f"failed  {name}: {outcome[1]} (details in {out / name / ERROR})")
+
+    stopped = _Workers(_context(), min(jobs, len(pending)), (threads, data, test_images)).run(payloads, finished)
+    if stopped is not None:
+        raise stopped
     return [records.get(n) for n in names], status
+
+
+def check_tasks(tasks: Sequence[Task], out_dir: str | os.PathLike, eval_settings: dict[str, Any]
+                ) -> dict[str, dict[str, Any]]:
+    """Check ``tasks`` against what ``out_dir`` holds before anything is written or
+    started; return the records of the tasks already finished there.
+
+    Finished runs must have the tasks' configuration and evaluation settings,
+    interrupted ones (a checkpoint, no results) the tasks' configuration, budget
+    included, and every other finished run in the folder their training and
+    evaluation settings: a table holds runs of one setting.
+
+    Raises:
+        VLAEError: naming the first run folder made with other settings.
+    """
+    out = Path(out_dir)
+    if not out.is_dir():
+        return {}
+    records = {}
+    for task in tasks:
+        path = out / task.name / RESULTS
+        if not path.is_file():
+            _check_interrupted(out / task.name, task)
+            continue
+        stored = _read_results(path)
+        diffs = _config_diff(stored.get("config", {}), task.config.to_dict())
+        diffs += [f"{key}: {stored.get('eval', {}).get(key)!r} -> {value!r}"
+                  for key, value in eval_settings.items() if stored.get("eval", {}).get(key) != value
+                  and key != "eval_batch_size"]
+        if diffs:
+            raise VLAEError(f"{path} was made with a different configuration ({'; '.join(diffs[:3])}); "
+                            f"use another output directory")
+        records[task.name] = _record_of(stored)
+    if tasks:
+        _check_folder_settings(out, {"config": tasks[0].config.to_dict(), "eval": eval_settings})
+    return records
+
+
+#: Seconds a stopped sweep waits for its workers to checkpoint before killing them.
+STOP_GRACE = 60.0
+
+
+class Stopped(KeyboardInterrupt):
+    """A sweep or ablation stopped by SIGINT or SIGTERM (:func:`run_tasks`).
+
+    ``runs`` maps each run that was stopped to what became of it (``"at step
+    N"``: checkpointed; ``"killed after ..."``: past :data:`STOP_GRACE`, its
+    last periodic checkpoint stays). A :class:`KeyboardInterrupt`, like
+    :class:`vlae.train.Interrupted`; the command line exits with ``exit_status``.
+    """
+
+    def __init__(self, signum: int, runs: dict[str, str]):
+        self.signum, self.runs = signum, runs
+        stopped = ", ".join(f"{name} {what}" for name, what in runs.items())
+        super().__init__(signal.Signals(signum).name + (f" (stopped {stopped})" if runs else ""))
+
+    def __reduce__(self):
+        return type(self), (self.signum, self.runs)
+
+    @property
+    def exit_status(self) -> int:
+        """128 + the signal number (130 for SIGINT, 143 for SIGTERM)."""
+        return 128 + self.signum
+
+
+class _Workers:
+    """At most ``jobs`` worker processes, one per run, and what happens on SIGINT or SIGTERM."""
+
+    def __init__(self, context: multiprocessing.context.BaseContext, jobs: int, init: tuple):
+        self.context, self.jobs, self.init = context, jobs, init
+        self.signum, self.signals, self.previous = 0, 0, {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = self.signum or signum
+        self.signals += 1
+
+    def run(self, payloads: list[dict], finished: Callable[[str, tuple], None]) -> Stopped | None:
+        main = threading.current_thread() is threading.main_thread()
+        if main:  # elsewhere Python cannot install handlers: the signals keep their usual meaning
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        running: dict[str, list] = {}  # name -> [process, pipe, outcome or None]
+        try:
+            queue = list(payloads)
+            while (queue or running) and not self.signum:
+                while queue and len(running) < self.jobs and not self.signum:
+                    payload = queue.pop(0)
+                    running[payload["name"]] = self._start(payload)
+                self._collect(running, finished, timeout=0.5)
+            if not self.signum:
+                return None
+            return Stopped(self.signum, self._stop(running, finished))
+        finally:
+            for process, _, _ in running.values():  # only after an unexpected error in this process
+                process.kill()
+            for sig, handler in self.previous.items():
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+    def _start(self, payload: dict) -> tuple[Any, Any]:
+        receive, send = self.context.Pipe(duplex=False)
+        process = self.context.Process(target=_worker, args=(payload, send, *self.init), name=payload["name"],
+                                       daemon=False)
+        process.start()
+        send.close()  # the worker holds the only sending end: its exit ends the pipe
+        return [process, receive, None]  # the outcome, once received
+
+    def _collect(self, running: dict, finished: Callable[[str, tuple], None], timeout: float | None) -> dict:
+        """Wait up to ``timeout`` for runs to end; report each; their outcomes by name. Reads the
+        pipes as well as waiting for the processes, so that a long message never blocks its sender."""
+        from multiprocessing.connection import wait
+
+        waiting = [p.sentinel for p, _, _ in running.values()] + [c for _, c, o in running.values() if o is None]
+        ready = set(wait(waiting, timeout))
+        outcomes = {}
+        for name, (process, conn, outcome) in list(running.items()):
+            if outcome is None and conn in ready:
+                running[name][2] = outcome = _receive(conn)
+            if process.sentinel not in ready and process.is_alive():
+                continue
+            process.join()
+            if outcome is None and conn.poll():  # sent just before it ended
+                outcome = _receive(conn)
+            conn.close()
+            del running[name]
+            if not outcome and self.signum:  # ended by the signal passed on, before it could answer
+                outcome = ("stopped", "(resumes from its last checkpoint)")
+            if not outcome:
+                code = process.exitcode
+                how = f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit {code}"
+                outcome = ("failed", f"the worker process ended without a result ({how})",
+                           f"the worker process of {name} ended without a result ({how})\n")
+            outcomes[name] = outcome
+            if outcome[0] != "stopped":
+                finished(name, outcome)
+        return outcomes
+
+    def _stop(self, running: dict, finished: Callable[[str, tuple], None]) -> dict[str, str]:
+        """Pass the signal on once to every worker, wait up to STOP_GRACE seconds, then kill."""
+        what: dict[str, str] = {}
+        forwarded = self.signals
+        for process, _, _ in running.values():
+            _signal(process, self.signum)
+        deadline = time.monotonic() + STOP_GRACE
+        while running and time.monotonic() < deadline:
+            if self.signals > forwarded:  # asked again: stop now, without the checkpoint
+                forwarded = self.signals
+                for process, _, _ in running.values():
+                    _signal(process, self.signum)
+            for name, outcome in self._collect(running, finished, timeout=0.2).items():
+                what[name] = outcome[1] if outcome[0] == "stopped" else f"({outcome[0]})"  # (done), (failed)
+        for name, (process, conn, _) in list(running.items()):
+            process.kill()
+            process.join()
+            conn.close()
+            del running[name]
+            what[name] = f"killed after {STOP_GRACE:g} s (resumes from its last checkpoint)"
+        return what
+
+
+def _receive(conn: Any) -> tuple:
+    """A worker's outcome, or ``()`` if it ended without one."""
+    try:
+        return conn.recv()
+    except (EOFError, OSError):
+        return ()
+
+
+def _signal(process: Any, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(process.pid, signum)
+
+
+def _worker(payload: dict[str, Any], conn: Any, threads: int, data: Any, test_images: Any) -> None:
+    """One run in a worker process; its outcome goes to ``conn``: ``("done", record)``,
+    ``("stopped", "at step N")`` or ``("failed", message, traceback)``."""
+    os.setpgrp()  # the terminal's Ctrl-C reaches the sweep alone, which passes it on once (twice skips the checkpoint)
+    _end_with_parent()
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops evaluation too (train has its own)
+    try:
+        _init_worker(threads, data, test_images)
+        outcome: tuple = ("done", _run_task(payload))
+    except KeyboardInterrupt as stop:  # vlae.train.Interrupted: checkpointed
+        step = getattr(stop, "step", None)
+        outcome = ("stopped", f"at step {step}" if step is not None else "(resumes from its last checkpoint)")
+    except BaseException as error:  # noqa: BLE001 - one failed run must not stop the others
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        outcome = ("failed", message, "".join(traceback.format_exception(error)))
+    with contextlib.suppress(OSError):  # the sweep is gone: nobody to tell
+        conn.send(outcome)
+    conn.close()
+
+
+def _end_with_parent() -> None:
+    """Linux: SIGTERM this worker when its parent process ends (even by SIGKILL), so that
+    no run trains on, orphaned, beside a rerun; it checkpoints and exits."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _check_interrupted(run_dir: Path, task: Task) -> None:
+    """Refuse to resume an interrupted run whose checkpoint was made with other settings
+    (e.g. another --max-steps): its result would sit in a table beside runs of another budget."""
+    from .checkpoint import latest_checkpoint, load_checkpoint
+
+    last = latest_checkpoint(run_dir) if run_dir.is_dir() else None
+    if last is None:
+        return
+    state = load_checkpoint(last, map_location="cpu")
+    saved = state["config"].to_dict()
+    saved.get("train", {}).pop("data_dir", None)  # resuming checks the data's identity itself
+    wanted = task.config.to_dict()
+    wanted.get("train", {}).pop("data_dir", None)
+    diffs = _config_diff(saved, wanted)
+    if diffs:
+        step = state.get("trainer", {}).get("step")
+        raise VLAEError(f"{run_dir} was interrupted at step {step} of a run with other settings "
+                        f"({'; '.join(diffs[:3])}); rerun with the settings it was started with to finish it, "
+                        f"or use another output directory")
+
+
+def _settings(stored: dict[str, Any]) -> dict[str, Any]:
+    """What every run of one table shares: the training options and the evaluation."""
+    train = _comparable(stored.get("config", {})).get("train", {})
+    train.pop("data_dir", None)
+    ev = stored.get("eval", {})
+    return {"train": train, "eval": {key: ev.get(key) for key in ("eval_subset", "k")}}
+
+
+def _check_folder_settings(out: Path, reference: dict[str, Any] | None = None) -> None:
+    """All finished runs under ``out`` (and ``reference``, the runs about to be made) have one setting."""
+    paths = sorted(out.glob(f"*/{RESULTS}"))
+    first = (_settings(reference), "this command") if reference is not None else None
+    for path in paths:
+        mine = _settings(_read_results(path))
+        if first is None:
+            first = (mine, str(path))
+            continue
+        if mine != first[0]:
+            diffs = _config_diff(mine, first[0])
+            than = "" if reference is not None else f" than {first[1]}"
+            raise VLAEError(f"{path} was made with a different configuration{than} ({'; '.join(diffs[:3])}); "
+                            f"a table holds runs of one setting: use another output directory")
 
 
 def _context() -> multiprocessing.context.BaseContext:
@@ -494,14 +727,34 @@ def _read_results(path: Path) -> dict[str, Any]:
 
 
 def _record_of(stored: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in stored.items() if k not in ("summary", "config", "eval")}
+    record = {k: v for k, v in stored.items() if k not in ("summary", "config", "eval")}
+    if "budget" not in record and isinstance(stored.get("config", {}).get("train"), dict):  # older results
+        record["budget"] = training_budget(stored["config"]["train"])
+    return record
+
+
+def training_budget(train: dict[str, Any]) -> str:
+    """A run's training budget in words, whichever limit comes first: ``"600 steps or 300 s"``.
+
+    >>> training_budget({"epochs": 0, "max_steps": 150, "time_budget": 0})
+    '150 steps'
+    """
+    limits = (("epochs", "epoch", "epochs"), ("max_steps", "step", "steps"), ("time_budget", "s", "s"))
+    parts = [f"{train[key]:g} {one if train[key] == 1 else many}" for key, one, many in limits if train.get(key)]
+    return " or ".join(parts) or "unlimited"
 
 
 def collect_results(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """Records of every finished run (``*/results.json``) under ``out_dir``."""
+    """Records of every finished run (``*/results.json``) under ``out_dir``.
+
+    Raises:
+        VLAEError: not a folder; runs made with different training or evaluation
+            settings (a table holds the runs of one setting).
+    """
     out = Path(out_dir)
     if not out.is_dir():
         raise VLAEError(f"--report: {out} is not a directory")
+    _check_folder_settings(out)
     return [_record_of(_read_results(p)) for p in sorted(out.glob(f"*/{RESULTS}"))]
 
 
@@ -553,7 +806,8 @@ def scope_note(records: list[dict[str, Any]]) -> str:
     test images evaluated on (several values when the records disagree)."""
     def values(key: str) -> str:
         return ", ".join(map(str, sorted({r[key] for r in records if r.get(key) is not None}))) or "?"
-    return f"Free bits: {values('free_bits')} nats per pixel. Nats per image on {values('eval_images')} test images"
+    return (f"Training budget per run: {values('budget')}. Free bits: {values('free_bits')} nats per pixel. "
+            f"Nats per image on {values('eval_images')} test images")
 
 
 def write_sweep_report(out_dir: str | os.PathLike, records: list[dict[str, Any]] | None = None,
@@ -656,6 +910,7 @@ def run_sweep(out_dir: str | os.PathLike, base: Config, *, decoder: str = "maske
     tasks = sweep_tasks(base, decoder, layers, kernels, priors, fields)
     check_run_options(jobs=jobs, threads=threads, k=k, eval_subset=eval_subset, eval_batch_size=eval_batch_size)
     out = Path(out_dir)
+    check_tasks(tasks, out, {"eval_subset": eval_subset, "k": k, "eval_batch_size": eval_batch_size})
     out.mkdir(parents=True, exist_ok=True)
     config = {"decoder": "gated" if fields else decoder, "fields": list(fields), "layers": list(layers), "kernels": list(kernels), "priors": list(priors),
               "eval_subset": eval_subset, "k": k, "jobs": jobs, "threads": threads, **(sweep_config or {}),
@@ -734,46 +989,69 @@ def _print_outputs(paths: dict[str, Path]) -> None:
 
 
 def _cli_sweep(args: argparse.Namespace) -> int:
-    try:
-        if args.report:
-            _print_outputs(write_sweep_report(args.report))
-            return 0
-        layers = parse_list(args.layers, "--layers", int)
-        kernels = parse_list(args.kernels, "--kernels", int)
-        priors = parse_list(args.priors, "--priors", str)
-        fields = parse_list(args.fields, "--fields", str) if args.fields is not None else []
-        budget = args.budget if (args.budget is not None or args.max_steps is not None) else 300.0
-        base = base_config(args.preset, args.overrides, budget, args.max_steps)
-        if args.list:
-            from .pixelcnn import DECODERS, GatedPixelCNN
+    return command("sweep", lambda: _sweep(args))
 
-            for t in sweep_tasks(base, args.decoder, layers, kernels, priors, fields):
-                m = t.config.model
-                dec = (GatedPixelCNN.from_field(m.decoder_field, 8, m.cond_channels) if m.decoder_field
-                       else DECODERS[m.decoder](m.decoder_layers, m.decoder_kernel, cond_channels=m.cond_channels))
-                rf = receptive_field_record(dec, m.image_shape)
-                field = f" field {rf['rf_name']}," if rf["rf_name"] else ""
-                print(f"{t.name:24s}{field} RF {rf['rf_size']:6d} px, {rf['rf_up']:3d} rows up, "
-                      f"{rf['rf_left']:3d} cols left/right, sees {100 * rf['rf_coverage']:5.1f}% of the context")
-            return 0
-        sweep_config = {"preset": args.preset, "overrides": list(args.overrides), "budget": budget, "fields": fields,
-                        "max_steps": args.max_steps, "command": " ".join(sys.argv)}
-        records, status = run_sweep(args.out, base, decoder=args.decoder, layers=layers, kernels=kernels,
-                                    priors=priors, eval_subset=args.eval_subset, k=args.k,
-                                    eval_batch_size=args.eval_batch_size, jobs=args.jobs, threads=args.threads,
-                                    sweep_config=sweep_config, fields=fields)
-        _print_outputs(status["outputs"])
-        if status["failed"]:
-            print(f"error: {len(status['failed'])} run(s) failed: {', '.join(status['failed'])}", file=sys.stderr)
-            return 1
+
+def _sweep(args: argparse.Namespace) -> int:
+    if args.report:
+        _print_outputs(write_sweep_report(args.report))
         return 0
+    layers = parse_list(args.layers, "--layers", int)
+    kernels = parse_list(args.kernels, "--kernels", int)
+    priors = parse_list(args.priors, "--priors", str)
+    fields = parse_list(args.fields, "--fields", str) if args.fields is not None else []
+    budget = args.budget if (args.budget is not None or args.max_steps is not None) else 300.0
+    base = base_config(args.preset, args.overrides, budget, args.max_steps)
+    if args.list:
+        from .pixelcnn import DECODERS, GatedPixelCNN
+
+        for t in sweep_tasks(base, args.decoder, layers, kernels, priors, fields):
+            m = t.config.model
+            dec = (GatedPixelCNN.from_field(m.decoder_field, 8, m.cond_channels) if m.decoder_field
+                   else DECODERS[m.decoder](m.decoder_layers, m.decoder_kernel, cond_channels=m.cond_channels))
+            rf = receptive_field_record(dec, m.image_shape)
+            field = f" field {rf['rf_name']}," if rf["rf_name"] else ""
+            print(f"{t.name:24s}{field} RF {rf['rf_size']:6d} px, {rf['rf_up']:3d} rows up, "
+                  f"{rf['rf_left']:3d} cols left/right, sees {100 * rf['rf_coverage']:5.1f}% of the context")
+        return 0
+    sweep_config = {"preset": args.preset, "overrides": list(args.overrides), "budget": budget, "fields": fields,
+                    "max_steps": args.max_steps, "command": " ".join(sys.argv)}
+    records, status = run_sweep(args.out, base, decoder=args.decoder, layers=layers, kernels=kernels,
+                                priors=priors, eval_subset=args.eval_subset, k=args.k,
+                                eval_batch_size=args.eval_batch_size, jobs=args.jobs, threads=args.threads,
+                                sweep_config=sweep_config, fields=fields)
+    _print_outputs(status["outputs"])
+    if status["failed"]:
+        print(f"error: {len(status['failed'])} run(s) failed: {', '.join(status['failed'])}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def command(what: str, body: Callable[[], int]) -> int:
+    """Run ``vlae sweep`` or ``vlae ablation`` (``what``): one ``error:`` line and
+    status 2 for bad input; on SIGINT or SIGTERM one line saying how to continue
+    and status 130 or 143 (the workers have checkpointed, see :func:`run_tasks`)."""
+    def terminated(signum: int, frame: object) -> None:  # until run_tasks takes over the signals
+        raise Stopped(signum, {})
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, terminated) if main_thread else None
+    again = (f"run the same command again to continue the {what} (finished runs are kept, stopped ones "
+             "resume from their last checkpoint)")
+    try:
+        return body()
     except VLAEError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
+    except Stopped as stop:
+        print(f"\ninterrupted by {stop}; {again}", file=sys.stderr)
+        return stop.exit_status
     except KeyboardInterrupt:
-        print("\ninterrupted; run the same command again to continue the sweep (finished runs are kept, "
-              "interrupted ones resume from their last checkpoint)", file=sys.stderr)
+        print(f"\ninterrupted by SIGINT; {again}", file=sys.stderr)
         return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def standalone(add: Callable[[Any], argparse.ArgumentParser], argv: Sequence[str] | None) -> int:

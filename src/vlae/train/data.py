@@ -32,12 +32,10 @@ def resolve_data(cfg: Config, data: Any = None, notice: Callable[[str], object] 
     ``data`` (tests, sweeps) may be ``{"train": ..., "valid": ...}``, a
     ``(train, valid)`` pair, or one tensor used for both; each item a
     :class:`~vlae.data.Images` or a ``uint8 (N, C, H, W)`` tensor. Otherwise the configured
-    dataset is loaded; binarized MNIST is also looked for in the shared data
-    folder (``../shared/data``), and ``cfg.train.data_dir`` is set to wherever
-    it was found so that evaluation later reads the same files. An explicit
-    ``data_dir`` without the data is an error; with none, an embedded fallback
-    is announced through ``notice`` (default: stderr) and recorded in the
-    returned sets' ``fallback``.
+    dataset is loaded from ``cfg.train.data_dir``, else ``$VLAE_DATA_DIR``, else
+    the cache (:func:`vlae.data.load_or_fallback`): a named location without
+    the data is an error; with none named, an embedded fallback is announced
+    through ``notice`` (default: stderr) and recorded in the returned sets' ``fallback``.
     """
     if data is not None:
         if isinstance(data, dict):
@@ -50,14 +48,9 @@ def resolve_data(cfg: Config, data: Any = None, notice: Callable[[str], object] 
 
         kind = INFO[cfg.train.dataset].kind if cfg.train.dataset in INFO else "binary"  # tensors: the config's kind
         return as_images(train_set, "train", kind), as_images(valid_set, "valid", kind)
-    from ..data import find_shared_binarized_mnist, load_or_fallback, resolve_data_dir
+    from ..data import load_or_fallback
 
     t = cfg.train
-    if t.data_dir is None and t.dataset == "binarized-mnist":
-        shared = find_shared_binarized_mnist()
-        default = resolve_data_dir(None)
-        if shared is not None and not any((default / d).is_dir() for d in ("binarized-mnist", "binarized_mnist")):
-            t.data_dir = str(shared)
     train_set = load_or_fallback(t.dataset, "train", t.data_dir, train_on_valid=t.train_on_valid, notice=notice)
     valid_set = load_or_fallback(t.dataset, "valid", t.data_dir, notice=lambda _m: None)
     return train_set, valid_set
