@@ -82,15 +82,21 @@ def _reference_tree(revision: str, into: Path) -> Path:
 
 
 class _Side:
+    """One worker process importing vlae from ``src``, asked for a rate per round."""
+
+    script = Path(__file__).resolve()
+    key = "samples_per_s"
+
+    def worker_args(self, args, preset: str) -> list[str]:
+        extra = ["--compile"] if args.compile and self.name == "current" else []
+        return ["--preset", preset, "--threads", str(args.threads), "--images", str(args.images), "--k", str(args.k),
+                "--seconds", str(args.seconds), "--seed", str(args.seed), *extra]
+
     def __init__(self, name: str, src: Path, args, preset: str):
         env = dict(os.environ, PYTHONPATH=f"{src}{os.pathsep}{HERE}", OMP_NUM_THREADS=str(args.threads),
                    PYTHONDONTWRITEBYTECODE="1")
-        command = [sys.executable, str(Path(__file__).resolve()), "--worker", "--preset", preset,
-                   "--threads", str(args.threads), "--images", str(args.images), "--k", str(args.k),
-                   "--seconds", str(args.seconds), "--seed", str(args.seed)]
-        if args.compile and name == "current":
-            command.append("--compile")
         self.name = name
+        command = [sys.executable, str(self.script), "--worker", *self.worker_args(args, preset)]
         self.process = subprocess.Popen(command, env=env, cwd=HERE, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         text=True)
         module = Path(self._read()["module"])
@@ -107,16 +113,17 @@ class _Side:
     def rate(self) -> float:
         self.process.stdin.write("go\n")
         self.process.stdin.flush()
-        return self._read()["samples_per_s"]
+        return self._read()[self.key]
 
     def close(self) -> None:
         self.process.stdin.close()
         self.process.wait()
 
 
-def bench_preset(preset: str, reference_src: Path, args) -> dict:
-    sides = {"reference": _Side("reference", reference_src, args, preset),
-             "current": _Side("current", ROOT / "src", args, preset)}
+def interleaved_rates(side: type, preset: str, reference_src: Path, args) -> dict[str, list[float]]:
+    """Each side's rate per round, the two sides timed in turn (alternating who goes first)."""
+    sides = {"reference": side("reference", reference_src, args, preset),
+             "current": side("current", ROOT / "src", args, preset)}
     rates: dict[str, list[float]] = {"reference": [], "current": []}
     try:
         for r in range(args.rounds):
@@ -124,8 +131,13 @@ def bench_preset(preset: str, reference_src: Path, args) -> dict:
             for name in order:
                 rates[name].append(sides[name].rate())
     finally:
-        for side in sides.values():
-            side.close()
+        for worker in sides.values():
+            worker.close()
+    return rates
+
+
+def bench_preset(preset: str, reference_src: Path, args) -> dict:
+    rates = interleaved_rates(_Side, preset, reference_src, args)
     ref, cur = statistics.median(rates["reference"]), statistics.median(rates["current"])
     return {"preset": preset, "reference_samples_per_s": ref, "current_samples_per_s": cur, "speedup": cur / ref,
             "round_ratios": [c / r for c, r in zip(rates["current"], rates["reference"])], "rates": rates}

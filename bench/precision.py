@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tolerance", type=float, default=0.005,
-                        help="relative -ELBO difference still counted as equal quality (default: 0.5%%)")
+                        help="how much worse (relative -ELBO) bf16 may end and still count as equal quality (default: 0.5%%)")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
@@ -57,19 +57,22 @@ def main(argv: list[str] | None = None) -> int:
     fp32, bf16 = rows
     gap = (bf16["valid_nelbo"] - fp32["valid_nelbo"]) / abs(fp32["valid_nelbo"])
     pairs = dict(fp32["loss_curve"])
-    diffs = [abs(loss - pairs[step]) for step, loss in bf16["loss_curve"] if step in pairs]
-    equal = abs(gap) <= args.tolerance
+    # the second half of the run: the first windows hold the initial losses, orders of magnitude larger
+    diffs = [abs(loss - pairs[step]) / abs(pairs[step]) for step, loss in bf16["loss_curve"]
+             if step in pairs and step > args.steps // 2]
+    equal = gap <= args.tolerance  # bf16 at most this much worse than fp32
     faster = bf16["images_per_s"] > fp32["images_per_s"]
     choice = "bf16" if (equal and faster) else "fp32"
     for r in rows:
         print(f"{r['precision']}: {r['images_per_s']:9.1f} img/s, final valid -ELBO {r['valid_nelbo']:.3f} nats "
               f"(KL {r['valid_kl']:.2f}), {r['skipped']} skipped, graph {r['cuda_graph']}")
-    print(f"bf16 - fp32: -ELBO {100 * gap:+.3f}%, mean |loss difference| over the logged windows "
-          f"{sum(diffs) / max(1, len(diffs)):.3f} nats; speed x{bf16['images_per_s'] / fp32['images_per_s']:.2f}; "
+    print(f"bf16 - fp32: -ELBO {100 * gap:+.3f}%, mean |relative loss difference| over the second half's windows "
+          f"{100 * sum(diffs) / max(1, len(diffs)):.2f}%; speed x{bf16['images_per_s'] / fp32['images_per_s']:.2f}; "
           f"auto should pick {choice}")
     if args.json:
         write_json(args.json, {"benchmark": "precision", "preset": args.preset, "steps": args.steps,
-                               "rows": rows, "relative_nelbo_gap": gap, "equal_quality": equal,
+                               "rows": rows, "relative_nelbo_gap": gap,
+                               "mean_relative_loss_difference_second_half": sum(diffs) / max(1, len(diffs)), "equal_quality": equal,
                                "bf16_faster": faster, "choice": choice})
     return 0
 

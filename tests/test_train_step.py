@@ -126,6 +126,7 @@ def test_the_step_reads_nothing_on_the_host(monkeypatch):
     mode keeps it on the device too (its CPU mode reads its step counter, so it is stubbed
     here by an update of the same shape; tests/test_cuda_train.py checks the real one on a GPU)."""
     step = _step()
+    step.free_reads = False  # the path a GPU takes (on a CPU a good step reads `ok` to skip the selection)
     step()  # the first update: state created, checked on the host once (by design)
     monkeypatch.setattr(torch.optim.Adamax, "step", lambda self: torch._foreach_add_(
         [p.detach() for p in self.param_groups[0]["params"]], [p.grad for p in self.param_groups[0]["params"]],
@@ -136,6 +137,22 @@ def test_the_step_reads_nothing_on_the_host(monkeypatch):
     assert reads.calls == []
     rows, _, _ = step.read()  # the window's one read
     assert reads.calls and len(rows) == 4
+
+
+def test_the_cpu_shortcut_and_the_device_path_give_the_same_bits(monkeypatch):
+    """On a CPU a good step skips the selection and the average takes its weight as a number;
+    the GPU's path (select by integer views, weights as tensors) must give the same bits."""
+    cheap, device = _step(), _step()
+    device.free_reads = False
+    for step in (cheap, device):
+        torch.manual_seed(3)
+        for i in range(5):
+            if i == 3:
+                step.x[0, 0, 0, 0] = float("nan")  # one bad step in the middle
+            step()
+            step.x[0, 0, 0, 0] = 0.0
+    assert _identical(_snapshot(cheap), _snapshot(device))
+    assert [r[0] for r in cheap.read()[0]] == [r[0] for r in device.read()[0]] == [0, 0, 0, 1, 0]
 
 
 def test_the_window_must_be_read_before_it_overflows():

@@ -165,11 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="check the implementation against the paper's claims (seconds, CPU)")
     p.set_defaults(func=_cmd_verify)
 
-    from . import ablation, codec, sweep
+    from . import ablation, codec, reproduce, sweep
 
     sweep.add_cli(sub)
     ablation.add_cli(sub)
     codec.add_cli(sub)
+    reproduce.add_cli(sub)
     return parser
 
 
@@ -421,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
-        if args.command in ("train", "eval"):
+        if args.command in ("train", "eval", "reproduce"):
             _set_threads(args.threads)
         return int(args.func(args) or 0)
     except VLAEError as error:
@@ -442,6 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 _CONTINUE = {
     "eval": "run the same `vlae eval` command again to continue: its finished blocks are kept",
     "train": "continue with `vlae train --resume --run-dir RUN_DIR` if the run folder holds a checkpoint",
+    "reproduce": "continue with the same `vlae reproduce` command and --resume if the run folder holds a checkpoint",
 }
 
 

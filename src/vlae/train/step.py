@@ -77,7 +77,10 @@ class TrainStep:
         self.hard_free_bits, self.soft_target, self.polyak = hard_free_bits, soft_target, polyak
         self.params = list(model.parameters())
         self.averaged = [p.detach() for p in ema.parameters()] if ema is not None else []
-        self._ones = [torch.ones_like(p) for p in self.averaged]
+        # On a CPU the host reads a tensor for free: a good step then skips the selection, and the average
+        # takes its weight as a number (the same bits either way; tests check both paths).
+        self.free_reads = runtime.device.type == "cpu"
+        self._ones: list[torch.Tensor] = []
         dev = runtime.device
         f64 = dict(dtype=torch.float64, device=dev)
         self.x = torch.zeros(batch_shape, device=dev)
@@ -148,10 +151,13 @@ class TrainStep:
         n = self.ema_updates
         decay = torch.clamp((1 + n) / (10 + n), max=self.polyak)
         weight = (torch.where(n == 0, torch.ones_like(n), 1 - decay) * ok).float()
-        # lerp takes per-tensor weights; multiplying ones by a tensor keeps to the device (adding a tensor
-        # to a list reads it on the host), and a few fused kernels serve all tensors
-        weights = torch._foreach_mul(self._ones, weight)
-        torch._foreach_lerp_(self.averaged, [p.detach() for p in self.params], weights)
+        current = [p.detach() for p in self.params]
+        if self.free_reads:
+            torch._foreach_lerp_(self.averaged, current, float(weight))
+        else:  # lerp takes per-tensor weights: ones times the weight (adding a tensor to a list reads it on the host)
+            if len(self._ones) != len(self.averaged):
+                self._ones = [torch.ones_like(a) for a in self.averaged]
+            torch._foreach_lerp_(self.averaged, current, torch._foreach_mul(self._ones, weight))
         self.ema_updates += ok.double()
 
     # ------------------------------------------------------------------ exact rollback
@@ -174,6 +180,8 @@ class TrainStep:
 
     @torch.no_grad()
     def _keep_if(self, ok: torch.Tensor) -> None:
+        if self.free_reads and bool(ok):  # a good step keeps its update: nothing to select
+            return
         for views, saved in self._groups:
             keep = ok.to(views[0].dtype)
             restored = torch._foreach_mul(saved, 1 - keep)
