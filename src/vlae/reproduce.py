@@ -197,10 +197,26 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_reproduce)
 
 
+def signal_name(signum: int) -> str:
+    import signal
+
+    return signal.Signals(signum).name
+
+
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    report = reproduce(args.protocol, args.run_dir, yes=args.yes, time_budget=args.time_budget, resume=args.resume,
-                       device=args.device, data_dir=args.data_dir, overrides=args.overrides,
-                       warmup_steps=args.warmup_steps, subset=args.subset, k=args.k)
+    import sys
+
+    from .train import Interrupted
+
+    try:
+        report = reproduce(args.protocol, args.run_dir, yes=args.yes, time_budget=args.time_budget,
+                           resume=args.resume, device=args.device, data_dir=args.data_dir, overrides=args.overrides,
+                           warmup_steps=args.warmup_steps, subset=args.subset, k=args.k)
+    except Interrupted as stop:  # SIGINT or SIGTERM during training: a resumable checkpoint was written
+        where = f"wrote {stop.checkpoint}; " if stop.checkpoint else ""
+        print(f"\ninterrupted by {signal_name(stop.signum)}: {where}continue with the same `vlae reproduce "
+              f"{args.protocol}` command and --resume", file=sys.stderr)
+        return stop.exit_status
     print(json.dumps({"ours": report["ours"], "paper": report["paper"], "unit": report["unit"],
                       "faithful": report["faithful"]}))
     return 0 if math.isfinite(report["ours"]) else 1
