@@ -19,7 +19,8 @@ DATA=()
 [[ -n "${VLAE_DATA_DIR:-}" ]] && DATA=(--data-dir "$VLAE_DATA_DIR")
 if (( DRY )); then
   DEVICE=cpu; SPECS=(tiny:16); MODES=(eager); GRAPH=eager; CGRAPH=compile; S=0.3; LOOP=12; TESTS_LIMIT=120
-  MNIST=tiny; DENSE=tiny; EVAL=(--k 8 --images 2 --seconds 0.3 --threads 1); PSTEPS=(--steps 20 --valid-images 16)
+  MNIST=tiny; DENSE=tiny; EVAL=(--k 8 --images 2 --seconds 0.3 --threads 1)
+  PSTEPS=(--steps 6 --batch-size 8 --valid-images 8 --log-every 2)
   SPECS_COMPILE=(tiny:16); STAND_IN=(--stand-in tiny)
 else
   DEVICE=cuda; SPECS=(mnist-paper:128 cifar-paper:32 cifar-paper:128 cifar-paper-dense:128); MODES=(eager graph)
@@ -52,9 +53,9 @@ step eval_cifar 60 "$PY" eval.py --device "$DEVICE" --presets "$DENSE" "${EVAL[@
   --json "$LOGS/eval_cifar.json"
 step precision 120 "$PY" precision.py --device "$DEVICE" --preset "$MNIST" "${PSTEPS[@]}" "${DATA[@]}" \
   --json "$LOGS/precision.json"
-step protocol 30 "$PY" protocol.py "$LOGS"/train_*.json "$LOGS"/eval_*.json "${STAND_IN[@]}" --out "$OUT"
+step protocol 30 "$PY" protocol.py "$LOGS"/train_*.json "$LOGS"/eval_*.json "$LOGS"/precision.json "${STAND_IN[@]}" --out "$OUT"
 step train_compile 150 "$PY" train.py --device "$DEVICE" --bf16 --presets "${SPECS_COMPILE[@]}" --modes "$CGRAPH" \
   --seconds "$S" --no-loop --json "$LOGS/train_compile.json"
-step protocol 30 "$PY" protocol.py "$LOGS"/train_*.json "$LOGS"/eval_*.json "${STAND_IN[@]}" --out "$OUT"
+step protocol 30 "$PY" protocol.py "$LOGS"/train_*.json "$LOGS"/eval_*.json "$LOGS"/precision.json "${STAND_IN[@]}" --out "$OUT"
 echo "wrote $OUT (logs in $LOGS)"
 (( ${#FAILED[@]} == 0 )) || { echo "failed steps: ${FAILED[*]}"; exit 1; }

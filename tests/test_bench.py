@@ -19,21 +19,49 @@ def _env() -> dict[str, str]:
 
 
 def test_gpu_script_dry_run_writes_one_report(tmp_path):
+    """The GPU script's steps with the GPU run's flags (bf16, compile; graphs become eager), on the CPU."""
     out = tmp_path / "gpu.json"
-    proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh"), "--dry-run", str(out)], env=_env(),
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    env = {k: v for k, v in _env().items() if k != "VLAE_DATA_DIR"}
+    proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh"), "--dry-run", str(out)], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     report = json.loads(out.read_text())  # strict JSON: json.loads accepts NaN, so check the text too
     assert "NaN" not in out.read_text() and "Infinity" not in out.read_text()
-    train_row = report["train"]["rows"][0]
-    assert train_row["preset"] == "tiny" and train_row["images_per_s"] > 0
-    assert 0 < train_row["fraction_of_gemm"] < 5 and train_row["gflop_per_image"] > 0
-    assert 0 < train_row["loop_fraction_of_bare"] < 5
-    assert train_row["loop_fraction_per_round"] == [train_row["loop_fraction_of_bare"]]  # one round by default
-    eval_row = report["eval"]["rows"][0]
-    assert eval_row["samples_per_s"] > 0 and eval_row["gflop_per_sample"] > 0
-    projection = report["projection"][0]
-    assert projection["train_hours"] > 0 and projection["eval_hours"] > 0
+    steps = [json.loads(line) for line in (tmp_path / "gpu.logs" / "steps.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == ["tests", "train_bf16", "train_fp32", "eval_mnist", "eval_cifar",
+                                         "precision", "protocol", "train_compile", "protocol"]
+    assert all(s["status"] == 0 for s in steps)
+    rows = {(r["mode"], r["precision"]): r for t in report["train"] for r in t["rows"]}
+    assert set(rows) == {("eager", "bf16"), ("eager", "fp32"), ("compile", "bf16")}
+    bf16 = rows[("eager", "bf16")]
+    assert bf16["preset"] == "tiny" and bf16["images_per_s"] > 0 and bf16["gflop_per_image"] > 0
+    assert 0 < bf16["loop_fraction_of_bare"] < 5
+    assert bf16["loop_fraction_per_round"] == [bf16["loop_fraction_of_bare"]]  # one round by default
+    eval_rows = [r for e in report["eval"] for r in e["rows"]]
+    assert all(r["samples_per_s"] > 0 and r["gflop_per_sample"] > 0 for r in eval_rows)
+    assert sorted(r["compiled"] for r in eval_rows) == [False, True]  # the binary protocol's evaluation compiled
+    precision = report["precision"][0]
+    assert [r["precision"] for r in precision["rows"]] == ["fp32", "bf16"] and precision["choice"] in ("fp32", "bf16")
+    assert report["stand_in"] == "tiny"
+    for projection in report["projection"]:
+        assert projection["train_hours"] > 0 and projection["eval_hours"] > 0
+    assert [p["protocol"] for p in report["projection"]] == ["static-mnist", "cifar10"]
+
+
+def test_train_speedup_compares_two_trees_in_one_run(tmp_path):
+    import pytest
+
+    head = _git_head()
+    if head is None:
+        pytest.skip("not a git checkout: the reference tree comes from git")
+    out = tmp_path / "speedup.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "train_speedup.py"), "--presets", "tiny",
+                           "--reference", head, "--threads", "1", "--steps", "6", "--batch-size", "8", "--rounds", "2",
+                           "--json", str(out)], env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())["results"][0]
+    assert result["preset"] == "tiny" and len(result["round_ratios"]) == 2
+    assert result["ratio"] == result["current_images_per_s"] / result["reference_images_per_s"]
 
 
 def test_eval_benchmark_rejects_bad_options():
