@@ -137,6 +137,7 @@ References:
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import hashlib
 import json
@@ -153,17 +154,18 @@ import torch
 from .errors import VLAEError
 from .flows import AFPrior, GaussianPrior
 from .pixelcnn import FactorizedDecoder
+from .portable import normal_bin_masses, normal_quantile, sigmoid, snap
 from .spatial_prior import SpatialAFPrior
 
 __all__ = ["compress", "decompress", "read_header", "Header", "CodeStats", "model_identity", "MAGIC",
            "FORMAT_VERSION", "DEFAULT_PRECISION", "DEFAULT_BATCH", "read_images", "write_images", "add_cli"]
 
 MAGIC = b"\x89VLAEbb\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 DEFAULT_PRECISION = 12
 DEFAULT_BATCH = 100
 PRECISIONS = range(4, 17)  # K = 16 .. 65,536 bins per latent dimension
-_HEADER = struct.Struct("<8sH16sB3HIHBI16sII")
+_HEADER = struct.Struct("<8sH16sB3HIHBI16sIIII")
 _CRC = struct.Struct("<I")
 _OBSERVATIONS = {"bernoulli": 0, "logistic_mixture": 1}  # observation model -> code in the header
 
@@ -197,11 +199,67 @@ def _binary(model) -> bool:
 
 def _check_model(model) -> None:
     _observation(model)
-    if next(model.parameters()).device.type != "cpu":
-        raise VLAEError("the codec runs on the CPU (bit-exact probabilities on both sides); move the model there")
     prior = getattr(model, "prior", None)
     if model.latent_dim > 0 and not (type(prior) is GaussianPrior or isinstance(prior, (AFPrior, SpatialAFPrior))):
         raise VLAEError(f"the codec supports Gaussian and AF priors, not {type(prior).__name__}")
+
+
+def _coding_model(model, device: str | torch.device | None):
+    """The probability model both sides evaluate: a float64 copy of ``model`` on ``device``
+    (default: the model's), so that machines disagree only in the last float64 bits."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise VLAEError("--device cuda: no CUDA device is available")
+    return copy.deepcopy(model).to(device=device, dtype=torch.float64).eval()
+
+
+# ---------------------------------------------------------------------- the portable grid
+_PROPOSAL, _PARAMS, _PROBS = 0, 1, 2  # what a snapped value is: latent proposal, decoder output, 8-bit conditional
+_TIE = np.dtype([("chunk", "<u4"), ("site", "<u4"), ("index", "<u4"), ("flags", "u1")])  # flags: kind | up << 2
+
+
+class _Grid:
+    """Snaps the probability model's float64 numbers to the grid of :func:`vlae.portable.snap`.
+
+    Every call names its *site* (``kind``, ``site``): the same numbers on both sides,
+    whatever order they are computed in. The encoder records the near-ties (chunk, site,
+    index, direction); the decoder, given them, rounds those values the encoder's way.
+    ``checksum`` is the XOR over sites of the CRC-32 of the snapped bytes: equal on both
+    sides exactly when every snapped number is.
+    """
+
+    def __init__(self, ties: np.ndarray | None = None):
+        self.recording = ties is None
+        self.recorded: list[np.ndarray] = []
+        self.replay: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
+        for key, group in _group_ties(ties if ties is not None else np.zeros(0, _TIE)):
+            self.replay[key] = (group["index"].astype(np.int64), (group["flags"] >> 2).astype(np.uint8))
+        self.checksum, self.chunk = 0, 0
+
+    def __call__(self, kind: int, site: int, values: torch.Tensor) -> np.ndarray:
+        v = values.detach().to("cpu", torch.float64).numpy()
+        if not np.isfinite(v).all():
+            raise VLAEError("the model computes non-finite probabilities for these images; cannot code them")
+        if v.size >= 2 ** 32 or site >= 2 ** 32:
+            raise VLAEError("a chunk is too large to code; use a smaller --batch")
+        out, near, up = snap(v, self.replay.get((self.chunk, kind, site)))
+        if self.recording and len(near):
+            tie = np.zeros(len(near), _TIE)
+            tie["chunk"], tie["site"], tie["index"], tie["flags"] = self.chunk, site, near, kind | (up << 2)
+            self.recorded.append(tie)
+        seed = zlib.crc32(struct.pack("<IIB", self.chunk, site, kind))
+        self.checksum ^= zlib.crc32(np.ascontiguousarray(out).tobytes(), seed)
+        return out
+
+    def ties(self) -> np.ndarray:
+        return np.concatenate(self.recorded) if self.recorded else np.zeros(0, _TIE)
+
+
+def _group_ties(ties: np.ndarray):
+    keys = np.stack([ties["chunk"].astype(np.int64), (ties["flags"] & 3).astype(np.int64),
+                     ties["site"].astype(np.int64)], 1)
+    for key in {tuple(k) for k in keys.tolist()}:
+        yield key, ties[(keys == key).all(1)]
 
 
 class _Latents:
@@ -210,60 +268,60 @@ class _Latents:
 
     def __init__(self, model, precision: int):
         self.model, self.dims, self.bins = model, model.latent_dim, 2 ** precision
-        grid = torch.arange(self.bins + 1, dtype=torch.float64) / self.bins
-        self.edges = torch.special.ndtri(grid)  # (K + 1,), from -inf to inf
-        self.medians = torch.special.ndtri((torch.arange(self.bins, dtype=torch.float64) + 0.5) / self.bins)
+        self.edges = normal_quantile(np.arange(self.bins + 1) / self.bins)  # (K + 1,), from -inf to inf
+        self.medians = normal_quantile((np.arange(self.bins) + 0.5) / self.bins)
 
     def _noise(self, mu, log_sigma, h, eta):
         """Posterior noise ``eta (B, D)`` -> the prior's noise coordinates ``(B, D)``."""
         z, _ = self.model.posterior.rsample(mu, log_sigma, h, eta)
         return self.model.prior.to_noise(z)[0] if isinstance(self.model.prior, (AFPrior, SpatialAFPrior)) else z
 
-    def proposal(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gaussian linearization of q(eps|x): mean ``(B, D)`` and Cholesky factor
-        ``(B, D, D)``, float64."""
+    def proposal(self, x: torch.Tensor, grid: _Grid) -> tuple[np.ndarray, np.ndarray]:
+        """Gaussian linearization of q(eps|x), snapped: mean ``(B, D)`` and Cholesky factor
+        ``(B, D, D)``."""
         mu, log_sigma, h = self.model.encode(x)
         eta = torch.zeros_like(mu)
         mean = self._noise(mu, log_sigma, h, eta)
         # Images are independent, so the Jacobian of the batch sum holds every image's rows.
         # Reverse mode: D vector-Jacobian products (forward mode is ~100x slower through MADE here).
         jac = torch.func.jacrev(lambda e: self._noise(mu, log_sigma, h, e).sum(0))(eta)  # (D, B, D)
-        r = torch.linalg.qr(jac.permute(1, 2, 0).double()).R  # J^T = Q R, so J J^T = R^T R
+        r = torch.linalg.qr(jac.permute(1, 2, 0)).R  # J^T = Q R, so J J^T = R^T R
         diag = torch.diagonal(r, dim1=1, dim2=2)
-        if not bool((diag != 0).all() and torch.isfinite(r).all()):
+        chol = grid(_PROPOSAL, 1, r.transpose(1, 2) * diag.sign()[:, None, :])
+        if not bool((np.diagonal(chol, axis1=1, axis2=2) > 0).all()):
             raise VLAEError("the posterior is degenerate (zero or non-finite spread); cannot code its latent")
-        return mean.double(), r.transpose(1, 2) * diag.sign()[:, None, :]
+        return grid(_PROPOSAL, 0, mean), chol
 
-    def walk(self, mean: torch.Tensor, chol: torch.Tensor, choose: Callable[[int, np.ndarray], Any]
-             ) -> torch.Tensor:
+    def walk(self, mean: np.ndarray, chol: np.ndarray, choose: Callable[[int, np.ndarray], Any]) -> np.ndarray:
         """Visit the dimensions in order: ``choose(i, probs (B, K))`` picks dimension ``i``'s
-        bins ``(B,)`` given its conditional bin probabilities; returns all bins ``(B, D)``."""
-        n = mean.shape[0]
-        eta = mean.new_zeros(n, self.dims)
-        chosen = torch.empty(n, self.dims, dtype=torch.long)
+        bins ``(B,)`` given its conditional bin probabilities; returns all bins ``(B, D)``.
+        Portable arithmetic only (:mod:`vlae.portable`); the conditional means accumulate
+        ``L_ij eta_j`` in the order ``j = 0, 1, ...`` on every machine."""
+        centre = mean.copy()
+        chosen = np.empty(mean.shape, dtype=np.int64)
         for i in range(self.dims):
-            centre = mean[:, i] + (chol[:, i, :i] * eta[:, :i]).sum(-1)
             spread = chol[:, i, i]
-            cdf = torch.special.ndtr((self.edges[None, :] - centre[:, None]) / spread[:, None])
-            k = torch.as_tensor(np.asarray(choose(i, (cdf[:, 1:] - cdf[:, :-1]).numpy())), dtype=torch.long)
+            t = (self.edges[None, :] - centre[:, i:i + 1]) / spread[:, None]
+            k = np.asarray(choose(i, normal_bin_masses(t[:, :-1], t[:, 1:])), dtype=np.int64)
             chosen[:, i] = k
-            eta[:, i] = (self.medians[k] - centre) / spread
+            eta = (self.medians[k] - centre[:, i]) / spread
+            centre[:, i + 1:] = centre[:, i + 1:] + chol[:, i + 1:, i] * eta[:, None]
         return chosen
 
-    def latent(self, bins: torch.Tensor) -> torch.Tensor:
+    def latent(self, bins: np.ndarray) -> torch.Tensor:
         """Bins ``(B, D)`` -> ``z (B, D)``: the prior's flow inverted at the bin medians."""
         anchor = next(self.model.parameters())
-        eps = self.medians[bins].to(anchor.dtype)
+        eps = torch.from_numpy(self.medians[bins]).to(device=anchor.device, dtype=anchor.dtype)
         return self.model.prior.sample(len(bins), eps=eps)
 
 
-def _walk_pixels(model, z: torch.Tensor | None, n: int, decide: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-                 ) -> None:
-    """Run the decoder position by position in decoding order: ``decide(pos, params)`` gets
-    the flat positions ``(N,)`` and the decoder's outputs there ``(n * N, P)`` (image-major),
-    and returns the pixel values ``(n * N, C)`` the decoder reads from then on. One network
-    position per pixel (the fast sampler's cached engine); the factorized decoder needs
-    one pass."""
+def _walk_pixels(model, z: torch.Tensor | None, n: int,
+                 decide: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+    """Run the decoder position by position in decoding order: ``decide(step, pos, params)``
+    gets the step's index, its flat positions ``(N,)`` and the decoder's outputs there
+    ``(n * N, P)`` (image-major), and returns the pixel values ``(n * N, C)`` the decoder
+    reads from then on. One network position per pixel for the whole chunk (the fast
+    sampler's cached engine); the factorized decoder needs one pass."""
     from .sampling import FastSampler
 
     dec = model.decoder
@@ -272,27 +330,31 @@ def _walk_pixels(model, z: torch.Tensor | None, n: int, decide: Callable[[torch.
     like = next(dec.parameters()).new_zeros(n, channels, height, width)
     if isinstance(dec, FactorizedDecoder):
         params = dec(model.obs.scale(like), cond).flatten(2).transpose(1, 2)  # (n, HW, P)
-        decide(torch.arange(height * width), params.reshape(n * height * width, -1))
+        decide(0, torch.arange(height * width, device=like.device), params.reshape(n * height * width, -1))
         return
     engine = FastSampler(model)._engine(cond, n, height, width, like)
+    step = 0
     for _, layer_positions, pos in engine.schedule(height, width):
         engine.advance(layer_positions)
         if pos is None:
             continue
         params = engine.params(pos)  # (n, N, P)
-        values = decide(pos, params.reshape(-1, params.shape[-1]))
-        engine.write_pixels(pos, values.view(n, len(pos), channels))
+        values = decide(step, pos, params.reshape(-1, params.shape[-1]))
+        engine.write_pixels(pos, values.to(like).view(n, len(pos), channels))
+        step += 1
 
 
-def _channel_probs(model, params: torch.Tensor, previous: torch.Tensor) -> np.ndarray:
+def _channel_probs(model, grid: _Grid, step: int, params: np.ndarray, previous: np.ndarray) -> np.ndarray:
     """The coding distribution of the pixels' next channel ``c = previous.shape[1]`` given
-    their decoder outputs ``(m, P)`` and earlier channels ``(m, c)``: ``p(x = 1) (m,)`` for a
-    binary pixel, 256 bin probabilities ``(m, 256)`` for an 8-bit channel (R, then G given
-    R, then B given R and G: :meth:`~vlae.likelihood.DiscretizedLogisticMixture.channel_probs`).
-    Float64; the encoder and the decoder call it with the same operands."""
+    their snapped decoder outputs ``(m, P)`` and earlier channels ``(m, c)``: ``p(x = 1) (m,)``
+    for a binary pixel (:func:`vlae.portable.sigmoid`), snapped 256-bin probabilities
+    ``(m, 256)`` for an 8-bit channel (R, then G given R, then B given R and G:
+    :meth:`~vlae.likelihood.DiscretizedLogisticMixture.channel_probs` in float64)."""
     if _binary(model):
-        return torch.sigmoid(params[:, 0]).double().numpy()
-    return model.obs.channel_probs(params, previous).numpy()
+        return sigmoid(params[:, 0])
+    c = previous.shape[1]
+    probs = model.obs.channel_probs(torch.from_numpy(params), torch.from_numpy(previous).double())
+    return grid(_PROBS, step * model.cfg.image_shape[0] + c, probs)
 
 
 def _information(symbols: np.ndarray, probs: np.ndarray) -> float:
@@ -324,6 +386,7 @@ class CodeStats:
     ideal_prior_bits: float  # sum of -log2 P(z)
     ideal_bits_back: float  # sum of -log2 Q(z|x): read off the stack
     seconds: float
+    ties: int = 0  # near-ties recorded for portable decoding (13 bytes each in the file)
 
     @property
     def net_bits(self) -> int:
@@ -355,11 +418,11 @@ class _Coder:
         self.prior = cs.stream.model.Uniform(2 ** precision)
 
 
-def _encode_chunk(coder: _Coder, model, latents: _Latents | None, x: torch.Tensor, stats: dict) -> None:
+def _encode_chunk(coder: _Coder, model, latents: _Latents | None, grid: _Grid, x: torch.Tensor, stats: dict) -> None:
     n, channels = x.shape[:2]
     z, bins = None, None
     if latents is not None:
-        mean, chol = latents.proposal(x)
+        mean, chol = latents.proposal(x, grid)
 
         def pop(i: int, probs: np.ndarray) -> np.ndarray:
             k = coder.ans.decode(coder.posterior, probs)
@@ -369,53 +432,55 @@ def _encode_chunk(coder: _Coder, model, latents: _Latents | None, x: torch.Tenso
 
         bins = latents.walk(mean, chol, pop)
         z = latents.latent(bins)
-    flat = x.reshape(n, channels, -1)
-    steps: list[tuple[torch.Tensor, torch.Tensor]] = []
+    flat = x.reshape(n, channels, -1).cpu()
+    steps: list[tuple[int, np.ndarray, np.ndarray]] = []
 
-    def known(pos: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        values = flat[:, :, pos].transpose(1, 2).reshape(-1, channels)  # (n * N, C), as the decoder has them
-        steps.append((params, values))
+    def known(step: int, pos: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        values = flat[:, :, pos.cpu()].transpose(1, 2).reshape(-1, channels)  # (n * N, C), as the decoder has them
+        steps.append((step, grid(_PARAMS, step, params), values.numpy().astype(np.float64)))
         return values
 
     _walk_pixels(model, z, n, known)
     # The stack is last in, first out: push the last step's last channel first, so that the
     # decoder pops pixels in decoding order and each pixel's channels R, G, B in turn.
-    for params, values in reversed(steps):
+    for step, params, values in reversed(steps):
         for c in reversed(range(channels)):
-            probs = _channel_probs(model, params, values[:, :c])
-            symbols = values[:, c].to(torch.int32).numpy()
+            probs = _channel_probs(model, grid, step, params, values[:, :c])
+            symbols = values[:, c].astype(np.int32)
             stats["pixels"] += _information(symbols, probs)
             coder.ans.encode_reverse(symbols, coder.pixel if probs.ndim == 1 else coder.channel, probs)
     if bins is not None:
-        coder.ans.encode_reverse(bins.numpy().astype(np.int32).ravel(), coder.prior)
-        stats["prior"] += bins.numel() * np.log2(latents.bins)
+        coder.ans.encode_reverse(bins.astype(np.int32).ravel(), coder.prior)
+        stats["prior"] += bins.size * np.log2(latents.bins)
 
 
-def _decode_chunk(coder: _Coder, model, latents: _Latents | None, n: int) -> torch.Tensor:
+def _decode_chunk(coder: _Coder, model, latents: _Latents | None, grid: _Grid, n: int) -> torch.Tensor:
     channels, height, width = model.cfg.image_shape
     z, bins = None, None
     if latents is not None:
-        bins = torch.from_numpy(coder.ans.decode(coder.prior, n * latents.dims).astype(np.int64)).view(n, -1)
+        bins = coder.ans.decode(coder.prior, n * latents.dims).astype(np.int64).reshape(n, -1)
         z = latents.latent(bins)
-    flat = next(model.parameters()).new_zeros(n, channels, height * width)
+    flat = torch.zeros(n, channels, height * width, dtype=torch.float64)
 
-    def pop(pos: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        values = params.new_zeros(len(params), channels)
+    def pop(step: int, pos: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        snapped = grid(_PARAMS, step, params)
+        values = np.zeros((len(snapped), channels))
         for c in range(channels):
-            probs = _channel_probs(model, params, values[:, :c])
-            symbols = coder.ans.decode(coder.pixel if probs.ndim == 1 else coder.channel, probs)
-            values[:, c] = torch.from_numpy(np.asarray(symbols, dtype=np.float32)).to(values.dtype)
-        flat[:, :, pos] = values.view(n, len(pos), channels).transpose(1, 2)
-        return values
+            probs = _channel_probs(model, grid, step, snapped, values[:, :c])
+            values[:, c] = coder.ans.decode(coder.pixel if probs.ndim == 1 else coder.channel, probs)
+        out = torch.from_numpy(values)
+        flat[:, :, pos.cpu()] = out.view(n, len(pos), channels).transpose(1, 2)
+        return out
 
     _walk_pixels(model, z, n, pop)
     x = flat.view(n, channels, height, width)
     if latents is not None:
-        mean, chol = latents.proposal(x)
+        anchor = next(model.parameters())
+        mean, chol = latents.proposal(x.to(anchor), grid)
         tables: list[np.ndarray] = []
         latents.walk(mean, chol, lambda i, probs: (tables.append(probs), bins[:, i])[1])
         # The encoder popped dimension-major (all images' dimension 0 first): push back in that order.
-        coder.ans.encode_reverse(bins.T.numpy().astype(np.int32).ravel(), coder.posterior, np.concatenate(tables))
+        coder.ans.encode_reverse(bins.T.astype(np.int32).ravel(), coder.posterior, np.concatenate(tables))
     return x
 
 
@@ -443,22 +508,26 @@ def _initial_bits(digest: bytes, words: int) -> np.ndarray:
 
 def _digest(x: torch.Tensor, binary: bool) -> bytes:
     """16 bytes naming the images: SHA-256 of their bytes (bit-packed for binary images)."""
-    a = x.to(torch.uint8).numpy().reshape(len(x), -1)
+    a = x.to(torch.uint8).cpu().numpy().reshape(len(x), -1)
     return hashlib.sha256((np.packbits(a, axis=1) if binary else a).tobytes()).digest()[:16]
 
 
 # ---------------------------------------------------------------------- public API
 @torch.no_grad()
 def compress(model, images, *, precision: int = DEFAULT_PRECISION, batch: int = DEFAULT_BATCH,
-             progress: Callable[[int, int], object] | None = None, return_stats: bool = False):
+             device: str | torch.device | None = None, progress: Callable[[int, int], object] | None = None,
+             return_stats: bool = False):
     """Losslessly compress binary or 8-bit images with ``model`` (bits-back ANS).
 
     Args:
-        model: a :class:`~vlae.model.VLAE` on the CPU, in eval mode.
+        model: a :class:`~vlae.model.VLAE` (its weights are copied to float64 for coding).
         images: ``(N, C, H, W)`` tensor or array of the model's shape, ``N >= 1``: 0/1 for a
             binary (Bernoulli) model, integers 0..255 for an 8-bit (logistic mixture) one.
         precision: latent bins per dimension, as bits (4..16).
-        batch: images per chunk (one network pass each); the decoder uses the same.
+        batch: most images per chunk (coded in lockstep: one network position per pixel
+            position for the whole chunk).
+        device: where the network runs (default: the model's device); the entropy coder
+            runs on the CPU. The file decodes on any device and CPU.
         progress: called with ``(images done, N)`` after each chunk.
         return_stats: also return a :class:`CodeStats`.
 
@@ -471,38 +540,41 @@ def compress(model, images, *, precision: int = DEFAULT_PRECISION, batch: int = 
     if not 1 <= batch <= 65535:
         raise VLAEError(f"invalid batch {batch}: must be in [1, 65535]")
     x = model.check_images(torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images))
-    # The decoder's images are contiguous; a strided copy (channels last) would send the encoder's
-    # convolutions down other kernels, with other roundings, and its proposal would differ.
-    x = x.contiguous()
     if len(x) == 0:
         raise VLAEError("no images to compress")
     if len(x) >= 2 ** 32:
         raise VLAEError(f"too many images for one file: {len(x)}")
     start = time.perf_counter()
-    digest, latents = _digest(x, _binary(model)), (_Latents(model, precision) if model.latent_dim > 0 else None)
+    identity, binary = model_identity(model), _binary(model)
+    coding = _coding_model(model, device)
+    x = x.to(next(coding.parameters()))
+    digest, latents = _digest(x, binary), (_Latents(coding, precision) if model.latent_dim > 0 else None)
     words = _initial_words(model, precision)
-    coder = _Coder(_initial_bits(digest, words), precision, seal=True)
+    coder, grid = _Coder(_initial_bits(digest, words), precision, seal=True), _Grid()
     initial = coder.ans.num_bits()
     stats = {"pixels": 0.0, "prior": 0.0, "back": 0.0}
     chunks: list[int] = []
     while sum(chunks) < len(x):
         a = sum(chunks)
         chunks.append(_next_chunk(coder, model, precision, len(x) - a, batch))
-        _encode_chunk(coder, model, latents, x[a:a + chunks[-1]], stats)
+        grid.chunk = len(chunks) - 1
+        _encode_chunk(coder, coding, latents, grid, x[a:a + chunks[-1]], stats)
         if progress is not None:
             progress(a + chunks[-1], len(x))
     payload = coder.ans.get_compressed().astype("<u4")
+    ties = grid.ties()
     c, h, w = model.cfg.image_shape
-    body = (_HEADER.pack(MAGIC, FORMAT_VERSION, model_identity(model), _OBSERVATIONS[_observation(model)], c, h, w,
-                         len(x), batch, precision, words, digest, len(chunks), len(payload))
-            + np.asarray(chunks, dtype="<u2").tobytes() + payload.tobytes())
+    body = (_HEADER.pack(MAGIC, FORMAT_VERSION, identity, _OBSERVATIONS[_observation(model)], c, h, w,
+                         len(x), batch, precision, words, digest, len(chunks), len(payload), len(ties),
+                         grid.checksum)
+            + np.asarray(chunks, dtype="<u2").tobytes() + ties.tobytes() + payload.tobytes())
     data = body + _CRC.pack(zlib.crc32(body))
     if not return_stats:
         return data
     return data, CodeStats(images=len(x), dims=c * h * w, file_bytes=len(data), stream_bits=32 * len(payload),
                            initial_bits=initial, ideal_pixel_bits=float(stats["pixels"]),
                            ideal_prior_bits=float(stats["prior"]), ideal_bits_back=float(stats["back"]),
-                           seconds=time.perf_counter() - start)
+                           seconds=time.perf_counter() - start, ties=len(ties))
 
 
 @dataclass(frozen=True)
@@ -520,42 +592,59 @@ class Header:
     digest: bytes
     n_chunks: int
     words: int
+    n_ties: int
+    checksum: int
     chunks: tuple[int, ...] = ()
 
 
 def read_header(data: bytes, name: str = "input") -> Header:
     """Parse and check a compressed file's header, length and CRC; one-line
-    :class:`VLAEError` for a foreign, newer, truncated or corrupted file."""
+    :class:`VLAEError` for a foreign, older, newer, truncated or corrupted file."""
     if len(data) < len(MAGIC) or data[:len(MAGIC)] != MAGIC:
         raise VLAEError(f"{name}: not a vlae compressed file (bad magic bytes)")
+    if len(data) >= len(MAGIC) + 2:
+        version = struct.unpack_from("<H", data, len(MAGIC))[0]
+        if version > FORMAT_VERSION:
+            raise VLAEError(f"{name}: format version {version} is newer than this vlae reads ({FORMAT_VERSION})")
+        if version < FORMAT_VERSION:
+            raise VLAEError(f"{name}: format version {version} (before portable decoding; it decodes only where it "
+                            f"was written, with the vlae of then) is no longer read; this vlae reads version "
+                            f"{FORMAT_VERSION}: recompress the images")
     if len(data) < _HEADER.size + _CRC.size:
         raise VLAEError(f"{name}: truncated ({len(data)} bytes, shorter than the header)")
     fields = _HEADER.unpack_from(data)
     head = Header(fields[1], fields[2], fields[3], tuple(fields[4:7]), *fields[7:])
-    if head.version > FORMAT_VERSION:
-        raise VLAEError(f"{name}: format version {head.version} is newer than this vlae reads ({FORMAT_VERSION})")
-    size = _HEADER.size + 2 * head.n_chunks + 4 * head.words + _CRC.size
+    size = _HEADER.size + 2 * head.n_chunks + _TIE.itemsize * head.n_ties + 4 * head.words + _CRC.size
     if len(data) != size:
         what = "truncated" if len(data) < size else "corrupted (trailing bytes)"
         raise VLAEError(f"{name}: {what}: {len(data)} bytes, the header announces {size}")
     if _CRC.unpack_from(data, size - _CRC.size)[0] != zlib.crc32(data[:size - _CRC.size]):
         raise VLAEError(f"{name}: corrupted (CRC-32 mismatch)")
     chunks = tuple(int(m) for m in np.frombuffer(data, "<u2", count=head.n_chunks, offset=_HEADER.size))
-    if (head.version < 1 or head.precision not in PRECISIONS or head.count < 1 or sum(chunks) != head.count
+    if (head.precision not in PRECISIONS or head.count < 1 or sum(chunks) != head.count
             or not all(1 <= m <= head.batch for m in chunks)):
         raise VLAEError(f"{name}: corrupted header (version {head.version}, precision {head.precision}, "
                         f"{head.count} images in {head.n_chunks} chunks)")
     return dataclasses.replace(head, chunks=chunks)
 
 
+def _read_ties(data: bytes, head: Header, name: str) -> np.ndarray:
+    ties = np.frombuffer(data, _TIE, count=head.n_ties, offset=_HEADER.size + 2 * head.n_chunks)
+    if head.n_ties and (int(ties["chunk"].max()) >= head.n_chunks or int((ties["flags"] & 3).max()) > _PROBS
+                        or int(ties["flags"].max()) >= 8):
+        raise VLAEError(f"{name}: corrupted header (a near-tie record names no chunk or site)")
+    return ties
+
+
 @torch.no_grad()
-def decompress(model, data: bytes, *, name: str = "input",
+def decompress(model, data: bytes, *, name: str = "input", device: str | torch.device | None = None,
                progress: Callable[[int, int], object] | None = None) -> torch.Tensor:
-    """Invert :func:`compress`: ``(N, C, H, W)`` uint8 images (0/1, or 0..255 for an 8-bit model).
+    """Invert :func:`compress`: ``(N, C, H, W)`` uint8 images (0/1, or 0..255 for an 8-bit
+    model), on the CPU, whatever machine or ``device`` (network) wrote the file.
 
     Raises :class:`VLAEError` when ``data`` is not a vlae file, is truncated or
-    corrupted, was made by another model, or does not decode to the images it
-    records (the digest check): nothing partial is ever returned.
+    corrupted, was made by another model, or (its CRC intact) decodes differently on
+    this machine's arithmetic: nothing partial is ever returned.
     """
     _check_model(model)
     head = read_header(data, name)
@@ -568,24 +657,35 @@ def decompress(model, data: bytes, *, name: str = "input",
     expected_words = _initial_words(model, head.precision)
     if head.initial_words != expected_words:
         raise VLAEError(f"{name}: corrupted header ({head.initial_words} initial words, expected {expected_words})")
-    payload = np.frombuffer(data, dtype="<u4", count=head.words, offset=_HEADER.size + 2 * head.n_chunks)
+    grid = _Grid(_read_ties(data, head, name))
+    offset = _HEADER.size + 2 * head.n_chunks + _TIE.itemsize * head.n_ties
+    payload = np.frombuffer(data, dtype="<u4", count=head.words, offset=offset)
+    coding = _coding_model(model, device)
     coder = _Coder(payload.astype(np.uint32), head.precision, seal=False)
-    latents = _Latents(model, head.precision) if model.latent_dim > 0 else None
+    latents = _Latents(coding, head.precision) if model.latent_dim > 0 else None
     out: list[torch.Tensor] = []
+    # The CRC-32 has vouched for the bytes, so a failure from here on is a disagreement
+    # between this machine's arithmetic and the writer's beyond the grid's margin.
+    differs = (f"{name}: this file was written on a machine whose arithmetic differs from this one's beyond the "
+               f"codec's rounding margin")
     try:
-        for m in reversed(head.chunks):
-            out.append(_decode_chunk(coder, model, latents, m))
+        for index in reversed(range(head.n_chunks)):
+            grid.chunk = index
+            out.append(_decode_chunk(coder, coding, latents, grid, head.chunks[index]))
             if progress is not None:
                 progress(sum(len(t) for t in out), head.count)
         rest = coder.ans.get_compressed(unseal=True)  # the encoder sealed its initial words
-    except (ValueError, RuntimeError, AssertionError, OverflowError) as error:  # constriction on bad data
-        raise VLAEError(f"{name}: corrupted stream ({str(error).splitlines()[0] if str(error) else 'decode failed'})"
-                        ) from None
+    except (ValueError, RuntimeError, AssertionError, OverflowError) as error:  # constriction on diverged data
+        raise VLAEError(f"{differs} ({str(error).splitlines()[0] if str(error) else 'decode failed'}); decompress "
+                        "it where it was written") from None
     x = torch.cat(out[::-1]).to(torch.uint8)
+    if grid.checksum != head.checksum:
+        raise VLAEError(f"{differs} (checksum of the snapped probabilities {grid.checksum:08x}, the writer's "
+                        f"{head.checksum:08x}); decompress it where it was written")
     intact = np.array_equal(rest, _initial_bits(head.digest, expected_words))
     if not intact or _digest(x, _binary(model)) != head.digest:
-        raise VLAEError(f"{name}: decoded images fail the integrity check (a corrupted file, or this machine "
-                        "computes the model's probabilities differently from the one that compressed)")
+        raise VLAEError(f"{name}: decoded images fail the integrity check although the probabilities agree (a "
+                        "corrupted file whose CRC-32 still matches, or a different constriction)")
     return x
 
 
