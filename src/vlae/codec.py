@@ -207,7 +207,10 @@ def _check_model(model) -> None:
 def _coding_model(model, device: str | torch.device | None):
     """The probability model both sides evaluate: a float64 copy of ``model`` on ``device``
     (default: the model's), so that machines disagree only in the last float64 bits."""
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    try:
+        device = torch.device(device) if device is not None else next(model.parameters()).device
+    except RuntimeError:
+        raise VLAEError(f"invalid --device {device!r}; e.g. cpu or cuda") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise VLAEError("--device cuda: no CUDA device is available")
     return copy.deepcopy(model).to(device=device, dtype=torch.float64).eval()
@@ -817,6 +820,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", choices=("ema", "raw"), default="ema", help="Polyak-averaged or raw weights")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--device", default=None,
+                   help="where the network runs, e.g. cpu or cuda (default cpu); the file decodes on any device")
 
 
 def _load(args: argparse.Namespace):
@@ -854,7 +859,8 @@ def _cli_compress(args: argparse.Namespace) -> int:
         images = read_images(args.input, model.cfg.image_shape[0], _binary(model))
         if args.subset:
             raise VLAEError("--subset applies to --dataset only")
-    blob, stats = compress(model, images, precision=args.precision, batch=args.batch, return_stats=True)
+    blob, stats = compress(model, images, precision=args.precision, batch=args.batch, device=args.device,
+                           return_stats=True)
     from .outputs import writing
 
     with writing(out) as tmp:
@@ -872,7 +878,7 @@ def _cli_decompress(args: argparse.Namespace) -> int:
         raise VLAEError(f"{source}: no such file")
     model, _ = _load(args)
     start = time.perf_counter()
-    x = decompress(model, source.read_bytes(), name=str(source))
+    x = decompress(model, source.read_bytes(), name=str(source), device=args.device)
     seconds = time.perf_counter() - start
     write_images(x, out, force=args.force, binary=_binary(model))
     print(f"wrote {out}: {len(x)} images of {x.shape[2]}x{x.shape[3]} ({len(x) / seconds:.1f} images/s)")

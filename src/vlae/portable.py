@@ -127,5 +127,5 @@ def normal_quantile(p: np.ndarray) -> np.ndarray:
         mid = 0.5 * (lo + hi)
         below = normal_tail(mid) < lower  # mid <= 0, so normal_tail(mid) = Phi(mid)
         lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
-    q = np.where(lower <= 0, -np.inf, hi)
+    q = np.where(lower <= 0, -np.inf, np.where(lower == 0.5, 0.0, hi))  # Phi~(0) is 0.5 only to 1e-7
     return np.where(p > 0.5, -q, q)
