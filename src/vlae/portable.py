@@ -9,7 +9,7 @@ one thing everywhere: ``+ - * /`` of two doubles is *correctly rounded*, and
 ``floor``, ``rint``, ``frexp``, ``ldexp`` and comparisons are exact. So:
 
 - :func:`snap` rounds a float64 value to a coarse grid (16 significant bits, and
-  steps of ``2**-16`` below 1), which absorbs the machines' last-bit disagreement
+  steps of ``2**-16`` below 1 unless ``relative``), which absorbs the machines' last-bit disagreement
   except for values within :data:`TIE_MARGIN` of a rounding boundary; it reports
   those *near-ties* so that the encoder can record which way it rounded and the
   decoder replay it (:mod:`vlae.codec`).
@@ -41,12 +41,14 @@ SIGNIFICANT_BITS = 16
 TIE_MARGIN = 2.0 ** -24
 
 
-def snap(v: np.ndarray, force: tuple[np.ndarray, np.ndarray] | None = None
+def snap(v: np.ndarray, force: tuple[np.ndarray, np.ndarray] | None = None, relative: bool = False
          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Round float64 values to the grid (half up).
 
     Args:
         v: finite float64 values, any shape.
+        relative: 16 significant bits at every magnitude (for probabilities, whose
+            machines' disagreement is relative), not steps of ``2**-16`` below 1.
         force: ``(flat indices, directions)``: at these indices round up (1) or
             down (0) as given instead (a decoder replaying the encoder's near-ties).
 
@@ -56,7 +58,7 @@ def snap(v: np.ndarray, force: tuple[np.ndarray, np.ndarray] | None = None
     """
     v = np.asarray(v, dtype=np.float64)
     _, e = np.frexp(v)  # |v| = m 2^e, m in [0.5, 1): exact
-    shift = SIGNIFICANT_BITS - np.maximum(e, 0)
+    shift = SIGNIFICANT_BITS - (e if relative else np.maximum(e, 0))
     q = np.ldexp(v, shift)  # v in grid steps, exact
     low = np.floor(q)
     frac = q - low  # exact: q and low share the exponent range
