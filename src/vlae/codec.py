@@ -34,7 +34,7 @@ exactly they remain after the last image: a free integrity check.
 
 **Latent discretization** (as BB-ANS). Every latent dimension is cut into
 ``K = 2**precision`` bins of equal mass under the prior's base distribution
-``N(0, 1)``; a bin is represented by its median. Pushing a bin under the prior
+``N(0, 1)`` (its CDF as :mod:`vlae.portable` computes it, to 1.2e-7); a bin is represented by its median. Pushing a bin under the prior
 then costs exactly ``precision`` bits per dimension, and the posterior's mass
 in a bin is a difference of two normal CDFs. ``precision`` (default 12) trades
 discretization error (the bins near 0 are ``~1 / (0.4 K)`` wide, far below
@@ -83,18 +83,54 @@ of the embedded photographs, with a tiny spatial-latent model trained for 300
 steps (about 100 s), the code took 777.39 nats per patch against a -ELBO of
 777.37 with the AF prior, and 773.37 against 773.39 with the Gaussian prior.
 
-**Exactness.** One wrong probability bit corrupts everything decoded after it,
-so the encoder and the decoder run *the same computation*: the pixel
-probabilities come from the fast sampler's cached engine
-(:mod:`vlae.sampling`), driven position by position by :func:`_walk_pixels` on
-both sides with the same chunk of images (the encoder writes the known pixels
-where the decoder writes the decoded ones), so every tensor operation sees the
-same operands in the same shapes; the posterior is recomputed from the same
-chunk of images; the bin probabilities go through one function
-(:meth:`_Latents.walk`) on both sides. Decoding costs one network position per
-pixel, not a decoder pass. A file records a digest of the images, checked
-after decoding, so hardware or a library version that computes different
-floats fails loudly instead of returning wrong pixels.
+**Exactness on every machine.** One wrong probability bit corrupts everything
+decoded after it, so the encoder and the decoder must compute *the same numbers*,
+also when the decoder runs on another machine: another thread count, AVX2
+instead of AVX-512 or the plain ``default`` kernels (``ATEN_CPU_CAPABILITY``),
+a GPU. Those agree only to the last bits (reduction orders, FMA, vector widths,
+transcendental libraries), and a float32 model's probabilities differ there. The
+method (:mod:`vlae.portable`):
+
+1. The probability model runs in **float64** (a float64 copy of the weights, on
+   ``device``): machines then disagree by a few ulps, ~1e-16 relative.
+2. Every number the network hands the coder -- the decoder's outputs per pixel,
+   the proposal's mean and Cholesky factor, the 8-bit conditionals of
+   :meth:`~vlae.likelihood.DiscretizedLogisticMixture.channel_probs` -- is
+   **snapped** to a coarse grid: 16 significant bits (steps of ``2**-16`` below
+   1 for network outputs; relative for probabilities). Two machines snap a value
+   differently only if it lies within their disagreement of a rounding boundary.
+3. The encoder knows where that can happen: a value within ``2**-24`` grid steps
+   of a boundary (``2**-40 max(1, |v|)``, thousands of float64 ulps) is a
+   **near-tie**, and the file records which way it rounded (13 bytes each); the
+   decoder rounds those the same way. Expected near-ties: ``2**-23`` per value,
+   e.g. about two for all 10,000 binarized-MNIST test images with a 32-dimensional
+   code (18 million snapped values), a few hundred for 10,000 8-bit Fashion-MNIST images.
+4. After snapping, only IEEE-754 operations that are correctly rounded on every
+   machine are used, in a fixed order: the Bernoulli's ``sigmoid``, the latent
+   bins' normal CDF and its inverse (:mod:`vlae.portable`: a polynomial ``exp``
+   and a 1.2e-7-accurate ``erfc``; the bins are equal-mass under that CDF), the
+   conditional means of the proposal; constriction's quantization is integer
+   and float arithmetic on these same inputs.
+
+Hence decoding is exact on any machine whose float64 results differ from the
+writer's by less than the margin, ``2**-40 max(1, |v|)`` (relative
+``2**-40`` for the 8-bit conditionals) -- a bound about 4,000 times the
+disagreement of a float64 network or ``exp``/``log``; it is not a probability
+but an assumption on the hardware, and violating it is *detected*: the file
+carries a CRC-32 of everything snapped (per site, order-free), checked after
+decoding, and since the file's own CRC-32 vouches for its bytes, any failure to
+decode an intact file is reported as what it is ("this file was written on a
+machine whose arithmetic differs ..."), never as corruption and never as wrong
+images with exit status 0 (a wrong image passes both the snapped-value CRC and
+the images' SHA-256 digest with probability below ``2**-32``). The cost: one
+float64 network, and the near-ties (bytes) -- the grid itself changes a
+probability by at most ``2**-17`` relative, a loss of ~1e-10 bits per symbol.
+Tests compress and decompress in subprocesses under ``--threads`` 1 and 2,
+``ATEN_CPU_CAPABILITY`` avx512/avx2/default and two chunk layouts (without the
+grid those files fail to decode: the float64 numbers do differ), and on CUDA.
+
+Files of format version 1 (float32 probabilities, decodable only on the machine
+that wrote them) are refused with a one-line message naming the version.
 
 File format (all integers little-endian):
 
@@ -113,7 +149,10 @@ bytes      type     field
 44-59      16 B     SHA-256 of the images (bit-packed if binary; seeds the initial words)
 60-63      u32      ``M``, number of chunks
 64-67      u32      ``W``, number of 32-bit words in the stream
-68-...     M x u16  images per chunk, in encoding order
+68-71      u32      ``T``, number of near-ties
+72-75      u32      checksum of the snapped numbers (XOR over sites of CRC-32s)
+76-...     M x u16  images per chunk, in encoding order
+...        T x 13 B near-ties: chunk u32, site u32, index u32, kind | direction << 2 u8
 ...        W x u32  the ANS stack (``AnsCoder.get_compressed()``)
 last 4     u32      CRC-32 of everything before it
 =========  =======  ==========================================================
