@@ -87,8 +87,13 @@ def test_portable_functions_are_accurate():
     assert np.max(np.abs(portable.normal_tail(t) / special.ndtr(-np.abs(t)) - 1)) < 1.5e-7
     q = portable.normal_quantile(np.arange(1, 4096) / 4096)
     assert np.max(np.abs(q - special.ndtri(np.arange(1, 4096) / 4096))) < 1e-6 and np.array_equal(q, -q[::-1])
-    lo, hi = np.array([-np.inf, -1.0, 0.5, -0.2]), np.array([np.inf, -0.5, 2.0, 0.3])
-    np.testing.assert_allclose(portable.normal_bin_masses(lo, hi), special.ndtr(hi) - special.ndtr(lo), rtol=1e-6)
+    edges = np.array([-np.inf, -8.5, -1.0, -0.5, -0.2, 0.3, 0.5, 2.0, 8.0, np.inf])
+    masses = portable.normal_bin_masses(edges)
+    lo, hi = edges[:-1], edges[1:]
+    exact = np.where(lo >= 0, special.ndtr(-lo) - special.ndtr(-hi), special.ndtr(hi) - special.ndtr(lo))
+    np.testing.assert_allclose(masses, exact, rtol=1e-6)
+    assert masses[-1] > 0 and abs(masses.sum() - 1) < 1e-6  # the upper tail keeps its precision
+    assert portable.normal_bin_masses(np.array([9.5, 12.0, np.inf])).tolist() == [0.0, 0.0]  # cut at 9
 
 
 # ---------------------------------------------------------------------- another machine, simulated

@@ -344,7 +344,7 @@ class _Latents:
         for i in range(self.dims):
             spread = chol[:, i, i]
             t = (self.edges[None, :] - centre[:, i:i + 1]) / spread[:, None]
-            k = np.asarray(choose(i, normal_bin_masses(t[:, :-1], t[:, 1:])), dtype=np.int64)
+            k = np.asarray(choose(i, normal_bin_masses(t)), dtype=np.int64)
             chosen[:, i] = k
             eta = (self.medians[k] - centre[:, i]) / spread
             centre[:, i + 1:] = centre[:, i + 1:] + chol[:, i + 1:, i] * eta[:, None]
