@@ -858,7 +858,10 @@ def add_cli(subparsers: Any) -> None:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", choices=("ema", "raw"), default="ema", help="Polyak-averaged or raw weights")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    # One thread by default: a chunk's work per pixel position is a few small matrix
+    # products, which more threads slow down (bench/compress.py measures both).
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default 1: per-position work is too small for threads to pay)")
     p.add_argument("--device", default=None,
                    help="where the network runs, e.g. cpu or cuda (default cpu); the file decodes on any device")
 
@@ -866,10 +869,10 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _load(args: argparse.Namespace):
     from .checkpoint import load_model
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise VLAEError(f"invalid --threads: must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    threads = 1 if args.threads is None else args.threads
+    if threads < 1:
+        raise VLAEError(f"invalid --threads: must be >= 1, got {threads}")
+    torch.set_num_threads(threads)
     model, cfg = load_model(args.run, weights=args.weights, device="cpu")
     _check_model(model)  # a colour model fails here, before any data is read
     return model, cfg
