@@ -78,6 +78,20 @@ def test_snap_rounds_to_the_grid_and_replays_near_ties():
     assert np.array_equal(portable.snap(moved)[0][far], out[far]) and len(near) < 5
 
 
+def test_relative_snap_keeps_16_significant_bits():
+    g = np.random.default_rng(1)
+    v = g.random(200_000) * 10.0 ** g.integers(-300, 3, 200_000)
+    out, near, up = portable.snap(v, relative=True)
+    _, e = np.frexp(v)
+    q = np.ldexp(v, 16 - e)  # in [2^15, 2^16): 16 significant bits
+    assert np.array_equal(out, np.ldexp(np.floor(q + 0.5), e - 16))
+    assert np.array_equal(near, np.flatnonzero(np.abs(q - np.floor(q) - 0.5) < portable.TIE_MARGIN))
+    tie = np.array([1 + 2.0 ** -16, 0.75 + 2.0 ** -17])  # exactly half a step above 1 and 0.75
+    out, near, up = portable.snap(tie, relative=True)
+    assert out.tolist() == [1 + 2.0 ** -15, 0.75 + 2.0 ** -16] and near.tolist() == [0, 1]
+    assert portable.snap(tie, (near, np.zeros(2, np.uint8)), relative=True)[0].tolist() == [1.0, 0.75]
+
+
 def test_portable_functions_are_accurate():
     from scipy import special
 

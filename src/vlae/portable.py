@@ -43,22 +43,31 @@ TIE_MARGIN = 2.0 ** -24
 
 def snap(v: np.ndarray, force: tuple[np.ndarray, np.ndarray] | None = None, relative: bool = False
          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Round float64 values to the grid (half up).
+    """Round float64 values to the grid.
 
     Args:
         v: finite float64 values, any shape.
-        relative: 16 significant bits at every magnitude (for probabilities, whose
-            machines' disagreement is relative), not steps of ``2**-16`` below 1.
         force: ``(flat indices, directions)``: at these indices round up (1) or
             down (0) as given instead (a decoder replaying the encoder's near-ties).
+        relative: 16 significant bits at every magnitude (for probabilities, on which
+            machines disagree relatively), not steps of ``2**-16`` below 1.
 
     Returns:
         The snapped values (same shape), and the flat indices of the near-ties with
-        the direction each was rounded (1: up).
+        the direction each was rounded (1: up; ties go up, or away from 0 if ``relative``).
     """
-    v = np.asarray(v, dtype=np.float64)
+    v = np.ascontiguousarray(v, dtype=np.float64)
+    if relative:  # on the bits: keep the implicit 1 and 15 fraction bits, round the other 37 half away from 0
+        bits = v.view(np.int64).ravel()
+        rest = bits & _DROPPED
+        up = (rest >= _HALF).astype(np.uint8)
+        near = np.flatnonzero(np.abs(rest - _HALF) < _NEAR)
+        if force is not None and len(force[0]):
+            up[force[0]] = force[1]
+        out = ((bits - rest) + (up.astype(np.int64) << _DROP)).view(np.float64)  # a carry bumps the exponent
+        return out.reshape(v.shape), near, up[near]
     _, e = np.frexp(v)  # |v| = m 2^e, m in [0.5, 1): exact
-    shift = SIGNIFICANT_BITS - (e if relative else np.maximum(e, 0))
+    shift = SIGNIFICANT_BITS - np.maximum(e, 0)
     q = np.ldexp(v, shift)  # v in grid steps, exact
     low = np.floor(q)
     frac = q - low  # exact: q and low share the exponent range
@@ -67,6 +76,11 @@ def snap(v: np.ndarray, force: tuple[np.ndarray, np.ndarray] | None = None, rela
     if force is not None and len(force[0]):
         up[force[0]] = force[1]
     return np.ldexp(low + up.reshape(v.shape), -shift), near, up[near]
+
+
+_DROP = 52 - (SIGNIFICANT_BITS - 1)  # fraction bits a relative snap drops
+_DROPPED, _HALF = (1 << _DROP) - 1, 1 << (_DROP - 1)
+_NEAR = int(TIE_MARGIN * (1 << _DROP))  # TIE_MARGIN grid steps, in units of the last bit
 
 
 # Cody and Waite's split of ln 2: _LN2_HI has 32 significant bits, so k * _LN2_HI is
