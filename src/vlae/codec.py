@@ -36,10 +36,14 @@ exactly they remain after the last image: a free integrity check.
 ``K = 2**precision`` bins of equal mass under the prior's base distribution
 ``N(0, 1)`` (its CDF as :mod:`vlae.portable` computes it, to 1.2e-7); a bin is represented by its median. Pushing a bin under the prior
 then costs exactly ``precision`` bits per dimension, and the posterior's mass
-in a bin is a difference of two normal CDFs. ``precision`` (default 12) trades
-discretization error (the bins near 0 are ``~1 / (0.4 K)`` wide, far below
-any posterior standard deviation that matters) against time: each popped or
-pushed dimension evaluates all ``K`` bins.
+in a bin is a difference of two normal CDFs. ``precision`` (default 8) trades
+discretization error (the bins near 0 are ``~1 / (0.4 K)`` wide, 0.01 at 8 bits,
+below any posterior standard deviation that matters) against time: each popped or
+pushed dimension evaluates the ``K`` bins (those within 9 standard deviations).
+Measured on 500 binarized-MNIST test digits (mnist-small, 5 minutes of training):
++0.06% of the -ELBO at 8 bits, +0.01% at 12, with 8 bits 1.4x (compress) and
+1.8x (decompress) faster; on 200 Fashion-MNIST images (fashion-small) +0.04% and
++0.07%.
 
 **The AF prior: coding in the flow's noise coordinates.** With more than one
 flow step in alternating orders, ``p(z)`` is not a product of univariate
@@ -201,7 +205,7 @@ __all__ = ["compress", "decompress", "read_header", "Header", "CodeStats", "mode
 
 MAGIC = b"\x89VLAEbb\n"
 FORMAT_VERSION = 2
-DEFAULT_PRECISION = 12
+DEFAULT_PRECISION = 8
 DEFAULT_BATCH = 100
 PRECISIONS = range(4, 17)  # K = 16 .. 65,536 bins per latent dimension
 _HEADER = struct.Struct("<8sH16sB3HIHBI16sIIII")
