@@ -288,7 +288,10 @@ class _Grid:
             raise VLAEError("the model computes non-finite probabilities for these images; cannot code them")
         if v.size >= 2 ** 32 or site >= 2 ** 32:
             raise VLAEError("a chunk is too large to code; use a smaller --batch")
-        out, near, up = snap(v, self.replay.get((self.chunk, kind, site)), relative=kind == _PROBS)
+        replay = self.replay.get((self.chunk, kind, site))
+        if replay is not None and len(replay[0]) and int(replay[0].max()) >= v.size:
+            raise VLAEError("corrupted file: a near-tie record points past the numbers of its site")
+        out, near, up = snap(v, replay, relative=kind == _PROBS)
         if self.recording and len(near):
             tie = np.zeros(len(near), _TIE)
             tie["chunk"], tie["site"], tie["index"], tie["flags"] = self.chunk, site, near, kind | (up << 2)
