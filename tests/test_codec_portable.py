@@ -156,6 +156,21 @@ def test_near_ties_are_recorded_and_replayed(monkeypatch):
     assert torch.equal(decompress(model, data), x)
 
 
+def test_a_near_tie_record_out_of_range_is_a_corrupted_file(monkeypatch):
+    import struct
+    import zlib
+
+    model = _binary_model()
+    x = _images(3, model.cfg.image_shape)
+    monkeypatch.setattr(portable, "TIE_MARGIN", 2.0 ** -6)
+    data = compress(model, x)
+    head = read_header(data)
+    at = codec._HEADER.size + 2 * head.n_chunks + 8  # the first record's index
+    body = data[:at] + struct.pack("<I", 2 ** 31) + data[at + 4:-4]
+    with pytest.raises(VLAEError, match=r"input: corrupted \(a near-tie record points past"):
+        decompress(model, body + struct.pack("<I", zlib.crc32(body)))
+
+
 # ---------------------------------------------------------------------- other machines, real
 _SCRIPT = """
 import json, sys, torch

@@ -264,6 +264,10 @@ _PROPOSAL, _PARAMS, _PROBS = 0, 1, 2  # what a snapped value is: latent proposal
 _TIE = np.dtype([("chunk", "<u4"), ("site", "<u4"), ("index", "<u4"), ("flags", "u1")])  # flags: kind | up << 2
 
 
+class _CorruptFile(VLAEError):
+    """The file contradicts itself (found while decoding)."""
+
+
 class _Grid:
     """Snaps the probability model's float64 numbers to the grid of :func:`vlae.portable.snap`.
 
@@ -290,7 +294,7 @@ class _Grid:
             raise VLAEError("a chunk is too large to code; use a smaller --batch")
         replay = self.replay.get((self.chunk, kind, site))
         if replay is not None and len(replay[0]) and int(replay[0].max()) >= v.size:
-            raise VLAEError("corrupted file: a near-tie record points past the numbers of its site")
+            raise _CorruptFile("corrupted (a near-tie record points past the numbers of its site)")
         out, near, up = snap(v, replay, relative=kind == _PROBS)
         if self.recording and len(near):
             tie = np.zeros(len(near), _TIE)
@@ -724,6 +728,8 @@ def decompress(model, data: bytes, *, name: str = "input", device: str | torch.d
             if progress is not None:
                 progress(sum(len(t) for t in out), head.count)
         rest = coder.ans.get_compressed(unseal=True)  # the encoder sealed its initial words
+    except _CorruptFile as error:
+        raise VLAEError(f"{name}: {error}") from None
     except (ValueError, RuntimeError, AssertionError, OverflowError) as error:  # constriction on diverged data
         raise VLAEError(f"{differs} ({str(error).splitlines()[0] if str(error) else 'decode failed'}); decompress "
                         "it where it was written") from None
