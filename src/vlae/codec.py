@@ -117,10 +117,15 @@ method (:mod:`vlae.portable`):
    and float arithmetic on these same inputs.
 
 Hence decoding is exact on any machine whose float64 results differ from the
-writer's by less than the margin, ``2**-40 max(1, |v|)`` (relative
-``2**-40`` for the 8-bit conditionals) -- a bound about 4,000 times the
-disagreement of a float64 network or ``exp``/``log``; it is not a probability
-but an assumption on the hardware, and violating it is *detected*: the file
+writer's by less than the margin, ``2**-40 max(1, |v|)`` = 9.1e-13 (relative
+``2**-40`` for the 8-bit conditionals), with certainty: a value the machines
+could round apart is a recorded near-tie, not a matter of chance. Measured
+(fashion-small, 100 Fashion-MNIST images, float64): between AVX-512 with 1
+thread and ``default`` with 1 or AVX2 with 2 threads, 83% of the decoder's
+outputs differ, by at most 8.0e-15 ``max(1, |v|)``, and the conditionals
+computed from identical inputs by at most 2.1e-15 relative: the margin is more
+than 100 times the disagreement. The margin is an assumption on the hardware,
+not a probability; violating it is *detected*: the file
 carries a CRC-32 of everything snapped (per site, order-free), checked after
 decoding, and since the file's own CRC-32 vouches for its bytes, any failure to
 decode an intact file is reported as what it is ("this file was written on a
