@@ -291,7 +291,7 @@ class DiscretizedLogisticMixture(ObservationModel):
         ``p(x_c | x_<c) = sum_k w_k p_k(x_c | x_<c)`` with the component weights
         re-weighted by the channels already known, ``w_k ~ pi_k prod_{c'<c} p_k(x_c' | x_<c')``
         (by :meth:`_log_bin`, as :meth:`log_prob_pixels` has them). The 256 bins of channel
-        ``c`` come from each logistic's CDF at the 255 bin edges (one ``exp`` per edge, the
+        ``c`` come from each logistic's CDF at the 255 bin edges (``sigma(t)``, ``sigma(-t)`` per edge, the
         cost that matters to a coder), a bin left of the component's centre as a difference
         of lower tails ``sigma(t)``, from there on of upper tails ``sigma(-t)``, so no small
         bin loses its relative precision to cancellation (edge bins at 0 and 255 run to
@@ -325,11 +325,7 @@ class DiscretizedLogisticMixture(ObservationModel):
             mu, log_s = self._mean(means, coeffs, v, c)[..., None], log_scales[:, c, :, None]  # (n, K, 1)
             edges = self.scale(torch.arange(1, 256, dtype=torch.float64, device=params.device)) - _HALF_BIN
             t = torch.exp(-log_s) * (edges - mu)  # (n, K, 255)
-            e = torch.exp(t.abs().neg_())
-            big = (e + 1).reciprocal_()
-            small = e.mul_(big)  # sigma(|t|), sigma(-|t|)
-            right = t >= 0
-            lower, upper = torch.where(right, big, small), torch.where(right, small, big)  # sigma(t), sigma(-t)
+            lower, upper = torch.sigmoid(t), torch.sigmoid(t.neg())  # each accurate in its own small tail
             mass = torch.empty(*t.shape[:-1], 256, dtype=t.dtype, device=t.device)
             mass[..., 0], mass[..., 255] = lower[..., 0], upper[..., -1]  # the edge bins: tails to -inf, +inf
             # Left of the centre, differences of lower tails; from there on, of upper tails.
