@@ -35,8 +35,9 @@ exactly they remain after the last image: a free integrity check.
 **Latent discretization** (as BB-ANS). Every latent dimension is cut into
 ``K = 2**precision`` bins of equal mass under the prior's base distribution
 ``N(0, 1)`` (its CDF as :mod:`vlae.portable` computes it, to 1.2e-7); a bin is
-represented by its median. Pushing a bin under the prior then costs exactly ``precision`` bits per dimension, and the posterior's mass
-in a bin is a difference of two normal CDFs. ``precision`` (default 8) trades
+represented by its median. Pushing a bin under the prior then costs exactly
+``precision`` bits per dimension, and the posterior's mass in a bin is a
+difference of two normal CDFs. ``precision`` (default 8) trades
 discretization error (the bins near 0 are ``~1 / (0.4 K)`` wide, 0.01 at 8 bits,
 below any posterior standard deviation that matters) against time: each popped or
 pushed dimension evaluates the ``K`` bins (those within 9 standard deviations).
