@@ -48,7 +48,7 @@ WINDOW = 4096  # rows of statistics the bare step keeps before it starts over (i
 def bare_step(model, cfg, x: torch.Tensor, bf16: bool, mode: str):
     """The step ``vlae train`` takes, on one batch, without the loop around it."""
     cuda = x.device.type == "cuda"
-    lr = torch.tensor(cfg.train.lr, dtype=torch.float32 if cuda else torch.float64, device=x.device)
+    lr = torch.tensor(cfg.train.lr, device=x.device) if cuda else cfg.train.lr  # as vlae train sets it
     opt_cls = torch.optim.Adamax if cfg.train.optimizer == "adamax" else torch.optim.Adam
     optimizer = opt_cls(model.parameters(), lr=lr, capturable=cuda)
     forward = model

@@ -31,8 +31,7 @@ def _step(soft: bool = True, polyak: float = 0.998, window: int = 8) -> TrainSte
     x = _images()
     model.initialize(x)
     ema = copy.deepcopy(model).requires_grad_(False) if polyak else None
-    lr = torch.tensor(2e-3, dtype=torch.float64)
-    optimizer = torch.optim.Adamax(model.parameters(), lr=lr)
+    optimizer = torch.optim.Adamax(model.parameters(), lr=2e-3)
     lam = cfg.model.free_bits * cfg.model.data_dims
     step = TrainStep(model, model, optimizer, Runtime.create("cpu", "fp32"), tuple(x.shape), window, grad_clip=100.0,
                      hard_free_bits=not soft, soft_target=lam if soft else 0.0, ema=ema, polyak=polyak)

@@ -179,14 +179,13 @@ class Trainer:
                 self.ema.load_state_dict(checkpoint["ema"])
         self.model, self.eval_model = model, (self.ema if self.ema is not None else model)
         self.graphs = self._use_graphs()
-        # CPU: a float64 learning rate rounds in the update as the Python float it replaces; CUDA: the
-        # captured kernels read it from device memory, in the parameters' precision
-        lr_dtype = torch.float32 if rt.device.type == "cuda" else torch.float64
-        self.lr = torch.tensor(t.lr, dtype=lr_dtype, device=rt.device)
         opt_cls = torch.optim.Adamax if t.optimizer == "adamax" else torch.optim.Adam
         self.capturable = rt.device.type == "cuda"
-        self.optimizer = opt_cls(model.parameters(), lr=self.lr, weight_decay=t.weight_decay,
-                                 capturable=self.capturable)
+        # on a GPU the (captured) update reads the learning rate from device memory, a tensor the host fills
+        # before each step; on a CPU it is a number, as torch's non-capturable optimisers expect
+        self.lr = torch.tensor(t.lr, device=rt.device) if self.capturable else None
+        self.optimizer = opt_cls(model.parameters(), lr=self.lr if self.lr is not None else t.lr,
+                                 weight_decay=t.weight_decay, capturable=self.capturable)
         self.lr_factor = lr_lambda(self.cfg, self.steps_per_epoch)
         forward = net
         if t.compile:
@@ -268,7 +267,8 @@ class Trainer:
         (a checkpoint written on a GPU resumes on a CPU and vice versa)."""
         self.optimizer.load_state_dict(saved)
         for group in self.optimizer.param_groups:
-            group["lr"], group["capturable"] = self.lr, self.capturable
+            group["lr"] = self.lr if self.lr is not None else float(group["lr"])
+            group["capturable"] = self.capturable
         for p, entry in self.optimizer.state.items():
             if torch.is_tensor(entry.get("step")):
                 entry["step"] = entry["step"].to(p.device if self.capturable else "cpu", torch.float32)
@@ -306,7 +306,7 @@ class Trainer:
         s, step_fn, b = self.state, self.step_fn, self.batch
         step_fn.x.copy_(images[perm[s.batch_in_epoch * b:(s.batch_in_epoch + 1) * b]])
         self._set_host_value(step_fn.kl_warmup, kl_warmup_weight(s.step, self.t.kl_warmup_steps))
-        self._set_host_value(self.lr, self.t.lr * self.lr_factor(s.step))
+        self._set_lr(self.t.lr * self.lr_factor(s.step))
         if step_fn.graph is None and self.graphs and self.session_steps >= GRAPH_WARMUP:
             step_fn.capture()
             self.say(f"captured the training step as a CUDA graph after {self.session_steps} warm-up steps")
@@ -527,6 +527,13 @@ class Trainer:
         if self.host_values.get(id(tensor)) != value:
             tensor.fill_(value)
             self.host_values[id(tensor)] = value
+
+    def _set_lr(self, value: float) -> None:
+        if self.lr is not None:
+            self._set_host_value(self.lr, value)
+        else:
+            for group in self.optimizer.param_groups:
+                group["lr"] = value
 
     def _finished(self) -> bool:
         t, s = self.t, self.state

@@ -54,8 +54,8 @@ class TrainStep:
         model: the :class:`~vlae.model.VLAE` whose parameters the optimiser updates.
         forward: what computes the bound's terms from ``x``: the model, its DDP
             wrapper or a compiled version of either.
-        optimizer: Adamax or Adam over ``model.parameters()`` with a tensor
-            learning rate on the model's device (``capturable=True`` on CUDA).
+        optimizer: Adamax or Adam over ``model.parameters()``; on CUDA with
+            ``capturable=True`` and a tensor learning rate on the device.
         runtime: device, processes and precision.
         batch_shape: ``(B, C, H, W)`` of the static input buffer ``x``.
         window: rows of statistics held between two :meth:`read` calls.
