@@ -444,9 +444,10 @@ def evaluate_checkpoint(path: str | os.PathLike, split: str = "test", k: int | N
             not writable, or holding a result of other data; partials missing
             or of another evaluation.
     """
-    from .checkpoint import load_model, pick_device, resolve_checkpoint
+    from .checkpoint import load_model, resolve_checkpoint
     from .data import dataset_identity, fixed_subset, load_or_fallback
     from .outputs import prepare_output, write_json
+    from .runtime import pick_device
 
     if subset < 0:
         raise VLAEError(f"invalid --subset: must be >= 0, got {subset}")

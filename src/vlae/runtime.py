@@ -21,10 +21,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .checkpoint import pick_device
 from .errors import VLAEError
 
-__all__ = ["Runtime", "torchrun_ranks"]
+__all__ = ["Runtime", "pick_device", "torchrun_ranks"]
 
 
 def torchrun_ranks() -> tuple[int, int, int]:
@@ -34,6 +33,25 @@ def torchrun_ranks() -> tuple[int, int, int]:
         return 0, 1, 0
     rank = int(os.environ.get("RANK", "0"))
     return rank, world, int(os.environ.get("LOCAL_RANK", rank))
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``"auto"``: cuda if available, else mps, else cpu; otherwise ``torch.device(name)``."""
+    if name != "auto":
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise VLAEError(f"invalid device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise VLAEError(f"device {name!r} requested but CUDA is not available (torch {torch.__version__})")
+        if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise VLAEError(f"device {name!r} requested but MPS is not available")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
 
 
 @dataclass(frozen=True)
