@@ -13,14 +13,14 @@ The paper's building blocks, one module each:
 - :mod:`vlae.config` -- configuration dataclasses and presets
 """
 
-from .config import Config, EvalConfig, ModelConfig, TrainConfig, apply_overrides, get_preset, PRESETS
+from .config import PRESETS, Config, EvalConfig, ModelConfig, TrainConfig, apply_overrides, get_preset
+from .encoder import Encoder, SpatialEncoder, SpatialUpsampler
 from .errors import VLAEError
-from .flows import AFPrior, AffineAutoregressive, GaussianPrior, IAFPosterior
+from .flows import AffineAutoregressive, AFPrior, GaussianPrior, IAFPosterior
 from .made import MADE
 from .masked_conv import MaskedConv2d, make_mask
 from .model import VLAE, Terms, nats_to_bits_per_dim
 from .pixelcnn import ConditionUpsampler, FactorizedDecoder, GatedPixelCNN, MaskedPixelCNN
-from .encoder import Encoder, SpatialEncoder, SpatialUpsampler
 from .spatial_prior import SpatialAFPrior, latent_map
 
 __version__ = "0.1.0"

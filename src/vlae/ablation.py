@@ -38,8 +38,23 @@ from typing import Any, Callable, Sequence
 
 from .config import Config, config_from_dict
 from .errors import VLAEError
-from .sweep import (Task, _add_common, _estimator, _print_outputs, _write_json, base_config, check_run_options,
-                    check_tasks, collect_results, command, parse_list, run_tasks, scope_note, standalone, write_table)
+from .sweep import (
+    Task,
+    _add_common,
+    _estimator,
+    _print_outputs,
+    _write_json,
+    base_config,
+    check_run_options,
+    check_tasks,
+    collect_results,
+    command,
+    parse_list,
+    run_tasks,
+    scope_note,
+    standalone,
+    write_table,
+)
 
 __all__ = ["VARIANTS", "ablation_tasks", "run_ablation", "write_ablation_report", "add_cli", "main"]
 

@@ -174,10 +174,12 @@ def weights_mismatch(expected: dict[str, torch.Tensor], found: Any) -> str | Non
     def some(names: list[str]) -> str:
         return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
+    def described(value: Any) -> str:
+        return f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+
     missing = [k for k in expected if k not in found]
     unexpected = [k for k in found if k not in expected]
-    shapes = [f"{k} has {'shape ' + str(tuple(found[k].shape)) if isinstance(found[k], torch.Tensor) else type(found[k]).__name__}, "
-              f"expected {tuple(v.shape)}" for k, v in expected.items()
+    shapes = [f"{k} has {described(found[k])}, expected {tuple(v.shape)}" for k, v in expected.items()
               if k in found and not (isinstance(found[k], torch.Tensor) and found[k].shape == v.shape)]
     if missing:
         parts.append(f"missing {some(missing)}")

@@ -218,7 +218,7 @@ def _run_blocks(model: VLAE, images: torch.Tensor, chosen: list[range], k: int, 
     if progress is None:
         progress = sys.stderr.isatty()
     records, todo = [], []
-    for j, block in enumerate(chosen):
+    for block in chosen:
         done = store.load(block) if store is not None else None
         (records.append(done) if done is not None else todo.append(block))
     finished = sum(len(b) for b in chosen) - sum(len(b) for b in todo)

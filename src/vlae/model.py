@@ -47,9 +47,9 @@ from .encoder import Encoder, SpatialEncoder, SpatialUpsampler
 from .errors import VLAEError
 from .flows import AFPrior, GaussianPrior, IAFPosterior
 from .layers import data_dependent_init
-from .spatial_prior import SpatialAFPrior
 from .likelihood import observation_model
 from .pixelcnn import DECODERS, ConditionUpsampler, FactorizedDecoder, GatedPixelCNN, MaskedPixelCNN
+from .spatial_prior import SpatialAFPrior
 
 __all__ = ["VLAE", "Terms", "nats_to_bits_per_dim", "samples_per_pass"]
 

@@ -79,7 +79,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .layers import Conv2d, ConvTranspose2d, Linear, ResBlock
-from .masked_conv import MaskedConv2d, Offsets, dilate, extent, full_offsets, mask_offsets, make_mask
+from .masked_conv import MaskedConv2d, Offsets, dilate, extent, full_offsets, make_mask, mask_offsets
 
 __all__ = ["MaskedPixelCNN", "GatedPixelCNN", "FactorizedDecoder", "ConditionUpsampler", "DECODERS",
            "GRAY_WEIGHTS", "grayscale", "parse_field", "field_depths", "field_offsets", "field_name"]
@@ -377,9 +377,9 @@ class GatedPixelCNN(_Decoder):
                 v_pre = v_lin
             else:
                 if l < self.vertical_layers:  # later horizontal layers reuse the last vertical layer's
-                    v_lin = self.v_convs[l](v)
+                    v_lin = self.v_convs[l](v)  # noqa: F821 (v, h: bound by the previous layer)
                     v_pre = v_lin
-                h_pre = _add_shared(self.h_convs[l](h), self.v_to_h[l](v_lin))
+                h_pre = _add_shared(self.h_convs[l](h), self.v_to_h[l](v_lin))  # noqa: F821
             if l < len(self.conds):
                 c = self.conds[l](cond)
                 if l < self.vertical_layers:
@@ -387,9 +387,9 @@ class GatedPixelCNN(_Decoder):
                     v_pre = _add_shared(v_pre, cv)
                 h_pre = _add_shared(h_pre, c)
             if l < self.vertical_layers - 1:
-                v = self._gate(v_pre)
+                v = self._gate(v_pre)  # noqa: F841 (read by the next layer)
             g = self._gate(h_pre)
-            h = self.h_out[l](g) if l == 0 else h + self.h_out[l](g)
+            h = self.h_out[l](g) if l == 0 else h + self.h_out[l](g)  # noqa: F821
             skip = skip + self.skips[l](g)
         for block in self.blocks:
             h, skip = block(h, skip, cond)

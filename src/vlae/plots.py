@@ -1,7 +1,7 @@
 """Figures of a VLAE: training curves, lossy reconstructions, samples (binary
 or colour), the grayscale experiment of a gray-context decoder, the
-per-dimension KL (as ``C`` maps for a spatial code ``(C, h, w)``), latent traversals and interpolations, and the decoder's
-receptive field checked against autograd.
+per-dimension KL (as ``C`` maps for a spatial code ``(C, h, w)``), latent traversals and interpolations,
+and the decoder's receptive field checked against autograd.
 
 All figures are drawn with matplotlib's object-oriented API on an Agg canvas
 (no pyplot, no global backend change, so importing this module in a notebook

@@ -101,7 +101,9 @@ class Runtime:
     def autocast(self) -> AbstractContextManager:
         """The context the model's forward pass runs in (bf16 autocast, or nothing)."""
         # no cast cache: a CUDA graph must not capture casts made outside it
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=False) if self.bf16 else nullcontext()
+        if not self.bf16:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=False)
 
     def all_reduce_mean(self, values: torch.Tensor) -> torch.Tensor:
         """The mean of ``values`` over the processes (``values`` itself for one process)."""

@@ -283,8 +283,6 @@ def _write_json(path: Path, obj: Any) -> None:
 
 def _run_task(payload: dict[str, Any]) -> dict[str, Any]:
     """Train, evaluate and record one run (in a worker process)."""
-    import torch
-
     from .checkpoint import load_model
     from .evaluate import evaluate_model
     from .train import train
@@ -821,7 +819,8 @@ def write_sweep_report(out_dir: str | os.PathLike, records: list[dict[str, Any]]
     records = sorted(records, key=_sort_key)
     est = _estimator(records)
     columns = [("prior", "prior"), ("decoder", "decoder"), ("layers", "layers"), ("kernel", "kernel"),
-               ("rf_name", "field AxB"), ("rf_size", "RF size (px)"), ("rf_up", "RF rows up"), ("rf_left", "RF cols left/right"),
+               ("rf_name", "field AxB"), ("rf_size", "RF size (px)"), ("rf_up", "RF rows up"),
+               ("rf_left", "RF cols left/right"),
                ("rf_coverage", "context seen"), ("kl", "KL (nats)"), ("nll", f"NLL ({est})"),
                ("nelbo", "-ELBO"), ("active_units", "active units"), ("steps", "steps"), ("seconds", "seconds")]
     note = (f"{scope_note(records)}. KL: single-sample estimate of "
@@ -912,7 +911,8 @@ def run_sweep(out_dir: str | os.PathLike, base: Config, *, decoder: str = "maske
     out = Path(out_dir)
     check_tasks(tasks, out, {"eval_subset": eval_subset, "k": k, "eval_batch_size": eval_batch_size})
     out.mkdir(parents=True, exist_ok=True)
-    config = {"decoder": "gated" if fields else decoder, "fields": list(fields), "layers": list(layers), "kernels": list(kernels), "priors": list(priors),
+    config = {"decoder": "gated" if fields else decoder, "fields": list(fields), "layers": list(layers),
+              "kernels": list(kernels), "priors": list(priors),
               "eval_subset": eval_subset, "k": k, "jobs": jobs, "threads": threads, **(sweep_config or {}),
               "runs": [t.name for t in tasks], "base_config": base.to_dict()}
     _write_json(out / "sweep_config.json", config)

@@ -22,8 +22,16 @@ from typing import Any, Callable
 
 import torch
 
-from ..checkpoint import (checkpoint_name, copy_checkpoint, latest_checkpoint, list_checkpoints, load_checkpoint,
-                          save_checkpoint, weights_mismatch, write_error)
+from ..checkpoint import (
+    checkpoint_name,
+    copy_checkpoint,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+    weights_mismatch,
+    write_error,
+)
 from ..config import Config
 from ..errors import VLAEError
 from ..model import VLAE, nats_to_bits_per_dim
@@ -32,8 +40,15 @@ from ..runtime import Runtime
 from .data import check_data_fits, resolve_data
 from .interrupt import Interrupted, StopSignals
 from .metrics import Metrics
-from .resume import (check_resumable, check_same_data, optimizer_mismatch, require_resumable, rng_state,
-                     seed_everything, set_rng_state)
+from .resume import (
+    check_resumable,
+    check_same_data,
+    optimizer_mismatch,
+    require_resumable,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
 from .run_dir import prepare_run_dir, repair_best, trim_metrics
 from .schedules import kl_warmup_weight, lr_lambda
 from .step import ROW, SKIP_REASONS, TrainStep
@@ -161,7 +176,8 @@ class Trainer:
         model = VLAE(self.cfg.model).to(rt.device)
         if checkpoint is None:
             n = len(self.train_set)
-            first = self.train_set.observed(torch.Generator().manual_seed(t.seed)) if self.dynamic else self.train_images
+            first = (self.train_set.observed(torch.Generator().manual_seed(t.seed)) if self.dynamic
+                     else self.train_images)
             perm0 = torch.randperm(n, generator=torch.Generator().manual_seed(t.seed))[:self.batch]
             model.initialize(first[perm0.to(first.device)].to(rt.device).float())
         else:
@@ -211,7 +227,8 @@ class Trainer:
         for what in ("model", "ema"):
             problem = checkpoint.get(what) is not None and weights_mismatch(model.state_dict(), checkpoint[what])
             if problem:
-                raise VLAEError(f"{self.last_path}: cannot resume: the {what} weights do not match the model: {problem}")
+                raise VLAEError(f"{self.last_path}: cannot resume: the {what} weights do not match the model: "
+                                f"{problem}")
         problem = optimizer_mismatch(checkpoint["optimizer"], list(model.parameters()))
         if problem:
             raise VLAEError(f"{self.last_path}: cannot resume: {problem}")
@@ -505,7 +522,8 @@ class Trainer:
         how += [f"{rt.world} processes"] if rt.distributed else []
         self.say(f"training {sum(p.numel() for p in self.model.parameters()):,} parameters on {rt.device} "
                  f"({', '.join(how)}, {rt.threads} CPU threads), {len(self.train_set):,} images "
-                 f"({self.train_set.source}), {self.steps_per_epoch} steps/epoch of {self.batch}; run dir {self.run_dir}")
+                 f"({self.train_set.source}), {self.steps_per_epoch} steps/epoch of {self.batch}; "
+                 f"run dir {self.run_dir}")
         self.model.train()
 
     def _epoch_data(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -541,7 +559,8 @@ class Trainer:
     def _checkpoint_due(self) -> bool:
         t = self.t
         return self.checkpoint_step != self.state.step and (
-            self._steps_due() or (t.checkpoint_seconds > 0 and self.clock - self.checkpoint_clock >= t.checkpoint_seconds))
+            self._steps_due()
+            or (t.checkpoint_seconds > 0 and self.clock - self.checkpoint_clock >= t.checkpoint_seconds))
 
     def _summary(self, stopped: str) -> dict[str, Any]:
         s, rt = self.state, self.rt
