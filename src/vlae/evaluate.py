@@ -31,7 +31,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import math
@@ -45,6 +44,7 @@ from typing import Any
 import torch
 
 from .errors import VLAEError
+from .layers import frozen_weights
 from .model import VLAE, nats_to_bits_per_dim, samples_per_pass
 
 __all__ = ["evaluate_model", "evaluate_block", "evaluate_checkpoint", "summarize", "image_seed", "parse_shard",
@@ -134,8 +134,8 @@ def evaluate_block(model: VLAE, x: torch.Tensor, indices: range, k: int, seed: i
         kl_dims += terms.kl_per_dim.double().view(n, b, d).sum(0)
     mu, log_sigma, h, _ = shared
     if iaf:  # E_q[z|x] by Monte Carlo, from the image's own stream after its k samples
-        z, _ = model.posterior.rsample(*(t.repeat(_MEAN_SAMPLES, 1) for t in (mu, log_sigma, h)),
-                                       eps[k:].flatten(0, 1))
+        mu_, log_sigma_, h_ = (t.repeat(_MEAN_SAMPLES, 1) for t in (mu, log_sigma, h))
+        z, _ = model.posterior.rsample(mu_, log_sigma_, h_, eps[k:].flatten(0, 1))
         mean = z.view(_MEAN_SAMPLES, b, d).mean(0)
     else:
         mean = mu
@@ -280,7 +280,7 @@ def _evaluation_mode(model: VLAE, compiled: bool = False):
     """Eval mode; channels-last weights on a CPU (oneDNN's own layout: measured
     faster for these small convolutions); every layer's effective weight (weight
     normalisation, autoregressive mask) computed once instead of once per pass.
-    All undone afterwards; no number changes (the same weights, the same ops).
+    All undone afterwards; no number changes beyond float rounding (the same weights, the same ops).
 
     ``compiled``: leave the layers' own forwards in place. The compiled graph
     computes the effective weights itself (a few small kernels per pass), and
@@ -292,40 +292,13 @@ def _evaluation_mode(model: VLAE, compiled: bool = False):
     model.eval()
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    fixed = [] if compiled else _fix_weights(model)
     try:
-        yield
+        with contextlib.nullcontext() if compiled else frozen_weights(model):
+            yield
     finally:
-        for layer in fixed:
-            del layer.forward  # back to the class's forward, which recomputes the weight
         if channels_last:
             model.to(memory_format=torch.contiguous_format)
         model.train(was_training)
-
-
-def _fix_weights(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """Give each weight-normalised or masked layer a forward with its effective
-    weight precomputed (as its own forward computes it); returns those layers."""
-    import torch.nn.functional as F
-
-    from .layers import Conv2d, ConvTranspose2d, Linear
-    from .made import MaskedLinear
-
-    fixed = []
-    for m in model.modules():
-        if isinstance(m, Conv2d) and (m.weight_norm or m.mask is not None):
-            m.forward = m.frozen_forward()
-        elif isinstance(m, ConvTranspose2d) and m.weight_norm:
-            m.forward = functools.partial(F.conv_transpose2d, weight=m._effective_weight(m.weight).detach(),
-                                          bias=m.bias, stride=m.stride, padding=m.padding)
-        elif isinstance(m, Linear) and m.weight_norm:
-            m.forward = functools.partial(F.linear, weight=m._effective_weight(m.weight).detach(), bias=m.bias)
-        elif isinstance(m, MaskedLinear):
-            m.forward = functools.partial(F.linear, weight=(m.weight * m.mask).detach(), bias=m.bias)
-        else:
-            continue
-        fixed.append(m)
-    return fixed
 
 
 class _BlockStore:

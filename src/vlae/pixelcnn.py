@@ -371,13 +371,17 @@ class GatedPixelCNN(_Decoder):
         """The outputs from :meth:`image_part` of ``B`` images and a conditioning map of
         ``k * B`` (sample-major: ``cond[s * B + b]`` belongs to image ``b``)."""
         skip = 0
+        # the gated vertical and horizontal stacks, bound by each layer for the next (F821: ruff
+        # does not follow a name bound in an earlier iteration)
+        v: torch.Tensor
+        h: torch.Tensor
         for l in range(self.layers):
             if l == 0:
                 v_lin, h_pre = part
                 v_pre = v_lin
             else:
                 if l < self.vertical_layers:  # later horizontal layers reuse the last vertical layer's
-                    v_lin = self.v_convs[l](v)  # noqa: F821 (v, h: bound by the previous layer)
+                    v_lin = self.v_convs[l](v)  # noqa: F821
                     v_pre = v_lin
                 h_pre = _add_shared(self.h_convs[l](h), self.v_to_h[l](v_lin))  # noqa: F821
             if l < len(self.conds):
@@ -387,7 +391,7 @@ class GatedPixelCNN(_Decoder):
                     v_pre = _add_shared(v_pre, cv)
                 h_pre = _add_shared(h_pre, c)
             if l < self.vertical_layers - 1:
-                v = self._gate(v_pre)  # noqa: F841 (read by the next layer)
+                v = self._gate(v_pre)
             g = self._gate(h_pre)
             h = self.h_out[l](g) if l == 0 else h + self.h_out[l](g)  # noqa: F821
             skip = skip + self.skips[l](g)

@@ -469,6 +469,7 @@ class FastSampler:
                 summary = s.new_zeros(n, s.shape[1], height * width)
             x[:, :, pos], summary[:, :, pos] = xs, s
             engine.write_pixels(pos, xs.transpose(1, 2))
+        assert summary is not None  # every image has a pixel
         x, summary = x.view(n, channels, height, width), summary.view(n, -1, height, width)
         return (x, summary) if return_probs else x
 
