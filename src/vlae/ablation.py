@@ -129,7 +129,7 @@ def run_ablation(out_dir: str | Path, base: Config, *, variants: Sequence[str] |
                  eval_subset: int = 1000, k: int = 64, eval_batch_size: int = 50, jobs: int = 0,
                  threads: int = 1, data: Any = None, test_images: Any = None,
                  log: Callable[[str], object] = print,
-                 ablation_config: dict[str, Any] | None = None) -> tuple[list[dict], dict]:
+                 ablation_config: dict[str, Any] | None = None) -> tuple[list[dict | None], dict]:
     """Run (or finish) the ablation and write its table.
 
     Returns:

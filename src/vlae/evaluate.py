@@ -376,8 +376,8 @@ def _refuse_other_data(target: Path, identity: dict[str, Any]) -> None:
     if not isinstance(old, dict) or "estimator" not in old:
         raise VLAEError(f"{target} exists and is not a vlae evaluation result; remove it or choose another --out")
     if not _same_data(old, identity):
-        before = old.get("data_identity") if isinstance(old.get("data_identity"), dict) else {}
-        was = before.get("source") or old.get("data") or old.get("dataset")
+        before = old.get("data_identity")
+        was = (before if isinstance(before, dict) else {}).get("source") or old.get("data") or old.get("dataset")
         raise VLAEError(f"{target} holds a result of other data ({was}); not replacing it with one of "
                         f"{identity['name']} {identity['split']} ({identity['source']}); choose another --out")
 
@@ -590,7 +590,8 @@ def _read_partial(path: Path) -> dict[str, Any]:
         if "weights only load failed" in first.lower():  # never torch's advice to unpickle code
             first = "it holds objects other than tensors and plain containers"
         raise VLAEError(f"{path}: unreadable partial result (cut short or damaged: {first}); {again}") from None
-    fields = {"fingerprint": str, "shard": list, "records": list, "seconds": (int, float)}
+    fields: dict[str, type | tuple[type, ...]] = {"fingerprint": str, "shard": list, "records": list,
+                                                   "seconds": (int, float)}
     if not isinstance(part, dict) or any(not isinstance(part.get(k), t) for k, t in fields.items()) or not all(
             isinstance(r, dict) and isinstance(r.get("nll"), torch.Tensor) for r in part["records"]):
         raise VLAEError(f"{path}: not a partial result of `vlae eval --shard`; {again}")

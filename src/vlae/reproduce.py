@@ -26,7 +26,7 @@ import math
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -37,7 +37,7 @@ from .protocols import PROTOCOLS, Protocol
 __all__ = ["protocol_config", "project", "reproduce", "add_cli"]
 
 
-def protocol_config(protocol: Protocol, device: str = "auto", overrides: list[str] = ()) -> Config:
+def protocol_config(protocol: Protocol, device: str = "auto", overrides: Sequence[str] = ()) -> Config:
     """The protocol's preset with its batch size, length and data, then ``overrides``."""
     cfg = get_preset(protocol.preset)
     t = cfg.train
@@ -104,7 +104,7 @@ def _hours(h: float) -> str:
 
 
 def reproduce(name: str, run_dir: str | Path, *, yes: bool = False, time_budget: float = 0.0, resume: bool = False,
-              device: str = "auto", data_dir: str | None = None, overrides: list[str] = (), warmup_steps: int = 30,
+              device: str = "auto", data_dir: str | None = None, overrides: Sequence[str] = (), warmup_steps: int = 30,
               subset: int = 0, k: int | None = None, notice: Callable[[str], object] = print) -> dict[str, Any]:
     """Run protocol ``name`` into ``run_dir`` (see the module docstring); returns the report."""
     from .evaluate import evaluate_checkpoint
@@ -142,7 +142,7 @@ def reproduce(name: str, run_dir: str | Path, *, yes: bool = False, time_budget:
     return report
 
 
-def _report(protocol: Protocol, cfg: Config, plan: dict, summary: dict, result: dict, overrides: list[str],
+def _report(protocol: Protocol, cfg: Config, plan: dict, summary: dict, result: dict, overrides: Sequence[str],
             time_budget: float, subset: int, k: int | None) -> dict[str, Any]:
     ours = result["bits_per_dim"] if protocol.unit == "bits/dim" else result["nll"]
     seen = summary["steps"] * cfg.train.batch_size * summary["world_size"]

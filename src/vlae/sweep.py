@@ -373,7 +373,7 @@ def check_run_options(*, jobs: int, threads: int, k: int, eval_subset: int, eval
 
 def run_tasks(tasks: Sequence[Task], out_dir: str | os.PathLike, *, eval_subset: int = 1000, k: int = 64,
               eval_batch_size: int = 50, jobs: int = 0, threads: int = 1, data: Any = None,
-              test_images: Any = None, log: Callable[[str], object] = print) -> tuple[list[dict], dict]:
+              test_images: Any = None, log: Callable[[str], object] = print) -> tuple[list[dict | None], dict]:
     """Run every task not finished yet, ``jobs`` at a time, each in a fresh process.
 
     A task whose ``<out_dir>/<name>/results.json`` exists is skipped (after
@@ -525,9 +525,11 @@ class Stopped(KeyboardInterrupt):
 class _Workers:
     """At most ``jobs`` worker processes, one per run, and what happens on SIGINT or SIGTERM."""
 
-    def __init__(self, context: multiprocessing.context.BaseContext, jobs: int, init: tuple):
+    def __init__(self, context: multiprocessing.context.SpawnContext | multiprocessing.context.ForkServerContext,
+                 jobs: int, init: tuple):
         self.context, self.jobs, self.init = context, jobs, init
-        self.signum, self.signals, self.previous = 0, 0, {}
+        self.signum, self.signals = 0, 0
+        self.previous: dict[signal.Signals, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.signum = self.signum or signum
@@ -555,7 +557,7 @@ class _Workers:
             for sig, handler in self.previous.items():
                 signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
-    def _start(self, payload: dict) -> tuple[Any, Any]:
+    def _start(self, payload: dict) -> list[Any]:
         receive, send = self.context.Pipe(duplex=False)
         process = self.context.Process(target=_worker, args=(payload, send, *self.init), name=payload["name"],
                                        daemon=False)
@@ -704,7 +706,7 @@ def _check_folder_settings(out: Path, reference: dict[str, Any] | None = None) -
                             f"a table holds runs of one setting: use another output directory")
 
 
-def _context() -> multiprocessing.context.BaseContext:
+def _context() -> multiprocessing.context.SpawnContext | multiprocessing.context.ForkServerContext:
     """Where worker processes come from. Not ``fork``: forking a process whose
     torch has started threads can deadlock. ``forkserver`` (POSIX) forks each
     run from a clean server process that has imported torch and the trainer
@@ -795,7 +797,7 @@ def _sort_key(r: dict[str, Any]) -> tuple:
 
 
 def _estimator(records: list[dict[str, Any]]) -> str:
-    ks = sorted({r.get("k") for r in records if r.get("k") is not None})
+    ks = sorted({r["k"] for r in records if r.get("k") is not None})
     return f"IW bound, k={', '.join(map(str, ks))}" if ks else "IW bound"
 
 
@@ -895,7 +897,7 @@ def run_sweep(out_dir: str | os.PathLike, base: Config, *, decoder: str = "maske
               priors: Sequence[str] = ("gaussian", "af"), eval_subset: int = 1000, k: int = 16,
               eval_batch_size: int = 50, jobs: int = 0, threads: int = 1, data: Any = None,
               test_images: Any = None, log: Callable[[str], object] = print,
-              sweep_config: dict[str, Any] | None = None, fields: Sequence[str] = ()) -> tuple[list[dict], dict]:
+              sweep_config: dict[str, Any] | None = None, fields: Sequence[str] = ()) -> tuple[list[dict | None], dict]:
     """Run (or finish) a sweep and write its tables and plots (``fields``: the
     ``AxB`` grid of :func:`sweep_tasks` instead of ``layers x kernels``).
 

@@ -116,6 +116,19 @@ def validate(model: VLAE, images: torch.Tensor, batch_size: int, k: int = 0, see
 class Trainer:
     """One training run in ``run_dir``; see :func:`train` for the arguments."""
 
+    last_path: Path | None  # the last checkpoint written or resumed from
+    # this session's counters and clocks (set by _start_session)
+    session_steps: int
+    stop_signal: int
+    clock: float
+    host_lr: float
+    window_rows: list[list[float]]
+    window_images: int
+    window_start: float
+    last_print: float
+    side_stream: Any
+    bar: Any
+
     def __init__(self, cfg: Config, run_dir: Path, *, resume: bool, overwrite: bool, quiet: bool, data: Any,
                  callback: Callable[[dict[str, Any]], object] | None, log_every: int, signals: StopSignals):
         self.cfg, self.t, self.run_dir, self.signals = cfg, cfg.train, run_dir, signals
@@ -154,6 +167,7 @@ class Trainer:
             prepare_run_dir(self.run_dir, resume=resume, overwrite=overwrite, notice=self.warn)
         self.identity = {"train": dataset_identity(self.train_set), "valid": dataset_identity(valid_set)}
         if checkpoint is not None:
+            assert self.last_path is not None  # the checkpoint's own path
             check_same_data(checkpoint.get("data"), self.identity, self.last_path, self.warn)
         valid_images = valid_set.observed(torch.Generator().manual_seed(t.seed + 1))
         self.valid_images = fixed_subset(valid_images, t.eval_subset).to(rt.device)
@@ -251,6 +265,7 @@ class Trainer:
 
     def _resume_from(self, checkpoint: dict[str, Any]) -> None:
         tr, rng, last = checkpoint["trainer"], checkpoint["rng"], self.last_path
+        assert last is not None  # the checkpoint's own path
         if rng["world"] != self.rt.world:
             raise VLAEError(f"{last}: written by {rng['world']} processes, cannot resume exactly with {self.rt.world}")
         try:
@@ -463,6 +478,7 @@ class Trainer:
         if always or better:
             self.write_checkpoint(reason)
         if better and rt.main:
+            assert self.last_path is not None  # just written
             copy_checkpoint(self.last_path, self.run_dir / "best.pt")  # after the checkpoint: see repair_best
 
     def write_checkpoint(self, reason: str) -> None:
@@ -508,7 +524,7 @@ class Trainer:
         self.session_steps, self.stop_signal, self.elapsed0 = 0, 0, s.elapsed
         self.host_values: dict[int, float] = {}
         self.host_lr = t.lr * self.lr_factor(s.step)
-        self.window_rows: list[list[float]] = []
+        self.window_rows = []
         self.window_images, self.window_start = 0, time.perf_counter()
         self.last_print = self.window_start
         self.side_stream = torch.cuda.Stream(rt.device) if self.graphs else None
