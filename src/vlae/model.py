@@ -43,13 +43,14 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .conditioning import ConditionUpsampler, SpatialUpsampler
 from .config import ModelConfig
-from .encoder import Encoder, SpatialEncoder, SpatialUpsampler
+from .encoder import Encoder, SpatialEncoder
 from .errors import VLAEError
 from .flows import AFPrior, GaussianPrior, IAFPosterior
 from .layers import data_dependent_init
 from .likelihood import observation_model
-from .pixelcnn import DECODERS, ConditionUpsampler, FactorizedDecoder, GatedPixelCNN, MaskedPixelCNN
+from .pixelcnn import DECODERS, FactorizedDecoder, GatedPixelCNN, MaskedPixelCNN
 from .spatial_prior import SpatialAFPrior
 
 __all__ = ["VLAE", "Terms", "nats_to_bits_per_dim", "samples_per_pass"]
