@@ -420,7 +420,7 @@ def evaluate_checkpoint(path: str | os.PathLike, split: str = "test", k: int | N
     from .checkpoint import load_model, resolve_checkpoint
     from .data import dataset_identity, fixed_subset, load_or_fallback
     from .outputs import prepare_output, write_json
-    from .runtime import pick_device
+    from .runtime import Runtime, torchrun_ranks
 
     if subset < 0:
         raise VLAEError(f"invalid --subset: must be >= 0, got {subset}")
@@ -429,15 +429,12 @@ def evaluate_checkpoint(path: str | os.PathLike, split: str = "test", k: int | N
     shard = parse_shard(shard) if isinstance(shard, str) else shard
     if shard is not None and merge:
         raise VLAEError("--shard and --merge exclude each other: run the shards, then merge once")
-    rank, world = _ranks()
+    rank, world, _ = torchrun_ranks()
     if world > 1 and (shard is not None or merge):
         raise VLAEError("under torchrun the ranks are the shards: drop --shard/--merge")
     file = resolve_checkpoint(path)
-    dev = pick_device(device)
-    if world > 1 and dev.type == "cuda":
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
-        torch.cuda.set_device(dev)
-    model, cfg = load_model(file, weights=weights, device=dev)
+    rt = Runtime.create(device, "fp32", join=False)  # the process group only around the evaluation
+    model, cfg = load_model(file, weights=weights, device=rt.device)
     k = cfg.eval.k if k is None else k  # the run's own default: 512 for 8-bit presets (as the paper), 4096 binary
     if out is not None:  # before the (possibly long) evaluation
         prepare_output(out, "--out")
@@ -473,14 +470,14 @@ def evaluate_checkpoint(path: str | os.PathLike, split: str = "test", k: int | N
             return done  # this shard finished before: nothing to redo
         chosen = [blocks[j] for j in (shard_blocks(len(blocks), own) if own else range(len(blocks)))]
         desc = f"IW bound k={k}" + (f", shard {own[0]}/{own[1]}" if own else "")
-        with _process_group(world, dev), _evaluation_mode(model, compile):
+        with rt.process_group(), _evaluation_mode(model, compile):
             records = _run_blocks(model, images, chosen, k, seed, chunk, progress if rank == 0 else False,
                                   store, desc, compile)
             seconds = time.perf_counter() - t0
             if shard is not None:
                 return _write_partial(partial, shard, fingerprint, records, seconds, store, chosen)
             if world > 1:
-                records = _gather(records, rank, world)
+                records = rt.gather_to_main(records)
                 store.clear(chosen)
                 if rank != 0:
                     return {"partial": True, "rank": rank, "world_size": world, "images": sum(map(len, chosen))}
@@ -502,36 +499,6 @@ def evaluate_checkpoint(path: str | os.PathLike, split: str = "test", k: int | N
     write_json(target, result, default=str)
     result["path"] = str(target)
     return result
-
-
-def _ranks() -> tuple[int, int]:
-    """``(rank, world size)`` under torchrun (its environment variables), else ``(0, 1)``."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return (int(os.environ.get("RANK", "0")), world) if world > 1 else (0, 1)
-
-
-@contextlib.contextmanager
-def _process_group(world: int, device: torch.device):
-    """A process group for ``world > 1`` (NCCL on GPUs, gloo on CPUs), unless one exists."""
-    import torch.distributed as dist
-
-    mine = world > 1 and not dist.is_initialized()
-    if mine:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    try:
-        yield
-    finally:
-        if mine:
-            dist.destroy_process_group()
-
-
-def _gather(records: list[dict[str, torch.Tensor]], rank: int, world: int) -> list[dict[str, torch.Tensor]]:
-    """Every rank's records on rank 0 (empty elsewhere)."""
-    import torch.distributed as dist
-
-    parts: list[Any] | None = [None] * world if rank == 0 else None
-    dist.gather_object(records, parts, dst=0)
-    return [r for part in parts for r in part] if parts is not None else []
 
 
 def _fingerprint(file: Path, weights: str, images: torch.Tensor, k: int, seed: int, block: int) -> str:

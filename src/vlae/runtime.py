@@ -14,9 +14,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -64,8 +66,9 @@ class Runtime:
     bf16: bool = False
 
     @classmethod
-    def create(cls, device: str = "auto", precision: str = "auto") -> "Runtime":
-        """Choose the device and precision, and join torchrun's process group (once).
+    def create(cls, device: str = "auto", precision: str = "auto", join: bool = True) -> "Runtime":
+        """Choose the device and precision, and join torchrun's process group (once;
+        ``join=False``: only within :meth:`process_group`).
 
         ``precision="auto"`` is bf16 on CUDA devices that support it, else fp32.
         """
@@ -74,8 +77,8 @@ class Runtime:
         if world > 1 and dev.type == "cuda":
             dev = torch.device("cuda", local_rank)
             torch.cuda.set_device(dev)
-        if world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        if join and world > 1 and not dist.is_initialized():
+            dist.init_process_group(_backend(dev))
         bf16 = precision == "bf16" or (precision == "auto" and dev.type == "cuda" and torch.cuda.is_bf16_supported())
         if bf16 and dev.type not in ("cuda", "cpu"):
             raise VLAEError(f"invalid option train.precision: bf16 is not supported on {dev.type}")
@@ -112,3 +115,29 @@ class Runtime:
         out = values.to(self.device)
         dist.all_reduce(out)
         return out / self.world
+
+    @contextlib.contextmanager
+    def process_group(self) -> Iterator[None]:
+        """Within the block, torchrun's process group: joined on entry unless it exists,
+        left on exit if joined here (nothing for one process)."""
+        mine = self.distributed and not dist.is_initialized()
+        if mine:
+            dist.init_process_group(_backend(self.device))
+        try:
+            yield
+        finally:
+            if mine:
+                dist.destroy_process_group()
+
+    def gather_to_main(self, items: list[Any]) -> list[Any]:
+        """Every process's ``items``, in rank order, on the main process (empty elsewhere;
+        ``items`` itself for one process). Inside :meth:`process_group`."""
+        if not self.distributed:
+            return items
+        parts: list[Any] | None = [None] * self.world if self.main else None
+        dist.gather_object(items, parts, dst=0)
+        return [item for part in parts for item in part] if parts is not None else []
+
+
+def _backend(device: torch.device) -> str:
+    return "nccl" if device.type == "cuda" else "gloo"
