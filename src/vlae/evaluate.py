@@ -245,7 +245,8 @@ def evaluate_model(model: VLAE, images: torch.Tensor, k: int = 4096, batch_size:
 
     Args:
         model: a VLAE (evaluated in eval mode on its own device).
-        images: ``uint8`` (or float) 0/1 images ``(N, 1, H, W)``.
+        images: ``(N, C, H, W)`` images of the model's shape, ``uint8`` or float: 0/1 for a
+            binary (Bernoulli) model, 0..255 for an 8-bit (logistic mixture) one.
         k: importance samples per image.
         batch_size: images per block (evaluated together).
         chunk: importance samples per image evaluated at once (0: automatic);
@@ -262,7 +263,7 @@ def evaluate_model(model: VLAE, images: torch.Tensor, k: int = 4096, batch_size:
         ``estimator``, ``k``, ``images``.
     """
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
-        raise VLAEError(f"images must be a (N, 1, H, W) tensor, got {getattr(images, 'shape', type(images))}")
+        raise VLAEError(f"images must be a (N, C, H, W) tensor, got {getattr(images, 'shape', type(images))}")
     if images.shape[0] == 0:
         raise VLAEError("no images to evaluate")
     if k < 1:

@@ -401,7 +401,7 @@ def run_tasks(tasks: Sequence[Task], out_dir: str | os.PathLike, *, eval_subset:
         threads: torch threads per worker.
         data: passed to :func:`vlae.train.train` as ``data=`` (default: each
             run loads its dataset itself).
-        test_images: ``uint8 (N, 1, H, W)`` evaluation images, of which the
+        test_images: ``uint8 (N, C, H, W)`` evaluation images, of which the
             first ``eval_subset`` are used (default: ``eval_subset`` test
             images of the configured dataset).
         log: one line per event.
