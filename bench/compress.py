@@ -11,10 +11,16 @@ On one trained run and one set of binary or 8-bit (grey or RGB) images, measures
   when absent), PNG (1-bit, Pillow, ``optimize=True``), gzip, bz2 and lzma
   (strongest settings) of the bit-packed images;
 - 8-bit images: PNG (8-bit grey or RGB, Pillow, ``optimize=True``), gzip, bz2 and
-  lzma of the raw bytes (channel-interleaved, as in a PPM).
+  lzma of the raw bytes (channel-interleaved, as in a PPM); and the lossless image
+  codecs WebP (``cwebp -lossless -z 9``, Debian ``webp``), JPEG-XL (``cjxl -d 0 -e 9``,
+  Debian ``libjxl-tools``) and JPEG 2000 (``opj_compress``, reversible, Debian
+  ``libopenjp2-tools``), each skipped with a notice when its tools are absent.
 
-The baselines code all images as one tall page (one header, one context), their
-most favourable setting.
+The baselines code all images as one page (one header, one context), their most
+favourable setting: a tall page, or for the image codecs a square mosaic (WebP
+allows at most 16,383 pixels a side). For 8-bit images every codec is also run
+per image (``--per-image``, the first N images of the set; 0: all), which is
+what a user compressing single images pays: header included, no shared context.
 
 Prints a table and writes JSON::
 
@@ -160,6 +166,108 @@ def bench_generic(x: np.ndarray, binary: bool) -> list[dict]:
     return rows
 
 
+# Lossless image codecs driven through their command-line tools: encoder and decoder
+# argument lists ({src}, {dst} substituted) and the Debian package to name when absent.
+_TOOLS = [
+    ("WebP lossless (cwebp -z 9)", "webp", ["cwebp", "-quiet", "-lossless", "-z", "9", "{src}", "-o", "{dst}"],
+     ["dwebp", "-quiet", "{src}", "-o", "{dst}"], ".webp"),
+    ("JPEG-XL lossless (cjxl -e 9)", "libjxl-tools", ["cjxl", "{src}", "{dst}", "-d", "0", "-e", "9", "--quiet"],
+     ["djxl", "{src}", "{dst}", "--quiet"], ".jxl"),
+    ("JPEG 2000 lossless (opj)", "libopenjp2-tools", ["opj_compress", "-i", "{src}", "-o", "{dst}", "-n", "5"],
+     ["opj_decompress", "-i", "{src}", "-o", "{dst}"], ".j2k"),
+]
+
+
+def _mosaic(x: np.ndarray) -> np.ndarray:
+    """``(N, C, H, W)`` -> a near-square grid of the images ``(R * H, G * W[, C])``, padded with black."""
+    n, c, h, w = x.shape
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    pad = np.zeros((rows * cols, c, h, w), np.uint8)
+    pad[:n] = x
+    grid = pad.reshape(rows, cols, c, h, w).transpose(0, 3, 1, 4, 2).reshape(rows * h, cols * w, c)
+    return grid[..., 0] if c == 1 else grid
+
+
+def _unmosaic(grid: np.ndarray, shape) -> np.ndarray:
+    n, c, h, w = shape
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    grid = grid.reshape(rows * h, cols * w, c)
+    return grid.reshape(rows, h, cols, w, c).transpose(0, 2, 4, 1, 3).reshape(rows * cols, c, h, w)[:n]
+
+
+def _tool_round_trip(page: np.ndarray, enc: list[str], dec: list[str], ext: str, tmp: Path, tag: str):
+    """One image through a tool and back: (bytes, encode s, decode s, decoded page)."""
+    from PIL import Image
+
+    src, mid, back = tmp / f"{tag}.png", tmp / f"{tag}{ext}", tmp / f"{tag}-back.png"
+    Image.fromarray(page).save(src, format="PNG")
+    fill = lambda argv, a, b: [t.replace("{src}", str(a)).replace("{dst}", str(b)) for t in argv]  # noqa: E731
+    start = time.perf_counter()  # timed with the process start: what a user pays
+    subprocess.run(fill(enc, src, mid), check=True, capture_output=True)
+    enc_s = time.perf_counter() - start
+    start = time.perf_counter()
+    subprocess.run(fill(dec, mid, back), check=True, capture_output=True)
+    dec_s = time.perf_counter() - start
+    with Image.open(back) as im:
+        out = np.asarray(im.convert("L" if page.ndim == 2 else "RGB"), dtype=np.uint8)
+    return mid.stat().st_size, enc_s, dec_s, out
+
+
+def bench_image_tools(x: np.ndarray, per_image: int, notice) -> list[dict]:
+    """WebP, JPEG-XL and JPEG 2000 (lossless) on the mosaic of all images and per image."""
+    rows = []
+    for name, package, enc, dec, ext in _TOOLS:
+        if shutil.which(enc[0]) is None or shutil.which(dec[0]) is None:
+            notice(f"notice: {name} skipped: {enc[0]}/{dec[0]} not found (Debian/Ubuntu: apt-get install {package})")
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            size, enc_s, dec_s, out = _tool_round_trip(_mosaic(x), enc, dec, ext, Path(tmp), "all")
+            rows.append(_row(f"{name}, all", size, len(x), x[0].size, enc_s, dec_s,
+                             np.array_equal(_unmosaic(out, x.shape), x)))
+            sub = x[:per_image] if per_image else x
+            total, enc_t, dec_t, exact = 0, 0.0, 0.0, True
+            for i, img in enumerate(sub):
+                page = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
+                size, e, d, out = _tool_round_trip(np.ascontiguousarray(page), enc, dec, ext, Path(tmp), str(i))
+                total, enc_t, dec_t, exact = total + size, enc_t + e, dec_t + d, exact and np.array_equal(out, page)
+            rows.append(_row(f"{name}, per image", total, len(sub), x[0].size, enc_t, dec_t, exact,
+                             images=len(sub)))
+    return rows
+
+
+def bench_per_image_generic(x: np.ndarray, per_image: int) -> list[dict]:
+    """PNG, bz2 and lzma of each image on its own."""
+    from PIL import Image
+
+    sub = x[:per_image] if per_image else x
+    rows = []
+    for name, enc_fn, dec_fn in [
+        ("PNG (Pillow), per image", lambda a: _png_bytes(a), lambda b, a: np.asarray(Image.open(io.BytesIO(b)))),
+        ("bz2 -9, per image", lambda a: bz2.compress(a.tobytes(), 9),
+         lambda b, a: np.frombuffer(bz2.decompress(b), np.uint8).reshape(a.shape)),
+        ("lzma -9e, per image", lambda a: lzma.compress(a.tobytes(), preset=9 | lzma.PRESET_EXTREME),
+         lambda b, a: np.frombuffer(lzma.decompress(b), np.uint8).reshape(a.shape)),
+    ]:
+        total, enc_t, dec_t, exact = 0, 0.0, 0.0, True
+        for img in sub:
+            page = np.ascontiguousarray(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0))
+            data, e = _timed(enc_fn, page)
+            back, d = _timed(dec_fn, data, page)
+            total, enc_t, dec_t, exact = total + len(data), enc_t + e, dec_t + d, exact and np.array_equal(back, page)
+        rows.append(_row(name, total, len(sub), x[0].size, enc_t, dec_t, exact, images=len(sub)))
+    return rows
+
+
+def _png_bytes(page: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(page).save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
 @torch.no_grad()
 def bounds(model, x: torch.Tensor, k: int, iw_subset: int, batch: int = 100, seed: int = 0) -> dict:
     """-ELBO (one sample per image) on all of ``x``; IW NLL with ``k`` samples on a fixed subset."""
@@ -195,6 +303,9 @@ def main(argv=None) -> int:
     p.add_argument("--iw-subset", type=int, default=1000, help="images for the IW NLL (0: all)")
     p.add_argument("--weights", choices=("ema", "raw"), default="ema")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default=None, help="where vlae's network runs (default cpu)")
+    p.add_argument("--per-image", type=int, default=0,
+                   help="8-bit: images coded one by one by each baseline (the first N; 0: all)")
     p.add_argument("--out", default=None, help="JSON output")
     args = p.parse_args(argv)
     notice = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
@@ -211,23 +322,26 @@ def main(argv=None) -> int:
                f"decoder {cfg.model.decoder})")
         progress = lambda done, total: notice(f"  {done}/{total}")  # noqa: E731
         (blob, stats), enc_s = _timed(lambda: compress(model, x, precision=args.precision, batch=args.batch,
-                                                        progress=progress, return_stats=True))
-        y, dec_s = _timed(lambda: decompress(model, blob, progress=progress))
+                                                        device=args.device, progress=progress, return_stats=True))
+        y, dec_s = _timed(lambda: decompress(model, blob, device=args.device, progress=progress))
         exact = torch.equal(y, x)
         head = read_header(blob)
-        header_bytes = len(blob) - 4 * head.words
+        header_bytes = len(blob) - 4 * head.words  # the near-ties included
         vlae_row = _row("vlae bits-back (net)", stats.net_bits / 8, n, dims, enc_s, dec_s, exact)
         vlae_row.update({"file_bytes": len(blob), "stream_bits": stats.stream_bits,
                          "initial_bits": stats.initial_bits, "header_and_crc_bytes": header_bytes,
                          "overhead_bits_per_image": (stats.initial_bits + 8 * header_bytes) / n,
                          "ideal_bits_per_dim": (stats.ideal_pixel_bits + stats.ideal_prior_bits
                                                 - stats.ideal_bits_back) / (n * dims),
-                         "precision": args.precision, "batch": args.batch})
+                         "precision": args.precision, "batch": args.batch, "near_ties": stats.ties})
         file_row = _row("vlae file (all included)", len(blob), n, dims, enc_s, dec_s, exact)
         b = bounds(model, x, args.k, args.iw_subset)
         rows = [vlae_row, file_row]
         jbig = bench_jbig(x.numpy(), notice) if binary else None
         rows += ([jbig] if jbig else []) + [bench_png(x.numpy(), binary)] + bench_generic(x.numpy(), binary)
+        if not binary:
+            rows += bench_image_tools(x.numpy(), args.per_image, notice)
+            rows += bench_per_image_generic(x.numpy(), args.per_image)
     except VLAEError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -247,10 +361,10 @@ def main(argv=None) -> int:
     print(f"  vlae code {code:.2f} nats/image: {100 * (code / b['nelbo'] - 1):+.2f}% vs -ELBO; initial bits "
           f"{stats.initial_bits} + header {header_bytes} bytes = {vlae_row['overhead_bits_per_image']:.2f} "
           f"bits/image at this count")
-    print(f"\n  {'codec':28s} {'bytes':>10s} {'bits/dim':>9s} {'x vlae':>7s} {'enc img/s':>10s} "
+    print(f"\n  {'codec':36s} {'bytes':>10s} {'bits/dim':>9s} {'x vlae':>7s} {'enc img/s':>10s} "
           f"{'dec img/s':>10s} exact")
     for r in rows:
-        print(f"  {r['codec']:28s} {r['bytes']:10.0f} {r['bits_per_dim']:9.4f} "
+        print(f"  {r['codec']:36s} {r['bytes']:10.0f} {r['bits_per_dim']:9.4f} "
               f"{r['bits_per_dim'] / vlae_row['bits_per_dim']:7.2f} {_speed(r['compress_images_per_s'])} "
               f"{_speed(r['decompress_images_per_s'])} {'yes' if r['exact'] else 'NO'}")
     if args.out:

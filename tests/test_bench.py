@@ -101,3 +101,36 @@ def test_eval_speedup_unknown_revision_is_one_line():
                            "--presets", "tiny"], env=_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "no-such-rev" in proc.stderr
+
+
+def test_compress_benchmark_8bit_against_image_codecs(tmp_path):
+    """bench/compress.py on 8-bit digits: vlae's row, the image codecs present (each
+    skipped with a notice otherwise), per image and over the whole set, all exact."""
+    import shutil
+
+    import torch
+
+    from vlae.checkpoint import save_checkpoint
+    from vlae.config import ModelConfig, get_preset
+    from vlae.model import VLAE
+
+    cfg = get_preset("tiny")
+    cfg.model = ModelConfig(**{**cfg.model.__dict__, "observation": "logistic_mixture", "mixture_components": 2})
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "run" / "best.pt", {"config": cfg.to_dict(), "model": VLAE(cfg.model).state_dict(),
+                                                   "ema": None})
+    out = tmp_path / "compress.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "compress.py"), "--run", str(tmp_path / "run"),
+                           "--dataset", "mnist-embedded-8bit", "--subset", "3", "--per-image", "2", "--k", "0",
+                           "--threads", "1", "--out", str(out)], env=_env(), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {r["codec"]: r for r in json.loads(out.read_text())["codecs"]}
+    assert rows["vlae file (all included)"]["exact"] and all(r["exact"] for r in rows.values())
+    for name, tool in [("WebP", "cwebp"), ("JPEG-XL", "cjxl"), ("JPEG 2000", "opj_compress")]:
+        ours = [r for c, r in rows.items() if c.startswith(name)]
+        if shutil.which(tool):
+            assert len(ours) == 2 and ours[1]["images"] == 2 and ours[0]["bits_per_dim"] > 0
+        else:
+            assert not ours and f"notice: {name}" in proc.stderr
+    assert rows["lzma -9e, per image"]["images"] == 2

@@ -396,6 +396,26 @@ def test_mnist_8bit_reads_the_idx_files_without_binarization(tmp_path, small):
     assert load_dataset("mnist", "test", tmp_path).images.max() == 1  # the same files, binarized
 
 
+def test_fashion_mnist_8bit_reads_fashion_mnists_files_without_binarization(tmp_path, small):
+    grey = RNG.integers(0, 256, (small["train"] + small["valid"], 28, 28), dtype=np.uint8)
+    write_idx(tmp_path / "fashion-mnist" / "train-images-idx3-ubyte.gz", grey, True)
+    write_idx(tmp_path / "fashion-mnist" / "t10k-images-idx3-ubyte.gz", grey[: small["test"]], True)
+    splits = {s: load_dataset("fashion-mnist-8bit", s, tmp_path) for s in data.SPLITS}
+    assert torch.equal(splits["valid"].images[:, 0], torch.from_numpy(grey[small["train"]:]))
+    assert torch.equal(splits["test"].images[:, 0], torch.from_numpy(grey[: small["test"]]))  # not binarized
+    assert all(s.kind == "8bit" and not s.dynamic for s in splits.values())
+    assert load_dataset("fashion-mnist", "test", tmp_path).images.max() == 1  # the binary dataset stays
+
+
+def test_fashion_mnist_8bit_real_files(shared_data):
+    if not (shared_data / "fashion_mnist" / "t10k-images-idx3-ubyte.gz").is_file():
+        pytest.skip("Fashion-MNIST not in the shared data folder")
+    test = load_dataset("fashion-mnist-8bit", "test", shared_data)  # checksummed against the catalogue
+    x = test.images
+    assert x.shape == (10_000, 1, 28, 28) and x.dtype == torch.uint8 and int(x.max()) == 255
+    assert 70 < float(x.float().mean()) < 76 and 0.45 < float((x == 0).float().mean()) < 0.55  # its README
+
+
 def test_photos_embedded_splits_by_photograph():
     splits = {s: load_dataset("photos-embedded", s) for s in data.SPLITS}
     assert {s: len(d) for s, d in splits.items()} == {"train": 6019, "valid": 345, "test": 386}

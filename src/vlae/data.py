@@ -18,6 +18,8 @@ splits (``train``/``valid``/``test``):
   dynamic, test is binarized once with :data:`BINARIZATION_SEED`.
 - ``mnist-8bit``: the same MNIST IDX files and splits, grey levels 0..255 as
   they are (8-bit, 1x28x28); ``vlae download mnist-8bit`` fetches ``mnist``'s files.
+- ``fashion-mnist-8bit``: Fashion-MNIST's IDX files and splits (those of the binarized
+  ``fashion-mnist``), grey levels as they are: real 8-bit 28x28 photographs of clothing.
 - ``omniglot``: the 28x28 ``chardata.mat`` of Burda et al. (IWAE), 24,345 train
   and 8,070 test images; ``valid`` is the last 1,345 training images.
   Train/valid are dynamic, test is binarized once with :data:`BINARIZATION_SEED`.
@@ -132,6 +134,7 @@ INFO: dict[str, DatasetInfo] = {
     "caltech101-silhouettes": DatasetInfo("binary", _DIGIT, "caltech101-silhouettes", "mnist-embedded"),
     "mnist-embedded": DatasetInfo("binary", _DIGIT, "mnist-embedded", None),
     "mnist-8bit": DatasetInfo("8bit", _DIGIT, "mnist", "mnist-embedded-8bit"),
+    "fashion-mnist-8bit": DatasetInfo("8bit", _DIGIT, "fashion-mnist", "mnist-embedded-8bit"),
     "mnist-embedded-8bit": DatasetInfo("8bit", _DIGIT, "mnist-embedded", None),
     "cifar10": DatasetInfo("8bit", (3, 32, 32), "cifar10", "photos-embedded"),
     "photos-embedded": DatasetInfo("8bit", (3, 32, 32), "photos-embedded", None),
@@ -172,6 +175,8 @@ _COUNTS: dict[tuple[str, str], int] = {
     ("mnist", "train"): 50_000, ("mnist", "valid"): 10_000, ("mnist", "test"): 10_000,
     ("mnist-8bit", "train"): 50_000, ("mnist-8bit", "valid"): 10_000, ("mnist-8bit", "test"): 10_000,
     ("fashion-mnist", "train"): 50_000, ("fashion-mnist", "valid"): 10_000, ("fashion-mnist", "test"): 10_000,
+    ("fashion-mnist-8bit", "train"): 50_000, ("fashion-mnist-8bit", "valid"): 10_000,
+    ("fashion-mnist-8bit", "test"): 10_000,
     ("omniglot", "train"): 23_000, ("omniglot", "valid"): 1_345, ("omniglot", "test"): 8_070,
     ("caltech101-silhouettes", "train"): 4_100, ("caltech101-silhouettes", "valid"): 2_264,
     ("caltech101-silhouettes", "test"): 2_307,

@@ -202,7 +202,7 @@ class VLAE(nn.Module):
         """``n`` samples per image from q(z|x): ``z (n*B, D)`` ordered sample-major
         (``z[s * B + b]``), and ``log q`` per dimension ``(n*B, D)``."""
         mu, log_sigma, h = self.encode(x)
-        dtype = torch.promote_types(mu.dtype, torch.float32)  # fp32 under bf16 autocast; a float64 model stays so
+        dtype = torch.promote_types(mu.dtype, torch.float32)  # bf16 under autocast: the densities in fp32
         rep = lambda t: t.to(dtype).repeat(n, 1)  # noqa: E731
         with full_precision(mu):
             eps = torch.randn((n * x.shape[0], self.latent_dim), generator=generator, device=mu.device, dtype=dtype)
