@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?= -n 2 --dist loadfile
 
-.PHONY: install run test clean
+.PHONY: install run check test clean
 
 install: $(VENV)/.installed
 
@@ -23,9 +23,16 @@ $(VENV)/.installed: pyproject.toml Makefile
 run: install
 	$(PY) train_minimal.py --epochs 10 --use-flow
 
+# The checks that catch drift, in seconds: the import layering of ARCHITECTURE.md,
+# lint and types (settings in pyproject.toml).
+check: install
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check src/vlae
+	$(VENV)/bin/mypy src/vlae
+
 # Two pytest workers with one torch thread each use both cores without oversubscription.
-test: install
+test: check
 	OMP_NUM_THREADS=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

@@ -115,3 +115,14 @@ def test_shape_mismatch_is_one_line():
         SpatialEncoder((16, 8, 8), (1, 28, 28))
     with pytest.raises(ValueError, match="unknown kind"):
         SpatialUpsampler((16, 8, 8), (3, 32, 32), kind="vgg")
+
+
+def test_upsamplers_old_homes_still_import():
+    import vlae.conditioning
+    import vlae.encoder
+    import vlae.pixelcnn
+
+    assert vlae.encoder.SpatialUpsampler is vlae.conditioning.SpatialUpsampler
+    assert vlae.pixelcnn.ConditionUpsampler is vlae.conditioning.ConditionUpsampler
+    with pytest.raises(AttributeError, match="no attribute 'Upsampler'"):
+        vlae.encoder.Upsampler  # noqa: B018

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlae.layers import Conv2d, ConvTranspose2d, Linear, ResBlock, data_dependent_init
+from vlae.layers import Conv2d, ConvTranspose2d, Linear, ResBlock, data_dependent_init, frozen_weights
+from vlae.made import MaskedLinear
 from vlae.masked_conv import MaskedConv2d
 
 torch.set_num_threads(1)
@@ -87,6 +88,36 @@ def test_data_dependent_init_of_a_stack():
     before = plain.weight.clone()
     data_dependent_init(torch.nn.Sequential(plain), x)
     assert torch.equal(plain.weight, before)
+
+
+def test_data_dependent_init_without_bias():
+    torch.manual_seed(2)
+    layer = Linear(6, 4, bias=False, weight_norm=True).double()
+    x = torch.randn(50, 6, dtype=torch.float64) * 3 + 1
+    data_dependent_init(layer, x)  # the gain alone: unit standard deviation, no bias to zero or set
+    torch.testing.assert_close(layer(x).std(0), torch.ones(4, dtype=torch.float64))
+
+
+def test_frozen_weights_are_the_layers_own_and_undone():
+    torch.manual_seed(3)
+    mask = torch.tril(torch.ones(4, 6))
+    computing = [Conv2d(2, 3, 3, weight_norm=True), MaskedConv2d(2, 3, 3, "B"), ConvTranspose2d(2, 3, weight_norm=True),
+                 Linear(6, 4, weight_norm=True), MaskedLinear(mask)]
+    plain = [Conv2d(2, 3, 3), Linear(6, 4), ConvTranspose2d(2, 3)]
+    net = torch.nn.ModuleList(computing + plain).double()
+    inputs = [torch.randn(2, 2, 5, 5, dtype=torch.float64) if not isinstance(m, (Linear, MaskedLinear))
+              else torch.randn(2, 6, dtype=torch.float64) for m in net]
+    with torch.no_grad():
+        own = [m(x) for m, x in zip(net, inputs)]
+        with frozen_weights(net) as layers:
+            assert layers == computing
+            frozen = [m(x) for m, x in zip(net, inputs)]
+    for a, b in zip(own, frozen):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
+    assert all("forward" not in m.__dict__ for m in net)  # the classes' forwards again
+    with torch.no_grad():
+        net[0].g.mul_(2)
+        assert not torch.allclose(net[0](inputs[0]), own[0])  # the effective weight is computed afresh
 
 
 @pytest.mark.parametrize("kernel", [1, 3])

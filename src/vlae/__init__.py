@@ -6,21 +6,23 @@ The paper's building blocks, one module each:
 - :mod:`vlae.pixelcnn` -- PixelCNN decoders with an exact receptive field
 - :mod:`vlae.made` -- MADE
 - :mod:`vlae.flows` -- AF prior, IAF posterior, affine autoregressive steps
-- :mod:`vlae.encoder` -- ResNet encoder q(z|x); for spatial latents its mirror z -> conditioning maps
+- :mod:`vlae.encoder` -- ResNet encoder q(z|x), flat or spatial (ResNet or DenseNet)
+- :mod:`vlae.conditioning` -- z -> the decoder's conditioning maps, flat and spatial
 - :mod:`vlae.spatial_prior` -- AF prior over a latent map (PixelCNN flow steps)
-- :mod:`vlae.likelihood` -- Bernoulli likelihood
+- :mod:`vlae.likelihood` -- observation models: Bernoulli (binary), discretized logistic mixture (8-bit)
 - :mod:`vlae.model` -- the VLAE, its ELBO with free bits, and the IW bound
 - :mod:`vlae.config` -- configuration dataclasses and presets
 """
 
-from .config import Config, EvalConfig, ModelConfig, TrainConfig, apply_overrides, get_preset, PRESETS
+from .conditioning import ConditionUpsampler, SpatialUpsampler
+from .config import PRESETS, Config, EvalConfig, ModelConfig, TrainConfig, apply_overrides, get_preset
+from .encoder import Encoder, SpatialEncoder
 from .errors import VLAEError
-from .flows import AFPrior, AffineAutoregressive, GaussianPrior, IAFPosterior
+from .flows import AffineAutoregressive, AFPrior, GaussianPrior, IAFPosterior
 from .made import MADE
 from .masked_conv import MaskedConv2d, make_mask
 from .model import VLAE, Terms, nats_to_bits_per_dim
-from .pixelcnn import ConditionUpsampler, FactorizedDecoder, GatedPixelCNN, MaskedPixelCNN
-from .encoder import Encoder, SpatialEncoder, SpatialUpsampler
+from .pixelcnn import FactorizedDecoder, GatedPixelCNN, MaskedPixelCNN
 from .spatial_prior import SpatialAFPrior, latent_map
 
 __version__ = "0.1.0"

@@ -38,8 +38,23 @@ from typing import Any, Callable, Sequence
 
 from .config import Config, config_from_dict
 from .errors import VLAEError
-from .sweep import (Task, _add_common, _estimator, _print_outputs, _write_json, base_config, check_run_options,
-                    check_tasks, collect_results, command, parse_list, run_tasks, scope_note, standalone, write_table)
+from .sweep import (
+    Task,
+    _add_common,
+    _estimator,
+    _print_outputs,
+    _write_json,
+    base_config,
+    check_run_options,
+    check_tasks,
+    collect_results,
+    command,
+    parse_list,
+    run_tasks,
+    scope_note,
+    standalone,
+    write_table,
+)
 
 __all__ = ["VARIANTS", "ablation_tasks", "run_ablation", "write_ablation_report", "add_cli", "main"]
 
@@ -114,7 +129,7 @@ def run_ablation(out_dir: str | Path, base: Config, *, variants: Sequence[str] |
                  eval_subset: int = 1000, k: int = 64, eval_batch_size: int = 50, jobs: int = 0,
                  threads: int = 1, data: Any = None, test_images: Any = None,
                  log: Callable[[str], object] = print,
-                 ablation_config: dict[str, Any] | None = None) -> tuple[list[dict], dict]:
+                 ablation_config: dict[str, Any] | None = None) -> tuple[list[dict | None], dict]:
     """Run (or finish) the ablation and write its table.
 
     Returns:

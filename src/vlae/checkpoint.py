@@ -41,6 +41,7 @@ import torch
 
 from .config import Config, config_from_dict
 from .errors import VLAEError
+from .runtime import pick_device  # its home is vlae.runtime; still importable from here
 
 __all__ = ["FORMAT_VERSION", "save_checkpoint", "copy_checkpoint", "load_checkpoint", "load_model",
            "latest_checkpoint", "list_checkpoints", "resolve_checkpoint", "checkpoint_name", "export_safetensors",
@@ -173,10 +174,12 @@ def weights_mismatch(expected: dict[str, torch.Tensor], found: Any) -> str | Non
     def some(names: list[str]) -> str:
         return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
+    def described(value: Any) -> str:
+        return f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+
     missing = [k for k in expected if k not in found]
     unexpected = [k for k in found if k not in expected]
-    shapes = [f"{k} has {'shape ' + str(tuple(found[k].shape)) if isinstance(found[k], torch.Tensor) else type(found[k]).__name__}, "
-              f"expected {tuple(v.shape)}" for k, v in expected.items()
+    shapes = [f"{k} has {described(found[k])}, expected {tuple(v.shape)}" for k, v in expected.items()
               if k in found and not (isinstance(found[k], torch.Tensor) and found[k].shape == v.shape)]
     if missing:
         parts.append(f"missing {some(missing)}")
@@ -264,25 +267,6 @@ def load_model(path: str | os.PathLike, weights: str = "ema", device: str | torc
     model = _build(cfg, chosen if chosen is not None else state["model"], file,
                    "ema" if chosen is not None else "raw")
     return model.to(pick_device(str(device))).eval(), cfg
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """``"auto"``: cuda if available, else mps, else cpu; otherwise ``torch.device(name)``."""
-    if name != "auto":
-        try:
-            device = torch.device(name)
-        except RuntimeError:
-            raise VLAEError(f"invalid device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise VLAEError(f"device {name!r} requested but CUDA is not available (torch {torch.__version__})")
-        if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise VLAEError(f"device {name!r} requested but MPS is not available")
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def export_safetensors(path: str | os.PathLike, out: str | os.PathLike | None = None, weights: str = "ema") -> Path:

@@ -16,8 +16,8 @@ a ``(C_z, H/4, W/4)`` code read off by a 1x1 convolution,
 
 with 48 channels at full resolution and 96 below (``stage_channels``,
 ``stage_blocks``); ELU, weight normalisation with data-dependent init.
-:class:`SpatialUpsampler` mirrors it from ``z`` to the conditioning maps
-``(B, C_c, H, W)``, upsampling by stride-2 transposed convolutions.
+Its mirror from ``z`` to the conditioning maps, :class:`vlae.conditioning.SpatialUpsampler`,
+is built from the same stages (:func:`build_stage`).
 ``mu`` and ``log_sigma`` leave flat, ``(B, D)`` row-major ``(C_z, h, w)``
 (:func:`vlae.spatial_prior.latent_map` views them as maps again).
 
@@ -38,8 +38,6 @@ Example:
     >>> enc = SpatialEncoder((16, 8, 8), (3, 32, 32), stage_channels=(8, 16, 16), stage_blocks=(1, 1, 1))
     >>> enc(torch.zeros(2, 3, 32, 32))[0].shape
     torch.Size([2, 1024])
-    >>> SpatialUpsampler((16, 8, 8), (3, 32, 32), 4, stage_channels=(8, 16, 16))(torch.zeros(2, 1024)).shape
-    torch.Size([2, 4, 32, 32])
 """
 
 from __future__ import annotations
@@ -52,9 +50,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ENCODER_KINDS
-from .layers import Conv2d, ConvTranspose2d, Linear, ResBlock
+from .layers import Conv2d, Linear, ResBlock
 
-__all__ = ["Encoder", "SpatialEncoder", "SpatialUpsampler", "DenseBlock", "ENCODER_KINDS"]
+__all__ = ["Encoder", "SpatialEncoder", "DenseBlock", "ENCODER_KINDS"]
 
 # Output scales of the data-dependent init in the spatial networks. With unit-variance
 # residual branches, seven blocks multiply the variance by 2^7, and a single Adamax
@@ -119,10 +117,11 @@ class DenseBlock(nn.Module):
 Entry = Callable[[int, int], nn.Module]  # (in_channels, out_channels) -> the layer that opens a stage
 
 
-def _stage(kind: str, in_channels: int, width: int, blocks: int, dense_steps: int, entry: Entry,
-           weight_norm: bool) -> tuple[list[nn.Module], int]:
-    """One resolution: the entry layer, then ResNet blocks or dense blocks.
-    Returns the layers and their output channels."""
+def build_stage(kind: str, in_channels: int, width: int, blocks: int, dense_steps: int, entry: Entry,
+                weight_norm: bool) -> tuple[list[nn.Module], int]:
+    """One resolution of the spatial networks (:class:`SpatialEncoder` and its mirror
+    :class:`vlae.conditioning.SpatialUpsampler`): the entry layer, then ResNet blocks or
+    dense blocks. Returns the layers and their output channels."""
     wn = weight_norm
     if kind == "resnet" or blocks == 0:
         return [entry(in_channels, width)] + [ResBlock(width, 3, wn, RESIDUAL_INIT) for _ in range(blocks)], width
@@ -138,8 +137,9 @@ def _stage(kind: str, in_channels: int, width: int, blocks: int, dense_steps: in
     return layers, channels
 
 
-def _check_shapes(latent_shape: Sequence[int], image_shape: Sequence[int], stage_channels: Sequence[int],
-                  stage_blocks: Sequence[int], kind: str) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+def check_spatial_shapes(latent_shape: Sequence[int], image_shape: Sequence[int], stage_channels: Sequence[int],
+                         stage_blocks: Sequence[int], kind: str) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """``(latent_shape, image_shape)`` as int triples, or a ``ValueError`` naming what does not fit."""
     latent_shape, image_shape = tuple(int(s) for s in latent_shape), tuple(int(s) for s in image_shape)
     if len(latent_shape) != 3 or len(image_shape) != 3:
         raise ValueError(f"latent and image shapes must be (C, H, W), got {latent_shape} and {image_shape}")
@@ -173,7 +173,8 @@ class SpatialEncoder(nn.Module):
                  stage_channels: Sequence[int] = (48, 96, 96), stage_blocks: Sequence[int] = (2, 2, 3),
                  kind: str = "resnet", dense_steps: int = 3, context_dim: int = 0, weight_norm: bool = False):
         super().__init__()
-        latent_shape, image_shape = _check_shapes(latent_shape, image_shape, stage_channels, stage_blocks, kind)
+        latent_shape, image_shape = check_spatial_shapes(latent_shape, image_shape, stage_channels, stage_blocks,
+                                                         kind)
         wn = weight_norm
         stem: Entry = lambda i, o: Conv2d(i, o, 3, weight_norm=wn)  # noqa: E731
         down: Entry = lambda i, o: nn.Sequential(  # noqa: E731
@@ -181,7 +182,7 @@ class SpatialEncoder(nn.Module):
         layers: list[nn.Module] = []
         channels = image_shape[0]
         for k, (width, blocks) in enumerate(zip(stage_channels, stage_blocks)):
-            stage, channels = _stage(kind, channels, width, blocks, dense_steps, stem if k == 0 else down, wn)
+            stage, channels = build_stage(kind, channels, width, blocks, dense_steps, stem if k == 0 else down, wn)
             layers += stage
         self.net = nn.Sequential(*layers)
         self.head = Conv2d(channels, 2 * latent_shape[0], 1, weight_norm=wn)
@@ -198,36 +199,10 @@ class SpatialEncoder(nn.Module):
         return mu.flatten(1), log_sigma.flatten(1), h
 
 
-class SpatialUpsampler(nn.Module):
-    """Mirror of :class:`SpatialEncoder`: ``z (B, D)`` -> conditioning maps ``(B, C_c, H, W)``.
+def __getattr__(name: str):
+    # SpatialUpsampler lives in vlae.conditioning; importable from here for one release.
+    if name == "SpatialUpsampler":
+        from .conditioning import SpatialUpsampler
 
-    1x1 conv, the 1/4-resolution stage, stride-2 transposed conv, the
-    1/2-resolution stage, stride-2 transposed conv, the full-resolution stage,
-    3x3 conv to ``cond_channels`` maps (the encoder's layers in reverse).
-
-    Args:
-        latent_shape, image_shape, stage_channels, stage_blocks, kind, dense_steps,
-        weight_norm: as for :class:`SpatialEncoder` (stages listed from full resolution).
-        cond_channels: ``C_c``.
-    """
-
-    def __init__(self, latent_shape: Sequence[int], image_shape: Sequence[int] = (3, 32, 32),
-                 cond_channels: int = 4, stage_channels: Sequence[int] = (48, 96, 96),
-                 stage_blocks: Sequence[int] = (2, 2, 3), kind: str = "resnet", dense_steps: int = 3,
-                 weight_norm: bool = False):
-        super().__init__()
-        latent_shape, _ = _check_shapes(latent_shape, image_shape, stage_channels, stage_blocks, kind)
-        wn = weight_norm
-        entry: Entry = lambda i, o: Conv2d(i, o, 1, weight_norm=wn)  # noqa: E731
-        up: Entry = lambda i, o: nn.Sequential(nn.ELU(), ConvTranspose2d(i, o, weight_norm=wn))  # noqa: E731
-        layers: list[nn.Module] = []
-        channels = latent_shape[0]
-        for k, (width, blocks) in enumerate(zip(reversed(stage_channels), reversed(stage_blocks))):
-            stage, channels = _stage(kind, channels, width, blocks, dense_steps, entry if k == 0 else up, wn)
-            layers += stage
-        layers += [nn.ELU(), Conv2d(channels, cond_channels, 3, weight_norm=wn)]
-        self.net = nn.Sequential(*layers)
-        self.latent_shape = latent_shape
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z.view(z.shape[0], *self.latent_shape))
+        return SpatialUpsampler
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -31,7 +31,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import math
@@ -45,6 +44,7 @@ from typing import Any
 import torch
 
 from .errors import VLAEError
+from .layers import frozen_weights
 from .model import VLAE, nats_to_bits_per_dim, samples_per_pass
 
 __all__ = ["evaluate_model", "evaluate_block", "evaluate_checkpoint", "summarize", "image_seed", "parse_shard",
@@ -134,8 +134,8 @@ def evaluate_block(model: VLAE, x: torch.Tensor, indices: range, k: int, seed: i
         kl_dims += terms.kl_per_dim.double().view(n, b, d).sum(0)
     mu, log_sigma, h, _ = shared
     if iaf:  # E_q[z|x] by Monte Carlo, from the image's own stream after its k samples
-        z, _ = model.posterior.rsample(*(t.repeat(_MEAN_SAMPLES, 1) for t in (mu, log_sigma, h)),
-                                       eps[k:].flatten(0, 1))
+        mu_, log_sigma_, h_ = (t.repeat(_MEAN_SAMPLES, 1) for t in (mu, log_sigma, h))
+        z, _ = model.posterior.rsample(mu_, log_sigma_, h_, eps[k:].flatten(0, 1))
         mean = z.view(_MEAN_SAMPLES, b, d).mean(0)
     else:
         mean = mu
@@ -218,7 +218,7 @@ def _run_blocks(model: VLAE, images: torch.Tensor, chosen: list[range], k: int, 
     if progress is None:
         progress = sys.stderr.isatty()
     records, todo = [], []
-    for j, block in enumerate(chosen):
+    for block in chosen:
         done = store.load(block) if store is not None else None
         (records.append(done) if done is not None else todo.append(block))
     finished = sum(len(b) for b in chosen) - sum(len(b) for b in todo)
@@ -245,7 +245,8 @@ def evaluate_model(model: VLAE, images: torch.Tensor, k: int = 4096, batch_size:
 
     Args:
         model: a VLAE (evaluated in eval mode on its own device).
-        images: ``uint8`` (or float) 0/1 images ``(N, 1, H, W)``.
+        images: ``(N, C, H, W)`` images of the model's shape, ``uint8`` or float: 0/1 for a
+            binary (Bernoulli) model, 0..255 for an 8-bit (logistic mixture) one.
         k: importance samples per image.
         batch_size: images per block (evaluated together).
         chunk: importance samples per image evaluated at once (0: automatic);
@@ -262,7 +263,7 @@ def evaluate_model(model: VLAE, images: torch.Tensor, k: int = 4096, batch_size:
         ``estimator``, ``k``, ``images``.
     """
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
-        raise VLAEError(f"images must be a (N, 1, H, W) tensor, got {getattr(images, 'shape', type(images))}")
+        raise VLAEError(f"images must be a (N, C, H, W) tensor, got {getattr(images, 'shape', type(images))}")
     if images.shape[0] == 0:
         raise VLAEError("no images to evaluate")
     if k < 1:
@@ -280,7 +281,7 @@ def _evaluation_mode(model: VLAE, compiled: bool = False):
     """Eval mode; channels-last weights on a CPU (oneDNN's own layout: measured
     faster for these small convolutions); every layer's effective weight (weight
     normalisation, autoregressive mask) computed once instead of once per pass.
-    All undone afterwards; no number changes (the same weights, the same ops).
+    All undone afterwards; no number changes beyond float rounding (the same weights, the same ops).
 
     ``compiled``: leave the layers' own forwards in place. The compiled graph
     computes the effective weights itself (a few small kernels per pass), and
@@ -292,40 +293,13 @@ def _evaluation_mode(model: VLAE, compiled: bool = False):
     model.eval()
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    fixed = [] if compiled else _fix_weights(model)
     try:
-        yield
+        with contextlib.nullcontext() if compiled else frozen_weights(model):
+            yield
     finally:
-        for layer in fixed:
-            del layer.forward  # back to the class's forward, which recomputes the weight
         if channels_last:
             model.to(memory_format=torch.contiguous_format)
         model.train(was_training)
-
-
-def _fix_weights(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """Give each weight-normalised or masked layer a forward with its effective
-    weight precomputed (as its own forward computes it); returns those layers."""
-    import torch.nn.functional as F
-
-    from .layers import Conv2d, ConvTranspose2d, Linear
-    from .made import MaskedLinear
-
-    fixed = []
-    for m in model.modules():
-        if isinstance(m, Conv2d) and (m.weight_norm or m.mask is not None):
-            m.forward = m.frozen_forward()
-        elif isinstance(m, ConvTranspose2d) and m.weight_norm:
-            m.forward = functools.partial(F.conv_transpose2d, weight=m._effective_weight(m.weight).detach(),
-                                          bias=m.bias, stride=m.stride, padding=m.padding)
-        elif isinstance(m, Linear) and m.weight_norm:
-            m.forward = functools.partial(F.linear, weight=m._effective_weight(m.weight).detach(), bias=m.bias)
-        elif isinstance(m, MaskedLinear):
-            m.forward = functools.partial(F.linear, weight=(m.weight * m.mask).detach(), bias=m.bias)
-        else:
-            continue
-        fixed.append(m)
-    return fixed
 
 
 class _BlockStore:
@@ -403,8 +377,8 @@ def _refuse_other_data(target: Path, identity: dict[str, Any]) -> None:
     if not isinstance(old, dict) or "estimator" not in old:
         raise VLAEError(f"{target} exists and is not a vlae evaluation result; remove it or choose another --out")
     if not _same_data(old, identity):
-        before = old.get("data_identity") if isinstance(old.get("data_identity"), dict) else {}
-        was = before.get("source") or old.get("data") or old.get("dataset")
+        before = old.get("data_identity")
+        was = (before if isinstance(before, dict) else {}).get("source") or old.get("data") or old.get("dataset")
         raise VLAEError(f"{target} holds a result of other data ({was}); not replacing it with one of "
                         f"{identity['name']} {identity['split']} ({identity['source']}); choose another --out")
 
@@ -444,9 +418,10 @@ def evaluate_checkpoint(path: str | os.PathLike, split: str = "test", k: int | N
             not writable, or holding a result of other data; partials missing
             or of another evaluation.
     """
-    from .checkpoint import load_model, pick_device, resolve_checkpoint
+    from .checkpoint import load_model, resolve_checkpoint
     from .data import dataset_identity, fixed_subset, load_or_fallback
     from .outputs import prepare_output, write_json
+    from .runtime import Runtime, torchrun_ranks
 
     if subset < 0:
         raise VLAEError(f"invalid --subset: must be >= 0, got {subset}")
@@ -455,15 +430,12 @@ def evaluate_checkpoint(path: str | os.PathLike, split: str = "test", k: int | N
     shard = parse_shard(shard) if isinstance(shard, str) else shard
     if shard is not None and merge:
         raise VLAEError("--shard and --merge exclude each other: run the shards, then merge once")
-    rank, world = _ranks()
+    rank, world, _ = torchrun_ranks()
     if world > 1 and (shard is not None or merge):
         raise VLAEError("under torchrun the ranks are the shards: drop --shard/--merge")
     file = resolve_checkpoint(path)
-    dev = pick_device(device)
-    if world > 1 and dev.type == "cuda":
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
-        torch.cuda.set_device(dev)
-    model, cfg = load_model(file, weights=weights, device=dev)
+    rt = Runtime.create(device, "fp32", join=False)  # the process group only around the evaluation
+    model, cfg = load_model(file, weights=weights, device=rt.device)
     k = cfg.eval.k if k is None else k  # the run's own default: 512 for 8-bit presets (as the paper), 4096 binary
     if out is not None:  # before the (possibly long) evaluation
         prepare_output(out, "--out")
@@ -499,14 +471,14 @@ def evaluate_checkpoint(path: str | os.PathLike, split: str = "test", k: int | N
             return done  # this shard finished before: nothing to redo
         chosen = [blocks[j] for j in (shard_blocks(len(blocks), own) if own else range(len(blocks)))]
         desc = f"IW bound k={k}" + (f", shard {own[0]}/{own[1]}" if own else "")
-        with _process_group(world, dev), _evaluation_mode(model, compile):
+        with rt.process_group(), _evaluation_mode(model, compile):
             records = _run_blocks(model, images, chosen, k, seed, chunk, progress if rank == 0 else False,
                                   store, desc, compile)
             seconds = time.perf_counter() - t0
             if shard is not None:
                 return _write_partial(partial, shard, fingerprint, records, seconds, store, chosen)
             if world > 1:
-                records = _gather(records, rank, world)
+                records = rt.gather_to_main(records)
                 store.clear(chosen)
                 if rank != 0:
                     return {"partial": True, "rank": rank, "world_size": world, "images": sum(map(len, chosen))}
@@ -528,36 +500,6 @@ def evaluate_checkpoint(path: str | os.PathLike, split: str = "test", k: int | N
     write_json(target, result, default=str)
     result["path"] = str(target)
     return result
-
-
-def _ranks() -> tuple[int, int]:
-    """``(rank, world size)`` under torchrun (its environment variables), else ``(0, 1)``."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return (int(os.environ.get("RANK", "0")), world) if world > 1 else (0, 1)
-
-
-@contextlib.contextmanager
-def _process_group(world: int, device: torch.device):
-    """A process group for ``world > 1`` (NCCL on GPUs, gloo on CPUs), unless one exists."""
-    import torch.distributed as dist
-
-    mine = world > 1 and not dist.is_initialized()
-    if mine:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    try:
-        yield
-    finally:
-        if mine:
-            dist.destroy_process_group()
-
-
-def _gather(records: list[dict[str, torch.Tensor]], rank: int, world: int) -> list[dict[str, torch.Tensor]]:
-    """Every rank's records on rank 0 (empty elsewhere)."""
-    import torch.distributed as dist
-
-    parts: list[Any] | None = [None] * world if rank == 0 else None
-    dist.gather_object(records, parts, dst=0)
-    return [r for part in parts for r in part] if parts is not None else []
 
 
 def _fingerprint(file: Path, weights: str, images: torch.Tensor, k: int, seed: int, block: int) -> str:
@@ -616,7 +558,8 @@ def _read_partial(path: Path) -> dict[str, Any]:
         if "weights only load failed" in first.lower():  # never torch's advice to unpickle code
             first = "it holds objects other than tensors and plain containers"
         raise VLAEError(f"{path}: unreadable partial result (cut short or damaged: {first}); {again}") from None
-    fields = {"fingerprint": str, "shard": list, "records": list, "seconds": (int, float)}
+    fields: dict[str, type | tuple[type, ...]] = {"fingerprint": str, "shard": list, "records": list,
+                                                   "seconds": (int, float)}
     if not isinstance(part, dict) or any(not isinstance(part.get(k), t) for k, t in fields.items()) or not all(
             isinstance(r, dict) and isinstance(r.get("nll"), torch.Tensor) for r in part["records"]):
         raise VLAEError(f"{path}: not a partial result of `vlae eval --shard`; {again}")

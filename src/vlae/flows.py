@@ -127,7 +127,8 @@ class GaussianPrior(nn.Module):
         """``(B, D) -> (B,)``."""
         return self.log_prob_per_dim(z).sum(-1)
 
-    def rsample(self, n: int, eps: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    def rsample(self, n: int, eps: torch.Tensor | None = None, generator: torch.Generator | None = None
+                ) -> torch.Tensor:
         """``n`` samples ``(n, D)``; ``eps`` fixes the base noise."""
         if eps is None:
             eps = torch.randn(n, self.features, generator=generator, device=self._anchor.device,
@@ -163,7 +164,8 @@ class FlowPrior(GaussianPrior):
         eps, logdet = self.to_noise(z)
         return standard_normal_log_prob(eps) + logdet
 
-    def rsample(self, n: int, eps: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    def rsample(self, n: int, eps: torch.Tensor | None = None, generator: torch.Generator | None = None
+                ) -> torch.Tensor:
         """``n`` samples ``(n, D)`` through the sequential inverse; ``eps (n, D)`` fixes the noise."""
         z = super().rsample(n, eps, generator)
         self._check(z)

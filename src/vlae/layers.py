@@ -5,6 +5,9 @@ Weight normalisation (Salimans & Kingma, 2016) writes a weight as
 first batch sets ``g`` and the bias so that every unit starts with zero mean and
 unit variance. The VLAE paper trains all its networks this way.
 
+Such a layer computes its effective weight on every call; :func:`frozen_weights`
+computes it once for an evaluation of fixed weights.
+
 Example:
     >>> conv = Conv2d(1, 8, 3, weight_norm=True)
     >>> data_dependent_init(conv, torch.randn(16, 1, 28, 28))
@@ -14,14 +17,15 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["Conv2d", "ConvTranspose2d", "Linear", "ResBlock", "data_dependent_init"]
+__all__ = ["Conv2d", "ConvTranspose2d", "Linear", "ResBlock", "data_dependent_init", "frozen_weights"]
 
 
 class _WeightNorm:
@@ -89,9 +93,19 @@ class Linear(nn.Linear, _WeightNorm):
         if self._ddi_pending:
             with torch.no_grad():
                 self.g.fill_(1.0)
-                self.bias.zero_()
+                if self.bias is not None:
+                    self.bias.zero_()
             return self._data_dependent_init(F.linear(x, self._effective_weight(self.weight), self.bias))
         return F.linear(x, self._effective_weight(self.weight), self.bias)
+
+    @property
+    def computes_weight(self) -> bool:
+        """Whether :meth:`forward` computes the effective weight on every call."""
+        return self.weight_norm
+
+    def frozen_forward(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """This layer's forward with its effective weight computed once (see :func:`frozen_weights`)."""
+        return functools.partial(F.linear, weight=self._effective_weight(self.weight).detach(), bias=self.bias)
 
 
 class Conv2d(nn.Conv2d, _WeightNorm):
@@ -104,6 +118,8 @@ class Conv2d(nn.Conv2d, _WeightNorm):
     Args:
         mask: ``(kh, kw)`` tensor of 0/1, or ``None`` for an ordinary convolution.
     """
+
+    mask: torch.Tensor | None
 
     def __init__(
         self,
@@ -149,6 +165,11 @@ class Conv2d(nn.Conv2d, _WeightNorm):
             out = F.conv2d(x, self.masked_weight(), self.bias, self.stride, self.padding)
             return self._data_dependent_init(out)
         return self._convolve(x, self._cropped(self.masked_weight()))
+
+    @property
+    def computes_weight(self) -> bool:
+        """Whether :meth:`forward` computes the effective weight on every call."""
+        return self.weight_norm or self.mask is not None
 
     def frozen_forward(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """This layer's forward with its effective weight (weight norm, mask,
@@ -220,10 +241,21 @@ class ConvTranspose2d(nn.ConvTranspose2d, _WeightNorm):
         if self._ddi_pending:
             with torch.no_grad():
                 self.g.fill_(1.0)
-                self.bias.zero_()
+                if self.bias is not None:
+                    self.bias.zero_()
             out = F.conv_transpose2d(x, self._effective_weight(self.weight), self.bias, self.stride, self.padding)
             return self._data_dependent_init(out)
         return F.conv_transpose2d(x, self._effective_weight(self.weight), self.bias, self.stride, self.padding)
+
+    @property
+    def computes_weight(self) -> bool:
+        """Whether :meth:`forward` computes the effective weight on every call."""
+        return self.weight_norm
+
+    def frozen_forward(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """This layer's forward with its effective weight computed once (see :func:`frozen_weights`)."""
+        return functools.partial(F.conv_transpose2d, weight=self._effective_weight(self.weight).detach(),
+                                 bias=self.bias, stride=self.stride, padding=self.padding)
 
 
 class ResBlock(nn.Module):
@@ -256,3 +288,32 @@ def data_dependent_init(module: nn.Module, *inputs, **kwargs) -> None:
     finally:
         for m in layers:
             m._ddi_pending = False
+
+
+@contextlib.contextmanager
+def frozen_weights(module: nn.Module) -> Iterator[list[nn.Module]]:
+    """Within the block, every layer of ``module`` whose forward computes its
+    effective weight on each call (weight normalisation, an autoregressive mask:
+    ``computes_weight``) uses that weight computed once, as its own forward computes
+    it, by its ``frozen_forward()``. Yields those layers; their own forwards return
+    on exit. The outputs are the layers' own up to float rounding (the same weights
+    and operations; a masked kernel's cropped weight, made contiguous, may take
+    another convolution kernel). The weights must not change inside the block:
+    evaluation only.
+
+    Example:
+        >>> conv = Conv2d(1, 4, 3, weight_norm=True, mask=torch.tensor([[1., 1, 1], [1, 0, 0], [0, 0, 0]]))
+        >>> x = torch.randn(2, 1, 8, 8)
+        >>> with torch.no_grad(), frozen_weights(conv) as layers:
+        ...     y = conv(x)
+        >>> len(layers), torch.allclose(y, conv(x), rtol=0, atol=1e-6)
+        (1, True)
+    """
+    layers = [m for m in module.modules() if getattr(m, "computes_weight", False)]
+    for m in layers:
+        m.forward = m.frozen_forward()
+    try:
+        yield layers
+    finally:
+        for m in layers:
+            del m.forward  # back to the class's forward, which recomputes the weight

@@ -23,7 +23,8 @@ References:
 
 from __future__ import annotations
 
-from typing import Sequence
+import functools
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -38,12 +39,18 @@ class MaskedLinear(nn.Linear):
     """``nn.Linear`` whose weight is multiplied by a fixed 0/1 ``mask`` buffer
     of shape ``(out_features, in_features)`` in the forward pass."""
 
+    computes_weight = True  # the masked weight, on every call (see vlae.layers.frozen_weights)
+
     def __init__(self, mask: torch.Tensor, bias: bool = True):
         super().__init__(mask.shape[1], mask.shape[0], bias=bias)
         self.register_buffer("mask", mask.to(self.weight.dtype).clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight * self.mask, self.bias)
+
+    def frozen_forward(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """This layer's forward with its masked weight computed once."""
+        return functools.partial(F.linear, weight=(self.weight * self.mask).detach(), bias=self.bias)
 
 
 class MADE(nn.Module):

@@ -38,18 +38,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
 
+from .conditioning import ConditionUpsampler, SpatialUpsampler
 from .config import ModelConfig
-from .encoder import Encoder, SpatialEncoder, SpatialUpsampler
+from .encoder import Encoder, SpatialEncoder
 from .errors import VLAEError
 from .flows import AFPrior, GaussianPrior, IAFPosterior
 from .layers import data_dependent_init
-from .spatial_prior import SpatialAFPrior
 from .likelihood import observation_model
-from .pixelcnn import DECODERS, ConditionUpsampler, FactorizedDecoder, GatedPixelCNN, MaskedPixelCNN
+from .pixelcnn import DECODERS, FactorizedDecoder, GatedPixelCNN, MaskedPixelCNN
+from .spatial_prior import SpatialAFPrior
 
 __all__ = ["VLAE", "Terms", "nats_to_bits_per_dim", "samples_per_pass"]
 
@@ -114,9 +116,10 @@ class VLAE(nn.Module):
             context = cfg.iaf_context if (cfg.posterior == "iaf" and cfg.iaf_steps > 0) else 0
             self.posterior = IAFPosterior(d, cfg.iaf_steps if cfg.posterior == "iaf" else 0, cfg.iaf_hidden, context)
             if cfg.latent_shape:  # the paper's CIFAR-10 model: a (C, h, w) code, flat (B, D) outside
-                shape = tuple(cfg.latent_shape)
-                nets = dict(stage_channels=cfg.stage_channels, stage_blocks=cfg.stage_blocks, kind=cfg.encoder_kind,
-                            dense_steps=cfg.dense_steps, weight_norm=wn)
+                c, h, w = cfg.latent_shape
+                shape = (c, h, w)
+                nets: dict[str, Any] = dict(stage_channels=cfg.stage_channels, stage_blocks=cfg.stage_blocks,
+                                            kind=cfg.encoder_kind, dense_steps=cfg.dense_steps, weight_norm=wn)
                 self.encoder = SpatialEncoder(shape, cfg.image_shape, context_dim=context, **nets)
                 self.prior = (SpatialAFPrior(shape, cfg.flow_steps, cfg.prior_hidden, cfg.prior_layers,
                                              cfg.prior_kernel, cfg.mean_only, wn)
@@ -133,7 +136,7 @@ class VLAE(nn.Module):
 
     def _build_decoder(self, cfg: ModelConfig, cond: int) -> nn.Module:
         wn, c, p = cfg.weight_norm, cfg.image_shape[0], self.obs.param_channels
-        io = dict(in_channels=c, out_channels=p, gray_context=cfg.gray_context)
+        io: dict[str, Any] = dict(in_channels=c, out_channels=p, gray_context=cfg.gray_context)
         if cfg.decoder == "masked":
             return MaskedPixelCNN(cfg.decoder_layers, cfg.decoder_kernel, cfg.decoder_filters, cond,
                                   cfg.decoder_blocks_1x1, cfg.tie_weights, cfg.cond_every_layer, wn, **io)

@@ -12,7 +12,7 @@ observation model (:meth:`vlae.likelihood.ObservationModel.scale`), and a
 conditioning feature map ``cond: (B, C_c, H, W)`` (or ``None`` for an
 unconditional PixelCNN) to ``P`` parameters per pixel ``(B, P, H, W)`` (one
 Bernoulli logit, or a logistic mixture's 100 numbers). The conditioning map is
-computed from ``z`` by :class:`ConditionUpsampler`; the paper concatenates a
+computed from ``z`` by :class:`vlae.conditioning.ConditionUpsampler`; the paper concatenates a
 28x28x4 such map with the image, which is the same as adding an unmasked
 convolution of the map to the first masked layer, as done here.
 
@@ -78,10 +78,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import Conv2d, ConvTranspose2d, Linear, ResBlock
-from .masked_conv import MaskedConv2d, Offsets, dilate, extent, full_offsets, mask_offsets, make_mask
+from .layers import Conv2d, ResBlock
+from .masked_conv import MaskedConv2d, Offsets, dilate, extent, full_offsets, make_mask, mask_offsets
 
-__all__ = ["MaskedPixelCNN", "GatedPixelCNN", "FactorizedDecoder", "ConditionUpsampler", "DECODERS",
+__all__ = ["MaskedPixelCNN", "GatedPixelCNN", "FactorizedDecoder", "DECODERS",
            "GRAY_WEIGHTS", "grayscale", "parse_field", "field_depths", "field_offsets", "field_name"]
 
 _ORIGIN: Offsets = frozenset({(0, 0)})
@@ -371,15 +371,19 @@ class GatedPixelCNN(_Decoder):
         """The outputs from :meth:`image_part` of ``B`` images and a conditioning map of
         ``k * B`` (sample-major: ``cond[s * B + b]`` belongs to image ``b``)."""
         skip = 0
+        # the gated vertical and horizontal stacks, bound by each layer for the next (F821: ruff
+        # does not follow a name bound in an earlier iteration)
+        v: torch.Tensor
+        h: torch.Tensor
         for l in range(self.layers):
             if l == 0:
                 v_lin, h_pre = part
                 v_pre = v_lin
             else:
                 if l < self.vertical_layers:  # later horizontal layers reuse the last vertical layer's
-                    v_lin = self.v_convs[l](v)
+                    v_lin = self.v_convs[l](v)  # noqa: F821
                     v_pre = v_lin
-                h_pre = _add_shared(self.h_convs[l](h), self.v_to_h[l](v_lin))
+                h_pre = _add_shared(self.h_convs[l](h), self.v_to_h[l](v_lin))  # noqa: F821
             if l < len(self.conds):
                 c = self.conds[l](cond)
                 if l < self.vertical_layers:
@@ -389,7 +393,7 @@ class GatedPixelCNN(_Decoder):
             if l < self.vertical_layers - 1:
                 v = self._gate(v_pre)
             g = self._gate(h_pre)
-            h = self.h_out[l](g) if l == 0 else h + self.h_out[l](g)
+            h = self.h_out[l](g) if l == 0 else h + self.h_out[l](g)  # noqa: F821
             skip = skip + self.skips[l](g)
         for block in self.blocks:
             h, skip = block(h, skip, cond)
@@ -481,33 +485,13 @@ def _check_gray(gray_context: bool, in_channels: int) -> bool:
     return gray_context
 
 
-class ConditionUpsampler(nn.Module):
-    """ResNet that turns ``z: (B, D)`` into the conditioning map ``(B, C_c, H, W)``.
-
-    ``z`` is projected to a ``H/4 x W/4`` grid and upsampled twice by strided
-    transposed convolutions, with residual blocks at ``H/4`` and ``H/2`` (the
-    paper's 28x28x4 map for MNIST; full-resolution blocks would dominate the cost).
-    """
-
-    def __init__(self, latent_dim: int, image_shape: tuple[int, int, int] = (1, 28, 28), channels: int = 32,
-                 cond_channels: int = 4, blocks: int = 1, weight_norm: bool = False):
-        super().__init__()
-        _, height, width = image_shape
-        if height % 4 or width % 4:
-            raise ValueError(f"image height and width must be multiples of 4, got {height}x{width}")
-        self.grid = (channels, height // 4, width // 4)
-        self.proj = Linear(latent_dim, channels * (height // 4) * (width // 4), weight_norm=weight_norm)
-        wn = weight_norm
-        self.net = nn.Sequential(
-            *(ResBlock(channels, 3, wn) for _ in range(blocks)),
-            nn.ELU(), ConvTranspose2d(channels, channels, weight_norm=wn),
-            *(ResBlock(channels, 3, wn) for _ in range(blocks)),
-            nn.ELU(), ConvTranspose2d(channels, channels, weight_norm=wn),
-            nn.ELU(), Conv2d(channels, cond_channels, 3, weight_norm=wn),
-        )
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(self.proj(z).view(z.shape[0], *self.grid))
-
-
 DECODERS = {"masked": MaskedPixelCNN, "gated": GatedPixelCNN, "factorized": FactorizedDecoder}
+
+
+def __getattr__(name: str):
+    # ConditionUpsampler lives in vlae.conditioning; importable from here for one release.
+    if name == "ConditionUpsampler":
+        from .conditioning import ConditionUpsampler
+
+        return ConditionUpsampler
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

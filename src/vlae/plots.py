@@ -1,7 +1,7 @@
 """Figures of a VLAE: training curves, lossy reconstructions, samples (binary
 or colour), the grayscale experiment of a gray-context decoder, the
-per-dimension KL (as ``C`` maps for a spatial code ``(C, h, w)``), latent traversals and interpolations, and the decoder's
-receptive field checked against autograd.
+per-dimension KL (as ``C`` maps for a spatial code ``(C, h, w)``), latent traversals and interpolations,
+and the decoder's receptive field checked against autograd.
 
 All figures are drawn with matplotlib's object-oriented API on an Agg canvas
 (no pyplot, no global backend change, so importing this module in a notebook
@@ -21,7 +21,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -137,7 +137,8 @@ def read_metrics(metrics_path, notice: Callable[[str], object] | None = _warn) -
     one warning through ``notice``. A file that is not UTF-8 text raises
     :class:`VLAEError`.
     """
-    train, valid = [], []
+    train: list[dict] = []
+    valid: list[dict] = []
     path = Path(metrics_path)
     if not path.is_file():
         raise VLAEError(f"metrics file {path} does not exist")
@@ -169,7 +170,7 @@ def read_metrics(metrics_path, notice: Callable[[str], object] | None = _warn) -
     return train, valid
 
 
-def _series(records: list[dict], key: str, xs: list[float]) -> tuple[list[float], list[float]]:
+def _series(records: list[dict], key: str, xs: list[float | None]) -> tuple[list[float], list[float]]:
     pts = [(x, float(r[key])) for x, r in zip(xs, records) if isinstance(r.get(key), (int, float))
            and x is not None and math.isfinite(float(r[key]))]
     return [p[0] for p in pts], [p[1] for p in pts]
@@ -186,7 +187,7 @@ def _smooth(values: list[float], span: int) -> np.ndarray:
 
 def _valid_steps(train: list[dict], valid: list[dict]) -> list[float | None]:
     """A step for each validation record: its own, else the last training step of its epoch."""
-    last = {}
+    last: dict[Any, Any] = {}
     for r in train:
         if isinstance(r.get("epoch"), (int, float)) and isinstance(r.get("step"), (int, float)):
             last[r["epoch"]] = max(last.get(r["epoch"], r["step"]), r["step"])
@@ -452,7 +453,7 @@ def _kl_maps(model, kl: torch.Tensor, out, draws: int) -> Path:
     c = shape[0]
     cols = min(c, 8)
     rows = math.ceil(c / cols)
-    mosaic = [[f"m{r * cols + j}" if r * cols + j < c else "." for j in range(cols)] for r in range(rows)]
+    mosaic: list[Any] = [[f"m{r * cols + j}" if r * cols + j < c else "." for j in range(cols)] for r in range(rows)]
     mosaic.append(["images"] * cols)
     fig = Figure(figsize=(1.4 * cols + 2.0, 1.5 * rows + 4.0), layout="constrained")
     axes = fig.subplot_mosaic(mosaic, height_ratios=[1] * rows + [2.2])
@@ -599,8 +600,8 @@ def plot_receptive_field(model_or_decoder, out, pixel: tuple[int, int] | None = 
     dec = _decoder_of(model_or_decoder)
     if shape is None:
         cfg = getattr(model_or_decoder, "cfg", None)
-        shape = tuple(cfg.image_shape[1:]) if cfg is not None else (28, 28)
-    pixel = tuple(pixel) if pixel is not None else _default_pixel(dec, shape)
+        shape = (cfg.image_shape[1], cfg.image_shape[2]) if cfg is not None else (28, 28)
+    pixel = (pixel[0], pixel[1]) if pixel is not None else _default_pixel(dec, shape)
     if not (0 <= pixel[0] < shape[0] and 0 <= pixel[1] < shape[1]):
         raise VLAEError(f"pixel {pixel} lies outside the {shape[0]}x{shape[1]} image")
     support = jacobian_support(dec, pixel, shape)

@@ -26,7 +26,7 @@ import math
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -37,11 +37,12 @@ from .protocols import PROTOCOLS, Protocol
 __all__ = ["protocol_config", "project", "reproduce", "add_cli"]
 
 
-def protocol_config(protocol: Protocol, device: str = "auto", overrides: list[str] = ()) -> Config:
+def protocol_config(protocol: Protocol, device: str = "auto", overrides: Sequence[str] = ()) -> Config:
     """The protocol's preset with its batch size, length and data, then ``overrides``."""
     cfg = get_preset(protocol.preset)
     t = cfg.train
-    t.dataset, t.batch_size, t.device, t.train_on_valid = protocol.dataset, protocol.batch_size, device, protocol.train_on_valid
+    t.dataset, t.batch_size, t.device = protocol.dataset, protocol.batch_size, device
+    t.train_on_valid = protocol.train_on_valid
     t.epochs, t.max_steps = (0, protocol.steps) if protocol.steps else (protocol.epochs, 0)
     cfg.eval.k = protocol.eval_k
     return apply_overrides(cfg, list(overrides)).validate()
@@ -103,7 +104,7 @@ def _hours(h: float) -> str:
 
 
 def reproduce(name: str, run_dir: str | Path, *, yes: bool = False, time_budget: float = 0.0, resume: bool = False,
-              device: str = "auto", data_dir: str | None = None, overrides: list[str] = (), warmup_steps: int = 30,
+              device: str = "auto", data_dir: str | None = None, overrides: Sequence[str] = (), warmup_steps: int = 30,
               subset: int = 0, k: int | None = None, notice: Callable[[str], object] = print) -> dict[str, Any]:
     """Run protocol ``name`` into ``run_dir`` (see the module docstring); returns the report."""
     from .evaluate import evaluate_checkpoint
@@ -121,8 +122,9 @@ def reproduce(name: str, run_dir: str | Path, *, yes: bool = False, time_budget:
                         "or choose another --run-dir")
     plan = project(cfg, protocol, warmup_steps, notice)
     notice(f"{name} on {plan['device']}: training {plan['train_images']:,} images at "
-           f"{plan['train_images_per_s']:,.0f} images/s ~ {_hours(plan['train_hours'])}, IW bound (k={protocol.eval_k}, "
-           f"{protocol.test_images:,} test images) ~ {_hours(plan['eval_hours'])}: about {_hours(plan['total_hours'])} in all")
+           f"{plan['train_images_per_s']:,.0f} images/s ~ {_hours(plan['train_hours'])}, "
+           f"IW bound (k={protocol.eval_k}, {protocol.test_images:,} test images) ~ {_hours(plan['eval_hours'])}: "
+           f"about {_hours(plan['total_hours'])} in all")
     if plan["device"] == "cpu" and not yes and not time_budget:
         raise VLAEError(f"{name} would take about {_hours(plan['total_hours'])} on this CPU (projected from a timed "
                         "warm-up); pass --yes to start it anyway, or --time-budget SECONDS to train for a fixed time")
@@ -140,7 +142,7 @@ def reproduce(name: str, run_dir: str | Path, *, yes: bool = False, time_budget:
     return report
 
 
-def _report(protocol: Protocol, cfg: Config, plan: dict, summary: dict, result: dict, overrides: list[str],
+def _report(protocol: Protocol, cfg: Config, plan: dict, summary: dict, result: dict, overrides: Sequence[str],
             time_budget: float, subset: int, k: int | None) -> dict[str, Any]:
     ours = result["bits_per_dim"] if protocol.unit == "bits/dim" else result["nll"]
     seen = summary["steps"] * cfg.train.batch_size * summary["world_size"]
@@ -150,7 +152,8 @@ def _report(protocol: Protocol, cfg: Config, plan: dict, summary: dict, result: 
     deviations += [f"config overrides: {', '.join(overrides)}"] if overrides else []
     deviations += [f"test images: {result['images']:,} of {protocol.test_images:,}"] if subset else []
     deviations += [f"IW bound with k={k} (the paper: {protocol.eval_k})"] if k and k != protocol.eval_k else []
-    deviations += [f"data: {result['data']} (a fallback, not the paper's dataset)"] if result.get("data_fallback") else []
+    if result.get("data_fallback"):
+        deviations.append(f"data: {result['data']} (a fallback, not the paper's dataset)")
     return {"protocol": protocol.name, "source": protocol.source, "paper": protocol.paper_value, "unit": protocol.unit,
             "ours": ours, "estimator": result["estimator"], "iw_nll_nats": result["nll"],
             "bits_per_dim": result["bits_per_dim"], "elbo_nats": result["elbo"], "k": result["k"],

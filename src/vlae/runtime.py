@@ -14,17 +14,18 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
 
-from .checkpoint import pick_device
 from .errors import VLAEError
 
-__all__ = ["Runtime", "torchrun_ranks"]
+__all__ = ["Runtime", "pick_device", "torchrun_ranks"]
 
 
 def torchrun_ranks() -> tuple[int, int, int]:
@@ -34,6 +35,25 @@ def torchrun_ranks() -> tuple[int, int, int]:
         return 0, 1, 0
     rank = int(os.environ.get("RANK", "0"))
     return rank, world, int(os.environ.get("LOCAL_RANK", rank))
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``"auto"``: cuda if available, else mps, else cpu; otherwise ``torch.device(name)``."""
+    if name != "auto":
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise VLAEError(f"invalid device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise VLAEError(f"device {name!r} requested but CUDA is not available (torch {torch.__version__})")
+        if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise VLAEError(f"device {name!r} requested but MPS is not available")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
 
 
 @dataclass(frozen=True)
@@ -46,8 +66,9 @@ class Runtime:
     bf16: bool = False
 
     @classmethod
-    def create(cls, device: str = "auto", precision: str = "auto") -> "Runtime":
-        """Choose the device and precision, and join torchrun's process group (once).
+    def create(cls, device: str = "auto", precision: str = "auto", join: bool = True) -> "Runtime":
+        """Choose the device and precision, and join torchrun's process group (once;
+        ``join=False``: only within :meth:`process_group`).
 
         ``precision="auto"`` is bf16 on CUDA devices that support it, else fp32.
         """
@@ -56,8 +77,8 @@ class Runtime:
         if world > 1 and dev.type == "cuda":
             dev = torch.device("cuda", local_rank)
             torch.cuda.set_device(dev)
-        if world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        if join and world > 1 and not dist.is_initialized():
+            dist.init_process_group(_backend(dev))
         bf16 = precision == "bf16" or (precision == "auto" and dev.type == "cuda" and torch.cuda.is_bf16_supported())
         if bf16 and dev.type not in ("cuda", "cpu"):
             raise VLAEError(f"invalid option train.precision: bf16 is not supported on {dev.type}")
@@ -83,7 +104,9 @@ class Runtime:
     def autocast(self) -> AbstractContextManager:
         """The context the model's forward pass runs in (bf16 autocast, or nothing)."""
         # no cast cache: a CUDA graph must not capture casts made outside it
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=False) if self.bf16 else nullcontext()
+        if not self.bf16:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=False)
 
     def all_reduce_mean(self, values: torch.Tensor) -> torch.Tensor:
         """The mean of ``values`` over the processes (``values`` itself for one process)."""
@@ -92,3 +115,29 @@ class Runtime:
         out = values.to(self.device)
         dist.all_reduce(out)
         return out / self.world
+
+    @contextlib.contextmanager
+    def process_group(self) -> Iterator[None]:
+        """Within the block, torchrun's process group: joined on entry unless it exists,
+        left on exit if joined here (nothing for one process)."""
+        mine = self.distributed and not dist.is_initialized()
+        if mine:
+            dist.init_process_group(_backend(self.device))
+        try:
+            yield
+        finally:
+            if mine:
+                dist.destroy_process_group()
+
+    def gather_to_main(self, items: list[Any]) -> list[Any]:
+        """Every process's ``items``, in rank order, on the main process (empty elsewhere;
+        ``items`` itself for one process). Inside :meth:`process_group`."""
+        if not self.distributed:
+            return items
+        parts: list[Any] | None = [None] * self.world if self.main else None
+        dist.gather_object(items, parts, dst=0)
+        return [item for part in parts for item in part] if parts is not None else []
+
+
+def _backend(device: torch.device) -> str:
+    return "nccl" if device.type == "cuda" else "gloo"

@@ -116,6 +116,11 @@ def wavefront_slope(offsets) -> int:
     return s
 
 
+def _crops(full: torch.Tensor, members: list[tuple[int, int, int]], h: int, w: int) -> torch.Tensor:
+    """The ``h x w`` windows of ``full`` at each member's corner ``(r0, c0)``, stacked crop-major."""
+    return torch.cat([full[:, :, r0:r0 + h, c0:c0 + w] for _, r0, c0 in members])
+
+
 def _wavefronts(height: int, width: int, slope: int, shift: int = 0, device=None) -> dict[int, torch.Tensor]:
     """Flat positions ``i * W + j`` grouped by time ``slope * i + j - shift``."""
     t = (slope * torch.arange(height)[:, None] + torch.arange(width)[None, :] - shift).flatten()
@@ -369,10 +374,8 @@ class _WindowEngine(_Engine):
             groups.setdefault((r1 - r0, c1 - c0, i - r0, j - c0), []).append((k, r0, c0))
         n = self.canvas.shape[0]
         for (h, w, ci, cj), members in groups.items():
-            def crops(full: torch.Tensor) -> torch.Tensor:
-                return torch.cat([full[:, :, r0:r0 + h, c0:c0 + w] for _, r0, c0 in members])
-
-            xs, cs = crops(self.canvas), None if self.cond is None else crops(self.cond)
+            xs = _crops(self.canvas, members, h, w)
+            cs = None if self.cond is None else _crops(self.cond, members, h, w)
             p = self.dec(self.scale(xs), cs)[:, :, ci, cj].view(len(members), n, -1)  # crop-major
             if out is None:
                 out = p.new_empty(n, pos.numel(), p.shape[-1])
@@ -466,6 +469,7 @@ class FastSampler:
                 summary = s.new_zeros(n, s.shape[1], height * width)
             x[:, :, pos], summary[:, :, pos] = xs, s
             engine.write_pixels(pos, xs.transpose(1, 2))
+        assert summary is not None  # every image has a pixel
         x, summary = x.view(n, channels, height, width), summary.view(n, -1, height, width)
         return (x, summary) if return_probs else x
 

@@ -93,6 +93,8 @@ class ChannelMaskedConv2d(Conv2d):
         strict: the first layer of a network (an output must not see its own variable).
     """
 
+    mask: torch.Tensor
+
     def __init__(self, in_groups: torch.Tensor, out_groups: torch.Tensor, kernel_size: int = 3,
                  strict: bool = False, weight_norm: bool = False):
         spatial = make_mask(kernel_size, "A")
@@ -163,10 +165,9 @@ class LatentPixelCNN(nn.Module):
         """``(D, D)`` bool, ``D = C*h*w`` (row-major ``(C, h, w)``): entry
         ``[d, e]`` is true iff some output for variable ``d`` depends on input
         ``e``, derived from the masks (cost ``O((hidden*h*w)^2)``: small maps)."""
-        reach = None
-        for conv in self.convs:
-            a = conv.connectivity(height, width).double()
-            reach = a if reach is None else (a @ reach).clamp_max(1)
+        reach = self.convs[0].connectivity(height, width).double()
+        for conv in self.convs[1:]:
+            reach = (conv.connectivity(height, width).double() @ reach).clamp_max(1)
         d = self.channels * height * width
         return reach.view(self.n_params, d, d).amax(0) > 0
 
@@ -186,7 +187,8 @@ class PixelCNNAutoregressive(nn.Module):
                  kernel_size: int = 3, reverse: bool = False, mean_only: bool = True, scale_bound: float = 3.0,
                  weight_norm: bool = False):
         super().__init__()
-        self.latent_shape = tuple(int(s) for s in latent_shape)
+        c, h, w = (int(s) for s in latent_shape)
+        self.latent_shape = (c, h, w)
         self.features = math.prod(self.latent_shape)
         self.reverse, self.mean_only, self.scale_bound = reverse, mean_only, scale_bound
         self.net = LatentPixelCNN(self.latent_shape[0], hidden, layers, kernel_size, 1 if mean_only else 2,
@@ -262,7 +264,8 @@ class SpatialAFPrior(FlowPrior):
 
     def __init__(self, latent_shape: tuple[int, int, int], steps: int = 6, hidden: int = 128, layers: int = 2,
                  kernel_size: int = 3, mean_only: bool = True, weight_norm: bool = False):
-        latent_shape = tuple(int(s) for s in latent_shape)
+        c, h, w = (int(s) for s in latent_shape)
+        latent_shape = (c, h, w)
         super().__init__(math.prod(latent_shape))
         self.latent_shape = latent_shape
         self.steps = nn.ModuleList(

@@ -283,8 +283,6 @@ def _write_json(path: Path, obj: Any) -> None:
 
 def _run_task(payload: dict[str, Any]) -> dict[str, Any]:
     """Train, evaluate and record one run (in a worker process)."""
-    import torch
-
     from .checkpoint import load_model
     from .evaluate import evaluate_model
     from .train import train
@@ -375,7 +373,7 @@ def check_run_options(*, jobs: int, threads: int, k: int, eval_subset: int, eval
 
 def run_tasks(tasks: Sequence[Task], out_dir: str | os.PathLike, *, eval_subset: int = 1000, k: int = 64,
               eval_batch_size: int = 50, jobs: int = 0, threads: int = 1, data: Any = None,
-              test_images: Any = None, log: Callable[[str], object] = print) -> tuple[list[dict], dict]:
+              test_images: Any = None, log: Callable[[str], object] = print) -> tuple[list[dict | None], dict]:
     """Run every task not finished yet, ``jobs`` at a time, each in a fresh process.
 
     A task whose ``<out_dir>/<name>/results.json`` exists is skipped (after
@@ -403,7 +401,7 @@ def run_tasks(tasks: Sequence[Task], out_dir: str | os.PathLike, *, eval_subset:
         threads: torch threads per worker.
         data: passed to :func:`vlae.train.train` as ``data=`` (default: each
             run loads its dataset itself).
-        test_images: ``uint8 (N, 1, H, W)`` evaluation images, of which the
+        test_images: ``uint8 (N, C, H, W)`` evaluation images, of which the
             first ``eval_subset`` are used (default: ``eval_subset`` test
             images of the configured dataset).
         log: one line per event.
@@ -527,9 +525,11 @@ class Stopped(KeyboardInterrupt):
 class _Workers:
     """At most ``jobs`` worker processes, one per run, and what happens on SIGINT or SIGTERM."""
 
-    def __init__(self, context: multiprocessing.context.BaseContext, jobs: int, init: tuple):
+    def __init__(self, context: multiprocessing.context.SpawnContext | multiprocessing.context.ForkServerContext,
+                 jobs: int, init: tuple):
         self.context, self.jobs, self.init = context, jobs, init
-        self.signum, self.signals, self.previous = 0, 0, {}
+        self.signum, self.signals = 0, 0
+        self.previous: dict[signal.Signals, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.signum = self.signum or signum
@@ -557,7 +557,7 @@ class _Workers:
             for sig, handler in self.previous.items():
                 signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
-    def _start(self, payload: dict) -> tuple[Any, Any]:
+    def _start(self, payload: dict) -> list[Any]:
         receive, send = self.context.Pipe(duplex=False)
         process = self.context.Process(target=_worker, args=(payload, send, *self.init), name=payload["name"],
                                        daemon=False)
@@ -706,7 +706,7 @@ def _check_folder_settings(out: Path, reference: dict[str, Any] | None = None) -
                             f"a table holds runs of one setting: use another output directory")
 
 
-def _context() -> multiprocessing.context.BaseContext:
+def _context() -> multiprocessing.context.SpawnContext | multiprocessing.context.ForkServerContext:
     """Where worker processes come from. Not ``fork``: forking a process whose
     torch has started threads can deadlock. ``forkserver`` (POSIX) forks each
     run from a clean server process that has imported torch and the trainer
@@ -797,7 +797,7 @@ def _sort_key(r: dict[str, Any]) -> tuple:
 
 
 def _estimator(records: list[dict[str, Any]]) -> str:
-    ks = sorted({r.get("k") for r in records if r.get("k") is not None})
+    ks = sorted({r["k"] for r in records if r.get("k") is not None})
     return f"IW bound, k={', '.join(map(str, ks))}" if ks else "IW bound"
 
 
@@ -821,7 +821,8 @@ def write_sweep_report(out_dir: str | os.PathLike, records: list[dict[str, Any]]
     records = sorted(records, key=_sort_key)
     est = _estimator(records)
     columns = [("prior", "prior"), ("decoder", "decoder"), ("layers", "layers"), ("kernel", "kernel"),
-               ("rf_name", "field AxB"), ("rf_size", "RF size (px)"), ("rf_up", "RF rows up"), ("rf_left", "RF cols left/right"),
+               ("rf_name", "field AxB"), ("rf_size", "RF size (px)"), ("rf_up", "RF rows up"),
+               ("rf_left", "RF cols left/right"),
                ("rf_coverage", "context seen"), ("kl", "KL (nats)"), ("nll", f"NLL ({est})"),
                ("nelbo", "-ELBO"), ("active_units", "active units"), ("steps", "steps"), ("seconds", "seconds")]
     note = (f"{scope_note(records)}. KL: single-sample estimate of "
@@ -896,7 +897,7 @@ def run_sweep(out_dir: str | os.PathLike, base: Config, *, decoder: str = "maske
               priors: Sequence[str] = ("gaussian", "af"), eval_subset: int = 1000, k: int = 16,
               eval_batch_size: int = 50, jobs: int = 0, threads: int = 1, data: Any = None,
               test_images: Any = None, log: Callable[[str], object] = print,
-              sweep_config: dict[str, Any] | None = None, fields: Sequence[str] = ()) -> tuple[list[dict], dict]:
+              sweep_config: dict[str, Any] | None = None, fields: Sequence[str] = ()) -> tuple[list[dict | None], dict]:
     """Run (or finish) a sweep and write its tables and plots (``fields``: the
     ``AxB`` grid of :func:`sweep_tasks` instead of ``layers x kernels``).
 
@@ -912,7 +913,8 @@ def run_sweep(out_dir: str | os.PathLike, base: Config, *, decoder: str = "maske
     out = Path(out_dir)
     check_tasks(tasks, out, {"eval_subset": eval_subset, "k": k, "eval_batch_size": eval_batch_size})
     out.mkdir(parents=True, exist_ok=True)
-    config = {"decoder": "gated" if fields else decoder, "fields": list(fields), "layers": list(layers), "kernels": list(kernels), "priors": list(priors),
+    config = {"decoder": "gated" if fields else decoder, "fields": list(fields), "layers": list(layers),
+              "kernels": list(kernels), "priors": list(priors),
               "eval_subset": eval_subset, "k": k, "jobs": jobs, "threads": threads, **(sweep_config or {}),
               "runs": [t.name for t in tasks], "base_config": base.to_dict()}
     _write_json(out / "sweep_config.json", config)

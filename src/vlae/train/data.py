@@ -69,5 +69,6 @@ def check_data_fits(cfg: Config, images) -> None:
             return "x".join(map(str, s))
         name = {"8bit": "8-bit"}
         raise VLAEError(f"data: {images.name} holds {name.get(images.kind, images.kind)} images of {fmt(shape)}, but "
-                        f"the model observes {name.get(kind, kind)} images of {fmt(m.image_shape)} (model.image_shape, model.observation); use a "
+                        f"the model observes {name.get(kind, kind)} images of {fmt(m.image_shape)} "
+                        "(model.image_shape, model.observation); use a "
                         "preset made for this data (binary: mnist-*, 8-bit colour: cifar-*)")

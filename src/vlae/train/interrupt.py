@@ -40,7 +40,8 @@ class StopSignals:
     Python cannot install handlers, and the signals keep their usual meaning)."""
 
     def __init__(self, run_dir: Path):
-        self.run_dir, self.signum, self.previous = run_dir, 0, {}
+        self.run_dir, self.signum = run_dir, 0
+        self.previous: dict[int, Any] = {}
 
     def __enter__(self) -> "StopSignals":
         if threading.current_thread() is threading.main_thread():

@@ -22,8 +22,16 @@ from typing import Any, Callable
 
 import torch
 
-from ..checkpoint import (checkpoint_name, copy_checkpoint, latest_checkpoint, list_checkpoints, load_checkpoint,
-                          save_checkpoint, weights_mismatch, write_error)
+from ..checkpoint import (
+    checkpoint_name,
+    copy_checkpoint,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+    weights_mismatch,
+    write_error,
+)
 from ..config import Config
 from ..errors import VLAEError
 from ..model import VLAE, nats_to_bits_per_dim
@@ -32,8 +40,15 @@ from ..runtime import Runtime
 from .data import check_data_fits, resolve_data
 from .interrupt import Interrupted, StopSignals
 from .metrics import Metrics
-from .resume import (check_resumable, check_same_data, optimizer_mismatch, require_resumable, rng_state,
-                     seed_everything, set_rng_state)
+from .resume import (
+    check_resumable,
+    check_same_data,
+    optimizer_mismatch,
+    require_resumable,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
 from .run_dir import prepare_run_dir, repair_best, trim_metrics
 from .schedules import kl_warmup_weight, lr_lambda
 from .step import ROW, SKIP_REASONS, TrainStep
@@ -101,6 +116,19 @@ def validate(model: VLAE, images: torch.Tensor, batch_size: int, k: int = 0, see
 class Trainer:
     """One training run in ``run_dir``; see :func:`train` for the arguments."""
 
+    last_path: Path | None  # the last checkpoint written or resumed from
+    # this session's counters and clocks (set by _start_session)
+    session_steps: int
+    stop_signal: int
+    clock: float
+    host_lr: float
+    window_rows: list[list[float]]
+    window_images: int
+    window_start: float
+    last_print: float
+    side_stream: Any
+    bar: Any
+
     def __init__(self, cfg: Config, run_dir: Path, *, resume: bool, overwrite: bool, quiet: bool, data: Any,
                  callback: Callable[[dict[str, Any]], object] | None, log_every: int, signals: StopSignals):
         self.cfg, self.t, self.run_dir, self.signals = cfg, cfg.train, run_dir, signals
@@ -139,6 +167,7 @@ class Trainer:
             prepare_run_dir(self.run_dir, resume=resume, overwrite=overwrite, notice=self.warn)
         self.identity = {"train": dataset_identity(self.train_set), "valid": dataset_identity(valid_set)}
         if checkpoint is not None:
+            assert self.last_path is not None  # the checkpoint's own path
             check_same_data(checkpoint.get("data"), self.identity, self.last_path, self.warn)
         valid_images = valid_set.observed(torch.Generator().manual_seed(t.seed + 1))
         self.valid_images = fixed_subset(valid_images, t.eval_subset).to(rt.device)
@@ -161,7 +190,8 @@ class Trainer:
         model = VLAE(self.cfg.model).to(rt.device)
         if checkpoint is None:
             n = len(self.train_set)
-            first = self.train_set.observed(torch.Generator().manual_seed(t.seed)) if self.dynamic else self.train_images
+            first = (self.train_set.observed(torch.Generator().manual_seed(t.seed)) if self.dynamic
+                     else self.train_images)
             perm0 = torch.randperm(n, generator=torch.Generator().manual_seed(t.seed))[:self.batch]
             model.initialize(first[perm0.to(first.device)].to(rt.device).float())
         else:
@@ -210,7 +240,8 @@ class Trainer:
         for what in ("model", "ema"):
             problem = checkpoint.get(what) is not None and weights_mismatch(model.state_dict(), checkpoint[what])
             if problem:
-                raise VLAEError(f"{self.last_path}: cannot resume: the {what} weights do not match the model: {problem}")
+                raise VLAEError(f"{self.last_path}: cannot resume: the {what} weights do not match the model: "
+                                f"{problem}")
         problem = optimizer_mismatch(checkpoint["optimizer"], list(model.parameters()))
         if problem:
             raise VLAEError(f"{self.last_path}: cannot resume: {problem}")
@@ -233,6 +264,7 @@ class Trainer:
 
     def _resume_from(self, checkpoint: dict[str, Any]) -> None:
         tr, rng, last = checkpoint["trainer"], checkpoint["rng"], self.last_path
+        assert last is not None  # the checkpoint's own path
         if rng["world"] != self.rt.world:
             raise VLAEError(f"{last}: written by {rng['world']} processes, cannot resume exactly with {self.rt.world}")
         try:
@@ -446,6 +478,7 @@ class Trainer:
         if always or better:
             self.write_checkpoint(reason)
         if better and rt.main:
+            assert self.last_path is not None  # just written
             copy_checkpoint(self.last_path, self.run_dir / "best.pt")  # after the checkpoint: see repair_best
 
     def write_checkpoint(self, reason: str) -> None:
@@ -491,7 +524,7 @@ class Trainer:
         self.session_steps, self.stop_signal, self.elapsed0 = 0, 0, s.elapsed
         self.host_values: dict[int, float] = {}
         self.host_lr = t.lr * self.lr_factor(s.step)
-        self.window_rows: list[list[float]] = []
+        self.window_rows = []
         self.window_images, self.window_start = 0, time.perf_counter()
         self.last_print = self.window_start
         self.side_stream = torch.cuda.Stream(rt.device) if self.graphs else None
@@ -505,7 +538,8 @@ class Trainer:
         how += [f"{rt.world} processes"] if rt.distributed else []
         self.say(f"training {sum(p.numel() for p in self.model.parameters()):,} parameters on {rt.device} "
                  f"({', '.join(how)}, {rt.threads} CPU threads), {len(self.train_set):,} images "
-                 f"({self.train_set.source}), {self.steps_per_epoch} steps/epoch of {self.batch}; run dir {self.run_dir}")
+                 f"({self.train_set.source}), {self.steps_per_epoch} steps/epoch of {self.batch}; "
+                 f"run dir {self.run_dir}")
         self.model.train()
 
     def _epoch_data(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -548,7 +582,8 @@ class Trainer:
     def _checkpoint_due(self) -> bool:
         t = self.t
         return self.checkpoint_step != self.state.step and (
-            self._steps_due() or (t.checkpoint_seconds > 0 and self.clock - self.checkpoint_clock >= t.checkpoint_seconds))
+            self._steps_due()
+            or (t.checkpoint_seconds > 0 and self.clock - self.checkpoint_clock >= t.checkpoint_seconds))
 
     def _summary(self, stopped: str) -> dict[str, Any]:
         s, rt = self.state, self.rt

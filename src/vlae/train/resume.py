@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ RESUMABLE_CHANGES = {"epochs", "max_steps", "time_budget", "progress", "tensorbo
 
 
 def rng_state(data_gen: torch.Generator, epoch_gen_state: torch.Tensor) -> dict[str, Any]:
-    np_state = np.random.get_state()
+    np_state = cast("tuple[Any, ...]", np.random.get_state())  # the legacy form: a tuple
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
