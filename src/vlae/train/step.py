@@ -117,6 +117,11 @@ class TrainStep:
             terms = self.forward(self.x)
             loss = terms.recon.mean() + kl_weight.float() * self.model.kl_penalty(terms, free_bits=self.hard_free_bits)
         loss.backward()
+        with torch.no_grad():  # the rest records nothing for autograd (checking the weights would, on each)
+            return self._update(terms, loss, kl_weight)
+
+    def _update(self, terms, loss: torch.Tensor, kl_weight: torch.Tensor) -> torch.Tensor:
+        """Clip, update, decide, undo a bad update, average, record: everything after backward."""
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_norm)
         stats = torch.stack([loss.detach().float(), terms.recon.detach().float().mean(),
                              terms.kl.detach().float().mean(), grad_norm.detach().float()]).double()
