@@ -143,22 +143,28 @@ def bench_preset(preset: str, reference_src: Path, args) -> dict:
             "round_ratios": [c / r for c, r in zip(rates["current"], rates["reference"])], "rates": rates}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--presets", nargs="+", default=["mnist-paper", "mnist-gated"], help="presets to measure")
-    parser.add_argument("--reference", default=DEFAULT_REFERENCE,
-                        help=f"git revision to compare against (default: {DEFAULT_REFERENCE}, before the speed-ups)")
+def comparison_parser(doc: str, presets: list[str], reference: str, why: str) -> argparse.ArgumentParser:
+    """The options every same-run comparison against an earlier commit takes (and the worker's own)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--presets", nargs="+", default=presets, help="presets to measure")
+    parser.add_argument("--reference", default=reference,
+                        help=f"git revision to compare against (default: {reference}, {why})")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads of each worker (default: 2)")
-    parser.add_argument("--images", type=int, default=8, help="images per evaluate_model call (default: 8)")
-    parser.add_argument("--k", type=int, default=128, help="importance samples per image (default: 128)")
-    parser.add_argument("--seconds", type=float, default=4.0, help="timing per side per round (default: 4)")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per preset (default: 5)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the models and images")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
-    parser.add_argument("--compile", action="store_true",
-                        help="evaluate this checkout with torch.compile (the reference stays eager)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--preset", default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = comparison_parser(__doc__, ["mnist-paper", "mnist-gated"], DEFAULT_REFERENCE, "before the speed-ups")
+    parser.add_argument("--images", type=int, default=8, help="images per evaluate_model call (default: 8)")
+    parser.add_argument("--k", type=int, default=128, help="importance samples per image (default: 128)")
+    parser.add_argument("--seconds", type=float, default=4.0, help="timing per side per round (default: 4)")
+    parser.add_argument("--compile", action="store_true",
+                        help="evaluate this checkout with torch.compile (the reference stays eager)")
     args = parser.parse_args(argv)
     if args.worker:
         return _worker(args)

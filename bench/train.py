@@ -29,7 +29,6 @@ import argparse
 import copy
 import statistics
 import sys
-import tempfile
 import time
 
 import torch
@@ -102,26 +101,14 @@ def rate_over(fn, items: int, device: torch.device, seconds: float, warmup: int 
 def loop_rate(cfg, device: torch.device, steps: int, bf16: bool, mode: str) -> float:
     """images/s of ``vlae.train.train`` from the step after its warm-up (and graph capture) to
     its last step (no epoch end falls inside, so no validation pass is timed)."""
-    from vlae.train import train
+    from vlae.reproduce import training_rate
 
     cfg = copy.deepcopy(cfg)
-    cfg.train.max_steps, cfg.train.epochs, cfg.train.eval_subset = steps, 1, 16
-    cfg.train.device, cfg.train.precision, cfg.train.progress = str(device), "bf16" if bf16 else "fp32", "off"
+    cfg.train.device, cfg.train.precision = str(device), "bf16" if bf16 else "fp32"
     cfg.train.compile = "compile" in mode
     cfg.train.cuda_graph = "on" if "graph" in mode else "off"
-    n = cfg.train.batch_size * (steps + 4)
-    images = random_images(cfg, n, torch.Generator().manual_seed(1)).to(torch.uint8)
-    first = GRAPH_WARMUP + 3
-    stamps: dict[int, float] = {}
-
-    def stamp(record):
-        if record["step"] in (first, steps):
-            synchronize(device)
-            stamps[record["step"]] = time.perf_counter()
-
-    with tempfile.TemporaryDirectory() as run_dir:
-        train(cfg, run_dir, quiet=True, data={"train": images, "valid": images[:16]}, callback=stamp)
-    return (steps - first) * cfg.train.batch_size / (stamps[steps] - stamps[first])
+    images = random_images(cfg, cfg.train.batch_size * (steps + 4), torch.Generator().manual_seed(1)).to(torch.uint8)
+    return training_rate(cfg, steps, data={"train": images, "valid": images[:16]})[0]
 
 
 def bench(spec: str, mode: str, args, device: torch.device, reference: float) -> dict:

@@ -15,7 +15,6 @@ the medians, with the ratio of every round.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import statistics
@@ -23,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from eval_speedup import _reference_tree, _Side, interleaved_rates
+from eval_speedup import _reference_tree, _Side, comparison_parser, interleaved_rates
 
 DEFAULT_REFERENCE = "dfd450d"  # the training loop with a host synchronisation every step
 
@@ -75,18 +74,10 @@ class _TrainSide(_Side):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--presets", nargs="+", default=["mnist-small", "mnist-paper"], help="presets to measure")
-    parser.add_argument("--reference", default=DEFAULT_REFERENCE,
-                        help=f"git revision to compare against (default: {DEFAULT_REFERENCE})")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads of each worker (default: 2)")
+    parser = comparison_parser(__doc__, ["mnist-small", "mnist-paper"], DEFAULT_REFERENCE,
+                               "the loop with a host synchronisation every step")
     parser.add_argument("--steps", type=int, default=20, help="training steps per timed run (default: 20)")
     parser.add_argument("--batch-size", type=int, default=0, help="batch size (0: each preset's own)")
-    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per preset (default: 5)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the models and images")
-    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--preset", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return _worker(args)

@@ -48,22 +48,6 @@ def test_gpu_script_dry_run_writes_one_report(tmp_path):
     assert [p["protocol"] for p in report["projection"]] == ["static-mnist", "cifar10"]
 
 
-def test_train_speedup_compares_two_trees_in_one_run(tmp_path):
-    import pytest
-
-    head = _git_head()
-    if head is None:
-        pytest.skip("not a git checkout: the reference tree comes from git")
-    out = tmp_path / "speedup.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "train_speedup.py"), "--presets", "tiny",
-                           "--reference", head, "--threads", "1", "--steps", "6", "--batch-size", "8", "--rounds", "2",
-                           "--json", str(out)], env=_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(out.read_text())["results"][0]
-    assert result["preset"] == "tiny" and len(result["round_ratios"]) == 2
-    assert result["ratio"] == result["current_images_per_s"] / result["reference_images_per_s"]
-
-
 def test_eval_benchmark_rejects_bad_options():
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "eval.py"), "--k", "0"], env=_env(),
                           capture_output=True, text=True, timeout=120)
@@ -75,25 +59,37 @@ def _git_head() -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
-def test_eval_speedup_compares_two_trees_in_one_run(tmp_path):
+def _compare_with_head(tmp_path, script: str, *options: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """Run a same-run comparison of this checkout against its own HEAD: the process and its JSON."""
     import pytest
 
     head = _git_head()
     if head is None:
         pytest.skip("not a git checkout: the reference tree comes from git")
     out = tmp_path / "speedup.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "eval_speedup.py"), "--presets", "tiny",
-                           "--reference", head, "--threads", "1", "--images", "2", "--k", "4", "--rounds", "2",
-                           "--seconds", "0.05", "--compile", "--json", str(out)], env=_env(), capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--presets", "tiny", "--reference", head,
+                           "--threads", "1", "--rounds", "2", *options, "--json", str(out)], env=_env(),
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    written = json.loads(out.read_text())
+    return proc, json.loads(out.read_text())
+
+
+def test_eval_speedup_compares_two_trees_in_one_run(tmp_path):
+    proc, written = _compare_with_head(tmp_path, "eval_speedup.py", "--images", "2", "--k", "4", "--seconds", "0.05",
+                                       "--compile")
     assert written["compile"] is True and "current, compiled" in proc.stdout
     result = written["results"][0]
     assert result["preset"] == "tiny" and len(result["round_ratios"]) == 2
     assert result["reference_samples_per_s"] > 0 and result["current_samples_per_s"] > 0
     assert result["speedup"] == result["current_samples_per_s"] / result["reference_samples_per_s"]
     assert "speed-up" in proc.stdout and "tiny" in proc.stdout
+
+
+def test_train_speedup_compares_two_trees_in_one_run(tmp_path):
+    _, written = _compare_with_head(tmp_path, "train_speedup.py", "--steps", "6", "--batch-size", "8")
+    result = written["results"][0]
+    assert result["preset"] == "tiny" and len(result["round_ratios"]) == 2
+    assert result["ratio"] == result["current_images_per_s"] / result["reference_images_per_s"]
 
 
 def test_eval_speedup_unknown_revision_is_one_line():

@@ -34,7 +34,7 @@ from .config import Config, apply_overrides, get_preset
 from .errors import VLAEError
 from .protocols import PROTOCOLS, Protocol
 
-__all__ = ["protocol_config", "project", "reproduce", "add_cli"]
+__all__ = ["protocol_config", "training_rate", "project", "reproduce", "add_cli"]
 
 
 def protocol_config(protocol: Protocol, device: str = "auto", overrides: Sequence[str] = ()) -> Config:
@@ -48,35 +48,47 @@ def protocol_config(protocol: Protocol, device: str = "auto", overrides: Sequenc
     return apply_overrides(cfg, list(overrides)).validate()
 
 
+def training_rate(cfg: Config, steps: int, data: Any = None) -> tuple[float, dict[str, Any]]:
+    """Images/s of ``steps`` steps of :func:`vlae.train.train` with ``cfg`` (in a temporary
+    folder, no checkpoints), timed from the step after its warm-up and CUDA-graph capture to
+    its last, with the run's summary. ``data`` as :func:`vlae.train.train` takes it."""
+    from .train import train
+    from .train.loop import GRAPH_WARMUP
+
+    probe = copy.deepcopy(cfg)
+    first = GRAPH_WARMUP + 3
+    if steps <= first:
+        raise VLAEError(f"timing needs more than {first} steps (warm-up and capture come first), got {steps}")
+    probe.train.max_steps, probe.train.epochs, probe.train.time_budget = steps, 0, 0.0
+    probe.train.eval_subset, probe.train.eval_k, probe.train.progress = 16, 0, "off"
+    probe.train.checkpoint_seconds = 0.0
+    on_gpu = probe.train.device != "cpu" and torch.cuda.is_available()
+    stamps: dict[int, float] = {}
+
+    def stamp(record: dict[str, Any]) -> None:
+        if record["step"] in (first, steps):
+            if on_gpu:
+                torch.cuda.synchronize()
+            stamps[record["step"]] = time.perf_counter()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = train(probe, Path(tmp) / "run", quiet=True, data=data, callback=stamp)
+    images = (steps - first) * probe.train.batch_size * summary["world_size"]
+    return images / (stamps[steps] - stamps[first]), summary
+
+
 def project(cfg: Config, protocol: Protocol, warmup_steps: int = 30, notice: Callable[[str], object] = print
             ) -> dict[str, Any]:
     """Time ``warmup_steps`` steps of ``cfg``'s training loop and a pass of its IW bound on this
     device, and project the protocol's training and evaluation hours from the two rates."""
     from .evaluate import evaluate_model
     from .model import VLAE
-    from .train import train
     from .train.loop import GRAPH_WARMUP
 
-    probe = copy.deepcopy(cfg)
-    first = GRAPH_WARMUP + 2  # after the graph's capture, where one is used
-    steps = max(warmup_steps, first + 2)
-    probe.train.max_steps, probe.train.epochs, probe.train.time_budget = steps, 0, 0.0
-    probe.train.eval_subset, probe.train.eval_k, probe.train.progress = 16, 0, "off"
-    probe.train.checkpoint_seconds = 0.0
-    stamps: dict[int, float] = {}
-    device = None
-
-    def stamp(record: dict[str, Any]) -> None:
-        if record["step"] in (first, steps):
-            if torch.cuda.is_available() and probe.train.device != "cpu":
-                torch.cuda.synchronize()
-            stamps[record["step"]] = time.perf_counter()
-
+    steps = max(warmup_steps, GRAPH_WARMUP + 5)
     notice(f"timing {steps} training steps of {cfg.preset} (batch {cfg.train.batch_size}) to project the protocol")
-    with tempfile.TemporaryDirectory() as tmp:
-        summary = train(probe, Path(tmp) / "run", quiet=True, callback=stamp)
+    train_rate, summary = training_rate(cfg, steps)
     device = torch.device(summary["device"])
-    train_rate = (steps - first) * cfg.train.batch_size * summary["world_size"] / (stamps[steps] - stamps[first])
     model = VLAE(cfg.model).to(device).eval()
     k = protocol.eval_k if device.type == "cuda" else min(protocol.eval_k, 64)
     images = 4 if device.type == "cuda" else 2
@@ -200,13 +212,8 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_reproduce)
 
 
-def signal_name(signum: int) -> str:
-    import signal
-
-    return signal.Signals(signum).name
-
-
 def _cmd_reproduce(args: argparse.Namespace) -> int:
+    import signal
     import sys
 
     from .train import Interrupted
@@ -217,7 +224,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
                            warmup_steps=args.warmup_steps, subset=args.subset, k=args.k)
     except Interrupted as stop:  # SIGINT or SIGTERM during training: a resumable checkpoint was written
         where = f"wrote {stop.checkpoint}; " if stop.checkpoint else ""
-        print(f"\ninterrupted by {signal_name(stop.signum)}: {where}continue with the same `vlae reproduce "
+        print(f"\ninterrupted by {signal.Signals(stop.signum).name}: {where}continue with the same `vlae reproduce "
               f"{args.protocol}` command and --resume", file=sys.stderr)
         return stop.exit_status
     print(json.dumps({"ours": report["ours"], "paper": report["paper"], "unit": report["unit"],

@@ -338,7 +338,7 @@ class Trainer:
         s, step_fn, b = self.state, self.step_fn, self.batch
         step_fn.x.copy_(images[perm[s.batch_in_epoch * b:(s.batch_in_epoch + 1) * b]])
         self._set_host_value(step_fn.kl_warmup, kl_warmup_weight(s.step, self.t.kl_warmup_steps))
-        self._set_lr(self.t.lr * self.lr_factor(s.step))
+        self._set_lr(self.host_lr)  # the learning rate of this step, computed after the last
         if step_fn.graph is None and self.graphs and self.session_steps >= GRAPH_WARMUP:
             step_fn.capture()
             self.say(f"captured the training step as a CUDA graph after {self.session_steps} warm-up steps")

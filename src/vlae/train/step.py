@@ -198,7 +198,7 @@ class TrainStep:
         """Capture :meth:`_step` as one CUDA graph; later calls replay it.
 
         Call after at least one eager step (the optimiser's state must exist) taken
-        on a side stream (see :meth:`warm_up_stream`). Capturing runs nothing: the
+        on a side stream, as :class:`vlae.train.Trainer` does. Capturing runs nothing: the
         current step is the first replay.
         """
         if not self.optimizer.state:
