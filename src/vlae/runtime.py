@@ -4,7 +4,9 @@ A :class:`Runtime` answers the questions every long-running command asks before
 its first tensor: which device (``auto``: CUDA, then MPS, then the CPU), which
 process of how many (``torchrun`` sets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``;
 NCCL on GPUs, gloo on CPUs), and in which precision the model's arithmetic runs
-(bf16 autocast where it is supported and chosen, fp32 otherwise).
+(bf16 autocast where it is supported and chosen, fp32 otherwise). On a CPU it
+also asks the C library's allocator to keep the memory a step frees for the next
+step (:func:`keep_cpu_heap`).
 
 Example:
     >>> rt = Runtime.create("cpu", "fp32")
@@ -15,7 +17,9 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import sys
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -25,7 +29,7 @@ import torch.distributed as dist
 
 from .errors import VLAEError
 
-__all__ = ["Runtime", "pick_device", "torchrun_ranks"]
+__all__ = ["Runtime", "keep_cpu_heap", "pick_device", "torchrun_ranks"]
 
 
 def torchrun_ranks() -> tuple[int, int, int]:
@@ -56,6 +60,43 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+# glibc's mallopt parameters and the values keep_cpu_heap sets: blocks from 32 MiB up (glibc's own
+# largest adaptive choice on 64-bit systems) are mapped apart; up to 1 GiB of free heap stays mapped
+_MALLOPT = {"M_TRIM_THRESHOLD": (-1, 1 << 30), "M_MMAP_THRESHOLD": (-3, 32 << 20)}
+_USER_MALLOC_SETTINGS = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "GLIBC_TUNABLES")
+_heap_kept: bool | None = None
+
+
+def keep_cpu_heap() -> bool:
+    """Make glibc's ``malloc`` keep freed memory for reuse, for this process; whether it now does.
+
+    PyTorch allocates a CPU tensor with ``malloc`` and frees it when the last reference
+    goes, so a training step frees its activations and allocates them again in the next
+    step. glibc returns the free top of its heap to the system once it exceeds a
+    threshold that it adapts to the sizes seen so far, and the next step then takes every
+    page of it back through a page fault that zero-fills it. Whether a loop falls into
+    this depends on the order of its allocations, not on its arithmetic: the sync-free
+    training loop took 3-4 times the page faults of the previous one for the same
+    kernels, and ran ``mnist-small`` 15 % slower on 2 threads (``bench/train_speedup.py``).
+    Fixed thresholds (:data:`_MALLOPT`) keep the memory mapped; the process's peak memory
+    is unchanged, it is only not handed back between steps.
+
+    Nothing is changed outside Linux with glibc, or when the environment already sets
+    glibc's allocator (``MALLOC_*_`` or ``GLIBC_TUNABLES``: the user's choice stands).
+    Called once per process by :meth:`Runtime.create` for a CPU device.
+    """
+    global _heap_kept
+    if _heap_kept is None:
+        _heap_kept = False
+        if sys.platform.startswith("linux") and not any(name in os.environ for name in _USER_MALLOC_SETTINGS):
+            try:
+                libc = ctypes.CDLL("libc.so.6")
+                _heap_kept = all(libc.mallopt(code, value) == 1 for code, value in _MALLOPT.values())
+            except (OSError, AttributeError):  # not glibc
+                pass
+    return _heap_kept
+
+
 @dataclass(frozen=True)
 class Runtime:
     """The device, process rank and precision of this process (see the module docstring)."""
@@ -82,6 +123,8 @@ class Runtime:
         bf16 = precision == "bf16" or (precision == "auto" and dev.type == "cuda" and torch.cuda.is_bf16_supported())
         if bf16 and dev.type not in ("cuda", "cpu"):
             raise VLAEError(f"invalid option train.precision: bf16 is not supported on {dev.type}")
+        if dev.type == "cpu":
+            keep_cpu_heap()
         return cls(dev, rank, world, bf16)
 
     @property
