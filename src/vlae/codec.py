@@ -216,6 +216,7 @@ DEFAULT_BATCH = 100
 PRECISIONS = range(4, 17)  # K = 16 .. 65,536 bins per latent dimension
 _HEADER = struct.Struct("<8sH16sB3HIHBI16sIIII")
 _CRC = struct.Struct("<I")
+_PROBS_BLOCK = 64  # pixels per call of channel_probs (8-bit models)
 _OBSERVATIONS = {"bernoulli": 0, "logistic_mixture": 1}  # observation model -> code in the header
 
 
@@ -412,7 +413,11 @@ def _channel_probs(model, grid: _Grid, step: int, params: np.ndarray, previous: 
     if _binary(model):
         return sigmoid(params[:, 0])
     c = previous.shape[1]
-    probs = model.obs.channel_probs(torch.from_numpy(params), torch.from_numpy(previous).double())
+    # In blocks of pixels: the (block, K, 255) intermediates stay in the cache, 2-3x faster than one pass
+    # over a chunk's (n * N) pixels. Both sides cut a step's pixels the same way (the grid absorbs the
+    # last-bit differences of any other cut, as it absorbs another machine's).
+    blocks = zip(torch.from_numpy(params).split(_PROBS_BLOCK), torch.from_numpy(previous).double().split(_PROBS_BLOCK))
+    probs = torch.cat([model.obs.channel_probs(p, q) for p, q in blocks])
     return grid(_PROBS, step * model.cfg.image_shape[0] + c, probs)
 
 
