@@ -367,7 +367,8 @@ def test_ctrl_c_during_eval_names_the_same_eval_command_to_continue(lab):
     import signal
     import time
 
-    args = ("eval", "run", "--k", "1000", "--subset", "20", "--batch-size", "2", "--progress", "off", "--out",
+    # 40 blocks: the signal must land mid-run even when a loaded machine delays this process's polling
+    args = ("eval", "run", "--k", "1000", "--subset", "80", "--batch-size", "2", "--progress", "off", "--out",
             "interrupted.json")
     proc = subprocess.Popen([sys.executable, "-m", "vlae", *args], cwd=lab, env={**fallback_environ(lab),
                             "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -386,5 +387,5 @@ def test_ctrl_c_during_eval_names_the_same_eval_command_to_continue(lab):
     done = _vlae(*args, cwd=lab)
     assert done.returncode == 0, done.stderr
     result = json.loads((lab / "interrupted.json").read_text())
-    assert result["images"] == 20 and not list(lab.glob("interrupted.*.parts"))  # finished, blocks cleaned up
+    assert result["images"] == 80 and not list(lab.glob("interrupted.*.parts"))  # finished, blocks cleaned up
     (lab / "interrupted.json").unlink()
