@@ -60,6 +60,14 @@ class _WeightNorm:
         norm = v.pow(2).sum(self._norm_dims(), keepdim=True).clamp_min(1e-12).sqrt()
         return self._out_shape(self.g) * v / norm
 
+    def _reset_for_init(self) -> None:
+        # The first batch's statistics are taken of the plain direction v/||v||: the
+        # scale computed from them is only right when g = 1 and b = 0.
+        with torch.no_grad():
+            self.g.fill_(1.0)
+            if self.bias is not None:
+                self.bias.zero_()
+
     def _data_dependent_init(self, out: torch.Tensor) -> torch.Tensor:
         # Called on the first batch with g = 1 and b = 0: rescale so every
         # unit starts N(0, 1) over the batch, then return the corrected output.
@@ -91,10 +99,7 @@ class Linear(nn.Linear, _WeightNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._ddi_pending:
-            with torch.no_grad():
-                self.g.fill_(1.0)
-                if self.bias is not None:
-                    self.bias.zero_()
+            self._reset_for_init()
             return self._data_dependent_init(F.linear(x, self._effective_weight(self.weight), self.bias))
         return F.linear(x, self._effective_weight(self.weight), self.bias)
 
@@ -158,10 +163,7 @@ class Conv2d(nn.Conv2d, _WeightNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._ddi_pending:
-            with torch.no_grad():
-                self.g.fill_(1.0)
-                if self.bias is not None:
-                    self.bias.zero_()
+            self._reset_for_init()
             out = F.conv2d(x, self.masked_weight(), self.bias, self.stride, self.padding)
             return self._data_dependent_init(out)
         return self._convolve(x, self._cropped(self.masked_weight()))
@@ -239,10 +241,7 @@ class ConvTranspose2d(nn.ConvTranspose2d, _WeightNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._ddi_pending:
-            with torch.no_grad():
-                self.g.fill_(1.0)
-                if self.bias is not None:
-                    self.bias.zero_()
+            self._reset_for_init()
             out = F.conv_transpose2d(x, self._effective_weight(self.weight), self.bias, self.stride, self.padding)
             return self._data_dependent_init(out)
         return F.conv_transpose2d(x, self._effective_weight(self.weight), self.bias, self.stride, self.padding)
