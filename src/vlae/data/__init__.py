@@ -65,6 +65,8 @@ Example:
 
 from __future__ import annotations
 
+# The names below are bound once, at import: to change a table or DOWNLOAD_RETRIES
+# (as tests do), set it on the module that reads it (catalogue, fetch), not here.
 from .catalogue import BINARIZATION_SEED, DATASETS, INFO, KINDS, PHOTOS, SPLITS, SUBSET_SEED, DatasetInfo
 from .fetch import DOWNLOAD_RETRIES, download
 from .files import DataNotFoundError, default_data_dir, find_binarized_mnist, resolve_data_dir

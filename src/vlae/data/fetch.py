@@ -1,4 +1,8 @@
-"""Downloading a dataset's files into the data directory (:func:`download`)."""
+"""Downloading a dataset's files into the data directory (:func:`download`).
+
+The module is not called ``download``: ``vlae.data.download`` is the function,
+and a submodule of the same name would be shadowed by it.
+"""
 
 from __future__ import annotations
 

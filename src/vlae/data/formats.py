@@ -98,6 +98,7 @@ def read_cifar(path: str | os.PathLike, batches: tuple[str, ...] = (*CIFAR_TRAIN
 
 
 def _cifar_file(path: Path) -> bytes:
+    """The bytes of one batch of an extracted ``cifar-10-batches-py`` folder."""
     try:
         return path.read_bytes()
     except FileNotFoundError:  # the folder exists, so this is damage, not absence
@@ -107,6 +108,7 @@ def _cifar_file(path: Path) -> bytes:
 
 
 def _cifar_archive(path: Path, batches: tuple[str, ...]) -> dict[str, bytes]:
+    """The bytes of each of ``batches``, read in one pass through the archive, to its gzip trailer."""
     wanted = {f"{CIFAR_FOLDER}/{b}": b for b in batches}
     found: dict[str, bytes] = {}
     try:
@@ -141,6 +143,7 @@ class _ArrayUnpickler(pickle.Unpickler):
 
 
 def _cifar_batch(raw: bytes, what: str) -> np.ndarray:
+    """The images ``(n, 3, 32, 32)`` of one pickled batch; ``what`` names it in errors."""
     try:
         batch = _ArrayUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except Exception as error:  # unpickling garbage raises many types; all mean "corrupt"
@@ -172,6 +175,7 @@ def _read_bytes(path: Path) -> bytes:
 
 
 def _loadmat(path: Path) -> dict:
+    """The variables of a MAT file, by name."""
     from scipy.io import loadmat  # scipy is slow to import and only needed here
 
     if not path.is_file():
@@ -183,4 +187,5 @@ def _loadmat(path: Path) -> dict:
 
 
 def _mat_keys(contents: dict) -> list[str]:
+    """The variables' names, without the ``__header__``-style entries scipy adds."""
     return [k for k in contents if not k.startswith("__")]

@@ -151,6 +151,7 @@ def _read_split(name: str, root: Path, split: str) -> tuple[np.ndarray, bool, st
 
 
 def _load_binarized_mnist(root: Path, split: str) -> tuple[np.ndarray, bool, str]:
+    """Static 0/1 digits from ``binarized_mnist_{split}.mat``, else ``.amat``."""
     path = find_file("binarized-mnist", root, [f"binarized_mnist_{split}.mat", f"binarized_mnist_{split}.amat"])
     check_digest("binarized-mnist", path)
     array = read_amat(path) if path.suffix == ".amat" else zeros_and_ones(read_mat(path, "X"), str(path))
@@ -158,6 +159,8 @@ def _load_binarized_mnist(root: Path, split: str) -> tuple[np.ndarray, bool, str
 
 
 def _load_idx(name: str, root: Path, split: str) -> tuple[np.ndarray, bool, str]:
+    """(Fashion-)MNIST from its IDX files: train and valid cut from the training file,
+    test from the t10k file, binarized once for the binary kind."""
     stem = "t10k-images-idx3-ubyte" if split == "test" else "train-images-idx3-ubyte"
     path = find_file(name, root, [stem + ".gz", stem])
     check_digest(INFO[name].files, path)
@@ -171,6 +174,7 @@ def _load_idx(name: str, root: Path, split: str) -> tuple[np.ndarray, bool, str]
 
 
 def _load_omniglot(root: Path, split: str) -> tuple[np.ndarray, bool, str]:
+    """Omniglot's ``chardata.mat``: grey levels for train and valid, test binarized once."""
     path = find_file("omniglot", root, ["chardata.mat"])
     check_digest("omniglot", path)
     # Images are columns of 784 values in MATLAB (column-major) order, as read
@@ -185,6 +189,7 @@ def _load_omniglot(root: Path, split: str) -> tuple[np.ndarray, bool, str]:
 
 
 def _load_caltech(root: Path, split: str) -> tuple[np.ndarray, bool, str]:
+    """Caltech 101 Silhouettes: static 0/1, each split a variable of the one MAT file."""
     path = find_file("caltech101-silhouettes", root, ["caltech101_silhouettes_28_split1.mat"])
     check_digest("caltech101-silhouettes", path)
     key = {"train": "train_data", "valid": "val_data", "test": "test_data"}[split]
@@ -197,6 +202,7 @@ def _load_caltech(root: Path, split: str) -> tuple[np.ndarray, bool, str]:
 
 
 def _load_cifar10(root: Path, split: str) -> tuple[np.ndarray, bool, str]:
+    """CIFAR-10 from the archive, else from an extracted folder; valid is the last training images."""
     dirs = search_dirs("cifar10", root)
     path = first_existing(dirs, [CIFAR_ARCHIVE])
     if path is not None:
