@@ -23,7 +23,8 @@ import scipy.io
 import torch
 
 from vlae import data
-from vlae.data import DataNotFoundError, Images, load_dataset
+from vlae.data import DataNotFoundError, Images, catalogue, embedded, fetch, formats, load_dataset
+from vlae.data import files as data_files
 from vlae.errors import VLAEError
 
 RNG = np.random.default_rng(0)
@@ -45,8 +46,9 @@ def write_idx(path, images: np.ndarray, compress: bool) -> None:
 def small(monkeypatch):
     """Small split sizes and no known digests, so that synthetic files load."""
     counts = {"train": 6, "valid": 3, "test": 4}
-    monkeypatch.setattr(data, "_COUNTS", {(name, split): n for name in data.DATASETS for split, n in counts.items()})
-    monkeypatch.setattr(data, "_DIGESTS", {})
+    sizes = {(name, split): n for name in data.DATASETS for split, n in counts.items()}
+    monkeypatch.setattr(catalogue, "COUNTS", sizes)
+    monkeypatch.setattr(catalogue, "DIGESTS", {})
     return counts
 
 
@@ -119,7 +121,7 @@ def test_idx_splits_and_binarization(tmp_path, small, compress):
 
 
 def test_fashion_mnist_found_in_debian_location(tmp_path, small, monkeypatch):
-    monkeypatch.setattr(data, "_DEBIAN_FASHION_MNIST", tmp_path / "usr-share")
+    monkeypatch.setattr(data_files, "_DEBIAN_FASHION_MNIST", tmp_path / "usr-share")
     write_idx(tmp_path / "usr-share" / "t10k-images-idx3-ubyte.gz", np.zeros((small["test"], 28, 28)), True)
     test = load_dataset("fashion-mnist", "test", tmp_path / "empty")
     assert "usr-share" in test.source and len(test) == small["test"]
@@ -215,7 +217,7 @@ def test_bad_idx_files(tmp_path):
 
 
 def test_wrong_image_size_and_count(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "_DIGESTS", {})
+    monkeypatch.setattr(catalogue, "DIGESTS", {})
     write_idx(tmp_path / "mnist" / "t10k-images-idx3-ubyte.gz", np.zeros((3, 32, 32)), compress=True)
     with pytest.raises(VLAEError, match=r"t10k-images-idx3-ubyte.gz: expected images of shape \(N, 28, 28\)"):
         load_dataset("mnist", "test", tmp_path)
@@ -228,7 +230,7 @@ def test_bad_mat_files(tmp_path, monkeypatch):
     (tmp_path / "binarized_mnist_valid.mat").write_bytes(b"MATLAB 5.0 MAT-file, but then garbage" * 10)
     with pytest.raises(VLAEError, match="binarized_mnist_valid.mat: .*checksum mismatch"):
         load_dataset("binarized-mnist", "valid", tmp_path)
-    monkeypatch.setattr(data, "_DIGESTS", {})
+    monkeypatch.setattr(catalogue, "DIGESTS", {})
     with pytest.raises(VLAEError, match="binarized_mnist_valid.mat: corrupt or unreadable MAT file"):
         load_dataset("binarized-mnist", "valid", tmp_path)
     scipy.io.savemat(tmp_path / "binarized_mnist_valid.mat", {"X": np.zeros((2, 100), np.uint8)})
@@ -279,9 +281,9 @@ def write_cifar(path, train: np.ndarray, test: np.ndarray, *, skip: str = "", re
 @pytest.fixture
 def cifar(tmp_path, monkeypatch):
     """A small CIFAR-10 archive (5 batches of 3 training images, 4 test images) and its counts patched in."""
-    monkeypatch.setattr(data, "_COUNTS", {**data._COUNTS, ("cifar10", "train"): 12, ("cifar10", "valid"): 3,
-                                          ("cifar10", "test"): 4})
-    monkeypatch.setattr(data, "_DIGESTS", {})
+    monkeypatch.setattr(catalogue, "COUNTS", {**catalogue.COUNTS, ("cifar10", "train"): 12, ("cifar10", "valid"): 3,
+                                              ("cifar10", "test"): 4})
+    monkeypatch.setattr(catalogue, "DIGESTS", {})
     train = RNG.integers(0, 256, (15, 3, 32, 32), dtype=np.uint8)
     test = RNG.integers(0, 256, (4, 3, 32, 32), dtype=np.uint8)
     archive = tmp_path / "root" / "cifar10" / "cifar-10-python.tar.gz"
@@ -301,7 +303,7 @@ def test_cifar10_archive_round_trips_with_the_last_images_as_valid(cifar):
     both = load_dataset("cifar10", "train", root, train_on_valid=True)
     assert both.split == "train+valid" and torch.equal(both.images, torch.from_numpy(train))
     # b"data" rows are the red, green and blue planes, each row-major 32x32
-    row = data._cifar_batch(cifar_batch(train[:1]), "x").reshape(3072)
+    row = formats._cifar_batch(cifar_batch(train[:1]), "x").reshape(3072)
     assert row[1024 + 32 * 5 + 7] == train[0, 1, 5, 7] and row[2048 + 32 * 31] == train[0, 2, 31, 0]
 
 
@@ -320,13 +322,13 @@ def test_cifar10_extracted_folder_gives_the_same_images(cifar, tmp_path):
 
 def test_cifar10_real_counts_and_checksum_are_enforced(cifar, monkeypatch):
     root, archive, *_ = cifar
-    monkeypatch.setattr(data, "_COUNTS", {**data._COUNTS, ("cifar10", "train"): 45_000, ("cifar10", "valid"): 5_000,
-                                          ("cifar10", "test"): 10_000})
+    monkeypatch.setattr(catalogue, "COUNTS", {**catalogue.COUNTS, ("cifar10", "train"): 45_000,
+                                              ("cifar10", "valid"): 5_000, ("cifar10", "test"): 10_000})
     with pytest.raises(VLAEError, match=r"cifar-10-python.tar.gz: 15 training images for cifar10, expected 50000"):
         load_dataset("cifar10", "valid", root)
     with pytest.raises(VLAEError, match="cifar-10-python.tar.gz: 4 images for cifar10 test, expected 10000"):
         load_dataset("cifar10", "test", root)
-    monkeypatch.setattr(data, "_DIGESTS", {("cifar10", "cifar-10-python.tar.gz"): (
+    monkeypatch.setattr(catalogue, "DIGESTS", {("cifar10", "cifar-10-python.tar.gz"): (
         "sha256:6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce",
         "md5:c58f30108f718f92721af3b95e74349a")})
     with pytest.raises(VLAEError, match=r"cifar-10-python.tar.gz: checksum mismatch \(expected sha256:6d958be0.* or "
@@ -428,7 +430,7 @@ def test_photos_embedded_splits_by_photograph():
     assert torch.equal(again.images, splits["test"].images)  # deterministic
     from PIL import Image
 
-    folder = data._package_folder("skimage", "photos-embedded") / "data"
+    folder = embedded._package_folder("skimage", "photos-embedded") / "data"
     astronaut = torch.from_numpy(np.array(Image.open(folder / "astronaut.png").convert("RGB"))).permute(2, 0, 1)
     assert torch.equal(splits["train"].images[0], astronaut[:, :32, :32])
     assert torch.equal(splits["train"].images[1], astronaut[:, :32, 16:48])  # train: stride 16
@@ -478,7 +480,7 @@ class _Server:
 @pytest.fixture
 def serve(monkeypatch):
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setattr(data, "DOWNLOAD_RETRIES", 0)
+    monkeypatch.setattr(fetch, "DOWNLOAD_RETRIES", 0)
     servers = []
 
     def start(files, fail_first=()):
@@ -496,10 +498,10 @@ def test_download_cifar10_over_http_with_retry_and_mirror(cifar, tmp_path, serve
     server = serve({"/good/cifar-10-python.tar.gz": payload, "/wrong/cifar-10-python.tar.gz": b"not it"},
                    fail_first=["/good/cifar-10-python.tar.gz"])
     urls = tuple(f"{server.url}/{d}/cifar-10-python.tar.gz" for d in ("missing", "wrong", "good"))
-    monkeypatch.setattr(data, "_URLS", {"cifar10": {"cifar-10-python.tar.gz": urls}})
-    monkeypatch.setattr(data, "_DIGESTS", {("cifar10", "cifar-10-python.tar.gz"):
-                                           ("sha256:" + hashlib.sha256(payload).hexdigest(),)})
-    monkeypatch.setattr(data, "DOWNLOAD_RETRIES", 1)  # the good URL fails once (503), then delivers
+    monkeypatch.setattr(catalogue, "URLS", {"cifar10": {"cifar-10-python.tar.gz": urls}})
+    monkeypatch.setattr(catalogue, "DIGESTS", {("cifar10", "cifar-10-python.tar.gz"):
+                                               ("sha256:" + hashlib.sha256(payload).hexdigest(),)})
+    monkeypatch.setattr(fetch, "DOWNLOAD_RETRIES", 1)  # the good URL fails once (503), then delivers
     (path,) = data.download("cifar10", tmp_path / "cache", progressbar=False)
     assert path == tmp_path / "cache" / "cifar10" / "cifar-10-python.tar.gz" and path.read_bytes() == payload
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary files left
@@ -513,9 +515,9 @@ def test_download_failure_lists_urls_and_leaves_no_file(tmp_path, serve, monkeyp
     payload = b"the real file" * 1000
     server = serve({"/corrupt/f.mat": b"a wrong file", "/short/f.mat": payload[:100]})
     urls = ("http://127.0.0.1:9/f.mat", f"{server.url}/corrupt/f.mat", f"{server.url}/gone/f.mat")
-    monkeypatch.setattr(data, "_URLS", {"caltech101-silhouettes": {"f.mat": urls}})
-    monkeypatch.setattr(data, "_DIGESTS", {("caltech101-silhouettes", "f.mat"):
-                                           ("sha256:" + hashlib.sha256(payload).hexdigest(),)})
+    monkeypatch.setattr(catalogue, "URLS", {"caltech101-silhouettes": {"f.mat": urls}})
+    monkeypatch.setattr(catalogue, "DIGESTS", {("caltech101-silhouettes", "f.mat"):
+                                               ("sha256:" + hashlib.sha256(payload).hexdigest(),)})
     with pytest.raises(VLAEError) as error:
         data.download("caltech101-silhouettes", tmp_path, progressbar=False)
     message = str(error.value)
@@ -528,8 +530,8 @@ def test_download_with_file_urls(tmp_path, monkeypatch):
     source = tmp_path / "mirror" / "f.mat"
     source.parent.mkdir()
     source.write_bytes(b"content")
-    monkeypatch.setattr(data, "_URLS", {"omniglot": {"f.mat": ((tmp_path / "gone").as_uri(), source.as_uri())}})
-    monkeypatch.setattr(data, "_DIGESTS", {})  # unknown sum: accepted, checked for shape on load
+    monkeypatch.setattr(catalogue, "URLS", {"omniglot": {"f.mat": ((tmp_path / "gone").as_uri(), source.as_uri())}})
+    monkeypatch.setattr(catalogue, "DIGESTS", {})  # unknown sum: accepted, checked for shape on load
     (path,) = data.download("omniglot", tmp_path / "data")
     assert path == tmp_path / "data" / "omniglot" / "f.mat" and path.read_bytes() == b"content"
 
@@ -537,7 +539,7 @@ def test_download_with_file_urls(tmp_path, monkeypatch):
 def test_load_dataset_downloads_when_asked(tmp_path, small, monkeypatch):
     x = RNG.integers(0, 2, (small["test"], 784), dtype=np.uint8)
     write_amat(tmp_path / "mirror" / "binarized_mnist_test.amat", x)
-    monkeypatch.setattr(data, "_URLS", {"binarized-mnist": {
+    monkeypatch.setattr(catalogue, "URLS", {"binarized-mnist": {
         "binarized_mnist_test.amat": ((tmp_path / "mirror" / "binarized_mnist_test.amat").as_uri(),)}})
     with pytest.raises(DataNotFoundError):
         load_dataset("binarized-mnist", "test", tmp_path / "data")
@@ -546,7 +548,7 @@ def test_load_dataset_downloads_when_asked(tmp_path, small, monkeypatch):
 
 
 def test_mnist_8bit_downloads_the_mnist_files(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "_URLS", {"mnist": {"f.gz": ((tmp_path / "f.gz").as_uri(),)}})
+    monkeypatch.setattr(catalogue, "URLS", {"mnist": {"f.gz": ((tmp_path / "f.gz").as_uri(),)}})
     (tmp_path / "f.gz").write_bytes(b"x")
     assert data.download("mnist-8bit", tmp_path) == [tmp_path / "mnist" / "f.gz"]
 
@@ -700,7 +702,7 @@ def test_real_binarized_mnist():
         assert len(images) == n and images.images.shape[1:] == (1, 28, 28)
         assert images.images.max() == 1 and folder.name in images.source
         path = images.source
-        known = data._DIGESTS[("binarized-mnist", path.rsplit("/", 1)[-1])]
+        known = catalogue.DIGESTS[("binarized-mnist", path.rsplit("/", 1)[-1])]
         with open(path, "rb") as file:
             assert f"sha256:{hashlib.sha256(file.read()).hexdigest()}" in known
         if split == "train":

@@ -31,6 +31,8 @@ from typing import Callable
 import torch
 from torch.autograd.functional import jacobian
 
+from .errors import one_line
+
 __all__ = ["CHECKS", "run_checks", "main"]
 
 # Function names, resolved when the checks run (so a test can replace one).
@@ -202,14 +204,6 @@ def check_training_step() -> None:
     _expect(after < before, f"loss did not drop: {before:.2f} -> {after:.2f} nats")
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    first = text[0] if text else ""
-    if isinstance(exc, AssertionError):
-        return first or "assertion failed"
-    return f"{type(exc).__name__}: {first}"
-
-
 def run_checks(verbose: bool = True) -> bool:
     """Run every check; print ``check | result | time`` rows; return whether all passed."""
     module = sys.modules[__name__]
@@ -244,7 +238,10 @@ def _run_one(fn: Callable[[], None], width: int, verbose: bool) -> tuple[str, bo
             fn()
         ok, reason = True, ""
     except Exception as exc:  # noqa: BLE001 -- every failure becomes a row, never a traceback
-        ok, reason = False, _one_line(exc)
+        # An assertion's message is the check's own verdict; anything else is named by its type.
+        text = one_line(exc, headline=True)
+        named = isinstance(exc, AssertionError) or not str(exc).strip()
+        ok, reason = False, text if named else f"{type(exc).__name__}: {text}"
     elapsed = time.perf_counter() - start
     if verbose:
         row = f"{title:<{width}} | {'PASS' if ok else 'FAIL':<6} | {elapsed:5.2f} s"

@@ -1,29 +1,20 @@
-"""The data of a run: the configured dataset or in-memory images, checked against the model."""
+"""The data of a run: the configured dataset or in-memory images, checked against the model.
+
+Here rather than in :mod:`vlae.data` because both functions read a :class:`~vlae.config.Config`,
+and ``config`` and ``data`` are independent siblings of the foundation layer; the
+conversion of in-memory tensors, :func:`vlae.data.as_images`, needs no configuration
+and lives there.
+"""
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
-import torch
-
 from ..config import Config
+from ..data import INFO, as_images, load_or_fallback
 from ..errors import VLAEError
 
 __all__ = ["resolve_data", "check_data_fits"]
-
-
-def as_images(obj: Any, name: str, kind: str = "binary"):
-    """A :class:`vlae.data.Images` from an Images or a ``uint8 (N, C, H, W)`` tensor of ``kind`` data
-    (binary: dynamically binarized when it holds grey levels; 8bit: used as is)."""
-    from ..data import Images
-
-    if isinstance(obj, Images):
-        return obj
-    if isinstance(obj, torch.Tensor):
-        images = (obj if obj.dtype == torch.uint8 else obj.to(torch.uint8)).cpu()
-        dynamic = kind == "binary" and bool((images > 1).any())
-        return Images(images, name="custom", split=name, kind=kind, dynamic=dynamic, source="data= argument")
-    raise VLAEError(f"data: expected vlae.data.Images or a uint8 tensor for {name}, got {type(obj).__name__}")
 
 
 def resolve_data(cfg: Config, data: Any = None, notice: Callable[[str], object] | None = None):
@@ -44,12 +35,8 @@ def resolve_data(cfg: Config, data: Any = None, notice: Callable[[str], object] 
             train_set, valid_set = data
         else:
             train_set = valid_set = data
-        from ..data import INFO
-
         kind = INFO[cfg.train.dataset].kind if cfg.train.dataset in INFO else "binary"  # tensors: the config's kind
         return as_images(train_set, "train", kind), as_images(valid_set, "valid", kind)
-    from ..data import load_or_fallback
-
     t = cfg.train
     train_set = load_or_fallback(t.dataset, "train", t.data_dir, train_on_valid=t.train_on_valid, notice=notice)
     valid_set = load_or_fallback(t.dataset, "valid", t.data_dir, notice=lambda _m: None)
