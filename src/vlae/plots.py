@@ -17,9 +17,9 @@ from .experiments.plots import (
     read_metrics,
     receptive_field_mask,
 )
-from .experiments.plots.colour import _chroma  # noqa: F401
-from .experiments.plots.receptive_field import _default_pixel  # noqa: F401
-from .experiments.plots.run import _test_images  # noqa: F401
+from .experiments.plots.colour import _chroma  # noqa: F401 - tests/test_plots.py
+from .experiments.plots.receptive_field import _default_pixel  # noqa: F401 - tests/test_plots.py
+from .experiments.plots.run import _test_images  # noqa: F401 - tools/colour_retention.py imported it here
 
 __all__ = ["plot_training_curves", "plot_reconstructions", "plot_lossy_decompression", "plot_samples",
            "plot_grayscale_experiment", "colour_retention", "plot_kl_heatmap", "plot_latent_traversals",

@@ -8,14 +8,12 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from .cli._experiment import add_runner_options as _add_common  # noqa: F401
 from .cli._experiment import command, standalone
 from .cli.sweep import register as add_cli
 from .experiments.receptive_field import context_coverage, receptive_field_record
-from .experiments.report import estimator as _estimator  # noqa: F401
 from .experiments.report import scope_note, write_table
-from .experiments.results import ERROR, RESULTS, check_tasks, collect_results, training_budget  # noqa: F401
-from .experiments.results import write_json as _write_json  # noqa: F401
+from .experiments.results import check_tasks, collect_results, training_budget
+from .experiments.results import write_json as _write_json  # noqa: F401 - tests/test_faults_io.py
 from .experiments.runner import run_tasks
 from .experiments.sweep import run_sweep, sweep_tasks, write_sweep_report
 from .experiments.tasks import Task, base_config, check_run_options, parse_list

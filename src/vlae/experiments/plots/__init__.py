@@ -4,7 +4,7 @@ per-dimension KL (as ``C`` maps for a spatial code ``(C, h, w)``), latent traver
 and the decoder's receptive field checked against autograd.
 
 All figures are drawn with matplotlib's object-oriented API on an Agg canvas
-(no pyplot, no global backend change, so importing this module in a notebook
+(no pyplot, no global backend change, so importing this package in a notebook
 is harmless) and written as PNG; every function returns the path it wrote.
 Sampling uses :class:`vlae.sampling.FastSampler`, whose images are identical to
 the naive sampler's.
