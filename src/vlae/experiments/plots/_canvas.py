@@ -22,7 +22,6 @@ _DPI = 120
 _PIXELS = ListedColormap(["black", "white"])  # binary images: 0 black, 1 white, as MNIST is usually shown
 
 
-# ---------------------------------------------------------------------- helpers
 def _save(fig: Figure, out) -> Path:
     """Write ``fig`` atomically (format from the suffix, PNG without one); an
     unwritable path is a one-line :class:`VLAEError`."""
