@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 
 from ...errors import VLAEError
 from ...sampling import FastSampler
-from ._canvas import _grid, _images, _need_latent, _save, _show
+from . import _canvas as canvas
 
 __all__ = ["colour_retention", "plot_grayscale_experiment"]
 
@@ -42,8 +42,8 @@ def colour_retention(model, x: torch.Tensor, draws: int = 2, seed: int = 0) -> d
     ``prior`` that of samples with ``z ~ p(z)`` from the images. A code that
     holds the colour has ``own`` well below the other two.
     """
-    _need_latent(model, "a colour-retention measurement")
-    x = _images(model, x)
+    canvas.need_latent(model, "a colour-retention measurement")
+    x = canvas.model_images(model, x)
     if x.shape[1] != 3 or x.shape[0] < 2:
         raise VLAEError(f"colour retention needs at least 2 RGB images, got shape {tuple(x.shape)}")
     g = torch.Generator(device=x.device).manual_seed(seed)
@@ -71,24 +71,24 @@ def plot_grayscale_experiment(model, x: torch.Tensor, out, n: int = 5, n_images:
     mean per-pixel standard deviation across the decodings."""
     from ...pixelcnn import grayscale
 
-    _need_latent(model, "the grayscale experiment")
+    canvas.need_latent(model, "the grayscale experiment")
     if not getattr(model.cfg, "gray_context", False):
         raise VLAEError("the grayscale experiment needs a decoder with a gray context (model.gray_context=true, "
                         "e.g. the cifar-gray preset)")
-    x = _images(model, x)
+    x = canvas.model_images(model, x)
     x = x[torch.linspace(0, len(x) - 1, min(n_images, len(x))).round().long()]  # spread: unlike colours per row
     g = torch.Generator(device=x.device).manual_seed(seed)
     rec = FastSampler(model).reconstruct(x, n, generator=g)  # (n, B, 3, H, W), one z per image
     own, other = _chroma_gaps(rec, x, shift=-1)  # other: against the next row's image
     texture = rec.std(0).mean((1, 2, 3)) if n > 1 else torch.zeros(x.shape[0])
     gray = grayscale(x).expand_as(x)
-    grid = _show(model, torch.cat([x[None], gray[None], rec])).transpose(0, 1)  # (B, 2 + n, H, W, 3)
+    grid = canvas.show(model, torch.cat([x[None], gray[None], rec])).transpose(0, 1)  # (B, 2 + n, H, W, 3)
     fig = Figure(figsize=(1.05 * (n + 2) + 2.5, 1.05 * x.shape[0] + 1.3), layout="constrained")
     ax = fig.subplots()
-    _grid(ax, grid, [f"chroma {c:.1f}, texture {t:.0f}" for c, t in zip(own.tolist(), texture.tolist())],
+    canvas.grid(ax, grid, [f"chroma {c:.1f}, texture {t:.0f}" for c, t in zip(own.tolist(), texture.tolist())],
           ["original", "gray context"] + [f"x'{i + 1}" for i in range(n)])
     ax.set(xlabel="decodings x' ~ p(x | z, Grayscale(context)), the same z across a row", ylabel="test image")
     ax.set_title("Grayscale experiment: the colour comes from z, the texture from the decoder\n"
                  f"chroma difference of the decodings: {own.mean():.1f} from their own image, "
                  f"{other.mean():.1f} from the next row's (0..255)")
-    return _save(fig, out)
+    return canvas.save(fig, out)

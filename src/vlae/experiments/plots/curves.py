@@ -12,12 +12,12 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ...errors import VLAEError
-from ._canvas import _save, _warn
+from . import _canvas as canvas
 
 __all__ = ["plot_training_curves", "read_metrics"]
 
 
-def read_metrics(metrics_path, notice: Callable[[str], object] | None = _warn) -> tuple[list[dict], list[dict]]:
+def read_metrics(metrics_path, notice: Callable[[str], object] | None = canvas.warn) -> tuple[list[dict], list[dict]]:
     """Training and validation records of a ``metrics.jsonl`` (one JSON object a
     line; validation records carry ``"split": "valid"``).
 
@@ -93,7 +93,7 @@ def _valid_steps(train: list[dict], valid: list[dict]) -> list[float | None]:
     return steps
 
 
-def plot_training_curves(metrics_path, out, notice: Callable[[str], object] | None = _warn) -> Path:
+def plot_training_curves(metrics_path, out, notice: Callable[[str], object] | None = canvas.warn) -> Path:
     """Loss and negative ELBO (nats per image) and the KL term against the
     optimiser step, with the validation bounds overlaid.
 
@@ -157,4 +157,4 @@ def plot_training_curves(metrics_path, out, notice: Callable[[str], object] | No
         ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
         ax.grid(alpha=0.3)
     fig.suptitle(f"Training curves ({Path(metrics_path).parent.name or Path(metrics_path).name})")
-    return _save(fig, out)
+    return canvas.save(fig, out)

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 
 from ...errors import VLAEError
 from ...sampling import FastSampler, fast_sample
-from ._canvas import _fixed_uniforms, _grid, _images, _kl_per_dim, _need_latent, _posterior_point, _save, _show
+from . import _canvas as canvas
 
 __all__ = ["plot_reconstructions", "plot_lossy_decompression", "plot_samples", "plot_kl_heatmap",
            "plot_latent_traversals", "plot_interpolations"]
@@ -24,16 +24,16 @@ __all__ = ["plot_reconstructions", "plot_lossy_decompression", "plot_samples", "
 def plot_reconstructions(model, x: torch.Tensor, out, n_images: int = 8, seed: int = 0) -> Path:
     """Test images (top row) and one lossy reconstruction each: ``z ~ q(z|x)``,
     then ``x' ~ p(x|z)`` (bottom row)."""
-    _need_latent(model, "a reconstruction")
-    x = _images(model, x, n_images)
+    canvas.need_latent(model, "a reconstruction")
+    x = canvas.model_images(model, x, n_images)
     g = torch.Generator(device=x.device).manual_seed(seed)
     rec = FastSampler(model).reconstruct(x, 1, generator=g)[0]
     fig = Figure(figsize=(1.1 * x.shape[0] + 1.5, 3.0), layout="constrained")
     ax = fig.subplots()
-    _grid(ax, torch.stack([_show(model, x), _show(model, rec)]), ["original x", "x' ~ p(x|z)"])
+    canvas.grid(ax, torch.stack([canvas.show(model, x), canvas.show(model, rec)]), ["original x", "x' ~ p(x|z)"])
     ax.set_xlabel("test image")
     ax.set_title("Reconstructions (z ~ q(z|x) once per image)")
-    return _save(fig, out)
+    return canvas.save(fig, out)
 
 
 @torch.no_grad()
@@ -42,17 +42,17 @@ def plot_lossy_decompression(model, x: torch.Tensor, out, n: int = 5, n_images: 
     ``z ~ q(z|x)`` and ``n`` decodings ``x' ~ p(x|z)``. What stays the same
     across a row is what ``z`` encodes (global shape); what varies is left to
     the autoregressive decoder (local texture)."""
-    _need_latent(model, "lossy decompression")
-    x = _images(model, x, n_images)
+    canvas.need_latent(model, "lossy decompression")
+    x = canvas.model_images(model, x, n_images)
     g = torch.Generator(device=x.device).manual_seed(seed)
     rec = FastSampler(model).reconstruct(x, n, generator=g)  # (n, B, C, H, W)
-    grid = _show(model, torch.cat([x[None], rec])).transpose(0, 1)  # (B, 1 + n, H, W[, 3])
+    grid = canvas.show(model, torch.cat([x[None], rec])).transpose(0, 1)  # (B, 1 + n, H, W[, 3])
     fig = Figure(figsize=(1.05 * (n + 1) + 1.5, 1.05 * x.shape[0] + 1.0), layout="constrained")
     ax = fig.subplots()
-    _grid(ax, grid, [str(i + 1) for i in range(x.shape[0])], ["original"] + [f"x'{i + 1}" for i in range(n)])
+    canvas.grid(ax, grid, [str(i + 1) for i in range(x.shape[0])], ["original"] + [f"x'{i + 1}" for i in range(n)])
     ax.set(xlabel="decodings x' ~ p(x|z), same z", ylabel="test image")
     ax.set_title("Lossy decompression: one z per row")
-    return _save(fig, out)
+    return canvas.save(fig, out)
 
 
 @torch.no_grad()
@@ -65,15 +65,15 @@ def plot_samples(model, n: int, out, seed: int = 0) -> Path:
     x = fast_sample(model, n, generator=torch.Generator(device=anchor.device).manual_seed(seed))
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
-    x = _show(model, x)
+    x = canvas.show(model, x)
     pad = torch.full((rows * cols - n, *x.shape[1:]), 0.5, dtype=x.dtype, device=x.device)
     grid = torch.cat([x, pad]).view(rows, cols, *x.shape[1:])
     fig = Figure(figsize=(0.9 * cols + 1.0, 0.9 * rows + 1.0), layout="constrained")
     ax = fig.subplots()
-    _grid(ax, grid, [""] * rows, [""] * cols)
+    canvas.grid(ax, grid, [""] * rows, [""] * cols)
     prior = f"{model.cfg.prior.upper() if model.cfg.prior == 'af' else 'Gaussian'} prior" if model.latent_dim else ""
     ax.set_title(f"Samples from the model ({prior + ', ' if prior else 'unconditional, '}{model.cfg.decoder} decoder)")
-    return _save(fig, out)
+    return canvas.save(fig, out)
 
 
 @torch.no_grad()
@@ -82,9 +82,9 @@ def plot_kl_heatmap(model, x: torch.Tensor, out, n_images: int = 32, draws: int 
     ``draws`` posterior samples: the mean over images per dimension (bars) and
     every image x dimension (heat map), dimensions sorted by mean KL. Dimensions
     near zero are unused by the model."""
-    _need_latent(model, "a KL heat map")
-    x = _images(model, x, n_images)
-    kl = _kl_per_dim(model, x, draws)
+    canvas.need_latent(model, "a KL heat map")
+    x = canvas.model_images(model, x, n_images)
+    kl = canvas.kl_per_dim(model, x, draws)
     if model.cfg.latent_shape:
         return _kl_maps(model, kl, out, draws)
     order = torch.argsort(kl.mean(0), descending=True)
@@ -107,7 +107,7 @@ def plot_kl_heatmap(model, x: torch.Tensor, out, n_images: int = 32, draws: int 
     ticks = np.arange(0, d, max(1, d // 16))
     bottom.set_xticks(ticks, [str(int(order[t])) for t in ticks])
     fig.colorbar(im, ax=bottom, label="KL (nats)")
-    return _save(fig, out)
+    return canvas.save(fig, out)
 
 
 def _kl_maps(model, kl: torch.Tensor, out, draws: int) -> Path:
@@ -143,7 +143,7 @@ def _kl_maps(model, kl: torch.Tensor, out, draws: int) -> Path:
     fig.colorbar(heat, ax=ax, label="KL per feature map (nats)")
     fig.suptitle(f"KL over the {'x'.join(map(str, shape))} code: {mean.sum():.2f} nats per image "
                  f"(mean over {kl.shape[0]} images, {draws} draws each)", fontsize=10)
-    return _save(fig, out)
+    return canvas.save(fig, out)
 
 
 @torch.no_grad()
@@ -153,25 +153,25 @@ def plot_latent_traversals(model, x: torch.Tensor, out, dims: int = 6, steps: in
     ``dims`` highest-KL dimensions (KL averaged over the images in ``x``) to
     values across ``[-span, span]``. Every picture is decoded with the same
     uniforms, so differences are caused by ``z`` alone."""
-    _need_latent(model, "a latent traversal")
-    x = _images(model, x, 32)
-    kl = _kl_per_dim(model, x).mean(0)
+    canvas.need_latent(model, "a latent traversal")
+    x = canvas.model_images(model, x, 32)
+    kl = canvas.kl_per_dim(model, x).mean(0)
     dims = min(dims, model.latent_dim)
     top = torch.argsort(kl, descending=True)[:dims]
-    z0 = _posterior_point(model, x[:1])[0]
+    z0 = canvas.posterior_point(model, x[:1])[0]
     values = torch.linspace(-span, span, steps, dtype=z0.dtype, device=z0.device)
     z = z0.repeat(dims * steps, 1).view(dims, steps, -1)
     for r, d in enumerate(top.tolist()):
         z[r, :, d] = values
-    imgs = FastSampler(model).decode(z.view(dims * steps, -1), _fixed_uniforms(model, dims * steps, seed))
+    imgs = FastSampler(model).decode(z.view(dims * steps, -1), canvas.fixed_uniforms(model, dims * steps, seed))
     fig = Figure(figsize=(1.0 * steps + 2.0, 1.0 * dims + 1.2), layout="constrained")
     ax = fig.subplots()
-    imgs = _show(model, imgs)
-    _grid(ax, imgs.view(dims, steps, *imgs.shape[1:]),
+    imgs = canvas.show(model, imgs)
+    canvas.grid(ax, imgs.view(dims, steps, *imgs.shape[1:]),
           [f"z[{d}] ({kl[d]:.1f} nats)" for d in top.tolist()], [f"{v:+.1f}" for v in values.tolist()])
     ax.set(xlabel="value of the latent dimension", ylabel="latent dimension (mean KL)")
     ax.set_title("Latent traversals from the posterior point of one test image")
-    return _save(fig, out)
+    return canvas.save(fig, out)
 
 
 @torch.no_grad()
@@ -179,22 +179,23 @@ def plot_interpolations(model, x: torch.Tensor, out, pairs: int = 4, steps: int 
     """Linear interpolation between the posterior points of image pairs
     ``(x[0], x[1]), (x[2], x[3]), ...``; originals at both ends, every decoding
     with the same uniforms."""
-    _need_latent(model, "an interpolation")
-    x = _images(model, x)
+    canvas.need_latent(model, "an interpolation")
+    x = canvas.model_images(model, x)
     pairs = min(pairs, x.shape[0] // 2)
     if pairs < 1:
         raise VLAEError("interpolation needs at least two images")
-    z = _posterior_point(model, x[:2 * pairs]).view(pairs, 2, -1)
+    z = canvas.posterior_point(model, x[:2 * pairs]).view(pairs, 2, -1)
     t = torch.linspace(0, 1, steps, dtype=z.dtype, device=z.device)[None, :, None]
     zt = (1 - t) * z[:, :1] + t * z[:, 1:]  # (pairs, steps, D)
-    imgs = FastSampler(model).decode(zt.reshape(pairs * steps, -1), _fixed_uniforms(model, pairs * steps, seed))
-    imgs = _show(model, imgs)
+    imgs = FastSampler(model).decode(zt.reshape(pairs * steps, -1), canvas.fixed_uniforms(model, pairs * steps, seed))
+    imgs = canvas.show(model, imgs)
     imgs = imgs.view(pairs, steps, *imgs.shape[1:])
-    grid = torch.cat([_show(model, x[0:2 * pairs:2])[:, None], imgs, _show(model, x[1:2 * pairs:2])[:, None]], 1)
+    left, right = canvas.show(model, x[0:2 * pairs:2]), canvas.show(model, x[1:2 * pairs:2])
+    grid = torch.cat([left[:, None], imgs, right[:, None]], 1)
     fig = Figure(figsize=(1.0 * (steps + 2) + 1.5, 1.05 * pairs + 1.2), layout="constrained")
     ax = fig.subplots()
-    _grid(ax, grid, [str(i + 1) for i in range(pairs)],
+    canvas.grid(ax, grid, [str(i + 1) for i in range(pairs)],
           ["start"] + [f"{v:.2f}" for v in t.flatten().tolist()] + ["end"])
     ax.set(xlabel="interpolation weight t: z = (1 - t) z_start + t z_end", ylabel="image pair")
     ax.set_title("Interpolations between posterior points")
-    return _save(fig, out)
+    return canvas.save(fig, out)

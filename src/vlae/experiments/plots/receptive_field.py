@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
 from ...errors import VLAEError
-from ._canvas import _save
+from . import _canvas as canvas
 
 __all__ = ["plot_receptive_field", "jacobian_support", "receptive_field_mask"]
 
@@ -122,4 +122,4 @@ def plot_receptive_field(model_or_decoder, out, pixel: tuple[int, int] | None = 
                        ax.lines[0]], labels=["d logit / d x != 0 (autograd)", "reported receptive field",
                                              "conditioning map read", "output pixel"],
               loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    return _save(fig, out)
+    return canvas.save(fig, out)

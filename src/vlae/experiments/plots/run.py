@@ -10,7 +10,7 @@ import torch
 
 from ...errors import VLAEError
 from ...outputs import prepare_output
-from ._canvas import _warn
+from . import _canvas as canvas
 from .colour import plot_grayscale_experiment
 from .curves import plot_training_curves
 from .images import (
@@ -26,7 +26,9 @@ from .receptive_field import plot_receptive_field
 __all__ = ["plot_run"]
 
 
-def _test_images(cfg, count: int = 64, seed: int = 0, notice: Callable[[str], object] | None = _warn) -> torch.Tensor:
+def _test_images(cfg, count: int = 64, seed: int = 0,
+                 notice: Callable[[str], object] | None = canvas.warn) -> torch.Tensor:
+    """``count`` fixed test images of the run's dataset, as its model observes them, as floats."""
     from ...data import fixed_subset, load_or_fallback
 
     images = load_or_fallback(cfg.train.dataset, "test", cfg.train.data_dir, notice=notice or (lambda _m: None))
@@ -34,7 +36,7 @@ def _test_images(cfg, count: int = 64, seed: int = 0, notice: Callable[[str], ob
 
 
 def plot_run(run_dir, images: torch.Tensor | None = None, out_dir=None,
-             notice: Callable[[str], object] | None = _warn) -> list[Path]:
+             notice: Callable[[str], object] | None = canvas.warn) -> list[Path]:
     """Every figure of a training run, written to ``run_dir/figures/`` (or
     ``out_dir``): training curves (if ``metrics.jsonl`` exists), samples and the
     receptive field, and for models with a latent code reconstructions, lossy
