@@ -18,7 +18,9 @@ __all__ = ["RESULTS", "ERROR", "write_json", "check_tasks", "collect_results", "
 #: rerun checks that a finished run was made with the requested configuration).
 _COSMETIC = {("train", "progress"), ("train", "tensorboard")}
 
+#: A finished run's record, configuration and evaluation settings, in its folder.
 RESULTS = "results.json"
+#: A failed run's traceback, in its folder (removed when the run starts again).
 ERROR = "error.txt"
 
 

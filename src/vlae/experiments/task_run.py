@@ -15,6 +15,7 @@ from .results import ERROR, RESULTS, training_budget, write_json
 
 __all__ = ["init_worker", "run_task", "evaluation_images"]
 
+#: What this worker process shares between its tasks: threads, training data, test images.
 _WORKER: dict[str, Any] = {}
 
 
