@@ -6,7 +6,7 @@ The tutorial's script, deliberately thin: it builds a configuration from the
 ``mnist-small`` preset (``--use-flow``: AF prior; otherwise a Gaussian prior),
 trains with :func:`vlae.train.train`, estimates the test NLL with the
 importance-weighted bound (:func:`vlae.evaluate.evaluate_checkpoint`), and
-draws the figures with :mod:`vlae.plots`. Everything goes to ``--output-dir``
+draws the figures with :mod:`vlae.experiments.plots`. Everything goes to ``--output-dir``
 (default ``results/``): ``config.json``, ``metrics.jsonl``, checkpoints
 (``best.pt``, ``ckpt-*.pt``), ``eval_<dataset>_test_k*.json`` and ``figures/`` (training
 curves, reconstructions, samples, per-dimension KL heat map, latent
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
               f"active units {r['active_units']}/{r['latent_dim']}")
 
         if not args.no_plots:
-            from vlae.plots import plot_run
+            from vlae.experiments.plots import plot_run
 
             for path in plot_run(out):
                 print(f"wrote {path}")

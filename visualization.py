@@ -7,7 +7,7 @@ The first form writes every figure of a run (training curves, samples,
 reconstructions, lossy decompression, KL heat map, latent traversals,
 interpolations, receptive field) into RUN_DIR/figures/ or DIR; the second draws
 which input pixels one output logit of an untrained PixelCNN depends on, checked
-against autograd. See vlae.plots for the figures themselves.
+against autograd. See vlae.experiments.plots for the figures themselves.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import torch
 
-        from vlae import plots
+        from vlae.experiments import plots
         from vlae.pixelcnn import DECODERS
 
         torch.set_num_threads(min(torch.get_num_threads(), 4))

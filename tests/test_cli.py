@@ -14,6 +14,7 @@ import torch
 from conftest import fallback_environ
 from vlae import cli
 from vlae.checkpoint import save_checkpoint
+from vlae.cli import train as cli_train
 from vlae.config import get_preset
 from vlae.model import VLAE
 
@@ -121,7 +122,7 @@ def test_presets_sample_and_interrupt(tmp_path, capsys, checkpoint, monkeypatch)
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_cmd_train", interrupted)
+    monkeypatch.setattr(cli_train, "run", interrupted)  # looked up when the parser is built
     status, _, err = _main(capsys, "train", "--preset", "tiny")
     assert status == 130 and "--resume" in err
 

@@ -280,7 +280,8 @@ def test_strict_json_writer(tmp_path):
 def test_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys):
     import errno
 
-    from vlae import cli, outputs, plots
+    from vlae import cli, outputs
+    from vlae.experiments import plots  # where `vlae plot` looks plot_run up
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -6,7 +6,7 @@ Decodes each of ``--images`` fixed test images (the ones ``vlae plot`` uses) fro
 one posterior sample of its code and prints, in 0..255 units per channel, how
 far the decodings' chroma (mean colour minus its luma) lies from their own
 image's, from another test image's, and that of samples from the prior
-(:func:`vlae.plots.colour_retention`). For a gray-context model (``cifar-gray``,
+(:func:`vlae.experiments.plots.colour_retention`). For a gray-context model (``cifar-gray``,
 or ``model.gray_context=true``) only the code can hold the colour.
 """
 
@@ -19,7 +19,8 @@ import torch
 
 from vlae.checkpoint import load_model
 from vlae.errors import VLAEError
-from vlae.plots import _test_images, colour_retention
+from vlae.experiments.plots.colour import colour_retention
+from vlae.experiments.plots.run import _test_images
 
 
 def main(argv: list[str] | None = None) -> int:

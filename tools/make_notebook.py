@@ -133,8 +133,8 @@ the whole 28x28 image. We will train both.
 
 code(r"""
 from vlae.pixelcnn import GatedPixelCNN, MaskedPixelCNN
-from vlae.plots import jacobian_support, plot_receptive_field, receptive_field_mask
-from vlae.sweep import receptive_field_record
+from vlae.experiments.plots import jacobian_support, plot_receptive_field, receptive_field_mask
+from vlae.experiments.receptive_field import receptive_field_record
 
 LOCAL = dict(decoder_layers=2, decoder_kernel=3)   # the two decoders trained below
 WHOLE = dict(decoder_layers=14, decoder_kernel=5)
@@ -239,7 +239,7 @@ local_run = fit("local", cfg_local)
 """)
 
 code(r"""
-from vlae.plots import plot_training_curves
+from vlae.experiments.plots import plot_training_curves
 
 display(Image(plot_training_curves(local_run / "metrics.jsonl", FIGURES / "training_local.png")))
 """)
@@ -281,7 +281,7 @@ texture varies from decoding to decoding: a lossy code.
 """)
 
 code(r"""
-from vlae.plots import plot_lossy_decompression
+from vlae.experiments.plots import plot_lossy_decompression
 
 display(Image(plot_lossy_decompression(local_model, test_x, FIGURES / "lossy_local.png", n=5, n_images=6)))
 """)
@@ -296,7 +296,7 @@ number of nats that `z` carries about a digit. Dimensions near zero are switched
 """)
 
 code(r"""
-from vlae.plots import plot_kl_heatmap
+from vlae.experiments.plots import plot_kl_heatmap
 
 display(Image(plot_kl_heatmap(local_model, test_x, FIGURES / "kl_local.png", n_images=min(32, TEST_IMAGES))))
 """)
@@ -358,7 +358,7 @@ lossy reconstructions become much sharper.)
 - `vlae ablation` trains, at equal budget, an unconditional PixelCNN, a Gaussian prior,
   the AF prior, an IAF posterior and a factorized decoder, and tabulates NLL, ELBO and KL
   (the paper's appendix D, extended).
-- `vlae.plots.plot_run(run_dir)` draws every figure of a run: samples, latent traversals
+- `vlae.experiments.plots.plot_run(run_dir)` draws every figure of a run: samples, latent traversals
   and interpolations included.
 """)
 

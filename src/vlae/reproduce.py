@@ -19,10 +19,7 @@ A reproduction runs in four steps:
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
-import math
 import tempfile
 import time
 from pathlib import Path
@@ -34,7 +31,7 @@ from .config import Config, apply_overrides, get_preset
 from .errors import VLAEError
 from .protocols import PROTOCOLS, Protocol
 
-__all__ = ["protocol_config", "training_rate", "project", "reproduce", "add_cli"]
+__all__ = ["protocol_config", "training_rate", "project", "reproduce"]
 
 
 def protocol_config(protocol: Protocol, device: str = "auto", overrides: Sequence[str] = ()) -> Config:
@@ -189,44 +186,3 @@ def _markdown(r: dict) -> str:
     else:
         lines += ["No deviation from the protocol."]
     return "\n".join(lines) + "\n"
-
-
-def add_cli(sub: argparse._SubParsersAction) -> None:
-    """Register ``vlae reproduce``."""
-    p = sub.add_parser("reproduce", help="one of the paper's experiments, end to end",
-                       description="Project, train, evaluate (the paper's k on the whole test set) and report one of "
-                       "the paper's experiments: " + "; ".join(f"{n}: {p.source}" for n, p in PROTOCOLS.items()))
-    p.add_argument("protocol", choices=sorted(PROTOCOLS), help="which experiment")
-    p.add_argument("--run-dir", required=True, help="the run folder (one reproduction per folder)")
-    p.add_argument("--yes", action="store_true", help="start even when the projection says it takes long (CPU)")
-    p.add_argument("--time-budget", type=float, default=0.0, help="train for at most this many seconds (a deviation)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted reproduction in --run-dir")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
-    p.add_argument("--data-dir", default=None, help="folder holding the dataset")
-    p.add_argument("--warmup-steps", type=int, default=30, help="timed steps of the projection (default: 30)")
-    p.add_argument("--subset", type=int, default=0, help="evaluate on this many test images (0: all; a deviation)")
-    p.add_argument("--k", type=int, default=None, help="importance samples of the IW bound (default: the paper's)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                   help="config override (repeatable; a deviation)")
-    p.set_defaults(func=_cmd_reproduce)
-
-
-def _cmd_reproduce(args: argparse.Namespace) -> int:
-    import signal
-    import sys
-
-    from .train import Interrupted
-
-    try:
-        report = reproduce(args.protocol, args.run_dir, yes=args.yes, time_budget=args.time_budget,
-                           resume=args.resume, device=args.device, data_dir=args.data_dir, overrides=args.overrides,
-                           warmup_steps=args.warmup_steps, subset=args.subset, k=args.k)
-    except Interrupted as stop:  # SIGINT or SIGTERM during training: a resumable checkpoint was written
-        where = f"wrote {stop.checkpoint}; " if stop.checkpoint else ""
-        print(f"\ninterrupted by {signal.Signals(stop.signum).name}: {where}continue with the same `vlae reproduce "
-              f"{args.protocol}` command and --resume", file=sys.stderr)
-        return stop.exit_status
-    print(json.dumps({"ours": report["ours"], "paper": report["paper"], "unit": report["unit"],
-                      "faithful": report["faithful"]}))
-    return 0 if math.isfinite(report["ours"]) else 1

@@ -1,0 +1,36 @@
+"""What every subcommand shares: the parser that turns usage errors into one
+``error:`` line, and the checks of numeric options."""
+
+from __future__ import annotations
+
+import argparse
+from typing import NoReturn
+
+from ..errors import VLAEError
+
+__all__ = ["Parser", "check_range", "set_threads"]
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors as one ``error:`` line and status 2 (argparse's own convention)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise VLAEError(f"{self.prog}: {message}")
+
+
+def check_range(name: str, value: int | None, low: int, high: int = 2**63 - 1) -> None:
+    """``--name`` must lie in ``[low, high]`` (``None``: not given)."""
+    if value is not None and not low <= value <= high:
+        bound = f">= {low}" if value < low else f"<= {high}"
+        raise VLAEError(f"invalid --{name.replace('_', '-')}: must be {bound}, got {value}")
+
+
+def set_threads(n: int | None) -> None:
+    """``--threads``: torch's CPU threads (``None``: torch's choice)."""
+    if n is None:
+        return
+    if n < 1:
+        raise VLAEError(f"invalid --threads: must be >= 1, got {n}")
+    import torch
+
+    torch.set_num_threads(n)

@@ -1,0 +1,131 @@
+"""``vlae compress`` and ``vlae decompress``: images to a bits-back file and back
+with a trained model (:mod:`vlae.codec`)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import VLAEError
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers: Any) -> None:
+    """Add ``vlae compress`` and ``vlae decompress``."""
+    from ..codec import DEFAULT_BATCH, DEFAULT_PRECISION
+
+    p = subparsers.add_parser(
+        "compress", help="lossless bits-back compression of images with a trained model",
+        description="Compress binary or 8-bit (grey or RGB) images with a trained VLAE: bits-back ANS, whose "
+                    "length is the model's -ELBO plus a fixed overhead. INPUT is an .npy array or a folder of "
+                    "PNGs; or use --dataset.")
+    p.add_argument("run", metavar="RUN", help="run folder or .pt checkpoint")
+    p.add_argument("input", metavar="INPUT", nargs="?", help=".npy array or folder of PNG images")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="compressed file to write")
+    p.add_argument("--dataset", default=None,
+                   help="compress a dataset split instead of INPUT, e.g. binarized-mnist, cifar10, photos-embedded")
+    p.add_argument("--split", choices=("test", "valid", "train"), default="test", help="split of --dataset")
+    p.add_argument("--subset", type=int, default=0, help="a fixed subset of N images of the split (0: all)")
+    p.add_argument("--data-dir", default=None, help="folder holding the dataset (default: the run's)")
+    p.add_argument("--precision", type=int, default=DEFAULT_PRECISION,
+                   help=f"latent bins per dimension, in bits (default {DEFAULT_PRECISION})")
+    p.add_argument("--batch", type=int, default=DEFAULT_BATCH, help=f"images per chunk (default {DEFAULT_BATCH})")
+    _model_options(p)
+    p.set_defaults(func=run)
+    p = subparsers.add_parser("decompress", help="invert vlae compress",
+                              description="Decompress a file written by `vlae compress` with the same model. "
+                                          "OUTPUT: an .npy file, or any other name for a folder of PNGs.")
+    p.add_argument("run", metavar="RUN", help="run folder or .pt checkpoint (the one that compressed)")
+    p.add_argument("file", metavar="FILE", help="compressed file")
+    p.add_argument("-o", "--output", required=True, metavar="OUTPUT", help=".npy file or folder for PNGs")
+    _model_options(p)
+    p.set_defaults(func=run)
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", choices=("ema", "raw"), default="ema", help="Polyak-averaged or raw weights")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    # One thread by default: a chunk's work per pixel position is a few small matrix
+    # products, which more threads slow down (bench/compress.py measures both).
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default 1: per-position work is too small for threads to pay)")
+    p.add_argument("--device", default=None,
+                   help="where the network runs, e.g. cpu or cuda (default cpu); the file decodes on any device")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``vlae compress`` or ``vlae decompress``, by ``args.command``."""
+    return _compress(args) if args.command == "compress" else _decompress(args)
+
+
+def _load(args: argparse.Namespace):
+    import torch
+
+    from ..checkpoint import load_model
+    from ..codec import _check_model
+
+    threads = 1 if args.threads is None else args.threads
+    if threads < 1:
+        raise VLAEError(f"invalid --threads: must be >= 1, got {threads}")
+    torch.set_num_threads(threads)
+    model, cfg = load_model(args.run, weights=args.weights, device="cpu")
+    _check_model(model)  # a colour model fails here, before any data is read
+    return model, cfg
+
+
+def _compress(args: argparse.Namespace) -> int:
+    from ..codec import _binary, _check_output, compress, read_images
+
+    out = Path(args.output)
+    if (args.input is None) == (args.dataset is None):
+        raise VLAEError("compress: give exactly one of INPUT or --dataset")
+    if args.subset < 0:
+        raise VLAEError(f"invalid --subset: must be >= 0, got {args.subset}")
+    if out.is_dir():
+        raise VLAEError(f"{out} is a folder; name the compressed file")
+    _check_output(out, args.force)
+    model, cfg = _load(args)
+    if args.dataset is not None:
+        from ..data import fixed_subset, load_dataset
+
+        data = load_dataset(args.dataset, args.split, args.data_dir or cfg.train.data_dir)
+        if data.dynamic and _binary(model):
+            raise VLAEError(f"{args.dataset} has grey levels (binarized on the fly); compress a binary .npy instead")
+        images = fixed_subset(data.images, args.subset).numpy()
+        if images.ndim == 3:
+            images = images[:, None]
+    else:
+        images = read_images(args.input, model.cfg.image_shape[0], _binary(model))
+        if args.subset:
+            raise VLAEError("--subset applies to --dataset only")
+    blob, stats = compress(model, images, precision=args.precision, batch=args.batch, device=args.device,
+                           return_stats=True)
+    from ..outputs import writing
+
+    with writing(out) as tmp:
+        tmp.write_bytes(blob)
+    print(f"wrote {out}: {stats.images} images, {stats.file_bytes} bytes, {stats.bits_per_dim:.4f} bits/dim "
+          f"({stats.nats_per_image:.2f} nats/image) net of {stats.initial_bits} initial bits, "
+          f"{stats.images / stats.seconds:.1f} images/s")
+    return 0
+
+
+def _decompress(args: argparse.Namespace) -> int:
+    from ..codec import _binary, _check_output, decompress, write_images
+
+    out, source = Path(args.output), Path(args.file)
+    _check_output(out, args.force)
+    if source.is_dir():
+        raise VLAEError(f"{source}: is a folder; give the file that `vlae compress` wrote (-o FILE)")
+    if not source.is_file():
+        raise VLAEError(f"{source}: no such file")
+    model, _ = _load(args)
+    start = time.perf_counter()
+    x = decompress(model, source.read_bytes(), name=str(source), device=args.device)
+    seconds = time.perf_counter() - start
+    write_images(x, out, force=args.force, binary=_binary(model))
+    print(f"wrote {out}: {len(x)} images of {x.shape[2]}x{x.shape[3]} ({len(x) / seconds:.1f} images/s)")
+    return 0

@@ -1,0 +1,68 @@
+"""``vlae train``'s named flags: each sets an existing configuration field with
+that field's type, and the help lists the same flags as before they were derived
+from the configuration dataclasses."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import get_args, get_type_hints
+
+import pytest
+
+from vlae import cli
+from vlae.cli.train import TRAIN_FLAGS, flag_field
+from vlae.config import ModelConfig, TrainConfig
+
+#: `vlae train --help` before the flags were derived from the configuration (main at c0ae5d3), in order.
+HELP_FLAGS = [
+    "--help", "--preset", "--run-dir", "--resume", "--overwrite", "--epochs", "--max-steps", "--time-budget",
+    "--batch-size", "--lr", "--optimizer", "--seed", "--dataset", "--data-dir", "--device", "--precision",
+    "--cuda-graph", "--polyak", "--kl-warmup-steps", "--eval-every", "--eval-k", "--checkpoint-every",
+    "--checkpoint-steps", "--checkpoint-seconds", "--max-skipped-steps", "--latent-dim", "--prior", "--posterior",
+    "--decoder", "--decoder-layers", "--decoder-kernel", "--free-bits", "--train-on-valid", "--soft-free-bits",
+    "--compile", "--tensorboard", "--progress", "--set", "--threads", "--quiet", "--no-figures",
+]
+SECTIONS = {"train": TrainConfig, "model": ModelConfig}
+
+
+def _train_parser():
+    parser = cli.build_parser()
+    return next(a for a in parser._actions if a.dest == "command").choices["train"]
+
+
+@pytest.mark.parametrize("section, flag, text", TRAIN_FLAGS, ids=[flag for _, flag, _ in TRAIN_FLAGS])
+def test_every_train_flag_sets_a_field_of_its_type(section, flag, text):
+    fields = {f.name for f in dataclasses.fields(SECTIONS[section])}
+    name, typ = flag_field(section, flag)
+    assert name in fields, f"{flag} names no field of {section}"
+    declared = get_type_hints(SECTIONS[section])[name]
+    assert typ is declared or (type(None) in get_args(declared) and typ in get_args(declared))
+    action = next(a for a in _train_parser()._actions if flag in a.option_strings)
+    assert action.dest == name and action.default is None and action.help == text
+    if typ is bool:
+        assert action.nargs == 0 and action.const is True  # a switch
+    else:
+        assert action.type is typ
+
+
+def test_train_help_lists_the_same_flags(capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["train", "--help"])
+    assert stop.value.code == 0
+    options = capsys.readouterr().out.split("options:", 1)[1]
+    listed = re.findall(r"^  (?:-\w, )?(--[a-z][a-z-]*)", options, flags=re.M)  # option lines, not wrapped help
+    assert listed == HELP_FLAGS
+
+
+def test_flag_values_reach_the_config_as_the_fields_type():
+    args = _train_parser().parse_args(["--preset", "tiny", "--lr", "0.5", "--epochs", "3", "--data-dir", "d",
+                                       "--compile", "--latent-dim", "4"])
+    cfg = cli.config_from_args(args)
+    assert (cfg.train.lr, cfg.train.epochs, cfg.train.data_dir, cfg.train.compile) == (0.5, 3, "d", True)
+    assert cfg.model.latent_dim == 4 and cfg.train.soft_free_bits is False  # a switch left out keeps the preset's
+
+
+def test_a_flag_naming_no_field_is_caught():
+    with pytest.raises(KeyError):
+        flag_field("train", "--no-such-field")
