@@ -30,12 +30,11 @@ from ..checkpoint import (
     load_checkpoint,
     save_checkpoint,
     weights_mismatch,
-    write_error,
 )
 from ..config import Config
 from ..errors import VLAEError
 from ..model import VLAE, nats_to_bits_per_dim
-from ..outputs import write_json, write_text
+from ..outputs import write_error, write_json, write_text
 from ..runtime import Runtime
 from .data import check_data_fits, resolve_data
 from .interrupt import Interrupted, StopSignals
