@@ -18,7 +18,7 @@ import json
 import math
 import re
 from dataclasses import asdict, dataclass, field, fields
-from typing import TYPE_CHECKING, Any, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, Sequence, get_args, get_origin, get_type_hints
 
 from .errors import VLAEError
 
@@ -26,13 +26,21 @@ if TYPE_CHECKING:
     from .presets import PRESETS, get_preset
 
 __all__ = ["ModelConfig", "TrainConfig", "EvalConfig", "Config", "PRESETS", "get_preset", "apply_overrides",
-           "config_from_dict", "parse_field", "field_depths"]
+           "config_from_dict", "parse_field", "field_depths", "data_dims"]
 
+# The values a model option accepts. They live here, not beside the modules that
+# implement them, because validation needs them and the configuration imports no
+# networks; vlae.likelihood and vlae.encoder import their lists from here.
 PRIORS = ("gaussian", "af")
 POSTERIORS = ("gaussian", "iaf")
 DECODER_KINDS = ("masked", "gated", "factorized")
-OBSERVATIONS = ("bernoulli", "logistic_mixture")  # as vlae.likelihood.OBSERVATIONS
-ENCODER_KINDS = ("resnet", "densenet")  # spatial encoder and mirror (vlae.encoder)
+OBSERVATIONS = ("bernoulli", "logistic_mixture")
+ENCODER_KINDS = ("resnet", "densenet")  # spatial encoder and mirror
+
+
+def data_dims(image_shape: Sequence[int]) -> int:
+    """Data dimensions of one image of ``image_shape`` (C, H, W): the denominator of bits/dim."""
+    return math.prod(image_shape)
 
 
 def parse_field(name: str) -> tuple[int, int]:
@@ -194,8 +202,7 @@ class ModelConfig:
 
     @property
     def data_dims(self) -> int:
-        c, h, w = self.image_shape
-        return c * h * w
+        return data_dims(self.image_shape)
 
 
 @dataclass
