@@ -40,7 +40,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -48,6 +48,11 @@ from .errors import VLAEError
 from .layers import frozen_weights
 from .model import VLAE, nats_to_bits_per_dim, samples_per_pass
 from .outputs import atomic_write, prepare_output, write_json
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .data import Images
+    from .runtime import Runtime
 
 __all__ = ["evaluate_model", "evaluate_block", "evaluate_checkpoint", "summarize", "image_seed", "parse_shard",
            "shard_blocks", "blocks_of", "result_name", "active_units", "standard_error", "ACTIVE_THRESHOLD"]
@@ -467,7 +472,8 @@ def _check_options(subset: int, chunk: int, shard: str | tuple[int, int] | None,
     return shard, rank, world
 
 
-def _choose_images(cfg, split: str, data_dir: str | os.PathLike | None, seed: int, subset: int, notice):
+def _choose_images(cfg: Config, split: str, data_dir: str | os.PathLike | None, seed: int, subset: int,
+                   notice) -> tuple[Images, torch.Tensor, dict[str, Any]]:
     """The split's images as the model observes them (seeded binarization), the
     ``subset`` of them, and their identity; ``(data, images, identity)``."""
     from .data import dataset_identity, fixed_subset, load_or_fallback
@@ -509,7 +515,7 @@ def _plan(file: Path, weights: str, images: torch.Tensor, k: int, seed: int, blo
                  _BlockStore(partial.with_name(partial.name + ".parts"), fingerprint))
 
 
-def _evaluate_own_blocks(model: VLAE, rt, images: torch.Tensor, plan: _Plan, k: int, seed: int, chunk: int,
+def _evaluate_own_blocks(model: VLAE, rt: Runtime, images: torch.Tensor, plan: _Plan, k: int, seed: int, chunk: int,
                          progress: bool | None, compile: bool, shard: tuple[int, int] | None, rank: int,
                          world: int) -> tuple[list, float] | dict[str, Any]:
     """The blocks this process owns (a ``--shard``, a torchrun rank's share, or
@@ -538,9 +544,9 @@ def _evaluate_own_blocks(model: VLAE, rt, images: torch.Tensor, plan: _Plan, k: 
     return records, seconds
 
 
-def _write_result(result: dict[str, Any], plan: _Plan, file: Path, cfg, data, split: str, identity: dict[str, Any],
-                  *, weights: str, seed: int, subset: int, seconds: float, shards: int, device: torch.device,
-                  compiled: bool | None) -> dict[str, Any]:
+def _write_result(result: dict[str, Any], plan: _Plan, file: Path, cfg: Config, data: Images, split: str,
+                  identity: dict[str, Any], *, weights: str, seed: int, subset: int, seconds: float, shards: int,
+                  device: torch.device, compiled: bool | None) -> dict[str, Any]:
     """Write the result file: the numbers with what was measured, on which data, and how."""
     result = {"estimator": result.pop("estimator"), "split": split, "dataset": data.name, "data": data.source,
               "data_identity": identity, "data_fallback": bool(getattr(data, "fallback", None))
