@@ -34,17 +34,20 @@ from vlae.checkpoint import latest_checkpoint, load_checkpoint
 
 DATASET = "caltech101-silhouettes"
 COUNTS = {"train_data": 4100, "val_data": 2264, "test_data": 2307}
-# ENOSPC for every file opened from a descriptor (how checkpoints are written), as on a full disk
+# ENOSPC for every write to a binary temporary file (how checkpoints are written), as on a full disk
 FULL_DISK = """
-import errno, os, sys
-real_fdopen = os.fdopen
+import builtins, errno, os, sys
+real_open = builtins.open
 class Full:
     def __init__(self, f): self.f = f
     def write(self, data): raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     def __getattr__(self, name): return getattr(self.f, name)
     def __enter__(self): return self
     def __exit__(self, *exc): self.f.close()
-os.fdopen = lambda fd, *a, **k: Full(real_fdopen(fd, *a, **k))
+def full_open(file, mode="r", *args, **kwargs):
+    f = real_open(file, mode, *args, **kwargs)
+    return Full(f) if str(file).endswith(".tmp") and "b" in mode else f
+builtins.open = full_open
 from vlae.cli import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -11,11 +11,12 @@ The paper's building blocks, one module each:
 - :mod:`vlae.spatial_prior` -- AF prior over a latent map (PixelCNN flow steps)
 - :mod:`vlae.likelihood` -- observation models: Bernoulli (binary), discretized logistic mixture (8-bit)
 - :mod:`vlae.model` -- the VLAE, its ELBO with free bits, and the IW bound
-- :mod:`vlae.config` -- configuration dataclasses and presets
+- :mod:`vlae.config` -- configuration dataclasses, validation and overrides
+- :mod:`vlae.presets` -- the named configurations (the paper's and CPU-sized ones)
 """
 
 from .conditioning import ConditionUpsampler, SpatialUpsampler
-from .config import PRESETS, Config, EvalConfig, ModelConfig, TrainConfig, apply_overrides, get_preset
+from .config import Config, EvalConfig, ModelConfig, TrainConfig, apply_overrides
 from .encoder import Encoder, SpatialEncoder
 from .errors import VLAEError
 from .flows import AffineAutoregressive, AFPrior, GaussianPrior, IAFPosterior
@@ -23,6 +24,7 @@ from .made import MADE
 from .masked_conv import MaskedConv2d, make_mask
 from .model import VLAE, Terms, nats_to_bits_per_dim
 from .pixelcnn import FactorizedDecoder, GatedPixelCNN, MaskedPixelCNN
+from .presets import PRESETS, get_preset
 from .spatial_prior import SpatialAFPrior, latent_map
 
 __version__ = "0.1.0"

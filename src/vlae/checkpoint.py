@@ -14,12 +14,12 @@ and numbers (so it loads with ``weights_only=True``, no pickled code):
 ``rng``             every random state the trainer uses, for exact resumption
 =================  ==========================================================
 
-Files are written to a temporary name in the same folder and moved into place
-with :func:`os.replace`, so a crash mid-write leaves the previous file intact
-and never a truncated one under the final name; the temporary files a kill
-leaves behind are removed by :func:`remove_temporaries` on the next start.
-A failed write (a full disk, a read-only folder) is one :class:`VLAEError`
-naming the file.
+Files are written by :func:`vlae.outputs.atomic_write`: to a temporary name in
+the same folder, moved into place with :func:`os.replace`, so a crash mid-write
+leaves the previous file intact and never a truncated one under the final name;
+the temporary files a kill leaves behind are removed by :func:`remove_temporaries`
+on the next start. A failed write (a full disk, a read-only folder) is one
+:class:`VLAEError` naming the file.
 
 Example:
     >>> model, cfg = load_model("runs/mnist-small-20250101-120000")  # doctest: +SKIP
@@ -31,7 +31,6 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -41,6 +40,7 @@ import torch
 
 from .config import Config, config_from_dict
 from .errors import VLAEError
+from .outputs import atomic_write, write_error  # their home is vlae.outputs; still importable from here
 from .runtime import pick_device  # its home is vlae.runtime; still importable from here
 
 __all__ = ["FORMAT_VERSION", "save_checkpoint", "copy_checkpoint", "load_checkpoint", "load_model",
@@ -90,40 +90,6 @@ def resolve_checkpoint(path: str | os.PathLike, prefer: str = "best") -> Path:
     if not p.exists():
         raise VLAEError(f"{p}: no such checkpoint file or run folder")
     return p
-
-
-def write_error(path: str | os.PathLike, error: BaseException) -> VLAEError:
-    """One line for a failed write of ``path``: an ``OSError``, or torch's
-    ``RuntimeError`` (``"unexpected pos ..."``) wrapping one, as a full disk gives."""
-    cause = error if isinstance(error, OSError) else error.__context__
-    if isinstance(cause, OSError):
-        reason = cause.strerror or str(cause) or type(cause).__name__
-    else:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        reason = f"write failed: {first}; is the disk full?"
-    return VLAEError(f"{path}: cannot write ({reason})")
-
-
-def atomic_write(path: Path, write) -> Path:
-    """Call ``write(file)`` on a temporary file beside ``path``, then move it onto ``path``."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as error:
-        raise write_error(path, error) from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as error:
-        Path(tmp).unlink(missing_ok=True)
-        raise write_error(path, error) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:

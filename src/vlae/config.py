@@ -1,7 +1,10 @@
-"""Configuration: dataclasses with defaults in one place, named presets, and
-``key=value`` overrides for the command line.
+"""Configuration: dataclasses with defaults in one place, their validation, and
+``key=value`` overrides for the command line. The named presets are in
+:mod:`vlae.presets` (``PRESETS`` and ``get_preset`` are still importable from
+here, for one release).
 
 Example:
+    >>> from vlae.presets import get_preset
     >>> cfg = get_preset("mnist-small")
     >>> cfg = apply_overrides(cfg, ["model.latent_dim=16", "train.lr=1e-3"])
     >>> cfg.model.latent_dim, cfg.train.lr
@@ -13,19 +16,53 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, Sequence, get_args, get_origin, get_type_hints
 
 from .errors import VLAEError
 
-__all__ = ["ModelConfig", "TrainConfig", "EvalConfig", "Config", "PRESETS", "get_preset", "apply_overrides",
-           "config_from_dict"]
+if TYPE_CHECKING:
+    from .presets import PRESETS, get_preset
 
+__all__ = ["ModelConfig", "TrainConfig", "EvalConfig", "Config", "PRESETS", "get_preset", "apply_overrides",
+           "config_from_dict", "parse_field", "field_depths", "data_dims"]
+
+# The values a model option accepts. They live here, not beside the modules that
+# implement them, because validation needs them and the configuration imports no
+# networks; vlae.likelihood and vlae.encoder import their lists from here.
 PRIORS = ("gaussian", "af")
 POSTERIORS = ("gaussian", "iaf")
 DECODER_KINDS = ("masked", "gated", "factorized")
-OBSERVATIONS = ("bernoulli", "logistic_mixture")  # as vlae.likelihood.OBSERVATIONS
-ENCODER_KINDS = ("resnet", "densenet")  # spatial encoder and mirror (vlae.encoder)
+OBSERVATIONS = ("bernoulli", "logistic_mixture")
+ENCODER_KINDS = ("resnet", "densenet")  # spatial encoder and mirror
+
+
+def data_dims(image_shape: Sequence[int]) -> int:
+    """Data dimensions of one image of ``image_shape`` (C, H, W): the denominator of bits/dim."""
+    return math.prod(image_shape)
+
+
+def parse_field(name: str) -> tuple[int, int]:
+    """``"AxB"`` -> ``(A, B)``, the paper's name of a receptive field (section 4.3);
+    raises ``ValueError`` on anything else."""
+    m = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", str(name))
+    if not m:
+        raise ValueError(f"a receptive field is named AxB (e.g. 7x4), got {name!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def field_depths(name: str) -> tuple[int, int]:
+    """Vertical and horizontal layers ``(B - 1, A - B)`` of the gated decoder whose
+    field is the paper's ``AxB`` (see :meth:`vlae.pixelcnn.GatedPixelCNN.from_field`);
+    raises ``ValueError`` for a name no such decoder has. Here, not in the decoder,
+    because validating ``model.decoder_field`` needs it and the configuration
+    imports no networks."""
+    a, b = parse_field(name)
+    if b < 2 or a not in (2 * b - 1, 2 * b):
+        raise ValueError(f"receptive field {a}x{b} cannot be built: need B >= 2 and A = 2B-1 or 2B "
+                         f"(e.g. 4x2, 5x3, 7x4, 8x4, 9x5)")
+    return b - 1, a - b
 
 
 @dataclass
@@ -131,8 +168,6 @@ class ModelConfig:
             _check(c == 3, "model.gray_context", f"a grayscale context needs RGB images, got {c} channel(s)")
             _check(self.decoder != "factorized", "model.gray_context", "a factorized decoder reads no context")
         if self.decoder_field:
-            from .pixelcnn import field_depths  # lazily: the configuration imports no networks
-
             _check(self.decoder == "gated", "model.decoder_field",
                    f"an AxB receptive field needs decoder=gated, got {self.decoder!r}")
             try:
@@ -167,8 +202,7 @@ class ModelConfig:
 
     @property
     def data_dims(self) -> int:
-        c, h, w = self.image_shape
-        return c * h * w
+        return data_dims(self.image_shape)
 
 
 @dataclass
@@ -210,14 +244,16 @@ class TrainConfig:
 
     def validate(self) -> None:
         _check_finite(self, "train")
-        _check(self.optimizer in ("adamax", "adam"), "train.optimizer", f"must be adamax or adam, got {self.optimizer!r}")
+        _check(self.optimizer in ("adamax", "adam"), "train.optimizer",
+               f"must be adamax or adam, got {self.optimizer!r}")
         _check(self.lr_decay in ("none", "exponential", "cosine"), "train.lr_decay",
                f"must be none, exponential or cosine, got {self.lr_decay!r}")
         _check(self.precision in ("auto", "fp32", "bf16"), "train.precision",
                f"must be auto, fp32 or bf16, got {self.precision!r}")
         _check(self.cuda_graph in ("auto", "on", "off"), "train.cuda_graph",
                f"must be auto, on or off, got {self.cuda_graph!r}")
-        _check(self.progress in ("auto", "on", "off"), "train.progress", f"must be auto, on or off, got {self.progress!r}")
+        _check(self.progress in ("auto", "on", "off"), "train.progress",
+               f"must be auto, on or off, got {self.progress!r}")
         _check(self.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.batch_size}")
         _check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
         _check(0 <= self.polyak < 1, "train.polyak", f"must be in [0, 1), got {self.polyak}")
@@ -280,133 +316,6 @@ def _check_finite(section: Any, prefix: str) -> None:
         value = getattr(section, f.name)
         if isinstance(value, float):
             _check(math.isfinite(value), f"{prefix}.{f.name}", f"must be a finite number, got {value}")
-
-
-def _paper() -> Config:
-    # Chen et al. (2017), appendix: MNIST experiments; batch 128, Adamax 2e-3, Polyak 0.998 and 300 epochs
-    # as in the authors' launcher for the final MNIST runs (vlae_final.py).
-    return Config(
-        model=ModelConfig(free_bits=0.01, encoder_channels=64, encoder_blocks=2, upsampler_channels=64),
-        train=TrainConfig(batch_size=128, lr=2e-3, optimizer="adamax", polyak=0.998, epochs=300),
-        eval=EvalConfig(k=4096),
-        preset="mnist-paper",
-    )
-
-
-def _small() -> Config:
-    # CPU-sized: narrower networks and a smaller AF prior; same decoder shape,
-    # so its receptive field (6 rows up) and hence the collapse behaviour match.
-    return Config(
-        model=ModelConfig(latent_dim=32, encoder_channels=32, encoder_blocks=1, upsampler_channels=32,
-                          flow_steps=2, made_hidden=(128, 128), decoder_filters=16, decoder_blocks_1x1=1,
-                          tie_weights=False, free_bits=0.01),
-        train=TrainConfig(batch_size=64, lr=2e-3, epochs=20, polyak=0.998),
-        eval=EvalConfig(k=1024),
-        preset="mnist-small",
-    )
-
-
-def _gated() -> Config:
-    cfg = _small()
-    cfg.model.decoder, cfg.model.decoder_filters, cfg.model.cond_every_layer = "gated", 24, True
-    cfg.model.decoder_layers = 4
-    cfg.preset = "mnist-gated"
-    return cfg
-
-
-def _tiny() -> Config:
-    # For tests and smoke runs: seconds, not minutes.
-    return Config(
-        model=ModelConfig(latent_dim=8, encoder_channels=8, encoder_blocks=1, upsampler_channels=8,
-                          flow_steps=2, made_hidden=(16,), decoder_layers=2, decoder_filters=8,
-                          decoder_blocks_1x1=1, tie_weights=False, iaf_hidden=(16,), iaf_context=8),
-        train=TrainConfig(batch_size=32, epochs=1, polyak=0.9, eval_subset=100),
-        eval=EvalConfig(k=16, batch_size=50),
-        preset="tiny",
-    )
-
-
-def _cifar_paper() -> Config:
-    # Chen et al. (2017), appendix B: the ResNet VLAE on CIFAR-10 with the 7x4 field
-    # (the DenseNet variant, 2.95 bits/dim, is cifar-paper-dense). The decoder is a
-    # conditional gated PixelCNN, four gated 1x1 blocks of 64 maps after the stacks
-    # ("shallow but very wide"), conditioned on z at every layer; the KL is held near
-    # its floor by soft free bits (appendix C), the floor within the authors' range.
-    return Config(
-        model=ModelConfig(image_shape=(3, 32, 32), latent_dim=1024, latent_shape=(16, 8, 8),
-                          posterior="gaussian", prior="af", flow_steps=6, prior_hidden=128, prior_layers=2,
-                          encoder_kind="resnet", stage_channels=(48, 96, 96), stage_blocks=(2, 2, 3),
-                          decoder="gated", decoder_field="7x4", decoder_filters=64, gated_blocks_1x1=4,
-                          cond_every_layer=True, cond_channels=16, observation="logistic_mixture",
-                          mixture_components=10, free_bits=0.04, free_bits_groups=16),
-        train=TrainConfig(dataset="cifar10", batch_size=32, lr=2e-3, optimizer="adamax", polyak=0.999,
-                          epochs=300, soft_free_bits=True, eval_subset=500),
-        eval=EvalConfig(k=512, batch_size=10),
-        preset="cifar-paper",
-    )
-
-
-def _cifar_paper_dense() -> Config:
-    cfg = _cifar_paper()
-    cfg.model.encoder_kind = "densenet"
-    cfg.preset = "cifar-paper-dense"
-    return cfg
-
-
-def _cifar_gray() -> Config:
-    # Figure 3(d): the same model, but the decoder's context is the luma of the
-    # pixels around it, so z must carry the colour. The likelihood stays RGB.
-    cfg = _cifar_paper()
-    cfg.model.gray_context = True
-    cfg.preset = "cifar-gray"
-    return cfg
-
-
-def _cifar_small() -> Config:
-    # CPU-sized: an 8x8x8 code, narrow encoder and mirror, a 2-step AF prior and
-    # the paper's smallest field (4x2), so that z carries the global structure
-    # and trains in minutes on a laptop CPU.
-    return Config(
-        model=ModelConfig(image_shape=(3, 32, 32), latent_dim=512, latent_shape=(8, 8, 8),
-                          posterior="gaussian", prior="af", flow_steps=2, prior_hidden=32, prior_layers=1,
-                          encoder_kind="resnet", stage_channels=(16, 32, 32), stage_blocks=(0, 1, 1),
-                          decoder="gated", decoder_field="4x2", decoder_filters=32, gated_blocks_1x1=1,
-                          cond_every_layer=True, cond_channels=8, observation="logistic_mixture",
-                          mixture_components=5, free_bits=0.02, free_bits_groups=8),
-        train=TrainConfig(dataset="cifar10", batch_size=32, lr=2e-3, optimizer="adamax", polyak=0.998,
-                          epochs=20, soft_free_bits=True, eval_subset=200),
-        eval=EvalConfig(k=512, batch_size=10),
-        preset="cifar-small",
-    )
-
-
-def _fashion_small() -> Config:
-    # CPU-sized 8-bit VLAE for Fashion-MNIST's grey levels: mnist-small's flat 32-dimensional
-    # code and AF prior (cheap to code: 32 latent dimensions per image), a 5-component
-    # logistic mixture, and a gated decoder with the paper's smallest field (4x2), so
-    # texture is local and the code carries the garment's shape.
-    return Config(
-        model=ModelConfig(latent_dim=32, encoder_channels=32, encoder_blocks=1, upsampler_channels=32,
-                          flow_steps=2, made_hidden=(128, 128), decoder="gated", decoder_field="4x2",
-                          decoder_filters=32, gated_blocks_1x1=1, cond_every_layer=True,
-                          observation="logistic_mixture", mixture_components=5, free_bits=0.01),
-        train=TrainConfig(dataset="fashion-mnist-8bit", batch_size=32, lr=2e-3, optimizer="adamax", polyak=0.998,
-                          epochs=10, eval_subset=200),
-        eval=EvalConfig(k=512, batch_size=10),
-        preset="fashion-small",
-    )
-
-
-PRESETS = {"mnist-paper": _paper, "mnist-small": _small, "mnist-gated": _gated, "tiny": _tiny,
-           "cifar-paper": _cifar_paper, "cifar-paper-dense": _cifar_paper_dense, "cifar-gray": _cifar_gray,
-           "cifar-small": _cifar_small, "fashion-small": _fashion_small}
-
-
-def get_preset(name: str) -> Config:
-    """A fresh copy of a named preset."""
-    if name not in PRESETS:
-        raise VLAEError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
-    return PRESETS[name]()
 
 
 def _parse(value: str, typ: Any, key: str) -> Any:
@@ -491,3 +400,13 @@ def _typed(option: str, value: Any, typ: Any) -> Any:
         ok = isinstance(value, typ)
     _check(ok, option, f"expected {getattr(typ, '__name__', str(typ))}, got {value!r}")
     return value
+
+
+def __getattr__(name: str) -> Any:
+    """``PRESETS`` and ``get_preset`` from their old home (one release). Looked up
+    lazily: :mod:`vlae.presets` imports this module."""
+    if name in ("PRESETS", "get_preset"):
+        from . import presets
+
+        return getattr(presets, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -38,14 +38,21 @@ import os
 import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .errors import VLAEError
 from .layers import frozen_weights
 from .model import VLAE, nats_to_bits_per_dim, samples_per_pass
+from .outputs import atomic_write, prepare_output, write_json
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .data import Images
+    from .runtime import Runtime
 
 __all__ = ["evaluate_model", "evaluate_block", "evaluate_checkpoint", "summarize", "image_seed", "parse_shard",
            "shard_blocks", "blocks_of", "result_name", "active_units", "standard_error", "ACTIVE_THRESHOLD"]
@@ -324,11 +331,8 @@ class _BlockStore:
         return saved["record"] if saved.get("fingerprint") == self.fingerprint else None
 
     def save(self, block: range, record: dict[str, torch.Tensor]) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        path = self._path(block)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        torch.save({"fingerprint": self.fingerprint, "record": record}, tmp)
-        os.replace(tmp, path)  # atomic: a block file is whole or absent
+        saved = {"fingerprint": self.fingerprint, "record": record}
+        atomic_write(self._path(block), lambda f: torch.save(saved, f))  # a block file is whole or absent
 
     def clear(self, blocks: list[range]) -> None:
         for block in blocks:
@@ -419,9 +423,41 @@ def evaluate_checkpoint(path: str | os.PathLike, split: str = "test", k: int | N
             or of another evaluation.
     """
     from .checkpoint import load_model, resolve_checkpoint
-    from .data import dataset_identity, fixed_subset, load_or_fallback
-    from .outputs import prepare_output, write_json
-    from .runtime import Runtime, torchrun_ranks
+    from .runtime import Runtime
+
+    shard, rank, world = _check_options(subset, chunk, shard, merge)
+    file = resolve_checkpoint(path)
+    rt = Runtime.create(device, "fp32", join=False)  # the process group only around the evaluation
+    model, cfg = load_model(file, weights=weights, device=rt.device)
+    k = cfg.eval.k if k is None else k  # the run's own default: 512 for 8-bit presets (as the paper), 4096 binary
+    if out is not None:  # before the (possibly long) evaluation
+        prepare_output(out, "--out")
+    data, images, identity = _choose_images(cfg, split, data_dir, seed, subset, notice)
+    plan = _plan(file, weights, images, k, seed, batch_size or cfg.eval.batch_size,
+                 Path(out) if out is not None else None, data.name, split, identity)
+    if merge:
+        records, seconds, shards = _load_partials(plan.target, plan.partial, plan.fingerprint)
+    else:
+        done = _evaluate_own_blocks(model, rt, images, plan, k, seed, chunk, progress, compile, shard, rank, world)
+        if isinstance(done, dict):  # a shard's or a non-main rank's share: no result file
+            return done
+        records, seconds = done
+        shards = world if world > 1 else 1
+    result = summarize(records, k, model.dims)
+    plan.store.clear(plan.blocks)
+    for key in ("nll", "elbo"):
+        if not math.isfinite(result[key]):
+            raise VLAEError(f"{file}: the {'IW bound' if key == 'nll' else 'ELBO'} came out {result[key]} "
+                            f"on {data.name} {split}; nothing written (the model is numerically broken)")
+    return _write_result(result, plan, file, cfg, data, split, identity, weights=weights, seed=seed, subset=subset,
+                         seconds=seconds, shards=shards, device=next(model.parameters()).device,
+                         compiled=None if merge else compile)  # a merge does not know how its shards ran
+
+
+def _check_options(subset: int, chunk: int, shard: str | tuple[int, int] | None,
+                   merge: bool) -> tuple[tuple[int, int] | None, int, int]:
+    """The options no file is needed to refuse; ``(shard, rank, world size)``."""
+    from .runtime import torchrun_ranks
 
     if subset < 0:
         raise VLAEError(f"invalid --subset: must be >= 0, got {subset}")
@@ -433,12 +469,15 @@ def evaluate_checkpoint(path: str | os.PathLike, split: str = "test", k: int | N
     rank, world, _ = torchrun_ranks()
     if world > 1 and (shard is not None or merge):
         raise VLAEError("under torchrun the ranks are the shards: drop --shard/--merge")
-    file = resolve_checkpoint(path)
-    rt = Runtime.create(device, "fp32", join=False)  # the process group only around the evaluation
-    model, cfg = load_model(file, weights=weights, device=rt.device)
-    k = cfg.eval.k if k is None else k  # the run's own default: 512 for 8-bit presets (as the paper), 4096 binary
-    if out is not None:  # before the (possibly long) evaluation
-        prepare_output(out, "--out")
+    return shard, rank, world
+
+
+def _choose_images(cfg: Config, split: str, data_dir: str | os.PathLike | None, seed: int, subset: int,
+                   notice) -> tuple[Images, torch.Tensor, dict[str, Any]]:
+    """The split's images as the model observes them (seeded binarization), the
+    ``subset`` of them, and their identity; ``(data, images, identity)``."""
+    from .data import dataset_identity, fixed_subset, load_or_fallback
+
     root = data_dir if data_dir is not None else cfg.train.data_dir
     data = load_or_fallback(cfg.train.dataset, split, root, notice=notice)
     identity = dataset_identity(data)
@@ -447,58 +486,78 @@ def evaluate_checkpoint(path: str | os.PathLike, split: str = "test", k: int | N
     images = fixed_subset(images, subset)  # a spread-out choice: test files are sorted by class
     if images.shape[0] < len(data):
         identity = {**identity, "images": images.shape[0], "subset_of": len(data)}
-    target = Path(out) if out is not None else file.parent / result_name(
-        data.name, split, k, images.shape[0] if "subset_of" in identity else None, weights)
+    return data, images, identity
+
+
+@dataclass
+class _Plan:
+    """Where an evaluation writes, and its blocks: what shards, restarts and merges must agree on."""
+
+    target: Path  # the result file
+    block: int  # images per block
+    blocks: list[range]
+    fingerprint: str  # of the checkpoint, weights, images, k, seed and block size (_fingerprint)
+    partial: Path  # the shards' partial results: this name + ".shard-i-of-n.pt"
+    store: _BlockStore  # finished blocks, kept until the (partial) result is written
+
+
+def _plan(file: Path, weights: str, images: torch.Tensor, k: int, seed: int, block: int, out: Path | None,
+          dataset: str, split: str, identity: dict[str, Any]) -> _Plan:
+    """The result's path (checked writable and not holding other data's result) and the blocks."""
+    target = out if out is not None else file.parent / result_name(
+        dataset, split, k, images.shape[0] if "subset_of" in identity else None, weights)
     _refuse_other_data(prepare_output(target, "result file"), identity)
-    block = batch_size or cfg.eval.batch_size
-    blocks = blocks_of(images.shape[0], block)
     fingerprint = _fingerprint(file, weights, images, k, seed, block)
     # partial results are named by everything that tells evaluations apart (the fingerprint), so that
     # another seed, --batch-size or checkpoint never overwrites a finished shard or block
     partial = target.with_name(f"{target.stem}.seed{seed}-b{block}-{fingerprint[:10]}")
-    store = _BlockStore(partial.with_name(partial.name + ".parts"), fingerprint)
-    dev = next(model.parameters()).device
+    return _Plan(target, block, blocks_of(images.shape[0], block), fingerprint, partial,
+                 _BlockStore(partial.with_name(partial.name + ".parts"), fingerprint))
+
+
+def _evaluate_own_blocks(model: VLAE, rt: Runtime, images: torch.Tensor, plan: _Plan, k: int, seed: int, chunk: int,
+                         progress: bool | None, compile: bool, shard: tuple[int, int] | None, rank: int,
+                         world: int) -> tuple[list, float] | dict[str, Any]:
+    """The blocks this process owns (a ``--shard``, a torchrun rank's share, or
+    all): ``(records of every image, seconds)`` for the result, or, for a shard
+    or a rank other than 0, the summary of its share to return instead."""
     t0 = time.perf_counter()
-    shards = world if world > 1 else (shard[1] if shard else 1)
-    if world > len(blocks):  # the ranks are the shards, but the user gave no --shard
-        raise VLAEError(f"{world} processes but only {len(blocks)} block(s) of images ({images.shape[0]} images, "
-                        f"--batch-size {block}): use fewer processes or a smaller --batch-size")
-    if merge:
-        records, seconds, shards = _load_partials(target, partial, fingerprint)
-    else:
-        own = shard if shard is not None else ((rank, world) if world > 1 else None)
-        if shard is not None and (done := _finished_partial(partial, shard, fingerprint)) is not None:
-            return done  # this shard finished before: nothing to redo
-        chosen = [blocks[j] for j in (shard_blocks(len(blocks), own) if own else range(len(blocks)))]
-        desc = f"IW bound k={k}" + (f", shard {own[0]}/{own[1]}" if own else "")
-        with rt.process_group(), _evaluation_mode(model, compile):
-            records = _run_blocks(model, images, chosen, k, seed, chunk, progress if rank == 0 else False,
-                                  store, desc, compile)
-            seconds = time.perf_counter() - t0
-            if shard is not None:
-                return _write_partial(partial, shard, fingerprint, records, seconds, store, chosen)
-            if world > 1:
-                records = rt.gather_to_main(records)
-                store.clear(chosen)
-                if rank != 0:
-                    return {"partial": True, "rank": rank, "world_size": world, "images": sum(map(len, chosen))}
-    result = summarize(records, k, model.dims)
-    store.clear(blocks)
-    for key in ("nll", "elbo"):
-        if not math.isfinite(result[key]):
-            raise VLAEError(f"{file}: the {'IW bound' if key == 'nll' else 'ELBO'} came out {result[key]} "
-                            f"on {data.name} {split}; nothing written (the model is numerically broken)")
+    if world > len(plan.blocks):  # the ranks are the shards, but the user gave no --shard
+        raise VLAEError(f"{world} processes but only {len(plan.blocks)} block(s) of images ({images.shape[0]} images, "
+                        f"--batch-size {plan.block}): use fewer processes or a smaller --batch-size")
+    if shard is not None and (done := _finished_partial(plan.partial, shard, plan.fingerprint)) is not None:
+        return done  # this shard finished before: nothing to redo
+    own = shard if shard is not None else ((rank, world) if world > 1 else None)
+    chosen = [plan.blocks[j] for j in (shard_blocks(len(plan.blocks), own) if own else range(len(plan.blocks)))]
+    desc = f"IW bound k={k}" + (f", shard {own[0]}/{own[1]}" if own else "")
+    with rt.process_group(), _evaluation_mode(model, compile):
+        records = _run_blocks(model, images, chosen, k, seed, chunk, progress if rank == 0 else False,
+                              plan.store, desc, compile)
+        seconds = time.perf_counter() - t0
+        if shard is not None:
+            return _write_partial(plan.partial, shard, plan.fingerprint, records, seconds, plan.store, chosen)
+        if world > 1:
+            records = rt.gather_to_main(records)
+            plan.store.clear(chosen)
+            if rank != 0:
+                return {"partial": True, "rank": rank, "world_size": world, "images": sum(map(len, chosen))}
+    return records, seconds
+
+
+def _write_result(result: dict[str, Any], plan: _Plan, file: Path, cfg: Config, data: Images, split: str,
+                  identity: dict[str, Any], *, weights: str, seed: int, subset: int, seconds: float, shards: int,
+                  device: torch.device, compiled: bool | None) -> dict[str, Any]:
+    """Write the result file: the numbers with what was measured, on which data, and how."""
     result = {"estimator": result.pop("estimator"), "split": split, "dataset": data.name, "data": data.source,
               "data_identity": identity, "data_fallback": bool(getattr(data, "fallback", None))
               or data.name != cfg.train.dataset,
               "requested_dataset": cfg.train.dataset,
               **result, "seconds": seconds, "checkpoint": str(file), "weights": weights, "seed": seed,
               "seed_stream": "per image: torch.Generator seeded with vlae.evaluate.image_seed(seed, index)",
-              "block_size": block, "shards": shards, "subset": subset, "device": str(dev),
-              "compiled": None if merge else compile,  # a merge does not know how its shards ran
-              "config": cfg.to_dict(), "command": " ".join(sys.argv)}
-    write_json(target, result, default=str)
-    result["path"] = str(target)
+              "block_size": plan.block, "shards": shards, "subset": subset, "device": str(device),
+              "compiled": compiled, "config": cfg.to_dict(), "command": " ".join(sys.argv)}
+    write_json(plan.target, result, default=str)
+    result["path"] = str(plan.target)
     return result
 
 
@@ -522,9 +581,8 @@ def _write_partial(partial: Path, shard: tuple[int, int], fingerprint: str, reco
                    store: _BlockStore, chosen: list[range]) -> dict[str, Any]:
     """Save one shard's per-image records (atomically) and drop its block files."""
     path = _shard_path(partial, shard)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save({"fingerprint": fingerprint, "shard": list(shard), "records": records, "seconds": seconds}, tmp)
-    os.replace(tmp, path)
+    saved = {"fingerprint": fingerprint, "shard": list(shard), "records": records, "seconds": seconds}
+    atomic_write(path, lambda f: torch.save(saved, f))
     store.clear(chosen)
     nll = torch.cat([r["nll"] for r in records])
     return {"partial": True, "shard": list(shard), "images": nll.numel(), "nll": float(nll.mean()),

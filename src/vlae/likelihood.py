@@ -39,6 +39,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .config import OBSERVATIONS, data_dims
 from .errors import VLAEError
 
 __all__ = ["ObservationModel", "Bernoulli", "DiscretizedLogisticMixture", "OBSERVATIONS", "observation_model",
@@ -102,7 +103,7 @@ class ObservationModel:
 
     def dims(self, image_shape) -> int:
         """Number of data dimensions of one image (the denominator of bits/dim)."""
-        return math.prod(image_shape)
+        return data_dims(image_shape)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(channels={self.channels}, param_channels={self.param_channels})"
@@ -384,9 +385,6 @@ class DiscretizedLogisticMixture(ObservationModel):
                             f"{x.max().item():g}]")
         if x.is_floating_point() and (x != torch.round(x)).any():
             raise VLAEError("8-bit images must be integers 0..255, got non-integer values")
-
-
-OBSERVATIONS = {"bernoulli": Bernoulli, "logistic_mixture": DiscretizedLogisticMixture}
 
 
 def observation_model(cfg) -> ObservationModel:

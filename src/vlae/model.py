@@ -161,7 +161,7 @@ class VLAE(nn.Module):
     @property
     def dims(self) -> int:
         """Data dimensions per image, the denominator of bits/dim."""
-        return self.obs.dims(self.cfg.image_shape)
+        return self.cfg.data_dims
 
     @property
     def uniforms_shape(self) -> tuple[int, int, int]:

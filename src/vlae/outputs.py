@@ -7,9 +7,12 @@ strict parsers (``jq``, JavaScript, most other languages) reject. A non-finite
 number is written as ``null`` and named in a top-level ``"non_finite"`` list,
 so a reader sees both that a value is missing and why.
 
-Output paths are checked before any work is done (:func:`prepare_output`), and
-an ``OSError`` while writing (a full disk, a read-only folder) becomes a
-:class:`~vlae.errors.VLAEError` naming the file.
+Every file vlae writes is written atomically, to a temporary name beside it
+moved into place with :func:`os.replace` (:func:`writing`, :func:`atomic_write`),
+so a crash leaves the old file, never half a new one. Output paths are checked
+before any work is done (:func:`prepare_output`), and an ``OSError`` while
+writing (a full disk, a read-only folder) becomes one line naming the file
+(:func:`os_error_message`).
 
 Example:
     >>> import math
@@ -27,11 +30,12 @@ import os
 import secrets
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Callable, Iterator
 
 from .errors import VLAEError
 
-__all__ = ["strict", "dumps", "write_json", "write_text", "prepare_output", "writing", "os_error_message"]
+__all__ = ["strict", "dumps", "write_json", "write_text", "prepare_output", "writing", "atomic_write",
+           "os_error_message", "write_error"]
 
 NON_FINITE_KEY = "non_finite"
 
@@ -84,10 +88,24 @@ def dumps(obj: Any, indent: int | None = None, sort_keys: bool = False, default=
     return json.dumps(clean, indent=indent, sort_keys=sort_keys, allow_nan=False, default=default)
 
 
-def os_error_message(path: str | os.PathLike, error: OSError, what: str = "cannot write") -> str:
-    """One line for an ``OSError`` on ``path``: ``"<path>: cannot write (No space left on device)"``."""
-    reason = error.strerror or str(error) or type(error).__name__
+def os_error_message(path: str | os.PathLike, error: BaseException, what: str = "cannot write") -> str:
+    """One line for an ``OSError`` on ``path``: ``"<path>: cannot write (No space left on device)"``.
+
+    ``error`` may also be an exception raised while handling one (torch's
+    ``RuntimeError("unexpected pos ...")`` hides a full disk that way); any
+    other failure is named by its first line, with the likely cause."""
+    cause = error if isinstance(error, OSError) else error.__context__
+    if isinstance(cause, OSError):
+        reason = cause.strerror or str(cause) or type(cause).__name__
+    else:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = f"write failed: {first}; is the disk full?"
     return f"{path}: {what} ({reason})"
+
+
+def write_error(path: str | os.PathLike, error: BaseException) -> VLAEError:
+    """The :class:`VLAEError` to raise for a failed write of ``path`` (:func:`os_error_message`)."""
+    return VLAEError(os_error_message(path, error))
 
 
 def prepare_output(path: str | os.PathLike, what: str = "output file",
@@ -127,23 +145,48 @@ def prepare_output(path: str | os.PathLike, what: str = "output file",
 
 
 @contextlib.contextmanager
-def writing(path: str | os.PathLike) -> Iterator[Path]:
-    """Atomic write: yields a temporary path in the same folder, moved onto
-    ``path`` on success (a crash leaves the old file, never half a new one);
-    an ``OSError`` becomes a one-line :class:`VLAEError` naming ``path``."""
-    path = prepare_output(path)
+def _replacing(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` (``.<name>.<random>.tmp``, which
+    :func:`vlae.checkpoint.remove_temporaries` recognises), moved onto ``path``
+    when the block succeeds and deleted when it fails."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:  # not mkstemp: its 0600 mode would stay on the result; this respects the umask
         os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     except OSError as error:
-        raise VLAEError(os_error_message(path, error)) from None
+        raise write_error(path, error) from None
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, path)
     except OSError as error:
-        raise VLAEError(os_error_message(path, error)) from None
+        raise write_error(path, error) from None
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike) -> Iterator[Path]:
+    """Atomic write of an output file the user named: checks ``path``
+    (:func:`prepare_output`), then yields a temporary path in the same folder,
+    moved onto ``path`` on success; an ``OSError`` becomes a one-line
+    :class:`VLAEError` naming ``path``."""
+    with _replacing(prepare_output(path)) as tmp:
+        yield tmp
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) -> Path:
+    """Call ``write(file)`` on a binary temporary file beside ``path``, flushed
+    to disk, then move it onto ``path`` (creating its folder). For files vlae
+    names itself (checkpoints, logs), so no checks of the path beyond the write."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _replacing(path) as tmp, open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+    except (OSError, RuntimeError) as error:  # RuntimeError: torch.save's wrapper of a failed write
+        raise write_error(path, error) from None
+    return path
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

@@ -72,12 +72,12 @@ References:
 from __future__ import annotations
 
 import math
-import re
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .config import field_depths, parse_field  # the field's name is configuration; re-exported here
 from .layers import Conv2d, ResBlock
 from .masked_conv import MaskedConv2d, Offsets, dilate, extent, full_offsets, make_mask, mask_offsets
 
@@ -95,25 +95,6 @@ def grayscale(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
     to one, so it commutes with the affine scaling to [-1, 1]."""
     r, g, b = x.unbind(dim)
     return (GRAY_WEIGHTS[0] * r + GRAY_WEIGHTS[1] * g + GRAY_WEIGHTS[2] * b).unsqueeze(dim)
-
-
-def parse_field(name: str) -> tuple[int, int]:
-    """``"AxB"`` -> ``(A, B)``; raises ``ValueError`` on anything else."""
-    m = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", str(name))
-    if not m:
-        raise ValueError(f"a receptive field is named AxB (e.g. 7x4), got {name!r}")
-    return int(m.group(1)), int(m.group(2))
-
-
-def field_depths(name: str) -> tuple[int, int]:
-    """Vertical and horizontal layers ``(B - 1, A - B)`` of the gated decoder whose
-    field is the paper's ``AxB`` (see :meth:`GatedPixelCNN.from_field`); raises
-    ``ValueError`` for a name no such decoder has."""
-    a, b = parse_field(name)
-    if b < 2 or a not in (2 * b - 1, 2 * b):
-        raise ValueError(f"receptive field {a}x{b} cannot be built: need B >= 2 and A = 2B-1 or 2B "
-                         f"(e.g. 4x2, 5x3, 7x4, 8x4, 9x5)")
-    return b - 1, a - b
 
 
 def field_offsets(a: int, b: int) -> Offsets:

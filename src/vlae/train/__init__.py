@@ -13,6 +13,7 @@ The package, in the order a reader meets it:
 - :mod:`~vlae.train.step`: the step as one function of device tensors, with the
   skip decision taken on the device, replayed as a CUDA graph on one GPU;
 - :mod:`~vlae.train.schedules`: soft free bits, KL warm-up, learning rate;
+- :mod:`~vlae.train.validation`: the validation pass (:func:`validate`);
 - :mod:`~vlae.train.data`, :mod:`~vlae.train.run_dir`, :mod:`~vlae.train.resume`,
   :mod:`~vlae.train.metrics`, :mod:`~vlae.train.interrupt`: the run's data, its
   folder, exact resumption, its log, and stopping on signals.
@@ -68,10 +69,11 @@ Example:
 
 from .data import check_data_fits, resolve_data
 from .interrupt import Interrupted
-from .loop import LOG_EVERY, Trainer, TrainerState, train, validate
+from .loop import LOG_EVERY, Trainer, TrainerState, train
 from .run_dir import prepare_run_dir
 from .schedules import kl_warmup_weight, lr_lambda, polyak_multi_avg_fn, soft_free_bits_update
 from .step import TrainStep
+from .validation import validate
 
 __all__ = ["train", "Trainer", "TrainerState", "TrainStep", "validate", "polyak_multi_avg_fn",
            "soft_free_bits_update", "kl_warmup_weight", "lr_lambda", "resolve_data", "check_data_fits",

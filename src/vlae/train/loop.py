@@ -30,12 +30,11 @@ from ..checkpoint import (
     load_checkpoint,
     save_checkpoint,
     weights_mismatch,
-    write_error,
 )
 from ..config import Config
 from ..errors import VLAEError
-from ..model import VLAE, nats_to_bits_per_dim
-from ..outputs import write_json, write_text
+from ..model import VLAE
+from ..outputs import write_error, write_json, write_text
 from ..runtime import Runtime
 from .data import check_data_fits, resolve_data
 from .interrupt import Interrupted, StopSignals
@@ -52,6 +51,7 @@ from .resume import (
 from .run_dir import prepare_run_dir, repair_best, trim_metrics
 from .schedules import kl_warmup_weight, lr_lambda
 from .step import ROW, SKIP_REASONS, TrainStep
+from .validation import validate
 
 __all__ = ["train", "Trainer", "TrainerState", "validate", "LOG_EVERY"]
 
@@ -83,34 +83,6 @@ class TrainerState:
         state.gamma, state.skipped, state.elapsed = float(state.gamma), int(state.skipped), float(state.elapsed)
         state.in_a_row, state.ema_n_averaged = int(state.in_a_row), int(state.ema_n_averaged)
         return state
-
-
-@torch.no_grad()
-def validate(model: VLAE, images: torch.Tensor, batch_size: int, k: int = 0, seed: int = 0) -> dict[str, float]:
-    """Single-sample ELBO (and IW bound with ``k`` samples) on ``images``, nats per image.
-
-    Uses its own generator, so it never disturbs the training random stream.
-    """
-    was_training = model.training
-    model.eval()
-    dev = next(model.parameters()).device
-    gen = torch.Generator(device=dev).manual_seed(seed)
-    nelbo = recon = kl = iw = 0.0
-    for start in range(0, images.shape[0], batch_size):
-        x = images[start:start + batch_size].to(dev).float()
-        terms = model.terms(x, generator=gen)
-        nelbo += float(terms.nelbo.double().sum())
-        recon += float(terms.recon.double().sum())
-        kl += float(terms.kl.double().sum())
-        if k > 0:
-            iw += float(-model.iw_bound(x, k, generator=gen).sum())
-    model.train(was_training)
-    n, dims = images.shape[0], model.cfg.data_dims
-    out = {"nelbo": nelbo / n, "elbo": -nelbo / n, "recon": recon / n, "kl": kl / n,
-           "bits_per_dim": nats_to_bits_per_dim(nelbo / n, dims), "images": n}
-    if k > 0:
-        out.update({"iw_nll": iw / n, "iw_k": k, "iw_bits_per_dim": nats_to_bits_per_dim(iw / n, dims)})
-    return out
 
 
 class Trainer:

@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import write_error
 from ..errors import VLAEError
-from ..outputs import dumps
+from ..outputs import dumps, write_error
 
 __all__ = ["Metrics"]
 

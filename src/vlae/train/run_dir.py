@@ -10,8 +10,9 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable
 
-from ..checkpoint import atomic_write, checkpoint_name, copy_checkpoint, remove_temporaries
+from ..checkpoint import checkpoint_name, copy_checkpoint, remove_temporaries
 from ..errors import VLAEError
+from ..outputs import atomic_write, os_error_message
 
 __all__ = ["prepare_run_dir", "trim_metrics", "repair_best"]
 
@@ -56,7 +57,7 @@ def prepare_run_dir(run_dir: str | os.PathLike, *, resume: bool = False, overwri
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise VLAEError(f"{run_dir}: cannot create the run folder ({error.strerror or error})") from None
+        raise VLAEError(os_error_message(run_dir, error, "cannot create the run folder")) from None
     if not os.access(run_dir, os.W_OK | os.X_OK):
         raise VLAEError(f"{run_dir}: the run folder is not writable")
     if resume:
