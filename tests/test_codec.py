@@ -106,7 +106,7 @@ def _trained_tiny(prior: str, steps: int = 100) -> tuple[VLAE, torch.Tensor]:
 # - log P(z) for one z ~ Q per image, whose mean over 300 images is the -ELBO up to the sampling
 # error of both estimates (~0.2%) and the latent discretization (negligible at 8 bits): 1%.
 # The AF prior pays, in addition, for the Gaussian linearization of the posterior in the flow's
-# noise coordinates (the module docstring): 2%. Measured: 0.01% and 0.06% (100 nats per image).
+# noise coordinates (vlae.codec's docstring): 2%. Measured: 0.01% and 0.06% (100 nats per image).
 @needs_data
 @pytest.mark.slow
 @pytest.mark.parametrize("prior, tolerance", [("gaussian", 0.01), ("af", 0.02)])

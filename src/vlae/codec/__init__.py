@@ -1,7 +1,7 @@
 """Bits-back lossless compression with a trained VLAE: the bound as a file size.
 
 The paper's section 2 reads the negative ELBO as the length of a *bits-back*
-code (Hinton and van Camp, 1993; Frey and Hinton, 1997). This module makes that
+code (Hinton and van Camp, 1993; Frey and Hinton, 1997). This package makes that
 code real, with asymmetric numeral systems on a stack (BB-ANS, Townsend et al.,
 2019) from the ``constriction`` package (:class:`constriction.stream.stack.AnsCoder`,
 every model ``perfect=False``).
