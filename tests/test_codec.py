@@ -19,7 +19,8 @@ import torch
 
 from vlae import cli
 from vlae.checkpoint import save_checkpoint
-from vlae.codec import MAGIC, _HEADER, compress, decompress, read_header, read_images, write_images
+from vlae.codec import MAGIC, compress, decompress, read_header, read_images, write_images
+from vlae.codec.format import HEADER
 from vlae.config import ModelConfig, get_preset
 from vlae.data import find_binarized_mnist, fixed_subset, load_dataset
 from vlae.errors import VLAEError
@@ -105,7 +106,7 @@ def _trained_tiny(prior: str, steps: int = 100) -> tuple[VLAE, torch.Tensor]:
 # - log P(z) for one z ~ Q per image, whose mean over 300 images is the -ELBO up to the sampling
 # error of both estimates (~0.2%) and the latent discretization (negligible at 8 bits): 1%.
 # The AF prior pays, in addition, for the Gaussian linearization of the posterior in the flow's
-# noise coordinates (the module docstring): 2%. Measured: 0.01% and 0.06% (100 nats per image).
+# noise coordinates (vlae.codec's docstring): 2%. Measured: 0.01% and 0.06% (100 nats per image).
 @needs_data
 @pytest.mark.slow
 @pytest.mark.parametrize("prior, tolerance", [("gaussian", 0.01), ("af", 0.02)])
@@ -133,7 +134,7 @@ def packed():
     return model, x, compress(model, x)
 
 
-_STREAM = _HEADER.size + 2 * 2  # where the stream starts in `packed`: 4 images in chunks of 2 and 2 (checked below)
+_STREAM = HEADER.size + 2 * 2  # where the stream starts in `packed`: 4 images in chunks of 2 and 2 (checked below)
 
 
 def _flip(data: bytes, at: int) -> bytes:
@@ -156,7 +157,7 @@ def _with_crc(body: bytes) -> bytes:
     # reads as a machine whose arithmetic differs; or the integrity check catches it.
     (lambda d: _with_crc(_flip(d[:-4], _STREAM + 8)), "arithmetic differs|integrity"),
     (lambda d: _with_crc(d[:8] + struct.pack("<H", 1) + d[10:-4]), "format version 1 .* no longer read"),
-    (lambda d: _with_crc(_flip(d[:-4], _HEADER.size)), "chunks"),  # a chunk size: the sizes no longer add up
+    (lambda d: _with_crc(_flip(d[:-4], HEADER.size)), "chunks"),  # a chunk size: the sizes no longer add up
 ])
 def test_bad_files_are_one_line_errors(packed, mangle, message):
     model, _, data = packed

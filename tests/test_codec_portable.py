@@ -20,6 +20,8 @@ import torch
 from vlae import codec, portable
 from vlae.checkpoint import save_checkpoint
 from vlae.codec import compress, decompress, read_header
+from vlae.codec.format import HEADER
+from vlae.codec.grid import Grid
 from vlae.config import ModelConfig, get_preset
 from vlae.errors import VLAEError
 from vlae.model import VLAE
@@ -113,7 +115,7 @@ def test_portable_functions_are_accurate():
 # ---------------------------------------------------------------------- another machine, simulated
 def _perturbed(monkeypatch, relative: float) -> None:
     """Make the decoder's float64 numbers those of a machine that disagrees by ``relative``."""
-    call = codec._Grid.__call__
+    call = Grid.__call__
     g = torch.Generator().manual_seed(7)
 
     def disagreeing(self, kind, site, values):
@@ -122,7 +124,7 @@ def _perturbed(monkeypatch, relative: float) -> None:
             values = values + noise * relative * (1 + values.abs())
         return call(self, kind, site, values)
 
-    monkeypatch.setattr(codec._Grid, "__call__", disagreeing)
+    monkeypatch.setattr(Grid, "__call__", disagreeing)
 
 
 @pytest.mark.parametrize("make", [_binary_model, _colour_model])
@@ -165,7 +167,7 @@ def test_a_near_tie_record_out_of_range_is_a_corrupted_file(monkeypatch):
     monkeypatch.setattr(portable, "TIE_MARGIN", 2.0 ** -6)
     data = compress(model, x)
     head = read_header(data)
-    at = codec._HEADER.size + 2 * head.n_chunks + 8  # the first record's index
+    at = HEADER.size + 2 * head.n_chunks + 8  # the first record's index
     body = data[:at] + struct.pack("<I", 2 ** 31) + data[at + 4:-4]
     with pytest.raises(VLAEError, match=r"input: corrupted \(a near-tie record points past"):
         decompress(model, body + struct.pack("<I", zlib.crc32(body)))
@@ -194,7 +196,7 @@ def _capabilities() -> list[str]:
 
 def _run(jobs, capability: str, tmp_path: Path) -> str:
     env = {**os.environ, "ATEN_CPU_CAPABILITY": capability, "OMP_NUM_THREADS": "2"}
-    src = str(Path(codec.__file__).resolve().parents[1])
+    src = str(Path(codec.__file__).resolve().parents[2])  # src/vlae/codec/__init__.py
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     done = subprocess.run([sys.executable, "-c", _SCRIPT, json.dumps([[str(a) for a in j] for j in jobs])],
                           capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)

@@ -65,19 +65,21 @@ def _load(args: argparse.Namespace):
     import torch
 
     from ..checkpoint import load_model
-    from ..codec import _check_model
+    from ..codec.models import check_model
 
     threads = 1 if args.threads is None else args.threads
     if threads < 1:
         raise VLAEError(f"invalid --threads: must be >= 1, got {threads}")
     torch.set_num_threads(threads)
     model, cfg = load_model(args.run, weights=args.weights, device="cpu")
-    _check_model(model)  # a colour model fails here, before any data is read
+    check_model(model)  # a colour model fails here, before any data is read
     return model, cfg
 
 
 def _compress(args: argparse.Namespace) -> int:
-    from ..codec import _binary, _check_output, compress, read_images
+    from ..codec import compress, read_images
+    from ..codec.files import check_output
+    from ..codec.models import is_binary
 
     out = Path(args.output)
     if (args.input is None) == (args.dataset is None):
@@ -86,19 +88,19 @@ def _compress(args: argparse.Namespace) -> int:
         raise VLAEError(f"invalid --subset: must be >= 0, got {args.subset}")
     if out.is_dir():
         raise VLAEError(f"{out} is a folder; name the compressed file")
-    _check_output(out, args.force)
+    check_output(out, args.force)
     model, cfg = _load(args)
     if args.dataset is not None:
         from ..data import fixed_subset, load_dataset
 
         data = load_dataset(args.dataset, args.split, args.data_dir or cfg.train.data_dir)
-        if data.dynamic and _binary(model):
+        if data.dynamic and is_binary(model):
             raise VLAEError(f"{args.dataset} has grey levels (binarized on the fly); compress a binary .npy instead")
         images = fixed_subset(data.images, args.subset).numpy()
         if images.ndim == 3:
             images = images[:, None]
     else:
-        images = read_images(args.input, model.cfg.image_shape[0], _binary(model))
+        images = read_images(args.input, model.cfg.image_shape[0], is_binary(model))
         if args.subset:
             raise VLAEError("--subset applies to --dataset only")
     blob, stats = compress(model, images, precision=args.precision, batch=args.batch, device=args.device,
@@ -114,10 +116,12 @@ def _compress(args: argparse.Namespace) -> int:
 
 
 def _decompress(args: argparse.Namespace) -> int:
-    from ..codec import _binary, _check_output, decompress, write_images
+    from ..codec import decompress, write_images
+    from ..codec.files import check_output
+    from ..codec.models import is_binary
 
     out, source = Path(args.output), Path(args.file)
-    _check_output(out, args.force)
+    check_output(out, args.force)
     if source.is_dir():
         raise VLAEError(f"{source}: is a folder; give the file that `vlae compress` wrote (-o FILE)")
     if not source.is_file():
@@ -126,6 +130,6 @@ def _decompress(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     x = decompress(model, source.read_bytes(), name=str(source), device=args.device)
     seconds = time.perf_counter() - start
-    write_images(x, out, force=args.force, binary=_binary(model))
+    write_images(x, out, force=args.force, binary=is_binary(model))
     print(f"wrote {out}: {len(x)} images of {x.shape[2]}x{x.shape[3]} ({len(x) / seconds:.1f} images/s)")
     return 0
