@@ -146,16 +146,41 @@ def test_a_machine_beyond_the_margin_is_named_never_silent(monkeypatch):
     assert "\n" not in str(info.value) and "corrupt" not in str(info.value)
 
 
+def _rounds_every_near_tie_the_other_way(monkeypatch) -> None:
+    """Make the decoder a machine that lands on the other side of every near-tie,
+    except where the file's records tell it which way the encoder went."""
+    from vlae.codec import grid
+
+    real = grid.snap
+
+    def other_way(v, force=None, relative=False):
+        _, near, up = real(v, None, relative)
+        if force is not None and len(force[0]):
+            keep = ~np.isin(near, force[0])
+            near, up = np.concatenate([near[keep], force[0]]), np.concatenate([1 - up[keep], force[1]])
+        else:
+            up = 1 - up
+        return real(v, (near, up.astype(np.uint8)), relative)
+
+    monkeypatch.setattr(grid, "snap", other_way)
+
+
 def test_near_ties_are_recorded_and_replayed(monkeypatch):
-    """Force many near-ties (a wide margin) so that the replay path is exercised, then
-    decode on a "machine" that lands on the other side of each of them."""
+    """Force many near-ties (a wide margin), then decode on a "machine" that rounds every
+    one of them the other way: the records make it decode exactly; without them the
+    decoder is refused as a machine whose arithmetic differs, never silent."""
+    from vlae.codec import grid
+
     model = _binary_model()
     x = _images(5, model.cfg.image_shape)
     monkeypatch.setattr(portable, "TIE_MARGIN", 2.0 ** -6)
     data = compress(model, x)
     assert read_header(data).n_ties > 20
-    _perturbed(monkeypatch, 2.0 ** -26)  # below the widened margin (2^-22 relative), above ulps
+    _rounds_every_near_tie_the_other_way(monkeypatch)
     assert torch.equal(decompress(model, data), x)
+    monkeypatch.setattr(grid, "_group_ties", lambda ties: iter(()))  # the records ignored
+    with pytest.raises(VLAEError, match="arithmetic differs"):
+        decompress(model, data)
 
 
 def test_a_near_tie_record_out_of_range_is_a_corrupted_file(monkeypatch):
