@@ -371,8 +371,11 @@ def test_ctrl_c_during_eval_names_the_same_eval_command_to_continue(lab):
     # 40 blocks: the signal must land mid-run even when a loaded machine delays this process's polling
     args = ("eval", "run", "--k", "1000", "--subset", "80", "--batch-size", "2", "--progress", "off", "--out",
             "interrupted.json")
+    # A child inherits an ignored SIGINT (POSIX), and then Python never raises KeyboardInterrupt:
+    # give it the default disposition a shell gives a foreground command, whatever this worker has.
     proc = subprocess.Popen([sys.executable, "-m", "vlae", *args], cwd=lab, env={**fallback_environ(lab),
-                            "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not list(lab.glob("interrupted.*.parts/block-*.pt")):
         assert proc.poll() is None, proc.communicate()
@@ -381,7 +384,7 @@ def test_ctrl_c_during_eval_names_the_same_eval_command_to_continue(lab):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     lines = [line for line in err.splitlines() if line.strip()]
-    assert proc.returncode == 130 and len(lines) == 1 and "Traceback" not in err, err
+    assert proc.returncode == 130 and len(lines) == 1 and "Traceback" not in err, (err, signal.getsignal(signal.SIGINT))
     assert "run the same `vlae eval` command again" in lines[0] and "vlae train" not in lines[0], lines[0]
     kept = len(list(lab.glob("interrupted.*.parts/block-*.pt")))
     assert kept >= 1 and not (lab / "interrupted.json").exists()
