@@ -1,9 +1,7 @@
 """The data of a run: the configured dataset or in-memory images, checked against the model.
 
-Here rather than in :mod:`vlae.data` because both functions read a :class:`~vlae.config.Config`,
-and ``config`` and ``data`` are independent siblings of the foundation layer; the
-conversion of in-memory tensors, :func:`vlae.data.as_images`, needs no configuration
-and lives there.
+Both functions read a :class:`~vlae.config.Config` (``data`` sits above ``config``);
+:mod:`vlae.train.data`, their old home, re-exports them for one release.
 """
 
 from __future__ import annotations
@@ -11,8 +9,10 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from ..config import Config
-from ..data import INFO, as_images, load_or_fallback
 from ..errors import VLAEError
+from .catalogue import INFO, WORDS
+from .images import as_images
+from .load import load_or_fallback
 
 __all__ = ["resolve_data", "check_data_fits"]
 
@@ -35,8 +35,9 @@ def resolve_data(cfg: Config, data: Any = None, notice: Callable[[str], object] 
             train_set, valid_set = data
         else:
             train_set = valid_set = data
-        kind = INFO[cfg.train.dataset].kind if cfg.train.dataset in INFO else "binary"  # tensors: the config's kind
-        return as_images(train_set, "train", kind), as_images(valid_set, "valid", kind)
+        # tensors: the observation of the configured dataset
+        observation = INFO[cfg.train.dataset].observation if cfg.train.dataset in INFO else "bernoulli"
+        return as_images(train_set, "train", observation), as_images(valid_set, "valid", observation)
     t = cfg.train
     train_set = load_or_fallback(t.dataset, "train", t.data_dir, train_on_valid=t.train_on_valid, notice=notice)
     valid_set = load_or_fallback(t.dataset, "valid", t.data_dir, notice=lambda _m: None)
@@ -45,17 +46,15 @@ def resolve_data(cfg: Config, data: Any = None, notice: Callable[[str], object] 
 
 def check_data_fits(cfg: Config, images) -> None:
     """Raise a one-line :class:`VLAEError` unless ``images`` (:class:`~vlae.data.Images`)
-    are what the model observes: ``model.image_shape`` and the observation model's
-    kind (binary 0/1 for Bernoulli, 8-bit for the logistic mixture), e.g. colour
+    are what the model observes: ``model.image_shape`` and ``model.observation``
+    (binary 0/1 for Bernoulli, 8-bit for the logistic mixture), e.g. colour
     photographs given to a binary MNIST model."""
     m = cfg.model
-    kind = "8bit" if m.observation == "logistic_mixture" else "binary"
     shape = tuple(images.images.shape[1:])
-    if shape != tuple(m.image_shape) or images.kind != kind:
+    if shape != tuple(m.image_shape) or images.observation != m.observation:
         def fmt(s):
             return "x".join(map(str, s))
-        name = {"8bit": "8-bit"}
-        raise VLAEError(f"data: {images.name} holds {name.get(images.kind, images.kind)} images of {fmt(shape)}, but "
-                        f"the model observes {name.get(kind, kind)} images of {fmt(m.image_shape)} "
-                        "(model.image_shape, model.observation); use a "
+        raise VLAEError(f"data: {images.name} holds {WORDS.get(images.observation, images.observation)} images of "
+                        f"{fmt(shape)}, but the model observes {WORDS.get(m.observation, m.observation)} images of "
+                        f"{fmt(m.image_shape)} (model.image_shape, model.observation); use a "
                         "preset made for this data (binary: mnist-*, 8-bit colour: cifar-*)")
