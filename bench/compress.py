@@ -316,7 +316,7 @@ def main(argv=None) -> int:
         data = load_dataset(args.dataset, args.split, args.data_dir or cfg.train.data_dir)
         x = fixed_subset(data.images, args.subset)
         x = x[:, None] if x.dim() == 3 else x
-        binary = model.obs.name == "bernoulli"
+        binary = model.observation.name == "bernoulli"
         n, dims = len(x), x[0].numel()
         notice(f"{n} {args.dataset} {args.split} images; model {args.run} ({cfg.preset}, prior {cfg.model.prior}, "
                f"decoder {cfg.model.decoder})")

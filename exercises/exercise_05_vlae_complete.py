@@ -68,7 +68,7 @@ import torch.nn as nn
 
 from vlae.encoder import Encoder
 from vlae.flows import AFPrior
-from vlae.likelihood import bernoulli_log_prob
+from vlae.observation import bernoulli_log_prob
 from vlae.pixelcnn import ConditionUpsampler, MaskedPixelCNN
 
 # ============================================================================ your code

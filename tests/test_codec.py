@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import struct
-import types
 import zlib
 
 import numpy as np
@@ -183,7 +182,7 @@ def test_bad_images_and_models_are_refused():
         compress(model, torch.zeros(0, 1, 12, 12))
     with pytest.raises(VLAEError, match="precision"):
         compress(model, torch.zeros(2, 1, 12, 12), precision=30)
-    model.obs = types.SimpleNamespace(name="poisson")
+    model.observation.name = "poisson"  # an observation model the codec does not know
     with pytest.raises(VLAEError, match="supports binary .* and 8-bit"):
         compress(model, torch.zeros(2, 1, 12, 12))
 
@@ -423,3 +422,11 @@ def test_cli_8bit_round_trip(tmp_path, capsys):
     np.save(tmp_path / "digits.npy", np.zeros((2, 28, 28), dtype=np.uint8))
     status, _, err = _main(capsys, "compress", folder, tmp_path / "digits.npy", "-o", tmp_path / "z.vlae")
     assert status == 2 and "expected 8-bit images" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_every_observation_model_has_a_header_code():
+    from vlae.codec.format import OBSERVATION_CODES
+    from vlae.config import OBSERVATIONS
+
+    assert set(OBSERVATION_CODES) == set(OBSERVATIONS)
+    assert sorted(OBSERVATION_CODES.values()) == list(range(len(OBSERVATION_CODES)))

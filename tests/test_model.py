@@ -21,7 +21,7 @@ import torch
 from vlae import VLAE, get_preset
 from vlae.errors import VLAEError
 from vlae.flows import standard_normal_log_prob
-from vlae.likelihood import bernoulli_log_prob
+from vlae.observation import bernoulli_log_prob
 from vlae.model import Terms, nats_to_bits_per_dim
 
 torch.set_num_threads(1)
@@ -91,7 +91,7 @@ def test_iw_bound_is_exact_when_z_is_ignored(decoder):
         mu, log_sigma, _ = model.encode(x)
         assert torch.equal(mu, torch.zeros_like(mu)) and torch.equal(log_sigma, torch.zeros_like(log_sigma))
         cond = torch.zeros(4, model.cfg.cond_channels, *HW, dtype=torch.float64)
-        log_px = bernoulli_log_prob(model.decoder(model.obs.scale(x), cond), x)
+        log_px = bernoulli_log_prob(model.decoder(model.observation.scale(x), cond), x)
         for k in (1, 5, 50):
             for chunk in (0, 1, 7):
                 iw = model.iw_bound(x, k, chunk=chunk, generator=gen(k))
@@ -230,7 +230,8 @@ def test_unconditional_model_bounds_are_exact(decoder):
     with torch.no_grad():
         terms = model.terms(x)
         assert torch.equal(terms.kl, torch.zeros(4, dtype=torch.float64))
-        torch.testing.assert_close(-terms.recon, bernoulli_log_prob(model.decoder(model.obs.scale(x), None), x), rtol=0, atol=0)
+        log_px = bernoulli_log_prob(model.decoder(model.observation.scale(x), None), x)
+        torch.testing.assert_close(-terms.recon, log_px, rtol=0, atol=0)
         for k in (1, 5, 50):
             torch.testing.assert_close(model.iw_bound(x, k), -terms.recon, rtol=0, atol=1e-10)
         assert model.log_weights(x, 3).shape == (3, 4)

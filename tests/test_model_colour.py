@@ -12,7 +12,7 @@ import torch
 
 from vlae.config import ModelConfig, apply_overrides, get_preset
 from vlae.errors import VLAEError
-from vlae.likelihood import DiscretizedLogisticMixture
+from vlae.observation import DiscretizedLogisticMixture
 from vlae.model import VLAE
 
 torch.set_num_threads(1)
@@ -57,17 +57,17 @@ def test_iw_with_one_sample_is_the_elbo(options):
         assert terms.recon.shape == (4,) and torch.isfinite(terms.nelbo).all()
         torch.testing.assert_close(model.iw_bound(x, 1, generator=gen(3)), -terms.nelbo, rtol=0, atol=1e-10)
     # The reconstruction term is the observation model's log-likelihood of the teacher-forced outputs.
-    assert isinstance(model.obs, DiscretizedLogisticMixture)
-    assert model.obs.param_channels == model.decoder(torch.zeros(1, *model.cfg.image_shape, dtype=torch.float64),
-                                                     model.condition(torch.zeros(1, 8, dtype=torch.float64))
-                                                     ).shape[1]
+    assert isinstance(model.observation, DiscretizedLogisticMixture)
+    outputs = model.decoder(torch.zeros(1, *model.cfg.image_shape, dtype=torch.float64),
+                            model.condition(torch.zeros(1, 8, dtype=torch.float64)))
+    assert model.observation.param_channels == outputs.shape[1]
 
 
 def test_iw_is_exact_without_a_latent():
     model = make(latent_dim=0)
     x = images(3, seed=2)
     with torch.no_grad():
-        log_px = model.obs.log_prob(model.params(x, None), x)
+        log_px = model.observation.log_prob(model.params(x, None), x)
         for k in (1, 7):
             torch.testing.assert_close(model.iw_bound(x, k), log_px.double(), rtol=0, atol=1e-10)
 
@@ -171,4 +171,4 @@ def test_colour_config_round_trips_through_overrides():
                                                "model.gray_context=true", "model.gated_blocks_1x1=2"]).validate()
     model = VLAE(cfg.model)
     assert model.decoder.receptive_field_name() == "7x4" and len(model.decoder.blocks) == 2
-    assert model.decoder.gray_context and model.obs.param_channels == 100
+    assert model.decoder.gray_context and model.observation.param_channels == 100

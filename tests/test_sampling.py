@@ -219,7 +219,7 @@ def check_exact_colour(model: VLAE, n: int = 3, seed: int = 1, **kwargs) -> Fast
     # a meaningful check: many distinct values, not a constant image
     assert xn.unique().numel() > 50 and torch.equal(xn, xn.round()) and 0 <= xn.min() and xn.max() <= 255
     assert torch.equal(xn, xf)
-    assert pn.shape == (n, model.obs.param_channels, *model.cfg.image_shape[1:])  # the mixture's outputs
+    assert pn.shape == (n, model.observation.param_channels, *model.cfg.image_shape[1:])  # the mixture's outputs
     torch.testing.assert_close(pf, pn, rtol=0, atol=1e-4)
     return sampler
 
@@ -251,7 +251,7 @@ def _on_the_edges(model: VLAE, z, u0):
     """Uniforms that put every channel's logistic draw on the edge of the bin naive
     sampling chose (one mixture component): the fast sampler's outputs differ in
     the last bits, so unguarded some pixels would move to the neighbouring value."""
-    obs = model.obs
+    obs = model.observation
     x0, p0 = model.decode(z, u0, return_probs=True)
     _, means, log_scales, coeffs = obs._split(p0)
     v = obs.scale(x0)

@@ -7,7 +7,7 @@ import os
 import pytest
 
 import vlae
-from vlae import checkpoint, config, encoder, likelihood, outputs, pixelcnn, presets
+from vlae import checkpoint, config, encoder, observation, outputs, pixelcnn, presets
 from vlae.errors import VLAEError
 
 
@@ -16,7 +16,7 @@ def test_old_names_are_the_new_homes():
     assert vlae.PRESETS is presets.PRESETS and vlae.get_preset is presets.get_preset
     assert checkpoint.atomic_write is outputs.atomic_write and checkpoint.write_error is outputs.write_error
     assert pixelcnn.field_depths is config.field_depths and pixelcnn.parse_field is config.parse_field
-    assert likelihood.OBSERVATIONS is config.OBSERVATIONS and encoder.ENCODER_KINDS is config.ENCODER_KINDS
+    assert observation.OBSERVATIONS is config.OBSERVATIONS and encoder.ENCODER_KINDS is config.ENCODER_KINDS
     with pytest.raises(AttributeError):
         config.NO_SUCH_NAME  # noqa: B018
 
@@ -26,7 +26,7 @@ def test_data_dimensions_are_computed_once():
 
     cfg = presets.get_preset("tiny").model
     assert config.data_dims((3, 8, 12)) == 288
-    assert cfg.data_dims == likelihood.observation_model(cfg).dims(cfg.image_shape) == VLAE(cfg).dims == 784
+    assert cfg.data_dims == observation.observation_model(cfg).dims(cfg.image_shape) == VLAE(cfg).dims == 784
 
 
 def test_atomic_write_leaves_the_old_file_and_respects_the_umask(tmp_path):

@@ -21,7 +21,7 @@ Paper
     VLAE (Chen et al., ICLR 2017) decodes with a PixelCNN ("Lossy code via
     explicit information placement"; the MNIST architecture is in the appendix).
     PixelCNN: van den Oord et al. (2016), "Pixel Recurrent Neural Networks",
-    sections 3.4-3.5. Likelihood: ``src/vlae/likelihood.py``.
+    sections 3.4-3.5. Likelihood: ``src/vlae/observation.py``.
 
 Prerequisite
     Exercise 1 (masked convolutions). Use the library's ``MaskedConv2d`` below.

@@ -9,7 +9,7 @@ The paper's building blocks, one module each:
 - :mod:`vlae.encoder` -- ResNet encoder q(z|x), flat or spatial (ResNet or DenseNet)
 - :mod:`vlae.conditioning` -- z -> the decoder's conditioning maps, flat and spatial
 - :mod:`vlae.spatial_prior` -- AF prior over a latent map (PixelCNN flow steps)
-- :mod:`vlae.likelihood` -- observation models: Bernoulli (binary), discretized logistic mixture (8-bit)
+- :mod:`vlae.observation` -- observation models: Bernoulli (binary), discretized logistic mixture (8-bit)
 - :mod:`vlae.model` -- the VLAE, its ELBO with free bits, and the IW bound
 - :mod:`vlae.config` -- configuration dataclasses, validation and overrides
 - :mod:`vlae.presets` -- the named configurations (the paper's and CPU-sized ones)

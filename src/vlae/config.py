@@ -30,7 +30,7 @@ __all__ = ["ModelConfig", "TrainConfig", "EvalConfig", "Config", "PRESETS", "get
 
 # The values a model option accepts. They live here, not beside the modules that
 # implement them, because validation needs them and the configuration imports no
-# networks; vlae.likelihood and vlae.encoder import their lists from here.
+# networks; vlae.observation and vlae.encoder import their lists from here.
 PRIORS = ("gaussian", "af")
 POSTERIORS = ("gaussian", "iaf")
 DECODER_KINDS = ("masked", "gated", "factorized")

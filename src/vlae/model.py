@@ -13,7 +13,7 @@ which tightens as ``k`` grows; the paper reports it with ``k = 4096``.
 
 The prior is either a standard Gaussian or the AF prior; the posterior a
 diagonal Gaussian or IAF; the decoder one of :data:`vlae.pixelcnn.DECODERS`,
-whose outputs an observation model (:mod:`vlae.likelihood`: Bernoulli for
+whose outputs an observation model (:mod:`vlae.observation`: Bernoulli for
 binary images, the discretized logistic mixture for 8-bit ones) turns into
 ``log p(x|z)`` and into samples. The observation model also validates input
 values and scales images to [-1, 1] for the encoder and the decoder.
@@ -37,6 +37,7 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,7 +50,7 @@ from .encoder import Encoder, SpatialEncoder
 from .errors import VLAEError
 from .flows import AFPrior, GaussianPrior, IAFPosterior
 from .layers import data_dependent_init
-from .likelihood import observation_model
+from .observation import ObservationModel, observation_model
 from .pixelcnn import DECODERS, FactorizedDecoder, GatedPixelCNN, MaskedPixelCNN
 from .spatial_prior import SpatialAFPrior
 
@@ -111,7 +112,7 @@ class VLAE(nn.Module):
         self.cfg = cfg
         d, wn = cfg.latent_dim, cfg.weight_norm
         cond = cfg.cond_channels if d > 0 else 0
-        self.obs = observation_model(cfg)
+        self.observation: ObservationModel = observation_model(cfg)  # no parameters: weights load unchanged
         if d > 0:
             context = cfg.iaf_context if (cfg.posterior == "iaf" and cfg.iaf_steps > 0) else 0
             self.posterior = IAFPosterior(d, cfg.iaf_steps if cfg.posterior == "iaf" else 0, cfg.iaf_hidden, context)
@@ -135,7 +136,7 @@ class VLAE(nn.Module):
         assert type(self.decoder) is DECODERS[cfg.decoder]
 
     def _build_decoder(self, cfg: ModelConfig, cond: int) -> nn.Module:
-        wn, c, p = cfg.weight_norm, cfg.image_shape[0], self.obs.param_channels
+        wn, c, p = cfg.weight_norm, cfg.image_shape[0], self.observation.param_channels
         io: dict[str, Any] = dict(in_channels=c, out_channels=p, gray_context=cfg.gray_context)
         if cfg.decoder == "masked":
             return MaskedPixelCNN(cfg.decoder_layers, cfg.decoder_kernel, cfg.decoder_filters, cond,
@@ -150,6 +151,17 @@ class VLAE(nn.Module):
         return FactorizedDecoder(cond, cfg.decoder_filters, wn, out_channels=p)
 
     # ------------------------------------------------------------------ helpers
+    @property
+    def obs(self) -> ObservationModel:
+        """Deprecated (one release): :attr:`observation`, the observation model's old name."""
+        warnings.warn("VLAE.obs is deprecated; use VLAE.observation", DeprecationWarning, stacklevel=2)
+        return self.observation
+
+    @obs.setter
+    def obs(self, value: ObservationModel) -> None:
+        warnings.warn("VLAE.obs is deprecated; use VLAE.observation", DeprecationWarning, stacklevel=2)
+        self.observation = value
+
     @property
     def latent_dim(self) -> int:
         return self.cfg.latent_dim
@@ -166,7 +178,7 @@ class VLAE(nn.Module):
     @property
     def uniforms_shape(self) -> tuple[int, int, int]:
         """Shape of the uniforms one image's sampling consumes: ``(U, H, W)``."""
-        return (self.obs.uniforms_per_pixel, *self.cfg.image_shape[1:])
+        return (self.observation.uniforms_per_pixel, *self.cfg.image_shape[1:])
 
     def check_images(self, x: torch.Tensor, values: bool = True) -> torch.Tensor:
         """Raise :class:`VLAEError` unless ``x`` is ``(B, *image_shape)`` of values the
@@ -178,7 +190,7 @@ class VLAE(nn.Module):
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
             raise VLAEError(f"images must have shape (B, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
         if values:
-            self.obs.check(x)
+            self.observation.check(x)
         return x.to(device=self._anchor.device, dtype=self._anchor.dtype)
 
     def condition(self, z: torch.Tensor | None) -> torch.Tensor | None:
@@ -188,14 +200,14 @@ class VLAE(nn.Module):
     def params(self, x: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
         """Teacher-forced decoder outputs ``(B, P, H, W)`` for images ``x`` in observed
         units (Bernoulli: the logits)."""
-        return self.decoder(self.obs.scale(x), self.condition(z))
+        return self.decoder(self.observation.scale(x), self.condition(z))
 
     logits = params  # the binary model's name for them
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The encoder on images in observed units: ``mu, log_sigma (B, D)`` and the
         IAF context ``h``. (``self.encoder`` itself expects images scaled to [-1, 1].)"""
-        return self.encoder(self.obs.scale(x))
+        return self.encoder(self.observation.scale(x))
 
     def posterior_sample(self, x: torch.Tensor, n: int = 1, generator: torch.Generator | None = None
                          ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,13 +231,13 @@ class VLAE(nn.Module):
         """Single-sample bound terms for a batch ``x (B, C, H, W)``."""
         x = self.check_images(x, values=False)  # shape only: a value check would sync the GPU every step
         if self.latent_dim == 0:
-            recon = -self.obs.log_prob(self.params(x, None), x)
+            recon = -self.observation.log_prob(self.params(x, None), x)
             zero = recon.new_zeros(x.shape[0])
             return Terms(recon, zero, zero[:, None])
         z, log_q = self.posterior_sample(x, 1, generator)
         with full_precision(z):
             kl_per_dim = log_q - self.prior.log_prob_per_dim(z)
-        recon = -self.obs.log_prob(self.params(x, z), x)
+        recon = -self.observation.log_prob(self.params(x, z), x)
         return Terms(recon, kl_per_dim.sum(1), kl_per_dim)
 
     def forward(self, x: torch.Tensor, method: str = "terms"):
@@ -259,7 +271,7 @@ class VLAE(nn.Module):
         """What all posterior samples of images ``x`` share, to compute once per image:
         the encoder's ``mu, log_sigma, h`` and the decoder's ``image_part`` (its first
         layer's convolution of the image)."""
-        return (*self.encode(x), self.decoder.image_part(self.obs.scale(x)))
+        return (*self.encode(x), self.decoder.image_part(self.observation.scale(x)))
 
     def sample_terms(self, x: torch.Tensor, k: int, generator: torch.Generator | None = None,
                      eps: torch.Tensor | None = None, shared: tuple | None = None) -> Terms:
@@ -269,7 +281,7 @@ class VLAE(nn.Module):
         drawn from ``generator``); ``shared`` is :meth:`shared` of ``x``, reused across calls."""
         if shared is None and eps is None:  # the draws posterior_sample documents
             z, log_q = self.posterior_sample(x, k, generator)
-            part = self.decoder.image_part(self.obs.scale(x))
+            part = self.decoder.image_part(self.observation.scale(x))
         else:
             mu, log_sigma, h, part = shared if shared is not None else self.shared(x)
             if eps is None:
@@ -279,7 +291,8 @@ class VLAE(nn.Module):
             z, log_q = self.posterior.rsample(rep(mu), rep(log_sigma), rep(h), eps)
         kl_per_dim = log_q - self.prior.log_prob_per_dim(z)
         # The image's own features are broadcast over the k samples, not recomputed k times.
-        recon = -self.obs.log_prob(self.decoder.from_image_part(part, self.condition(z)), x.repeat(k, 1, 1, 1))
+        params = self.decoder.from_image_part(part, self.condition(z))
+        recon = -self.observation.log_prob(params, x.repeat(k, 1, 1, 1))
         return Terms(recon, kl_per_dim.sum(1), kl_per_dim)
 
     def log_weights(self, x: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -326,7 +339,7 @@ class VLAE(nn.Module):
                 ``U`` = the observation model's ``uniforms_per_pixel``).
             generator: random generator for ``z`` and ``u``.
             return_probs: also return the per-pixel distribution used
-                (:meth:`~vlae.likelihood.ObservationModel.summary`: Bernoulli
+                (:meth:`~vlae.observation.ObservationModel.summary`: Bernoulli
                 probabilities, or the mixture's parameters).
 
         Returns:
@@ -347,16 +360,16 @@ class VLAE(nn.Module):
         n, (c, height, width) = u.shape[0], self.cfg.image_shape
         x = u.new_zeros(n, c, height, width)
         if isinstance(self.decoder, FactorizedDecoder):
-            params = self.decoder(self.obs.scale(x), cond)
-            x = self.obs.sample(params, u)
-            return (x, self.obs.summary(params)) if return_probs else x
+            params = self.decoder(self.observation.scale(x), cond)
+            x = self.observation.sample(params, u)
+            return (x, self.observation.summary(params)) if return_probs else x
         summary = None
         for i in range(height):
             for j in range(width):
-                params = self.decoder(self.obs.scale(x), cond)[:, :, i:i + 1, j:j + 1]
-                x[:, :, i:i + 1, j:j + 1] = self.obs.sample(params, u[:, :, i:i + 1, j:j + 1])
+                params = self.decoder(self.observation.scale(x), cond)[:, :, i:i + 1, j:j + 1]
+                x[:, :, i:i + 1, j:j + 1] = self.observation.sample(params, u[:, :, i:i + 1, j:j + 1])
                 if return_probs:
-                    s = self.obs.summary(params)
+                    s = self.observation.summary(params)
                     summary = summary if summary is not None else s.new_zeros(n, s.shape[1], height, width)
                     summary[:, :, i:i + 1, j:j + 1] = s
         return (x, summary) if return_probs else x

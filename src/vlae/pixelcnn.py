@@ -8,7 +8,7 @@ exact set of input offsets an output pixel depends on
 that report against the support of the autograd Jacobian.
 
 Decoders map an image ``x: (B, C, H, W)``, already scaled to [-1, 1] by the
-observation model (:meth:`vlae.likelihood.ObservationModel.scale`), and a
+observation model (:meth:`vlae.observation.ObservationModel.scale`), and a
 conditioning feature map ``cond: (B, C_c, H, W)`` (or ``None`` for an
 unconditional PixelCNN) to ``P`` parameters per pixel ``(B, P, H, W)`` (one
 Bernoulli logit, or a logistic mixture's 100 numbers). The conditioning map is

@@ -23,7 +23,7 @@ per image. Two facts make it cheap without changing a single sample:
 Colour changes nothing in this schedule: a pixel's parameters read no channel
 of itself (:mod:`vlae.pixelcnn`), so all its channels are drawn in the same step
 by the observation model from its ``U`` uniforms (R, then G given R, then B,
-inside :meth:`~vlae.likelihood.ObservationModel.sample_with_margin`); the cached
+inside :meth:`~vlae.observation.ObservationModel.sample_with_margin`); the cached
 canvases hold the decoder's input -- the scaled pixel values, or their luma for
 a grayscale-context decoder.
 
@@ -418,7 +418,7 @@ class FastSampler:
         self.fallbacks = 0  # pixels re-decided by the naive computation in the last decode
 
     def _engine(self, cond, n, height, width, like):
-        dec, scale = self.model.decoder, self.model.obs.scale
+        dec, scale = self.model.decoder, self.model.observation.scale
         if self.method in ("auto", "cache") and isinstance(dec, MaskedPixelCNN):
             return _MaskedEngine(dec, cond, n, height, width, like, scale)
         if self.method in ("auto", "cache") and isinstance(dec, GatedPixelCNN):
@@ -432,9 +432,9 @@ class FastSampler:
 
         Returns:
             ``x (n, C, H, W)`` in observed units (and the per-pixel distribution
-            used, :meth:`~vlae.likelihood.ObservationModel.summary`).
+            used, :meth:`~vlae.observation.ObservationModel.summary`).
         """
-        model, dec, obs = self.model, self.model.decoder, self.model.obs
+        model, dec, obs = self.model, self.model.decoder, self.model.observation
         if self.method == "naive":
             return model.decode(z, u, return_probs=return_probs)
         if u.dim() != 4 or tuple(u.shape[1:]) != tuple(model.uniforms_shape):
@@ -492,13 +492,13 @@ class FastSampler:
             canvas = x.clone()
             for b in images:
                 canvas[b, :, int(pos[first[b]]):] = 0
-            params = model.decoder(model.obs.scale(canvas.view(n, -1, height, width)), cond)
+            params = model.decoder(model.observation.scale(canvas.view(n, -1, height, width)), cond)
             for b in images:
                 k = int(first[b])
                 i, j = divmod(int(pos[k]), width)
                 p = params[:, :, i:i + 1, j:j + 1]  # the very tensor naive sampling draws from
-                xs[b, :, k] = model.obs.sample(p, u[:, :, i:i + 1, j:j + 1])[b, :, 0, 0]
-                s[b, :, k] = model.obs.summary(p)[b, :, 0, 0]
+                xs[b, :, k] = model.observation.sample(p, u[:, :, i:i + 1, j:j + 1])[b, :, 0, 0]
+                s[b, :, k] = model.observation.summary(p)[b, :, 0, 0]
                 pending[b, k] = False
 
     @torch.no_grad()

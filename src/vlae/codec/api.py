@@ -18,7 +18,7 @@ from ..errors import VLAEError
 from .coder import Coder, CodeStats, decode_chunk, encode_chunk, initial_bits, initial_words, next_chunk
 from .format import (
     FORMAT_VERSION,
-    OBSERVATIONS,
+    OBSERVATION_CODES,
     PRECISIONS,
     Header,
     digest,
@@ -79,7 +79,7 @@ def compress(model, images, *, precision: int = DEFAULT_PRECISION, batch: int = 
             progress(a + chunks[-1], len(x))
     payload = coder.ans.get_compressed().astype("<u4")
     ties = grid.ties()
-    head = Header(FORMAT_VERSION, identity, OBSERVATIONS[observation(model)], tuple(model.cfg.image_shape), len(x),
+    head = Header(FORMAT_VERSION, identity, OBSERVATION_CODES[observation(model)], tuple(model.cfg.image_shape), len(x),
                   batch, precision, words, named, len(chunks), len(payload), len(ties), grid.checksum, tuple(chunks))
     data = pack(head, ties, payload)
     if not return_stats:
@@ -112,7 +112,7 @@ def _checked_header(model, data: bytes, name: str) -> Header:
     if head.model_id != model_identity(model):
         raise VLAEError(f"{name}: compressed with another model (identity {head.model_id.hex()}, this model is "
                         f"{model_identity(model).hex()}); decompress with the model that compressed it")
-    if head.observation != OBSERVATIONS[observation(model)] or head.image_shape != tuple(model.cfg.image_shape):
+    if head.observation != OBSERVATION_CODES[observation(model)] or head.image_shape != tuple(model.cfg.image_shape):
         raise VLAEError(f"{name}: images {head.image_shape} with observation code {head.observation} do not fit "
                         "this model")
     expected_words = initial_words(model, head.precision)

@@ -28,14 +28,16 @@ import torch
 from ..errors import VLAEError
 
 __all__ = ["MAGIC", "FORMAT_VERSION", "PRECISIONS", "HEADER", "CRC", "TIE", "PROPOSAL", "PARAMS", "PROBS",
-           "OBSERVATIONS", "Header", "pack", "read_header", "read_ties", "read_stream", "model_identity", "digest"]
+           "OBSERVATION_CODES", "Header", "pack", "read_header", "read_ties", "read_stream", "model_identity", "digest"]
 
 MAGIC = b"\x89VLAEbb\n"
 FORMAT_VERSION = 2
 PRECISIONS = range(4, 17)  # K = 16 .. 65,536 bins per latent dimension
 HEADER = struct.Struct("<8sH16sB3HIHBI16sIIII")
 CRC = struct.Struct("<I")
-OBSERVATIONS = {"bernoulli": 0, "logistic_mixture": 1}  # observation model -> code in the header
+# model.observation -> its code in the header: written into files, so never renumbered (a new
+# observation model gets a new code; tests check every name of config.OBSERVATIONS has one)
+OBSERVATION_CODES = {"bernoulli": 0, "logistic_mixture": 1}
 PROPOSAL, PARAMS, PROBS = 0, 1, 2  # what a snapped value is: latent proposal, decoder output, 8-bit conditional
 TIE = np.dtype([("chunk", "<u4"), ("site", "<u4"), ("index", "<u4"), ("flags", "u1")])  # flags: kind | up << 2
 

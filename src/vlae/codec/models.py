@@ -16,18 +16,18 @@ import torch
 from ..errors import VLAEError
 from ..flows import AFPrior, GaussianPrior
 from ..spatial_prior import SpatialAFPrior
-from .format import OBSERVATIONS
+from .format import OBSERVATION_CODES
 
 __all__ = ["observation", "is_binary", "check_model", "coding_model"]
 
 
 def observation(model) -> str:
-    """The model's observation model (a key of :data:`~vlae.codec.format.OBSERVATIONS`),
+    """The model's observation model (a key of :data:`~vlae.codec.format.OBSERVATION_CODES`),
     if the codec can code its pixels; else a one-line :class:`VLAEError`."""
-    obs = getattr(model, "obs", None)
+    obs = getattr(model, "observation", None)
     name = "bernoulli" if obs is None else str(getattr(obs, "name", type(obs).__name__))
     channels = model.cfg.image_shape[0]
-    if name not in OBSERVATIONS or (name == "bernoulli" and channels != 1) or channels not in (1, 3):
+    if name not in OBSERVATION_CODES or (name == "bernoulli" and channels != 1) or channels not in (1, 3):
         raise VLAEError(f"vlae compress supports binary (1 channel) and 8-bit (1 or 3 channel) images; this model "
                         f"has a {name} observation model on {channels}-channel images")
     return name

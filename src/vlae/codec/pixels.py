@@ -43,7 +43,7 @@ def walk_pixels(model, z: torch.Tensor | None, n: int,
     cond = model.condition(z)
     like = next(dec.parameters()).new_zeros(n, channels, height, width)
     if isinstance(dec, FactorizedDecoder):
-        params = dec(model.obs.scale(like), cond).flatten(2).transpose(1, 2)  # (n, HW, P)
+        params = dec(model.observation.scale(like), cond).flatten(2).transpose(1, 2)  # (n, HW, P)
         decide(0, torch.arange(height * width, device=like.device), params.reshape(n * height * width, -1))
         return
     engine = FastSampler(model)._engine(cond, n, height, width, like)
@@ -71,5 +71,5 @@ def channel_probs(model, grid: Grid, step: int, params: np.ndarray, previous: np
     # over a chunk's (n * N) pixels. Both sides cut a step's pixels the same way (the grid absorbs the
     # last-bit differences of any other cut, as it absorbs another machine's).
     blocks = zip(torch.from_numpy(params).split(_PROBS_BLOCK), torch.from_numpy(previous).double().split(_PROBS_BLOCK))
-    probs = torch.cat([model.obs.channel_probs(p, q) for p, q in blocks])
+    probs = torch.cat([model.observation.channel_probs(p, q) for p, q in blocks])
     return grid(PROBS, step * model.cfg.image_shape[0] + c, probs)

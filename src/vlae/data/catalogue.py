@@ -1,4 +1,4 @@
-"""What each dataset is: kind, shape, split sizes, files, URLs and digests.
+"""What each dataset is: observation, shape, split sizes, files, URLs and digests.
 
 Tables only, read by the modules that find, fetch and read the files. The
 tables a test replaces (:data:`COUNTS`, :data:`DIGESTS`, :data:`URLS`) are read
@@ -8,15 +8,36 @@ one patch of this module reaches every reader.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 __all__ = [
-    "SPLITS", "KINDS", "DatasetInfo", "INFO", "DATASETS", "EMBEDDED", "BINARIZATION_SEED", "SUBSET_SEED", "PHOTOS",
-    "PIXELS", "COUNTS", "DIGESTS", "URLS", "CIFAR_ARCHIVE", "CIFAR_FOLDER", "CIFAR_TRAIN",
+    "SPLITS", "OLD_NAMES", "WORDS", "observation_of", "DatasetInfo", "INFO", "DATASETS", "EMBEDDED",
+    "BINARIZATION_SEED", "SUBSET_SEED", "PHOTOS", "PIXELS", "COUNTS", "DIGESTS", "URLS", "CIFAR_ARCHIVE",
+    "CIFAR_FOLDER", "CIFAR_TRAIN",
 ]
 
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
-KINDS: tuple[str, ...] = ("binary", "8bit")
+
+#: The observation axis has one name, the configuration's ``model.observation``
+#: (:data:`~vlae.config.OBSERVATIONS`: ``"bernoulli"``, ``"logistic_mixture"``).
+#: Its old names in the data (``Images.kind``, ``DatasetInfo.kind``) and in the
+#: data identities of runs written before, read for one release.
+OLD_NAMES: dict[str, str] = {"binary": "bernoulli", "8bit": "logistic_mixture"}
+#: Deprecated (one release; not in ``__all__``): the old names, :data:`OLD_NAMES`' keys.
+KINDS: tuple[str, ...] = tuple(OLD_NAMES)
+#: What messages call each observation (:data:`~vlae.config.OBSERVATIONS`): the words users know.
+WORDS: dict[str, str] = {"bernoulli": "binary", "logistic_mixture": "8-bit"}
+
+
+def observation_of(name: str) -> str:
+    """The observation ``name`` means, given by its name or its old name (anything else unchanged).
+
+    Example:
+        >>> observation_of("8bit"), observation_of("bernoulli")
+        ('logistic_mixture', 'bernoulli')
+    """
+    return OLD_NAMES.get(name, name)
 
 
 @dataclass(frozen=True)
@@ -24,32 +45,39 @@ class DatasetInfo:
     """What a dataset holds.
 
     Attributes:
-        kind: ``"binary"`` or ``"8bit"`` (see :class:`~vlae.data.images.Images`).
+        observation: ``"bernoulli"`` (binary images) or ``"logistic_mixture"`` (8-bit
+            images), as ``model.observation`` (see :class:`~vlae.data.images.Images`).
         shape: ``(C, H, W)`` of one image.
         files: whose files are read and downloaded (``mnist-8bit`` reads ``mnist``'s).
         fallback: the embedded dataset :func:`~vlae.data.load.load_or_fallback` substitutes, with
             a notice, when no data location was named and the files are absent.
     """
 
-    kind: str
+    observation: str
     shape: tuple[int, int, int]
     files: str
     fallback: str | None
 
+    @property
+    def kind(self) -> str:
+        """Deprecated (one release): the old name of :attr:`observation` (``"binary"``, ``"8bit"``)."""
+        warnings.warn("DatasetInfo.kind is deprecated; use DatasetInfo.observation", DeprecationWarning, stacklevel=2)
+        return {new: old for old, new in OLD_NAMES.items()}[self.observation]
+
 
 _DIGIT = (1, 28, 28)
 INFO: dict[str, DatasetInfo] = {
-    "binarized-mnist": DatasetInfo("binary", _DIGIT, "binarized-mnist", "mnist-embedded"),
-    "mnist": DatasetInfo("binary", _DIGIT, "mnist", "mnist-embedded"),
-    "fashion-mnist": DatasetInfo("binary", _DIGIT, "fashion-mnist", "mnist-embedded"),
-    "omniglot": DatasetInfo("binary", _DIGIT, "omniglot", "mnist-embedded"),
-    "caltech101-silhouettes": DatasetInfo("binary", _DIGIT, "caltech101-silhouettes", "mnist-embedded"),
-    "mnist-embedded": DatasetInfo("binary", _DIGIT, "mnist-embedded", None),
-    "mnist-8bit": DatasetInfo("8bit", _DIGIT, "mnist", "mnist-embedded-8bit"),
-    "fashion-mnist-8bit": DatasetInfo("8bit", _DIGIT, "fashion-mnist", "mnist-embedded-8bit"),
-    "mnist-embedded-8bit": DatasetInfo("8bit", _DIGIT, "mnist-embedded", None),
-    "cifar10": DatasetInfo("8bit", (3, 32, 32), "cifar10", "photos-embedded"),
-    "photos-embedded": DatasetInfo("8bit", (3, 32, 32), "photos-embedded", None),
+    "binarized-mnist": DatasetInfo("bernoulli", _DIGIT, "binarized-mnist", "mnist-embedded"),
+    "mnist": DatasetInfo("bernoulli", _DIGIT, "mnist", "mnist-embedded"),
+    "fashion-mnist": DatasetInfo("bernoulli", _DIGIT, "fashion-mnist", "mnist-embedded"),
+    "omniglot": DatasetInfo("bernoulli", _DIGIT, "omniglot", "mnist-embedded"),
+    "caltech101-silhouettes": DatasetInfo("bernoulli", _DIGIT, "caltech101-silhouettes", "mnist-embedded"),
+    "mnist-embedded": DatasetInfo("bernoulli", _DIGIT, "mnist-embedded", None),
+    "mnist-8bit": DatasetInfo("logistic_mixture", _DIGIT, "mnist", "mnist-embedded-8bit"),
+    "fashion-mnist-8bit": DatasetInfo("logistic_mixture", _DIGIT, "fashion-mnist", "mnist-embedded-8bit"),
+    "mnist-embedded-8bit": DatasetInfo("logistic_mixture", _DIGIT, "mnist-embedded", None),
+    "cifar10": DatasetInfo("logistic_mixture", (3, 32, 32), "cifar10", "photos-embedded"),
+    "photos-embedded": DatasetInfo("logistic_mixture", (3, 32, 32), "photos-embedded", None),
 }
 DATASETS: tuple[str, ...] = tuple(INFO)
 EMBEDDED = frozenset(n for n, i in INFO.items() if i.files in ("mnist-embedded", "photos-embedded"))

@@ -52,7 +52,7 @@ def load_mnist_embedded(name: str, split: str) -> tuple[np.ndarray, bool, str]:
     """
     path = mnist_csv()
     grey = _embedded_digits(path)
-    images = binarize_once(grey) if INFO[name].kind == "binary" else grey
+    images = binarize_once(grey) if INFO[name].observation == "bernoulli" else grey
     n_train, n_valid = catalogue.COUNTS[(name, "train")], catalogue.COUNTS[(name, "valid")]
     cut = {"train": slice(0, n_train), "valid": slice(n_train, n_train + n_valid),
            "test": slice(n_train + n_valid, None)}[split]

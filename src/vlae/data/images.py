@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from ..config import OBSERVATIONS
 from ..errors import VLAEError, require
-from .catalogue import KINDS, SUBSET_SEED
+from .catalogue import OLD_NAMES, SUBSET_SEED, WORDS, observation_of
 
-__all__ = ["Images", "as_images", "dataset_identity", "identity_differences", "fixed_subset"]
+__all__ = ["Images", "as_images", "dataset_identity", "identity_differences", "migrate_identity", "fixed_subset"]
 
 
-@dataclass
+@dataclass(init=False)
 class Images:
     """One split of a dataset.
 
@@ -30,15 +32,17 @@ class Images:
             grey levels 0..255 for dynamic binary data and for 8-bit data.
         name: dataset name, one of :data:`~vlae.data.catalogue.DATASETS` (``"custom"`` for tensors).
         split: ``"train"``, ``"valid"``, ``"test"`` or ``"train+valid"``.
-        kind: ``"binary"`` (Bernoulli observation model) or ``"8bit"`` (0..255
-            used as is, discretized logistic mixture).
+        observation: the observation model the images are for, as ``model.observation``
+            (:data:`~vlae.config.OBSERVATIONS`): ``"bernoulli"`` (binary images) or
+            ``"logistic_mixture"`` (8-bit images, 0..255 used as is). The old names
+            ``"binary"`` and ``"8bit"``, and the keyword ``kind=``, are read for one release.
         dynamic: binary only: :meth:`observed` samples fresh binary images.
         source: human-readable origin (file paths or package).
         fallback: ``None``, or what was substituted for what when the requested
             dataset was absent (see :func:`~vlae.data.load.load_or_fallback`); record it.
 
     Example:
-        >>> x = Images(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), "custom", "test", kind="8bit")
+        >>> x = Images(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), "custom", "test", observation="logistic_mixture")
         >>> x.observed().shape
         torch.Size([2, 3, 32, 32])
     """
@@ -46,23 +50,49 @@ class Images:
     images: torch.Tensor
     name: str
     split: str
-    kind: str = "binary"
+    observation: str = "bernoulli"
     dynamic: bool = False
     source: str = ""
     fallback: str | None = None
 
-    def __post_init__(self) -> None:
+    def __init__(self, images: torch.Tensor, name: str, split: str, observation: str | None = None,
+                 dynamic: bool = False, source: str = "", fallback: str | None = None, *, kind: str | None = None):
+        what = f"{name} {split}"
+        if kind is not None:
+            warnings.warn("Images(kind=...) is deprecated; use Images(observation=...)", DeprecationWarning,
+                          stacklevel=2)
+            require(observation is None or observation_of(observation) == observation_of(kind),
+                    f"{what}: observation={observation!r} and kind={kind!r} disagree; give observation only")
+            observation = kind
+        elif observation in OLD_NAMES:
+            warnings.warn(f"the observation {observation!r} is deprecated; use {OLD_NAMES[observation]!r}",
+                          DeprecationWarning, stacklevel=2)
+        self.images, self.name, self.split = images, name, split
+        self.observation = observation_of("bernoulli" if observation is None else observation)
+        self.dynamic, self.source, self.fallback = dynamic, source, fallback
+        self._check()
+
+    def _check(self) -> None:
         shape = tuple(self.images.shape)
         what = f"{self.name} {self.split}"
-        require(self.kind in KINDS, f"{what}: unknown kind {self.kind!r}; choose one of {', '.join(KINDS)}")
+        require(self.observation in OBSERVATIONS,
+                f"{what}: unknown observation {self.observation!r}; choose one of {', '.join(OBSERVATIONS)} "
+                f"({', '.join(WORDS[o] for o in OBSERVATIONS)} images)")
         require(self.images.dtype == torch.uint8 and len(shape) == 4 and min(shape[1:], default=0) > 0,
                 f"{what}: expected uint8 images of shape (N, C, H, W), got {self.images.dtype} {shape}")
-        require(not (self.dynamic and self.kind == "8bit"),
+        binary = self.observation == "bernoulli"
+        require(binary or not self.dynamic,
                 f"{what}: 8-bit images are used as they are; dynamic binarization is for binary images")
-        if self.kind == "binary" and not self.dynamic and len(self):
+        if binary and not self.dynamic and len(self):
             top = int(self.images.max())
             require(top <= 1, f"{what}: static binary images must hold 0/1, found values up to {top} "
-                              "(grey levels need dynamic binarization or kind='8bit')")
+                              "(grey levels need dynamic binarization or observation='logistic_mixture')")
+
+    @property
+    def kind(self) -> str:
+        """Deprecated (one release): the old name of :attr:`observation` (``"binary"``, ``"8bit"``)."""
+        warnings.warn("Images.kind is deprecated; use Images.observation", DeprecationWarning, stacklevel=2)
+        return {new: old for old, new in OLD_NAMES.items()}[self.observation]
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -85,15 +115,23 @@ class Images:
         return dataclasses.replace(self, images=self.images.to(device))
 
 
-def as_images(obj: Any, name: str, kind: str = "binary") -> Images:
-    """An :class:`Images` from an Images or a ``uint8 (N, C, H, W)`` tensor of ``kind`` data
-    (binary: dynamically binarized when it holds grey levels; 8bit: used as is)."""
+def as_images(obj: Any, name: str, observation: str = "bernoulli", *, kind: str | None = None) -> Images:
+    """An :class:`Images` from an Images or a ``uint8 (N, C, H, W)`` tensor of images for
+    ``observation`` (bernoulli: dynamically binarized when it holds grey levels;
+    logistic_mixture: 8-bit, used as is). ``kind=``, the old keyword with the old names,
+    is read for one release."""
+    if kind is not None:
+        warnings.warn("as_images(kind=...) is deprecated; use as_images(observation=...)", DeprecationWarning,
+                      stacklevel=2)
+        observation = kind
+    observation = observation_of(observation)
     if isinstance(obj, Images):
         return obj
     if isinstance(obj, torch.Tensor):
         images = (obj if obj.dtype == torch.uint8 else obj.to(torch.uint8)).cpu()
-        dynamic = kind == "binary" and bool((images > 1).any())
-        return Images(images, name="custom", split=name, kind=kind, dynamic=dynamic, source="data= argument")
+        dynamic = observation == "bernoulli" and bool((images > 1).any())
+        return Images(images, name="custom", split=name, observation=observation, dynamic=dynamic,
+                      source="data= argument")
     raise VLAEError(f"data: expected vlae.data.Images or a uint8 tensor for {name}, got {type(obj).__name__}")
 
 
@@ -112,17 +150,35 @@ def dataset_identity(ds: Images) -> dict[str, Any]:
     """
     images = ds.images.detach().cpu().contiguous()
     return {
-        "name": ds.name, "kind": ds.kind, "split": ds.split, "images": len(ds), "shape": list(images.shape[1:]),
-        "dynamic": ds.dynamic, "source": ds.source, "fallback": ds.fallback,
+        "name": ds.name, "observation": ds.observation, "split": ds.split, "images": len(ds),
+        "shape": list(images.shape[1:]), "dynamic": ds.dynamic, "source": ds.source, "fallback": ds.fallback,
         "sha256": hashlib.sha256(images.numpy()).hexdigest(),
     }
+
+
+def migrate_identity(identity: dict[str, Any]) -> dict[str, Any]:
+    """A :func:`dataset_identity` dict with today's names: the identities that runs
+    wrote before the observation axis had one name say ``"kind": "binary"`` (or
+    ``"8bit"``) where today's say ``"observation": "bernoulli"`` (or
+    ``"logistic_mixture"``), in the same place. Others are returned as they are.
+
+    Example:
+        >>> migrate_identity({"name": "mnist", "kind": "binary", "split": "test"})
+        {'name': 'mnist', 'observation': 'bernoulli', 'split': 'test'}
+    """
+    if "kind" not in identity or "observation" in identity:
+        return identity
+    return {("observation" if k == "kind" else k): (observation_of(v) if k == "kind" and isinstance(v, str) else v)
+            for k, v in identity.items()}
 
 
 def identity_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """``field: saved -> current`` for each field of two :func:`dataset_identity`
     dicts that differ, ignoring ``source`` and ``fallback`` (texts that name paths,
     which move with the machine; the images themselves are compared through
-    ``sha256``); empty if the data is the same."""
+    ``sha256``); empty if the data is the same. Identities with the old names
+    (:func:`migrate_identity`) are compared under today's."""
+    saved, current = migrate_identity(saved), migrate_identity(current)
     keys = [k for k in dict.fromkeys([*saved, *current]) if k not in ("source", "fallback")]
     return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
 

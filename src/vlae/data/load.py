@@ -53,7 +53,7 @@ def load_dataset(name: str, split: str, data_dir: str | os.PathLike | None = Non
     if train_on_valid and split == "train":
         train, valid = (load_dataset(name, s, data_dir, download) for s in ("train", "valid"))
         sources = train.source if train.source == valid.source else f"{train.source}, {valid.source}"
-        return Images(torch.cat([train.images, valid.images]), name, "train+valid", train.kind, train.dynamic,
+        return Images(torch.cat([train.images, valid.images]), name, "train+valid", train.observation, train.dynamic,
                       sources)
     root = resolve_data_dir(data_dir)
     try:
@@ -70,7 +70,7 @@ def load_dataset(name: str, split: str, data_dir: str | os.PathLike | None = Non
     tensor = tensor.unsqueeze(1) if tensor.ndim == 3 else tensor
     require(tuple(tensor.shape[1:]) == INFO[name].shape,
             f"{source}: images of shape {tuple(tensor.shape[1:])} for {name}, expected {INFO[name].shape}")
-    return Images(tensor, name, split, INFO[name].kind, dynamic, source)
+    return Images(tensor, name, split, INFO[name].observation, dynamic, source)
 
 
 def load_or_fallback(name: str, split: str, data_dir: str | os.PathLike | None = None, download: bool = False, *,
@@ -160,14 +160,14 @@ def _load_binarized_mnist(root: Path, split: str) -> tuple[np.ndarray, bool, str
 
 def _load_idx(name: str, root: Path, split: str) -> tuple[np.ndarray, bool, str]:
     """(Fashion-)MNIST from its IDX files: train and valid cut from the training file,
-    test from the t10k file, binarized once for the binary kind."""
+    test from the t10k file, binarized once for the binary (Bernoulli) datasets."""
     stem = "t10k-images-idx3-ubyte" if split == "test" else "train-images-idx3-ubyte"
     path = find_file(name, root, [stem + ".gz", stem])
     check_digest(INFO[name].files, path)
     images = read_idx(path)
     require(images.ndim == 3 and images.shape[1:] == (28, 28),
             f"{path}: expected images of shape (N, 28, 28), got {images.shape}")
-    binary = INFO[name].kind == "binary"
+    binary = INFO[name].observation == "bernoulli"
     if split == "test":
         return (binarize_once(images) if binary else images), False, str(path)
     return cut(name, images, split, str(path)), binary, str(path)

@@ -14,9 +14,11 @@ The package, in the order a reader meets it:
   skip decision taken on the device, replayed as a CUDA graph on one GPU;
 - :mod:`~vlae.train.schedules`: soft free bits, KL warm-up, learning rate;
 - :mod:`~vlae.train.validation`: the validation pass (:func:`validate`);
-- :mod:`~vlae.train.data`, :mod:`~vlae.train.run_dir`, :mod:`~vlae.train.resume`,
-  :mod:`~vlae.train.metrics`, :mod:`~vlae.train.interrupt`: the run's data, its
-  folder, exact resumption, its log, and stopping on signals.
+- :mod:`~vlae.train.run_dir`, :mod:`~vlae.train.resume`, :mod:`~vlae.train.metrics`,
+  :mod:`~vlae.train.interrupt`: the run's folder, exact resumption, its log, and
+  stopping on signals. The run's data (:func:`resolve_data`, :func:`check_data_fits`)
+  come from :mod:`vlae.data.checks`; :mod:`~vlae.train.data`, their old home,
+  re-exports them for one release.
 
 Data live on the training device as one ``uint8`` tensor; every epoch draws a
 seeded permutation (and, for dynamically binarized data, fresh binary images)
@@ -67,7 +69,7 @@ Example:
     20
 """
 
-from .data import check_data_fits, resolve_data
+from ..data import check_data_fits, resolve_data
 from .interrupt import Interrupted
 from .loop import LOG_EVERY, Trainer, TrainerState, train
 from .run_dir import prepare_run_dir

@@ -32,11 +32,11 @@ from ..checkpoint import (
     weights_mismatch,
 )
 from ..config import Config
+from ..data import check_data_fits, resolve_data
 from ..errors import VLAEError
 from ..model import VLAE
 from ..outputs import write_error, write_json, write_text
 from ..runtime import Runtime
-from .data import check_data_fits, resolve_data
 from .interrupt import Interrupted, StopSignals
 from .metrics import Metrics
 from .resume import (
