@@ -49,5 +49,17 @@ from .result_file import result_name
 from .shards import blocks_of, parse_shard, shard_blocks
 from .statistics import ACTIVE_THRESHOLD, active_units, standard_error, summarize
 
-__all__ = ["evaluate_model", "evaluate_block", "evaluate_checkpoint", "summarize", "image_seed", "parse_shard",
-           "shard_blocks", "blocks_of", "result_name", "active_units", "standard_error", "ACTIVE_THRESHOLD"]
+__all__ = [
+    "evaluate_model",
+    "evaluate_block",
+    "evaluate_checkpoint",
+    "summarize",
+    "image_seed",
+    "parse_shard",
+    "shard_blocks",
+    "blocks_of",
+    "result_name",
+    "active_units",
+    "standard_error",
+    "ACTIVE_THRESHOLD",
+]

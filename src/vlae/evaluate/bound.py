@@ -65,13 +65,15 @@ def image_seed(seed: int, index: int) -> int:
 def _noise(seed: int, indices: range, rows: int, d: int) -> torch.Tensor:
     """``(rows, B, D)`` standard normals, column ``b`` from image ``indices[b]``'s own
     stream (drawn whole on the CPU, so devices and pass sizes draw alike)."""
-    return torch.stack([torch.randn((rows, d), generator=torch.Generator().manual_seed(image_seed(seed, i)))
-                        for i in indices], 1)
+    return torch.stack(
+        [torch.randn((rows, d), generator=torch.Generator().manual_seed(image_seed(seed, i))) for i in indices], 1
+    )
 
 
 @torch.no_grad()
-def evaluate_block(model: VLAE, x: torch.Tensor, indices: range, k: int, seed: int = 0, chunk: int = 0,
-                   step=None) -> dict[str, torch.Tensor]:
+def evaluate_block(
+    model: VLAE, x: torch.Tensor, indices: range, k: int, seed: int = 0, chunk: int = 0, step=None
+) -> dict[str, torch.Tensor]:
     """Per-image results for images ``x (B, C, H, W)`` whose indices in the
     evaluated set are ``indices``: ``nll`` (minus the IW bound), ``elbo`` (mean
     log weight), ``recon`` and ``kl`` (means over the ``k`` samples), all ``(B,)``;
@@ -87,8 +89,15 @@ def evaluate_block(model: VLAE, x: torch.Tensor, indices: range, k: int, seed: i
     if d == 0:  # an unconditional PixelCNN: every sample's weight is the exact log-likelihood
         log_px = -model.terms(x).recon.double().cpu()
         empty = torch.zeros(b, 0, dtype=torch.float64)
-        return {"index": torch.tensor(list(indices)), "nll": -log_px, "elbo": log_px, "recon": -log_px,
-                "kl": torch.zeros(b, dtype=torch.float64), "kl_per_dim": empty, "mean": empty}
+        return {
+            "index": torch.tensor(list(indices)),
+            "nll": -log_px,
+            "elbo": log_px,
+            "recon": -log_px,
+            "kl": torch.zeros(b, dtype=torch.float64),
+            "kl_per_dim": empty,
+            "mean": empty,
+        }
     iaf = model.cfg.posterior == "iaf" and model.cfg.iaf_steps > 0
     eps = _noise(seed, indices, k + (_MEAN_SAMPLES if iaf else 0), d).to(x.device, x.dtype)
     shared = model.shared(x)
@@ -98,7 +107,7 @@ def evaluate_block(model: VLAE, x: torch.Tensor, indices: range, k: int, seed: i
     kl_dims = torch.zeros(b, d, dtype=torch.float64, device=x.device)
     for s in range(0, k, size):
         n = min(size, k - s)
-        terms = (step or model.sample_terms)(x, n, eps=eps[s:s + n].flatten(0, 1), shared=shared)
+        terms = (step or model.sample_terms)(x, n, eps=eps[s : s + n].flatten(0, 1), shared=shared)
         log_w = -terms.nelbo.double().view(n, b)
         lse = torch.logaddexp(lse, torch.logsumexp(log_w, 0))
         sums["log_w"] += log_w.sum(0)
@@ -112,13 +121,29 @@ def evaluate_block(model: VLAE, x: torch.Tensor, indices: range, k: int, seed: i
     else:
         mean = mu
     cpu = lambda t: t.double().cpu()  # noqa: E731
-    return {"index": torch.tensor(list(indices)), "nll": cpu(-(lse - math.log(k))), "elbo": cpu(sums["log_w"] / k),
-            "recon": cpu(sums["recon"] / k), "kl": cpu(kl_dims.sum(1) / k), "kl_per_dim": cpu(kl_dims / k),
-            "mean": cpu(mean)}
+    return {
+        "index": torch.tensor(list(indices)),
+        "nll": cpu(-(lse - math.log(k))),
+        "elbo": cpu(sums["log_w"] / k),
+        "recon": cpu(sums["recon"] / k),
+        "kl": cpu(kl_dims.sum(1) / k),
+        "kl_per_dim": cpu(kl_dims / k),
+        "mean": cpu(mean),
+    }
 
 
-def _run_blocks(model: VLAE, images: torch.Tensor, chosen: list[range], k: int, seed: int, chunk: int,
-                progress: bool | None, store: "_BlockStore | None" = None, desc: str = "", compile: bool = False):
+def _run_blocks(
+    model: VLAE,
+    images: torch.Tensor,
+    chosen: list[range],
+    k: int,
+    seed: int,
+    chunk: int,
+    progress: bool | None,
+    store: "_BlockStore | None" = None,
+    desc: str = "",
+    compile: bool = False,
+):
     """Records of the ``chosen`` blocks, each loaded from ``store`` if finished
     before, else computed (and saved there). A tqdm bar with ETA counts images."""
     from tqdm.auto import tqdm
@@ -130,13 +155,19 @@ def _run_blocks(model: VLAE, images: torch.Tensor, chosen: list[range], k: int, 
         done = store.load(block) if store is not None else None
         (records.append(done) if done is not None else todo.append(block))
     finished = sum(len(b) for b in chosen) - sum(len(b) for b in todo)
-    bar = tqdm(total=sum(len(b) for b in chosen), initial=finished, unit="img", desc=desc or f"IW bound k={k}",
-               disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=sum(len(b) for b in chosen),
+        initial=finished,
+        unit="img",
+        desc=desc or f"IW bound k={k}",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     # Compiled (fused elementwise chains), the same computation: log weights agree to float rounding.
     step = torch.compile(model.sample_terms, dynamic=False) if compile and todo else None
     try:
         for block in todo:
-            record = evaluate_block(model, images[block.start:block.stop], block, k, seed, chunk, step)
+            record = evaluate_block(model, images[block.start : block.stop], block, k, seed, chunk, step)
             if store is not None:
                 store.save(block, record)
             records.append(record)
@@ -147,8 +178,16 @@ def _run_blocks(model: VLAE, images: torch.Tensor, chosen: list[range], k: int, 
 
 
 @torch.no_grad()
-def evaluate_model(model: VLAE, images: torch.Tensor, k: int = 4096, batch_size: int = 50, chunk: int = 0,
-                   progress: bool | None = None, seed: int = 0, compile: bool = False) -> dict[str, Any]:
+def evaluate_model(
+    model: VLAE,
+    images: torch.Tensor,
+    k: int = 4096,
+    batch_size: int = 50,
+    chunk: int = 0,
+    progress: bool | None = None,
+    seed: int = 0,
+    compile: bool = False,
+) -> dict[str, Any]:
     """IW bound, ELBO, KL and active units of ``model`` on ``images``.
 
     Args:
@@ -179,8 +218,9 @@ def evaluate_model(model: VLAE, images: torch.Tensor, k: int = 4096, batch_size:
     if batch_size < 1 or chunk < 0:
         raise VLAEError(f"batch_size must be >= 1 and chunk >= 0, got {batch_size} and {chunk}")
     with _evaluation_mode(model, compile):
-        records = _run_blocks(model, images, blocks_of(images.shape[0], batch_size), k, seed, chunk, progress,
-                              compile=compile)
+        records = _run_blocks(
+            model, images, blocks_of(images.shape[0], batch_size), k, seed, chunk, progress, compile=compile
+        )
     return summarize(records, k, model.dims)
 
 

@@ -46,11 +46,24 @@ if TYPE_CHECKING:
 __all__ = ["evaluate_checkpoint"]
 
 
-def evaluate_checkpoint(path: str | os.PathLike, split: str = "test", k: int | None = None, subset: int = 0,
-                        data_dir: str | os.PathLike | None = None, seed: int = 0, out: str | os.PathLike | None = None,
-                        batch_size: int | None = None, chunk: int = 0, weights: str = "ema", device: str = "auto",
-                        progress: bool | None = None, notice=None, shard: str | tuple[int, int] | None = None,
-                        merge: bool = False, compile: bool = False) -> dict[str, Any]:
+def evaluate_checkpoint(
+    path: str | os.PathLike,
+    split: str = "test",
+    k: int | None = None,
+    subset: int = 0,
+    data_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+    out: str | os.PathLike | None = None,
+    batch_size: int | None = None,
+    chunk: int = 0,
+    weights: str = "ema",
+    device: str = "auto",
+    progress: bool | None = None,
+    notice=None,
+    shard: str | tuple[int, int] | None = None,
+    merge: bool = False,
+    compile: bool = False,
+) -> dict[str, Any]:
     """Evaluate a checkpoint (or run folder) on a data split and write the result as JSON.
 
     ``k`` importance samples per image; ``None`` takes the run's ``eval.k`` (512 for
@@ -81,9 +94,23 @@ def evaluate_checkpoint(path: str | os.PathLike, split: str = "test", k: int | N
             not writable, or holding a result of other data; partials missing
             or of another evaluation.
     """
-    options = _Options(split=split, k=k, subset=subset, data_dir=data_dir, seed=seed, out=out, batch_size=batch_size,
-                       chunk=chunk, weights=weights, device=device, progress=progress, notice=notice, shard=shard,
-                       merge=merge, compile=compile)
+    options = _Options(
+        split=split,
+        k=k,
+        subset=subset,
+        data_dir=data_dir,
+        seed=seed,
+        out=out,
+        batch_size=batch_size,
+        chunk=chunk,
+        weights=weights,
+        device=device,
+        progress=progress,
+        notice=notice,
+        shard=shard,
+        merge=merge,
+        compile=compile,
+    )
     return _evaluate(path, options)
 
 
@@ -134,8 +161,10 @@ def _evaluate(path: str | os.PathLike, o: _Options) -> dict[str, Any]:
     plan.store.clear(plan.blocks)
     for key in ("nll", "elbo"):
         if not math.isfinite(result[key]):
-            raise VLAEError(f"{file}: the {'IW bound' if key == 'nll' else 'ELBO'} came out {result[key]} "
-                            f"on {data.name} {o.split}; nothing written (the model is numerically broken)")
+            raise VLAEError(
+                f"{file}: the {'IW bound' if key == 'nll' else 'ELBO'} came out {result[key]} "
+                f"on {data.name} {o.split}; nothing written (the model is numerically broken)"
+            )
     device = next(model.parameters()).device
     return _write_result(result, plan, o, file, cfg, data, identity, seconds=seconds, shards=shards, device=device)
 
@@ -186,8 +215,9 @@ class _Plan:
     store: _BlockStore  # finished blocks, kept until the (partial) result is written
 
 
-def _plan(file: Path, o: _Options, images: torch.Tensor, k: int, block: int, dataset: str,
-          identity: dict[str, Any]) -> _Plan:
+def _plan(
+    file: Path, o: _Options, images: torch.Tensor, k: int, block: int, dataset: str, identity: dict[str, Any]
+) -> _Plan:
     """The result's path (checked writable and not holding other data's result) and the blocks."""
     subset = images.shape[0] if "subset_of" in identity else None
     target = Path(o.out) if o.out is not None else file.parent / result_name(dataset, o.split, k, subset, o.weights)
@@ -196,27 +226,37 @@ def _plan(file: Path, o: _Options, images: torch.Tensor, k: int, block: int, dat
     # partial results are named by everything that tells evaluations apart (the fingerprint), so that
     # another seed, --batch-size or checkpoint never overwrites a finished shard or block
     partial = target.with_name(f"{target.stem}.seed{o.seed}-b{block}-{fingerprint[:10]}")
-    return _Plan(target, k, block, blocks_of(images.shape[0], block), fingerprint, partial,
-                 _BlockStore(partial.with_name(partial.name + ".parts"), fingerprint))
+    store = _BlockStore(partial.with_name(partial.name + ".parts"), fingerprint)
+    return _Plan(target, k, block, blocks_of(images.shape[0], block), fingerprint, partial, store)
 
 
-def _evaluate_own_blocks(model: VLAE, rt: Runtime, images: torch.Tensor, plan: _Plan, o: _Options,
-                         shard: tuple[int, int] | None, rank: int, world: int) -> tuple[list, float] | dict[str, Any]:
+def _evaluate_own_blocks(
+    model: VLAE,
+    rt: Runtime,
+    images: torch.Tensor,
+    plan: _Plan,
+    o: _Options,
+    shard: tuple[int, int] | None,
+    rank: int,
+    world: int,
+) -> tuple[list, float] | dict[str, Any]:
     """The blocks this process owns (a ``--shard``, a torchrun rank's share, or
     all): ``(records of every image, seconds)`` for the result, or, for a shard
     or a rank other than 0, the summary of its share to return instead."""
     t0 = time.perf_counter()
     if world > len(plan.blocks):  # the ranks are the shards, but the user gave no --shard
-        raise VLAEError(f"{world} processes but only {len(plan.blocks)} block(s) of images ({images.shape[0]} images, "
-                        f"--batch-size {plan.block}): use fewer processes or a smaller --batch-size")
+        raise VLAEError(
+            f"{world} processes but only {len(plan.blocks)} block(s) of images ({images.shape[0]} images, "
+            f"--batch-size {plan.block}): use fewer processes or a smaller --batch-size"
+        )
     if shard is not None and (done := _finished_partial(plan.partial, shard, plan.fingerprint)) is not None:
         return done  # this shard finished before: nothing to redo
     own = shard if shard is not None else ((rank, world) if world > 1 else None)
     chosen = [plan.blocks[j] for j in (shard_blocks(len(plan.blocks), own) if own else range(len(plan.blocks)))]
     desc = f"IW bound k={plan.k}" + (f", shard {own[0]}/{own[1]}" if own else "")
     with rt.process_group(), _evaluation_mode(model, o.compile):
-        records = _run_blocks(model, images, chosen, plan.k, o.seed, o.chunk, o.progress if rank == 0 else False,
-                              plan.store, desc, o.compile)
+        progress = o.progress if rank == 0 else False  # one bar, the main process's
+        records = _run_blocks(model, images, chosen, plan.k, o.seed, o.chunk, progress, plan.store, desc, o.compile)
         seconds = time.perf_counter() - t0
         if shard is not None:
             return _write_partial(plan.partial, shard, plan.fingerprint, records, seconds, plan.store, chosen)
@@ -228,18 +268,42 @@ def _evaluate_own_blocks(model: VLAE, rt: Runtime, images: torch.Tensor, plan: _
     return records, seconds
 
 
-def _write_result(result: dict[str, Any], plan: _Plan, o: _Options, file: Path, cfg: Config, data: Images,
-                  identity: dict[str, Any], *, seconds: float, shards: int, device: torch.device) -> dict[str, Any]:
+def _write_result(
+    result: dict[str, Any],
+    plan: _Plan,
+    o: _Options,
+    file: Path,
+    cfg: Config,
+    data: Images,
+    identity: dict[str, Any],
+    *,
+    seconds: float,
+    shards: int,
+    device: torch.device,
+) -> dict[str, Any]:
     """Write the result file: the numbers with what was measured, on which data, and how."""
-    result = {"estimator": result.pop("estimator"), "split": o.split, "dataset": data.name, "data": data.source,
-              "data_identity": identity, "data_fallback": bool(getattr(data, "fallback", None))
-              or data.name != cfg.train.dataset,
-              "requested_dataset": cfg.train.dataset,
-              **result, "seconds": seconds, "checkpoint": str(file), "weights": o.weights, "seed": o.seed,
-              "seed_stream": "per image: torch.Generator seeded with vlae.evaluate.image_seed(seed, index)",
-              "block_size": plan.block, "shards": shards, "subset": o.subset, "device": str(device),
-              "compiled": None if o.merge else o.compile,  # a merge does not know how its shards ran
-              "config": cfg.to_dict(), "command": " ".join(sys.argv)}
+    result = {
+        "estimator": result.pop("estimator"),
+        "split": o.split,
+        "dataset": data.name,
+        "data": data.source,
+        "data_identity": identity,
+        "data_fallback": bool(getattr(data, "fallback", None)) or data.name != cfg.train.dataset,
+        "requested_dataset": cfg.train.dataset,
+        **result,
+        "seconds": seconds,
+        "checkpoint": str(file),
+        "weights": o.weights,
+        "seed": o.seed,
+        "seed_stream": "per image: torch.Generator seeded with vlae.evaluate.image_seed(seed, index)",
+        "block_size": plan.block,
+        "shards": shards,
+        "subset": o.subset,
+        "device": str(device),
+        "compiled": None if o.merge else o.compile,  # a merge does not know how its shards ran
+        "config": cfg.to_dict(),
+        "command": " ".join(sys.argv),
+    }
     write_json(plan.target, result, default=str)
     result["path"] = str(plan.target)
     return result

@@ -30,8 +30,12 @@ def result_name(dataset: str, split: str, k: int, images: int | None = None, wei
     >>> result_name("mnist-embedded", "test", 4, images=50)
     'eval_mnist-embedded_test_k4_n50.json'
     """
-    return (f"eval_{dataset}_{split}_k{k}" + (f"_n{images}" if images else "")
-            + ("_raw" if weights == "raw" else "") + ".json")
+    return (
+        f"eval_{dataset}_{split}_k{k}"
+        + (f"_n{images}" if images else "")
+        + ("_raw" if weights == "raw" else "")
+        + ".json"
+    )
 
 
 def _same_data(old: dict[str, Any], new: dict[str, Any]) -> bool:
@@ -41,8 +45,12 @@ def _same_data(old: dict[str, Any], new: dict[str, Any]) -> bool:
     if isinstance(old.get("data_identity"), dict):
         before = old["data_identity"]
     else:  # results written before data_identity existed
-        before = {"name": old.get("dataset"), "source": old.get("data"), "split": old.get("split"),
-                  "images": old.get("images")}
+        before = {
+            "name": old.get("dataset"),
+            "source": old.get("data"),
+            "split": old.get("split"),
+            "images": old.get("images"),
+        }
     keys = ["name", "split", "images"] + (["sha256"] if "sha256" in before and "sha256" in new else ["source"])
     return all(before.get(key) == new.get(key) for key in keys)
 
@@ -60,5 +68,7 @@ def _refuse_other_data(target: Path, identity: dict[str, Any]) -> None:
     if not _same_data(old, identity):
         before = old.get("data_identity")
         was = (before if isinstance(before, dict) else {}).get("source") or old.get("data") or old.get("dataset")
-        raise VLAEError(f"{target} holds a result of other data ({was}); not replacing it with one of "
-                        f"{identity['name']} {identity['split']} ({identity['source']}); choose another --out")
+        raise VLAEError(
+            f"{target} holds a result of other data ({was}); not replacing it with one of "
+            f"{identity['name']} {identity['split']} ({identity['source']}); choose another --out"
+        )

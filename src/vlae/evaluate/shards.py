@@ -54,8 +54,10 @@ def shard_blocks(blocks: int, shard: tuple[int, int]) -> range:
     """The blocks shard ``i`` of ``n`` evaluates: a contiguous run, sizes differing by at most one."""
     i, n = shard
     if n > blocks:
-        raise VLAEError(f"--shard {i}/{n}: {n} shards but only {blocks} block(s) of images; use at most {blocks} "
-                        f"shard(s) or a smaller --batch-size")
+        raise VLAEError(
+            f"--shard {i}/{n}: {n} shards but only {blocks} block(s) of images; use at most {blocks} "
+            f"shard(s) or a smaller --batch-size"
+        )
     return range(i * blocks // n, (i + 1) * blocks // n)
 
 
@@ -99,24 +101,48 @@ def _fingerprint(file: Path, weights: str, images: torch.Tensor, k: int, seed: i
         for piece in iter(lambda: f.read(1 << 20), b""):
             digest.update(piece)
     pixels = hashlib.sha256(images.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
-    return hashlib.sha256(json.dumps({"checkpoint": digest.hexdigest(), "weights": weights, "images": pixels, "k": k,
-                                      "seed": seed, "block": block, "stream": 1}).encode()).hexdigest()
+    return hashlib.sha256(
+        json.dumps(
+            {
+                "checkpoint": digest.hexdigest(),
+                "weights": weights,
+                "images": pixels,
+                "k": k,
+                "seed": seed,
+                "block": block,
+                "stream": 1,
+            }
+        ).encode()
+    ).hexdigest()
 
 
 def _shard_path(partial: Path, shard: tuple[int, int]) -> Path:
     return partial.with_name(f"{partial.name}.shard-{shard[0]}-of-{shard[1]}.pt")
 
 
-def _write_partial(partial: Path, shard: tuple[int, int], fingerprint: str, records: list, seconds: float,
-                   store: _BlockStore, chosen: list[range]) -> dict[str, Any]:
+def _write_partial(
+    partial: Path,
+    shard: tuple[int, int],
+    fingerprint: str,
+    records: list,
+    seconds: float,
+    store: _BlockStore,
+    chosen: list[range],
+) -> dict[str, Any]:
     """Save one shard's per-image records (atomically) and drop its block files."""
     path = _shard_path(partial, shard)
     saved = {"fingerprint": fingerprint, "shard": list(shard), "records": records, "seconds": seconds}
     atomic_write(path, lambda f: torch.save(saved, f))
     store.clear(chosen)
     nll = torch.cat([r["nll"] for r in records])
-    return {"partial": True, "shard": list(shard), "images": nll.numel(), "nll": float(nll.mean()),
-            "seconds": seconds, "path": str(path)}
+    return {
+        "partial": True,
+        "shard": list(shard),
+        "images": nll.numel(),
+        "nll": float(nll.mean()),
+        "seconds": seconds,
+        "path": str(path),
+    }
 
 
 def _finished_partial(partial: Path, shard: tuple[int, int], fingerprint: str) -> dict[str, Any] | None:
@@ -128,15 +154,26 @@ def _finished_partial(partial: Path, shard: tuple[int, int], fingerprint: str) -
     if part["fingerprint"] != fingerprint:
         return None
     nll = torch.cat([r["nll"] for r in part["records"]])
-    return {"partial": True, "shard": list(shard), "images": nll.numel(), "nll": float(nll.mean()),
-            "seconds": part["seconds"], "path": str(path), "resumed": True}
+    return {
+        "partial": True,
+        "shard": list(shard),
+        "images": nll.numel(),
+        "nll": float(nll.mean()),
+        "seconds": part["seconds"],
+        "path": str(path),
+        "resumed": True,
+    }
 
 
 def _read_partial(path: Path) -> dict[str, Any]:
     """A shard's partial result, or one :class:`VLAEError` line naming the file and the shard to rerun."""
     m = re.search(r"shard-(\d+)-of-(\d+)\.pt$", path.name)
-    again = (f"delete it and rerun that shard (`vlae eval ... --shard {m.group(1)}/{m.group(2)}` with the same "
-             "options; its finished blocks are kept)" if m else "delete it")
+    again = (
+        f"delete it and rerun that shard (`vlae eval ... --shard {m.group(1)}/{m.group(2)}` with the same "
+        "options; its finished blocks are kept)"
+        if m
+        else "delete it"
+    )
     if not path.is_file():
         raise FileNotFoundError(path)
     try:
@@ -146,10 +183,17 @@ def _read_partial(path: Path) -> dict[str, Any]:
         if "weights only load failed" in first.lower():  # never torch's advice to unpickle code
             first = "it holds objects other than tensors and plain containers"
         raise VLAEError(f"{path}: unreadable partial result (cut short or damaged: {first}); {again}") from None
-    fields: dict[str, type | tuple[type, ...]] = {"fingerprint": str, "shard": list, "records": list,
-                                                   "seconds": (int, float)}
-    if not isinstance(part, dict) or any(not isinstance(part.get(k), t) for k, t in fields.items()) or not all(
-            isinstance(r, dict) and isinstance(r.get("nll"), torch.Tensor) for r in part["records"]):
+    fields: dict[str, type | tuple[type, ...]] = {
+        "fingerprint": str,
+        "shard": list,
+        "records": list,
+        "seconds": (int, float),
+    }
+    if (
+        not isinstance(part, dict)
+        or any(not isinstance(part.get(k), t) for k, t in fields.items())
+        or not all(isinstance(r, dict) and isinstance(r.get("nll"), torch.Tensor) for r in part["records"])
+    ):
         raise VLAEError(f"{path}: not a partial result of `vlae eval --shard`; {again}")
     return part
 
@@ -161,21 +205,31 @@ def _load_partials(target: Path, partial: Path, fingerprint: str) -> tuple[list,
     if not found:
         others = sorted(target.parent.glob(f"{target.stem}.*shard-*-of-*.pt"))
         if others:
-            raise VLAEError(f"the partial results beside {target} ({others[0].name}, ...) are of another evaluation "
-                            f"(checkpoint, weights, data, k, seed or --batch-size differ)")
-        raise VLAEError(f"nothing to merge: no {partial.name}.shard-I-of-N.pt beside {target}; "
-                        f"run `vlae eval ... --shard I/N` for every I first")
+            raise VLAEError(
+                f"the partial results beside {target} ({others[0].name}, ...) are of another evaluation "
+                f"(checkpoint, weights, data, k, seed or --batch-size differ)"
+            )
+        raise VLAEError(
+            f"nothing to merge: no {partial.name}.shard-I-of-N.pt beside {target}; "
+            f"run `vlae eval ... --shard I/N` for every I first"
+        )
     mine = [(p, part) for p in found if (part := _read_partial(p))["fingerprint"] == fingerprint]
     if not mine:
-        raise VLAEError(f"the partial results beside {target} ({found[0].name}, ...) are of another evaluation "
-                        f"(checkpoint, weights, data, k, seed or --batch-size differ)")
+        raise VLAEError(
+            f"the partial results beside {target} ({found[0].name}, ...) are of another evaluation "
+            f"(checkpoint, weights, data, k, seed or --batch-size differ)"
+        )
     counts = {part["shard"][1] for _, part in mine}
     if len(counts) > 1:
-        raise VLAEError(f"partial results beside {target} split the work differently ({sorted(counts)} shards); "
-                        f"remove the stale ones")
+        raise VLAEError(
+            f"partial results beside {target} split the work differently ({sorted(counts)} shards); "
+            f"remove the stale ones"
+        )
     n = counts.pop()
     missing = sorted(set(range(n)) - {part["shard"][0] for _, part in mine})
     if missing:
-        raise VLAEError(f"cannot merge: shard(s) {', '.join(f'{i}/{n}' for i in missing)} not finished; "
-                        f"run `vlae eval ... --shard I/{n}` for them (finished blocks are kept)")
+        raise VLAEError(
+            f"cannot merge: shard(s) {', '.join(f'{i}/{n}' for i in missing)} not finished; "
+            f"run `vlae eval ... --shard I/{n}` for them (finished blocks are kept)"
+        )
     return ([r for _, part in mine for r in part["records"]], sum(part["seconds"] for _, part in mine), n)

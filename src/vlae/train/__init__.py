@@ -77,6 +77,19 @@ from .schedules import kl_warmup_weight, lr_lambda, polyak_multi_avg_fn, soft_fr
 from .step import TrainStep
 from .validation import validate
 
-__all__ = ["train", "Trainer", "TrainerState", "TrainStep", "validate", "polyak_multi_avg_fn",
-           "soft_free_bits_update", "kl_warmup_weight", "lr_lambda", "resolve_data", "check_data_fits",
-           "prepare_run_dir", "Interrupted", "LOG_EVERY"]
+__all__ = [
+    "train",
+    "Trainer",
+    "TrainerState",
+    "TrainStep",
+    "validate",
+    "polyak_multi_avg_fn",
+    "soft_free_bits_update",
+    "kl_warmup_weight",
+    "lr_lambda",
+    "resolve_data",
+    "check_data_fits",
+    "prepare_run_dir",
+    "Interrupted",
+    "LOG_EVERY",
+]

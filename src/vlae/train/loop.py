@@ -88,7 +88,7 @@ class Trainer(TrainerSetUp):
     def train_step(self, images: torch.Tensor, perm: torch.Tensor) -> None:
         """One optimiser step on the next batch of this epoch's permutation (no synchronisation)."""
         s, step_fn, b = self.state, self.step_fn, self.batch
-        step_fn.x.copy_(images[perm[s.batch_in_epoch * b:(s.batch_in_epoch + 1) * b]])
+        step_fn.x.copy_(images[perm[s.batch_in_epoch * b : (s.batch_in_epoch + 1) * b]])
         self._set_host_value(step_fn.kl_warmup, kl_warmup_weight(s.step, self.t.kl_warmup_steps))
         self._set_lr(self.host_lr)  # the learning rate of this step, computed after the last
         if step_fn.graph is None and self.graphs and self.session_steps >= GRAPH_WARMUP:
@@ -122,8 +122,9 @@ class Trainer(TrainerSetUp):
             self._account(first + i, dict(zip(ROW, row)))
         self.window_rows += [row for row in rows if row[0] == 0]
         if self.rt.distributed:  # every process takes the same decisions about time and signals
-            agreed = self.rt.all_reduce_mean(torch.tensor([self._now(), float(self.signals.signum)],
-                                                          dtype=torch.float64)).tolist()
+            agreed = self.rt.all_reduce_mean(
+                torch.tensor([self._now(), float(self.signals.signum)], dtype=torch.float64)
+            ).tolist()
             self.clock = agreed[0]
             if agreed[1] > 0:
                 self.stop_signal = self.signals.signum or signal.SIGTERM
@@ -138,21 +139,40 @@ class Trainer(TrainerSetUp):
             return
         reason = SKIP_REASONS[int(row["code"])]
         s.skipped, s.in_a_row = s.skipped + 1, s.in_a_row + 1
-        self.metrics.log({"step": step, "epoch": s.epoch, "kl_weight": row["kl_weight"],
-                          "lr": self.t.lr * self.lr_factor(step), "skipped": s.skipped, "time": self.clock,
-                          "skipped_step": reason})
-        self.warn(f"warning: {reason} at step {step} (loss {row['loss']:.4g}, gradient norm {row['grad_norm']:.4g}); "
-                  f"update skipped ({s.in_a_row} in a row, {s.skipped} in all)")
+        self.metrics.log(
+            {
+                "step": step,
+                "epoch": s.epoch,
+                "kl_weight": row["kl_weight"],
+                "lr": self.t.lr * self.lr_factor(step),
+                "skipped": s.skipped,
+                "time": self.clock,
+                "skipped_step": reason,
+            }
+        )
+        self.warn(
+            f"warning: {reason} at step {step} (loss {row['loss']:.4g}, gradient norm {row['grad_norm']:.4g}); "
+            f"update skipped ({s.in_a_row} in a row, {s.skipped} in all)"
+        )
         if t.max_skipped_steps > 0 and s.in_a_row >= t.max_skipped_steps:
-            raise VLAEError(f"training diverged: {s.in_a_row} updates in a row skipped (last: {reason}) at step "
-                            f"{step}; the last good state is {self.last_path or 'not checkpointed yet'}; lower --lr "
-                            "or raise train.max_skipped_steps")
+            raise VLAEError(
+                f"training diverged: {s.in_a_row} updates in a row skipped (last: {reason}) at step "
+                f"{step}; the last good state is {self.last_path or 'not checkpointed yet'}; lower --lr "
+                "or raise train.max_skipped_steps"
+            )
 
     def _log_window(self, kl_weight: float) -> None:
         s, now, good = self.state, time.perf_counter(), self.window_rows
-        record = {"step": s.step, "epoch": s.epoch, "kl_weight": kl_weight, "lr": self.host_lr,
-                  "skipped": s.skipped, "time": self.clock, "steps_averaged": len(good),
-                  "images_per_s": self.window_images / max(1e-9, now - self.window_start)}
+        record = {
+            "step": s.step,
+            "epoch": s.epoch,
+            "kl_weight": kl_weight,
+            "lr": self.host_lr,
+            "skipped": s.skipped,
+            "time": self.clock,
+            "steps_averaged": len(good),
+            "images_per_s": self.window_images / max(1e-9, now - self.window_start),
+        }
         if good:  # means over the window's good steps only, summed in float64 in step order
             sums = [0.0] * 4
             for row in good:
@@ -162,11 +182,14 @@ class Trainer(TrainerSetUp):
             record.update({"loss": loss, "nelbo": recon + kl, "recon": recon, "kl": kl, "grad_norm": grad_norm})
         self.metrics.log(record)
         if self.bar is not None and good:
-            self.bar.set_postfix(loss=f"{record['loss']:.2f}", kl=f"{record['kl']:.2f}",
-                                 img_s=f"{record['images_per_s']:.0f}")
+            self.bar.set_postfix(
+                loss=f"{record['loss']:.2f}", kl=f"{record['kl']:.2f}", img_s=f"{record['images_per_s']:.0f}"
+            )
         if self.bar is None and now - self.last_print >= PRINT_EVERY and good:
-            self.say(f"train  step {s.step:7d}  epoch {s.epoch:4d}  loss {record['loss']:.2f}  KL "
-                     f"{record['kl']:.2f}  {record['images_per_s']:.0f} images/s")
+            self.say(
+                f"train  step {s.step:7d}  epoch {s.epoch:4d}  loss {record['loss']:.2f}  KL "
+                f"{record['kl']:.2f}  {record['images_per_s']:.0f} images/s"
+            )
             self.last_print = now
         self.window_rows, self.window_images, self.window_start = [], 0, now
 
@@ -190,8 +213,13 @@ class Trainer(TrainerSetUp):
             if self.checkpoint_step != s.step:
                 self.write_checkpoint(stopped)
         else:
-            stopped = ("time_budget" if self._out_of_time() and not self._finished() else
-                       "max_steps" if t.max_steps > 0 and s.step >= t.max_steps else "epochs")
+            stopped = (
+                "time_budget"
+                if self._out_of_time() and not self._finished()
+                else "max_steps"
+                if t.max_steps > 0 and s.step >= t.max_steps
+                else "epochs"
+            )
             if self.result_step != s.step:  # the final state is always validated and checkpointed
                 self.validate_and_checkpoint(stopped, always=True)
             elif self.checkpoint_step != s.step:
@@ -202,8 +230,10 @@ class Trainer(TrainerSetUp):
         if self.stop_signal:
             raise Interrupted(self.stop_signal, self.run_dir, self.last_path, s.step)
         valid_text = f"{self.result['nelbo']:.2f} nats" if self.result_step == s.step else "not run"
-        self.say(f"stopped after {s.step} steps ({stopped}); valid -ELBO {valid_text}; "
-                 f"{summary['images_per_s']:.0f} images/s; checkpoint {self.last_path}")
+        self.say(
+            f"stopped after {s.step} steps ({stopped}); valid -ELBO {valid_text}; "
+            f"{summary['images_per_s']:.0f} images/s; checkpoint {self.last_path}"
+        )
         return summary
 
     # ------------------------------------------------------------------ validation and checkpoints
@@ -211,13 +241,15 @@ class Trainer(TrainerSetUp):
         """Validate; checkpoint if ``always`` or the bound improved (then also ``best.pt``)."""
         s, t, rt = self.state, self.t, self.rt
         self.sync()
-        self.result, self.result_step = validate(self.eval_model, self.valid_images, max(t.batch_size, 100),
-                                                 t.eval_k, seed=t.seed + 2), s.step
+        self.result = validate(self.eval_model, self.valid_images, max(t.batch_size, 100), t.eval_k, seed=t.seed + 2)
+        self.result_step = s.step
         result = self.result
         self.metrics.log({"split": "valid", "step": s.step, "epoch": s.epoch, **result, "time": self.clock})
         iw = f", IW bound (k={t.eval_k}) {result['iw_nll']:.2f}" if t.eval_k else ""
-        self.say(f"valid  step {s.step:7d}  epoch {s.epoch:4d}  -ELBO {result['nelbo']:.2f} nats "
-                 f"({result['bits_per_dim']:.4f} bits/dim)  KL {result['kl']:.2f}{iw}")
+        self.say(
+            f"valid  step {s.step:7d}  epoch {s.epoch:4d}  -ELBO {result['nelbo']:.2f} nats "
+            f"({result['bits_per_dim']:.4f} bits/dim)  KL {result['kl']:.2f}{iw}"
+        )
         improved = torch.tensor([float(result["nelbo"] < s.best)])
         if rt.distributed:  # rank 0 decides, so every rank takes part in the same checkpoints
             import torch.distributed as dist
@@ -248,17 +280,30 @@ class Trainer(TrainerSetUp):
         self.checkpoint_step, self.checkpoint_clock = s.step, self.clock
         if not rt.main:
             return
-        trainer = {**asdict(s), "elapsed": self.clock, "reason": reason, "threads": rt.threads,
-                   "valid": self.result if self.result_step == s.step else None}
+        trainer = {
+            **asdict(s),
+            "elapsed": self.clock,
+            "reason": reason,
+            "threads": rt.threads,
+            "valid": self.result if self.result_step == s.step else None,
+        }
         optimizer = self.optimizer.state_dict()
         for group in optimizer["param_groups"]:  # plain numbers: the file loads anywhere
             group["lr"] = self.t.lr * self.lr_factor(s.step)
-        self.last_path = save_checkpoint(self.run_dir / checkpoint_name(s.step), {
-            "config": self.cfg.to_dict(), "model": self.model.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            "optimizer": optimizer, "scheduler": {"last_epoch": s.step}, "trainer": trainer, "rng": rng,
-            "data": self.identity})
-        for old in list_checkpoints(self.run_dir)[:-max(1, self.t.keep_last)]:  # never the new one (see repair_best)
+        self.last_path = save_checkpoint(
+            self.run_dir / checkpoint_name(s.step),
+            {
+                "config": self.cfg.to_dict(),
+                "model": self.model.state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else None,
+                "optimizer": optimizer,
+                "scheduler": {"last_epoch": s.step},
+                "trainer": trainer,
+                "rng": rng,
+                "data": self.identity,
+            },
+        )
+        for old in list_checkpoints(self.run_dir)[: -max(1, self.t.keep_last)]:  # never the new one (see repair_best)
             old.unlink(missing_ok=True)
 
     def sync(self) -> None:
@@ -288,10 +333,12 @@ class Trainer(TrainerSetUp):
             self.bar = tqdm(total=total, initial=s.step, unit="step", dynamic_ncols=True, desc="train")
         how = [rt.precision] + (["CUDA graph"] if self.graphs else []) + (["compiled"] if t.compile else [])
         how += [f"{rt.world} processes"] if rt.distributed else []
-        self.say(f"training {sum(p.numel() for p in self.model.parameters()):,} parameters on {rt.device} "
-                 f"({', '.join(how)}, {rt.threads} CPU threads), {len(self.train_set):,} images "
-                 f"({self.train_set.source}), {self.steps_per_epoch} steps/epoch of {self.batch}; "
-                 f"run dir {self.run_dir}")
+        self.say(
+            f"training {sum(p.numel() for p in self.model.parameters()):,} parameters on {rt.device} "
+            f"({', '.join(how)}, {rt.threads} CPU threads), {len(self.train_set):,} images "
+            f"({self.train_set.source}), {self.steps_per_epoch} steps/epoch of {self.batch}; "
+            f"run dir {self.run_dir}"
+        )
         self.model.train()
 
     def _epoch_data(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -303,7 +350,7 @@ class Trainer(TrainerSetUp):
             self.data_gen.set_state(self.epoch_gen_state)
         images = self.train_set.observed(self.data_gen).to(rt.device) if self.dynamic else self.train_images
         perm = torch.randperm(len(self.train_set), generator=self.data_gen)
-        return images, perm[:self.per_rank * rt.world][rt.rank::rt.world].to(rt.device)
+        return images, perm[: self.per_rank * rt.world][rt.rank :: rt.world].to(rt.device)
 
     def _now(self) -> float:
         return self.elapsed0 + time.perf_counter() - self.session_start
@@ -335,27 +382,51 @@ class Trainer(TrainerSetUp):
         t = self.t
         return self.checkpoint_step != self.state.step and (
             self._steps_due()
-            or (t.checkpoint_seconds > 0 and self.clock - self.checkpoint_clock >= t.checkpoint_seconds))
+            or (t.checkpoint_seconds > 0 and self.clock - self.checkpoint_clock >= t.checkpoint_seconds)
+        )
 
     def _summary(self, stopped: str) -> dict[str, Any]:
         s, rt = self.state, self.rt
         seconds = time.perf_counter() - self.session_start
         s.elapsed = self.clock
-        return {"steps": s.step, "epochs": s.epoch, "batch_in_epoch": s.batch_in_epoch, "stopped": stopped,
-                "skipped": s.skipped, "images_per_s": self.session_steps * self.batch * rt.world / max(1e-9, seconds),
-                "seconds": seconds, "train_seconds": self.clock,
-                "valid": self.result if self.result_step == s.step else {}, "kl_weight_gamma": s.gamma,
-                "world_size": rt.world, "device": str(rt.device), "threads": rt.threads, "precision": rt.precision,
-                "cuda_graph": self.step_fn.graph is not None, "compiled": self.t.compile,
-                "data": self.train_set.source, "data_identity": self.identity, "run_dir": str(self.run_dir),
-                "checkpoint": str(self.last_path) if self.last_path else None,
-                "best": str(self.run_dir / "best.pt") if (self.run_dir / "best.pt").exists() else None,
-                "best_step": s.best_step, "best_nelbo": s.best if math.isfinite(s.best) else None}
+        return {
+            "steps": s.step,
+            "epochs": s.epoch,
+            "batch_in_epoch": s.batch_in_epoch,
+            "stopped": stopped,
+            "skipped": s.skipped,
+            "images_per_s": self.session_steps * self.batch * rt.world / max(1e-9, seconds),
+            "seconds": seconds,
+            "train_seconds": self.clock,
+            "valid": self.result if self.result_step == s.step else {},
+            "kl_weight_gamma": s.gamma,
+            "world_size": rt.world,
+            "device": str(rt.device),
+            "threads": rt.threads,
+            "precision": rt.precision,
+            "cuda_graph": self.step_fn.graph is not None,
+            "compiled": self.t.compile,
+            "data": self.train_set.source,
+            "data_identity": self.identity,
+            "run_dir": str(self.run_dir),
+            "checkpoint": str(self.last_path) if self.last_path else None,
+            "best": str(self.run_dir / "best.pt") if (self.run_dir / "best.pt").exists() else None,
+            "best_step": s.best_step,
+            "best_nelbo": s.best if math.isfinite(s.best) else None,
+        }
 
 
-def train(cfg: Config, run_dir: str | os.PathLike, *, resume: bool = False, overwrite: bool = False,
-          quiet: bool = False, data: Any = None, callback: Callable[[dict[str, Any]], object] | None = None,
-          log_every: int = LOG_EVERY) -> dict[str, Any]:
+def train(
+    cfg: Config,
+    run_dir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    quiet: bool = False,
+    data: Any = None,
+    callback: Callable[[dict[str, Any]], object] | None = None,
+    log_every: int = LOG_EVERY,
+) -> dict[str, Any]:
     """Train a VLAE; write config, metrics and checkpoints into ``run_dir``.
 
     Args:
@@ -391,7 +462,16 @@ def train(cfg: Config, run_dir: str | os.PathLike, *, resume: bool = False, over
     run_dir = Path(run_dir)
     with StopSignals(run_dir) as signals:
         try:
-            return Trainer(cfg, run_dir, resume=resume, overwrite=overwrite, quiet=quiet, data=data,
-                           callback=callback, log_every=log_every, signals=signals).run()
+            return Trainer(
+                cfg,
+                run_dir,
+                resume=resume,
+                overwrite=overwrite,
+                quiet=quiet,
+                data=data,
+                callback=callback,
+                log_every=log_every,
+                signals=signals,
+            ).run()
         except OSError as error:  # a write not already named (tensorboard, a folder that vanished, ...)
             raise write_error(error.filename or run_dir, error) from None

@@ -52,6 +52,7 @@ from .step import TrainStep
 
 __all__ = ["TrainerSetUp", "TrainerState"]
 
+
 @dataclass
 class TrainerState:
     """Where training stands: the ``trainer`` entry of a checkpoint (with ``reason``,
@@ -84,8 +85,19 @@ class TrainerSetUp:
 
     last_path: Path | None  # the last checkpoint written or resumed from
 
-    def __init__(self, cfg: Config, run_dir: Path, *, resume: bool, overwrite: bool, quiet: bool, data: Any,
-                 callback: Callable[[dict[str, Any]], object] | None, log_every: int, signals: StopSignals):
+    def __init__(
+        self,
+        cfg: Config,
+        run_dir: Path,
+        *,
+        resume: bool,
+        overwrite: bool,
+        quiet: bool,
+        data: Any,
+        callback: Callable[[dict[str, Any]], object] | None,
+        log_every: int,
+        signals: StopSignals,
+    ):
         self.cfg, self.t, self.run_dir, self.signals = cfg, cfg.train, run_dir, signals
         self.callback, self.log_every = callback, log_every
         self.rt = Runtime.create(self.t.device, self.t.precision)
@@ -102,8 +114,10 @@ class TrainerSetUp:
         last = latest_checkpoint(self.run_dir)
         if last is None:
             started = self.run_dir.is_dir() and any(self.run_dir.iterdir())  # killed before its first checkpoint
-            raise VLAEError(f"{self.run_dir}: nothing to resume (no ckpt-*.pt in the run folder)"
-                            + ("; --overwrite starts it afresh" if started else ""))
+            raise VLAEError(
+                f"{self.run_dir}: nothing to resume (no ckpt-*.pt in the run folder)"
+                + ("; --overwrite starts it afresh" if started else "")
+            )
         state = load_checkpoint(last, map_location="cpu")
         require_resumable(state, last)
         check_resumable(state["config"], self.cfg, last)
@@ -144,9 +158,10 @@ class TrainerSetUp:
         model = VLAE(self.cfg.model).to(rt.device)
         if checkpoint is None:
             n = len(self.train_set)
-            first = (self.train_set.observed(torch.Generator().manual_seed(t.seed)) if self.dynamic
-                     else self.train_images)
-            perm0 = torch.randperm(n, generator=torch.Generator().manual_seed(t.seed))[:self.batch]
+            first = (
+                self.train_set.observed(torch.Generator().manual_seed(t.seed)) if self.dynamic else self.train_images
+            )
+            perm0 = torch.randperm(n, generator=torch.Generator().manual_seed(t.seed))[: self.batch]
             model.initialize(first[perm0.to(first.device)].to(rt.device).float())
         else:
             self._check_weights(model, checkpoint)
@@ -168,8 +183,12 @@ class TrainerSetUp:
         # on a GPU the (captured) update reads the learning rate from device memory, a tensor the host fills
         # before each step; on a CPU it is a number, as torch's non-capturable optimisers expect
         self.lr = torch.tensor(t.lr, device=rt.device) if self.capturable else None
-        self.optimizer = opt_cls(model.parameters(), lr=self.lr if self.lr is not None else t.lr,
-                                 weight_decay=t.weight_decay, capturable=self.capturable)
+        self.optimizer = opt_cls(
+            model.parameters(),
+            lr=self.lr if self.lr is not None else t.lr,
+            weight_decay=t.weight_decay,
+            capturable=self.capturable,
+        )
         self.lr_factor = lr_lambda(self.cfg, self.steps_per_epoch)
         forward = net
         if t.compile:
@@ -180,9 +199,19 @@ class TrainerSetUp:
             inductor.fallback_random = True
             forward = torch.compile(net, dynamic=False)  # every step has one shape: compiled once
         lam = self.cfg.model.free_bits * self.cfg.model.data_dims
-        self.step_fn = TrainStep(model, forward, self.optimizer, rt, (self.batch, *self.cfg.model.image_shape),
-                                 window=self.log_every, grad_clip=t.grad_clip, hard_free_bits=not t.soft_free_bits,
-                                 soft_target=lam if t.soft_free_bits else 0.0, ema=self.ema, polyak=t.polyak)
+        self.step_fn = TrainStep(
+            model,
+            forward,
+            self.optimizer,
+            rt,
+            (self.batch, *self.cfg.model.image_shape),
+            window=self.log_every,
+            grad_clip=t.grad_clip,
+            hard_free_bits=not t.soft_free_bits,
+            soft_target=lam if t.soft_free_bits else 0.0,
+            ema=self.ema,
+            polyak=t.polyak,
+        )
 
     def _use_graphs(self) -> bool:
         mode, cuda = self.t.cuda_graph, self.rt.device.type == "cuda"
@@ -194,8 +223,9 @@ class TrainerSetUp:
         for what in ("model", "ema"):
             problem = checkpoint.get(what) is not None and weights_mismatch(model.state_dict(), checkpoint[what])
             if problem:
-                raise VLAEError(f"{self.last_path}: cannot resume: the {what} weights do not match the model: "
-                                f"{problem}")
+                raise VLAEError(
+                    f"{self.last_path}: cannot resume: the {what} weights do not match the model: {problem}"
+                )
         problem = optimizer_mismatch(checkpoint["optimizer"], list(model.parameters()))
         if problem:
             raise VLAEError(f"{self.last_path}: cannot resume: {problem}")
@@ -234,19 +264,25 @@ class TrainerSetUp:
         if isinstance(tr.get("valid"), dict):  # the checkpoint was written right after validating this step
             self.result, self.result_step = dict(tr["valid"]), self.state.step
         if tr.get("threads") is not None and tr["threads"] != self.rt.threads:
-            self.warn(f"note: {last.name} was written with {tr['threads']} CPU threads, this run uses "
-                      f"{self.rt.threads}: the result will not be bit-identical to an uninterrupted run (use "
-                      f"--threads {tr['threads']} for that)")
+            self.warn(
+                f"note: {last.name} was written with {tr['threads']} CPU threads, this run uses "
+                f"{self.rt.threads}: the result will not be bit-identical to an uninterrupted run (use "
+                f"--threads {tr['threads']} for that)"
+            )
         if self.rt.main:
             dropped = trim_metrics(self.run_dir / "metrics.jsonl", self.state.step)
             if dropped:
-                self.warn(f"dropped {dropped} metrics.jsonl record(s) past step {self.state.step}, written by the "
-                          "interrupted session after its last checkpoint; this run writes them again")
+                self.warn(
+                    f"dropped {dropped} metrics.jsonl record(s) past step {self.state.step}, written by the "
+                    "interrupted session after its last checkpoint; this run writes them again"
+                )
             repair_best(self.run_dir, self.state.best_step, self.warn)
             # it described the end of an earlier session; best.pt may move on before this one writes its own
             (self.run_dir / "summary.json").unlink(missing_ok=True)
-        self.say(f"resuming {self.run_dir} at step {self.state.step} (epoch {self.state.epoch}, "
-                 f"batch {self.state.batch_in_epoch})")
+        self.say(
+            f"resuming {self.run_dir} at step {self.state.step} (epoch {self.state.epoch}, "
+            f"batch {self.state.batch_in_epoch})"
+        )
 
     def _load_optimizer(self, saved: dict[str, Any]) -> None:
         """Load the optimiser's state, keeping this run's learning-rate tensor and device placement
