@@ -11,8 +11,8 @@ order, which fixes the order of every random draw of the run:
    generator of the epochs' permutations (seed ``seed``);
 3. the parts (:meth:`TrainerSetUp._set_up_parts`): the model, initialised from
    a seeded batch of the training images (a fresh run: data-dependent
-   initialisation) or loaded,
-   its Polyak average, the optimiser and the step (:class:`~vlae.train.step.TrainStep`);
+   initialisation) or loaded, its Polyak average, the optimiser and the step
+   (:class:`~vlae.train.step.TrainStep`);
 4. the state (:meth:`TrainerSetUp._restore`): the posterior noise's seed
    (``seed * 1009 + rank``), then, when resuming, the optimiser, the random
    streams and the counters of the checkpoint, so the run continues exactly.
