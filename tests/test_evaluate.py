@@ -247,13 +247,13 @@ def test_evaluate_checkpoint_never_overwrites_other_data(tmp_path, model):
 
 
 def test_a_non_finite_bound_is_an_error_and_writes_nothing(tmp_path, model, monkeypatch):
-    import vlae.evaluate
+    import vlae.evaluate.checkpoint_eval as checkpoint_eval  # where evaluate_checkpoint looks summarize up
 
     cfg = get_preset("tiny")
     cfg.train.dataset = "mnist-embedded"
     save_checkpoint(tmp_path / "best.pt", {"config": cfg.to_dict(), "model": model.state_dict(), "ema": None})
-    real = vlae.evaluate.summarize
-    monkeypatch.setattr(vlae.evaluate, "summarize", lambda *a, **kw: {**real(*a, **kw), "nll": math.inf})
+    real = checkpoint_eval.summarize
+    monkeypatch.setattr(checkpoint_eval, "summarize", lambda *a, **kw: {**real(*a, **kw), "nll": math.inf})
     with pytest.raises(VLAEError, match="IW bound came out inf"):
         evaluate_checkpoint(tmp_path, k=2, subset=3, notice=lambda m: None, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt"]
@@ -397,11 +397,11 @@ def test_more_shards_than_blocks_is_an_error(tmp_path, model, capsys):
 
 
 def test_an_interrupted_evaluation_resumes_from_its_finished_blocks(tmp_path, model, monkeypatch):
-    import vlae.evaluate
+    import vlae.evaluate.bound as bound  # where the blocks look evaluate_block up
 
     run = _checkpoint(tmp_path, model)
     whole = evaluate_checkpoint(run, **_quiet(out=tmp_path / "whole.json"))
-    real, calls = vlae.evaluate.evaluate_block, []
+    real, calls = bound.evaluate_block, []
 
     def interrupted(model, x, indices, *args):
         if len(calls) == 2:
@@ -409,7 +409,7 @@ def test_an_interrupted_evaluation_resumes_from_its_finished_blocks(tmp_path, mo
         calls.append(indices)
         return real(model, x, indices, *args)
 
-    monkeypatch.setattr(vlae.evaluate, "evaluate_block", interrupted)
+    monkeypatch.setattr(bound, "evaluate_block", interrupted)
     with pytest.raises(KeyboardInterrupt):
         evaluate_checkpoint(run, **_quiet())
     [parts] = run.glob("eval_mnist-embedded_test_k3_n10.seed2-b3-*.parts")
@@ -419,7 +419,7 @@ def test_an_interrupted_evaluation_resumes_from_its_finished_blocks(tmp_path, mo
         calls.append(indices)
         return real(model, x, indices, *args)
 
-    monkeypatch.setattr(vlae.evaluate, "evaluate_block", counting)
+    monkeypatch.setattr(bound, "evaluate_block", counting)
     resumed = evaluate_checkpoint(run, **_quiet())
     assert calls[2:] == [range(6, 9), range(9, 10)]  # only the blocks not finished before
     for key in _SAME:
@@ -454,3 +454,18 @@ def test_two_processes_give_the_result_of_one(tmp_path, model):
         assert first[key] == one[key], key
     written = json.loads((run / "eval_mnist-embedded_test_k3_n10.json").read_text())
     assert written["nll"] == one["nll"] and written["shards"] == 2
+
+
+def test_the_package_names_are_its_modules_objects():
+    """``vlae.evaluate`` re-exports each name from the one module that defines it (no copies)."""
+    import vlae.evaluate
+    from vlae.evaluate import bound, checkpoint_eval, result_file, shards, statistics
+
+    homes = {bound: ["evaluate_model", "evaluate_block", "image_seed"], checkpoint_eval: ["evaluate_checkpoint"],
+             result_file: ["result_name"], shards: ["blocks_of", "parse_shard", "shard_blocks"],
+             statistics: ["summarize", "active_units", "standard_error", "ACTIVE_THRESHOLD"]}
+    assert sorted(n for names in homes.values() for n in names) == sorted(vlae.evaluate.__all__)
+    for module, names in homes.items():
+        for name in names:
+            assert getattr(vlae.evaluate, name) is getattr(module, name), name
+    assert checkpoint_eval.summarize is statistics.summarize and bound.evaluate_block is vlae.evaluate.evaluate_block

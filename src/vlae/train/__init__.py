@@ -8,8 +8,10 @@ never interrupted.
 
 The package, in the order a reader meets it:
 
-- :mod:`~vlae.train.loop`: :func:`train` and the :class:`Trainer` (set up, train
-  step, record, end of epoch, finish), the loop read top to bottom;
+- :mod:`~vlae.train.loop`: :func:`train` and the :class:`Trainer` (train step,
+  record, end of epoch, finish), the loop read top to bottom;
+- :mod:`~vlae.train.set_up`: what runs once before the loop (data, model,
+  optimiser, the state of a fresh or resumed run), in the order of its random draws;
 - :mod:`~vlae.train.step`: the step as one function of device tensors, with the
   skip decision taken on the device, replayed as a CUDA graph on one GPU;
 - :mod:`~vlae.train.schedules`: soft free bits, KL warm-up, learning rate;
@@ -77,6 +79,19 @@ from .schedules import kl_warmup_weight, lr_lambda, polyak_multi_avg_fn, soft_fr
 from .step import TrainStep
 from .validation import validate
 
-__all__ = ["train", "Trainer", "TrainerState", "TrainStep", "validate", "polyak_multi_avg_fn",
-           "soft_free_bits_update", "kl_warmup_weight", "lr_lambda", "resolve_data", "check_data_fits",
-           "prepare_run_dir", "Interrupted", "LOG_EVERY"]
+__all__ = [
+    "train",
+    "Trainer",
+    "TrainerState",
+    "TrainStep",
+    "validate",
+    "polyak_multi_avg_fn",
+    "soft_free_bits_update",
+    "kl_warmup_weight",
+    "lr_lambda",
+    "resolve_data",
+    "check_data_fits",
+    "prepare_run_dir",
+    "Interrupted",
+    "LOG_EVERY",
+]

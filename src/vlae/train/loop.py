@@ -6,51 +6,32 @@ reads the device's statistics (the loop's only synchronisation), every epoch end
 in :meth:`Trainer.end_epoch` (validation, checkpoint, ``best.pt``), and
 :meth:`Trainer.finish` writes the last checkpoint and ``summary.json``. The step
 itself is :class:`vlae.train.step.TrainStep`, replayed as a CUDA graph on one GPU.
+What runs once before the first step (data, model, optimiser, the state of a
+fresh or resumed run) is :class:`vlae.train.set_up.TrainerSetUp`.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from ..checkpoint import (
-    checkpoint_name,
-    copy_checkpoint,
-    latest_checkpoint,
-    list_checkpoints,
-    load_checkpoint,
-    save_checkpoint,
-    weights_mismatch,
-)
+from ..checkpoint import checkpoint_name, copy_checkpoint, list_checkpoints, save_checkpoint
 from ..config import Config
-from ..data import check_data_fits, resolve_data
 from ..errors import VLAEError
-from ..model import VLAE
-from ..outputs import write_error, write_json, write_text
-from ..runtime import Runtime
+from ..outputs import write_error, write_json
 from .interrupt import Interrupted, StopSignals
-from .metrics import Metrics
-from .resume import (
-    check_resumable,
-    check_same_data,
-    optimizer_mismatch,
-    require_resumable,
-    rng_state,
-    seed_everything,
-    set_rng_state,
-)
-from .run_dir import prepare_run_dir, repair_best, trim_metrics
-from .schedules import kl_warmup_weight, lr_lambda
-from .step import ROW, SKIP_REASONS, TrainStep
+from .resume import rng_state
+from .schedules import kl_warmup_weight
+from .set_up import TrainerSetUp, TrainerState
+from .step import ROW, SKIP_REASONS
 from .validation import validate
 
 __all__ = ["train", "Trainer", "TrainerState", "validate", "LOG_EVERY"]
@@ -60,35 +41,10 @@ PRINT_EVERY = 30.0  # seconds between plain-text progress lines when there is no
 GRAPH_WARMUP = 3  # eager steps on a side stream before the step is captured as a CUDA graph
 
 
-@dataclass
-class TrainerState:
-    """Where training stands: the ``trainer`` entry of a checkpoint (with ``reason``,
-    ``threads`` and ``valid`` added when written)."""
+class Trainer(TrainerSetUp):
+    """One training run in ``run_dir``, set up by :class:`~vlae.train.set_up.TrainerSetUp`
+    (data, model, optimiser, state); see :func:`train` for the arguments."""
 
-    step: int = 0
-    epoch: int = 0
-    batch_in_epoch: int = 0
-    gamma: float = 1.0  # soft-free-bits weight of the KL
-    skipped: int = 0
-    elapsed: float = 0.0  # training seconds, over all sessions
-    best: float = math.inf  # best validation -ELBO so far, held by best.pt
-    best_step: int | None = None
-    in_a_row: int = 0  # consecutive skipped updates
-    ema_n_averaged: int = 0
-
-    @classmethod
-    def from_checkpoint(cls, trainer: dict[str, Any]) -> "TrainerState":
-        state = cls(**{f.name: trainer[f.name] for f in fields(cls) if f.name in trainer})
-        state.step, state.epoch, state.batch_in_epoch = int(state.step), int(state.epoch), int(state.batch_in_epoch)
-        state.gamma, state.skipped, state.elapsed = float(state.gamma), int(state.skipped), float(state.elapsed)
-        state.in_a_row, state.ema_n_averaged = int(state.in_a_row), int(state.ema_n_averaged)
-        return state
-
-
-class Trainer:
-    """One training run in ``run_dir``; see :func:`train` for the arguments."""
-
-    last_path: Path | None  # the last checkpoint written or resumed from
     # this session's counters and clocks (set by _start_session)
     session_steps: int
     stop_signal: int
@@ -100,182 +56,6 @@ class Trainer:
     last_print: float
     side_stream: Any
     bar: Any
-
-    def __init__(self, cfg: Config, run_dir: Path, *, resume: bool, overwrite: bool, quiet: bool, data: Any,
-                 callback: Callable[[dict[str, Any]], object] | None, log_every: int, signals: StopSignals):
-        self.cfg, self.t, self.run_dir, self.signals = cfg, cfg.train, run_dir, signals
-        self.callback, self.log_every = callback, log_every
-        self.rt = Runtime.create(self.t.device, self.t.precision)
-        main = self.rt.main
-        self.say = (lambda *a: print(*a, flush=True)) if (main and not quiet) else (lambda *a: None)
-        self.warn = (lambda m: print(m, file=sys.stderr, flush=True)) if main else (lambda m: None)
-        self.quiet = quiet
-        checkpoint, self.last_path = self._resumable() if resume else (None, None)
-        self._set_up_data(data, resume, overwrite, checkpoint)
-        self._set_up_parts(checkpoint)
-        self._restore(checkpoint)
-
-    # ------------------------------------------------------------------ set up
-    def _resumable(self) -> tuple[dict[str, Any], Path]:
-        last = latest_checkpoint(self.run_dir)
-        if last is None:
-            started = self.run_dir.is_dir() and any(self.run_dir.iterdir())  # killed before its first checkpoint
-            raise VLAEError(f"{self.run_dir}: nothing to resume (no ckpt-*.pt in the run folder)"
-                            + ("; --overwrite starts it afresh" if started else ""))
-        state = load_checkpoint(last, map_location="cpu")
-        require_resumable(state, last)
-        check_resumable(state["config"], self.cfg, last)
-        return state, last
-
-    def _set_up_data(self, data: Any, resume: bool, overwrite: bool, checkpoint: dict[str, Any] | None) -> None:
-        from ..data import dataset_identity, fixed_subset
-
-        t, rt = self.t, self.rt
-        seed_everything(t.seed)
-        self.train_set, valid_set = resolve_data(self.cfg, data, notice=self.warn)  # stderr even under --quiet
-        for images in (self.train_set, valid_set):
-            check_data_fits(self.cfg, images)
-        if rt.main:  # only now: data the model cannot read leaves nothing behind
-            prepare_run_dir(self.run_dir, resume=resume, overwrite=overwrite, notice=self.warn)
-        self.identity = {"train": dataset_identity(self.train_set), "valid": dataset_identity(valid_set)}
-        if checkpoint is not None:
-            assert self.last_path is not None  # the checkpoint's own path
-            check_same_data(checkpoint.get("data"), self.identity, self.last_path, self.warn)
-        valid_images = valid_set.observed(torch.Generator().manual_seed(t.seed + 1))
-        self.valid_images = fixed_subset(valid_images, t.eval_subset).to(rt.device)
-        self.dynamic = self.train_set.dynamic
-        # grey levels of dynamically binarized data stay on the CPU: each epoch draws its binary images there
-        self.train_images = self.train_set.images if self.dynamic else self.train_set.images.to(rt.device)
-        n_train = len(self.train_set)
-        self.per_rank = n_train // rt.world
-        if self.per_rank < 1:
-            raise VLAEError(f"data: {n_train} training images cannot be shared by {rt.world} processes")
-        self.batch = min(t.batch_size, self.per_rank)
-        # the images past the last full batch are left out of the epoch (drop_last, the authors' convention):
-        # every step has one shape, so one CUDA graph serves the whole run
-        self.steps_per_epoch = self.per_rank // self.batch
-        self.data_gen = torch.Generator().manual_seed(t.seed)  # epoch permutations and dynamic binarization
-
-    def _set_up_parts(self, checkpoint: dict[str, Any] | None) -> None:
-        """Model (initialised from data or loaded), Polyak average, optimiser and the step."""
-        t, rt = self.t, self.rt
-        model = VLAE(self.cfg.model).to(rt.device)
-        if checkpoint is None:
-            n = len(self.train_set)
-            first = (self.train_set.observed(torch.Generator().manual_seed(t.seed)) if self.dynamic
-                     else self.train_images)
-            perm0 = torch.randperm(n, generator=torch.Generator().manual_seed(t.seed))[:self.batch]
-            model.initialize(first[perm0.to(first.device)].to(rt.device).float())
-        else:
-            self._check_weights(model, checkpoint)
-            model.load_state_dict(checkpoint["model"])
-        net: torch.nn.Module = model
-        if rt.distributed:
-            from torch.nn.parallel import DistributedDataParallel
-
-            net = DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
-        self.ema = None
-        if t.polyak > 0:
-            self.ema = copy.deepcopy(model).requires_grad_(False)
-            if checkpoint is not None and checkpoint.get("ema") is not None:
-                self.ema.load_state_dict(checkpoint["ema"])
-        self.model, self.eval_model = model, (self.ema if self.ema is not None else model)
-        self.graphs = self._use_graphs()
-        opt_cls = torch.optim.Adamax if t.optimizer == "adamax" else torch.optim.Adam
-        self.capturable = rt.device.type == "cuda"
-        # on a GPU the (captured) update reads the learning rate from device memory, a tensor the host fills
-        # before each step; on a CPU it is a number, as torch's non-capturable optimisers expect
-        self.lr = torch.tensor(t.lr, device=rt.device) if self.capturable else None
-        self.optimizer = opt_cls(model.parameters(), lr=self.lr if self.lr is not None else t.lr,
-                                 weight_decay=t.weight_decay, capturable=self.capturable)
-        self.lr_factor = lr_lambda(self.cfg, self.steps_per_epoch)
-        forward = net
-        if t.compile:
-            from torch._inductor import config as inductor
-
-            # the eager random draws (inductor's own generator would draw others): --compile changes the
-            # numbers by float rounding only, and a seed means the same run with and without it
-            inductor.fallback_random = True
-            forward = torch.compile(net, dynamic=False)  # every step has one shape: compiled once
-        lam = self.cfg.model.free_bits * self.cfg.model.data_dims
-        self.step_fn = TrainStep(model, forward, self.optimizer, rt, (self.batch, *self.cfg.model.image_shape),
-                                 window=self.log_every, grad_clip=t.grad_clip, hard_free_bits=not t.soft_free_bits,
-                                 soft_target=lam if t.soft_free_bits else 0.0, ema=self.ema, polyak=t.polyak)
-
-    def _use_graphs(self) -> bool:
-        mode, cuda = self.t.cuda_graph, self.rt.device.type == "cuda"
-        if mode == "on" and (not cuda or self.rt.distributed):
-            raise VLAEError("train.cuda_graph=on needs one CUDA process (DDP steps stay eager); use auto or off")
-        return mode == "on" or (mode == "auto" and cuda and not self.rt.distributed)
-
-    def _check_weights(self, model: VLAE, checkpoint: dict[str, Any]) -> None:
-        for what in ("model", "ema"):
-            problem = checkpoint.get(what) is not None and weights_mismatch(model.state_dict(), checkpoint[what])
-            if problem:
-                raise VLAEError(f"{self.last_path}: cannot resume: the {what} weights do not match the model: "
-                                f"{problem}")
-        problem = optimizer_mismatch(checkpoint["optimizer"], list(model.parameters()))
-        if problem:
-            raise VLAEError(f"{self.last_path}: cannot resume: {problem}")
-
-    def _restore(self, checkpoint: dict[str, Any] | None) -> None:
-        """The trainer state, fresh or from ``checkpoint`` (optimiser, random streams, log, best.pt)."""
-        t, rt = self.t, self.rt
-        self.state = TrainerState()
-        self.result: dict[str, float] = {}
-        self.result_step = self.checkpoint_step = -1
-        seed_everything(t.seed * 1009 + rt.rank)  # posterior noise: different per process, fixed per seed
-        self.epoch_gen_state = self.data_gen.get_state()
-        if checkpoint is not None:
-            self._resume_from(checkpoint)
-        self.step_fn.gamma.fill_(self.state.gamma)
-        self.step_fn.ema_updates.fill_(self.state.ema_n_averaged)
-        if rt.main:
-            write_text(self.run_dir / "config.json", self.cfg.to_json() + "\n")
-        self.metrics = Metrics(self.run_dir, rt.main, t.tensorboard)
-
-    def _resume_from(self, checkpoint: dict[str, Any]) -> None:
-        tr, rng, last = checkpoint["trainer"], checkpoint["rng"], self.last_path
-        assert last is not None  # the checkpoint's own path
-        if rng["world"] != self.rt.world:
-            raise VLAEError(f"{last}: written by {rng['world']} processes, cannot resume exactly with {self.rt.world}")
-        try:
-            self._load_optimizer(checkpoint["optimizer"])
-            self.state = TrainerState.from_checkpoint(tr)
-            mine = rng["ranks"][self.rt.rank]
-            set_rng_state(mine, self.data_gen)
-            self.epoch_gen_state = mine["data_epoch_start"]
-        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as error:
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise VLAEError(f"{last}: cannot resume from this checkpoint ({type(error).__name__}: {first})") from None
-        self.checkpoint_step = self.state.step
-        if isinstance(tr.get("valid"), dict):  # the checkpoint was written right after validating this step
-            self.result, self.result_step = dict(tr["valid"]), self.state.step
-        if tr.get("threads") is not None and tr["threads"] != self.rt.threads:
-            self.warn(f"note: {last.name} was written with {tr['threads']} CPU threads, this run uses "
-                      f"{self.rt.threads}: the result will not be bit-identical to an uninterrupted run (use "
-                      f"--threads {tr['threads']} for that)")
-        if self.rt.main:
-            dropped = trim_metrics(self.run_dir / "metrics.jsonl", self.state.step)
-            if dropped:
-                self.warn(f"dropped {dropped} metrics.jsonl record(s) past step {self.state.step}, written by the "
-                          "interrupted session after its last checkpoint; this run writes them again")
-            repair_best(self.run_dir, self.state.best_step, self.warn)
-            # it described the end of an earlier session; best.pt may move on before this one writes its own
-            (self.run_dir / "summary.json").unlink(missing_ok=True)
-        self.say(f"resuming {self.run_dir} at step {self.state.step} (epoch {self.state.epoch}, "
-                 f"batch {self.state.batch_in_epoch})")
-
-    def _load_optimizer(self, saved: dict[str, Any]) -> None:
-        """Load the optimiser's state, keeping this run's learning-rate tensor and device placement
-        (a checkpoint written on a GPU resumes on a CPU and vice versa)."""
-        self.optimizer.load_state_dict(saved)
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.lr if self.lr is not None else float(group["lr"])
-            group["capturable"] = self.capturable
-        for p, entry in self.optimizer.state.items():
-            if torch.is_tensor(entry.get("step")):
-                entry["step"] = entry["step"].to(p.device if self.capturable else "cpu", torch.float32)
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict[str, Any]:
@@ -308,7 +88,7 @@ class Trainer:
     def train_step(self, images: torch.Tensor, perm: torch.Tensor) -> None:
         """One optimiser step on the next batch of this epoch's permutation (no synchronisation)."""
         s, step_fn, b = self.state, self.step_fn, self.batch
-        step_fn.x.copy_(images[perm[s.batch_in_epoch * b:(s.batch_in_epoch + 1) * b]])
+        step_fn.x.copy_(images[perm[s.batch_in_epoch * b : (s.batch_in_epoch + 1) * b]])
         self._set_host_value(step_fn.kl_warmup, kl_warmup_weight(s.step, self.t.kl_warmup_steps))
         self._set_lr(self.host_lr)  # the learning rate of this step, computed after the last
         if step_fn.graph is None and self.graphs and self.session_steps >= GRAPH_WARMUP:
@@ -342,8 +122,9 @@ class Trainer:
             self._account(first + i, dict(zip(ROW, row)))
         self.window_rows += [row for row in rows if row[0] == 0]
         if self.rt.distributed:  # every process takes the same decisions about time and signals
-            agreed = self.rt.all_reduce_mean(torch.tensor([self._now(), float(self.signals.signum)],
-                                                          dtype=torch.float64)).tolist()
+            agreed = self.rt.all_reduce_mean(
+                torch.tensor([self._now(), float(self.signals.signum)], dtype=torch.float64)
+            ).tolist()
             self.clock = agreed[0]
             if agreed[1] > 0:
                 self.stop_signal = self.signals.signum or signal.SIGTERM
@@ -358,21 +139,40 @@ class Trainer:
             return
         reason = SKIP_REASONS[int(row["code"])]
         s.skipped, s.in_a_row = s.skipped + 1, s.in_a_row + 1
-        self.metrics.log({"step": step, "epoch": s.epoch, "kl_weight": row["kl_weight"],
-                          "lr": self.t.lr * self.lr_factor(step), "skipped": s.skipped, "time": self.clock,
-                          "skipped_step": reason})
-        self.warn(f"warning: {reason} at step {step} (loss {row['loss']:.4g}, gradient norm {row['grad_norm']:.4g}); "
-                  f"update skipped ({s.in_a_row} in a row, {s.skipped} in all)")
+        self.metrics.log(
+            {
+                "step": step,
+                "epoch": s.epoch,
+                "kl_weight": row["kl_weight"],
+                "lr": self.t.lr * self.lr_factor(step),
+                "skipped": s.skipped,
+                "time": self.clock,
+                "skipped_step": reason,
+            }
+        )
+        self.warn(
+            f"warning: {reason} at step {step} (loss {row['loss']:.4g}, gradient norm {row['grad_norm']:.4g}); "
+            f"update skipped ({s.in_a_row} in a row, {s.skipped} in all)"
+        )
         if t.max_skipped_steps > 0 and s.in_a_row >= t.max_skipped_steps:
-            raise VLAEError(f"training diverged: {s.in_a_row} updates in a row skipped (last: {reason}) at step "
-                            f"{step}; the last good state is {self.last_path or 'not checkpointed yet'}; lower --lr "
-                            "or raise train.max_skipped_steps")
+            raise VLAEError(
+                f"training diverged: {s.in_a_row} updates in a row skipped (last: {reason}) at step "
+                f"{step}; the last good state is {self.last_path or 'not checkpointed yet'}; lower --lr "
+                "or raise train.max_skipped_steps"
+            )
 
     def _log_window(self, kl_weight: float) -> None:
         s, now, good = self.state, time.perf_counter(), self.window_rows
-        record = {"step": s.step, "epoch": s.epoch, "kl_weight": kl_weight, "lr": self.host_lr,
-                  "skipped": s.skipped, "time": self.clock, "steps_averaged": len(good),
-                  "images_per_s": self.window_images / max(1e-9, now - self.window_start)}
+        record = {
+            "step": s.step,
+            "epoch": s.epoch,
+            "kl_weight": kl_weight,
+            "lr": self.host_lr,
+            "skipped": s.skipped,
+            "time": self.clock,
+            "steps_averaged": len(good),
+            "images_per_s": self.window_images / max(1e-9, now - self.window_start),
+        }
         if good:  # means over the window's good steps only, summed in float64 in step order
             sums = [0.0] * 4
             for row in good:
@@ -382,11 +182,14 @@ class Trainer:
             record.update({"loss": loss, "nelbo": recon + kl, "recon": recon, "kl": kl, "grad_norm": grad_norm})
         self.metrics.log(record)
         if self.bar is not None and good:
-            self.bar.set_postfix(loss=f"{record['loss']:.2f}", kl=f"{record['kl']:.2f}",
-                                 img_s=f"{record['images_per_s']:.0f}")
+            self.bar.set_postfix(
+                loss=f"{record['loss']:.2f}", kl=f"{record['kl']:.2f}", img_s=f"{record['images_per_s']:.0f}"
+            )
         if self.bar is None and now - self.last_print >= PRINT_EVERY and good:
-            self.say(f"train  step {s.step:7d}  epoch {s.epoch:4d}  loss {record['loss']:.2f}  KL "
-                     f"{record['kl']:.2f}  {record['images_per_s']:.0f} images/s")
+            self.say(
+                f"train  step {s.step:7d}  epoch {s.epoch:4d}  loss {record['loss']:.2f}  KL "
+                f"{record['kl']:.2f}  {record['images_per_s']:.0f} images/s"
+            )
             self.last_print = now
         self.window_rows, self.window_images, self.window_start = [], 0, now
 
@@ -410,8 +213,13 @@ class Trainer:
             if self.checkpoint_step != s.step:
                 self.write_checkpoint(stopped)
         else:
-            stopped = ("time_budget" if self._out_of_time() and not self._finished() else
-                       "max_steps" if t.max_steps > 0 and s.step >= t.max_steps else "epochs")
+            stopped = (
+                "time_budget"
+                if self._out_of_time() and not self._finished()
+                else "max_steps"
+                if t.max_steps > 0 and s.step >= t.max_steps
+                else "epochs"
+            )
             if self.result_step != s.step:  # the final state is always validated and checkpointed
                 self.validate_and_checkpoint(stopped, always=True)
             elif self.checkpoint_step != s.step:
@@ -422,8 +230,10 @@ class Trainer:
         if self.stop_signal:
             raise Interrupted(self.stop_signal, self.run_dir, self.last_path, s.step)
         valid_text = f"{self.result['nelbo']:.2f} nats" if self.result_step == s.step else "not run"
-        self.say(f"stopped after {s.step} steps ({stopped}); valid -ELBO {valid_text}; "
-                 f"{summary['images_per_s']:.0f} images/s; checkpoint {self.last_path}")
+        self.say(
+            f"stopped after {s.step} steps ({stopped}); valid -ELBO {valid_text}; "
+            f"{summary['images_per_s']:.0f} images/s; checkpoint {self.last_path}"
+        )
         return summary
 
     # ------------------------------------------------------------------ validation and checkpoints
@@ -431,13 +241,15 @@ class Trainer:
         """Validate; checkpoint if ``always`` or the bound improved (then also ``best.pt``)."""
         s, t, rt = self.state, self.t, self.rt
         self.sync()
-        self.result, self.result_step = validate(self.eval_model, self.valid_images, max(t.batch_size, 100),
-                                                 t.eval_k, seed=t.seed + 2), s.step
+        self.result = validate(self.eval_model, self.valid_images, max(t.batch_size, 100), t.eval_k, seed=t.seed + 2)
+        self.result_step = s.step
         result = self.result
         self.metrics.log({"split": "valid", "step": s.step, "epoch": s.epoch, **result, "time": self.clock})
         iw = f", IW bound (k={t.eval_k}) {result['iw_nll']:.2f}" if t.eval_k else ""
-        self.say(f"valid  step {s.step:7d}  epoch {s.epoch:4d}  -ELBO {result['nelbo']:.2f} nats "
-                 f"({result['bits_per_dim']:.4f} bits/dim)  KL {result['kl']:.2f}{iw}")
+        self.say(
+            f"valid  step {s.step:7d}  epoch {s.epoch:4d}  -ELBO {result['nelbo']:.2f} nats "
+            f"({result['bits_per_dim']:.4f} bits/dim)  KL {result['kl']:.2f}{iw}"
+        )
         improved = torch.tensor([float(result["nelbo"] < s.best)])
         if rt.distributed:  # rank 0 decides, so every rank takes part in the same checkpoints
             import torch.distributed as dist
@@ -468,17 +280,30 @@ class Trainer:
         self.checkpoint_step, self.checkpoint_clock = s.step, self.clock
         if not rt.main:
             return
-        trainer = {**asdict(s), "elapsed": self.clock, "reason": reason, "threads": rt.threads,
-                   "valid": self.result if self.result_step == s.step else None}
+        trainer = {
+            **asdict(s),
+            "elapsed": self.clock,
+            "reason": reason,
+            "threads": rt.threads,
+            "valid": self.result if self.result_step == s.step else None,
+        }
         optimizer = self.optimizer.state_dict()
         for group in optimizer["param_groups"]:  # plain numbers: the file loads anywhere
             group["lr"] = self.t.lr * self.lr_factor(s.step)
-        self.last_path = save_checkpoint(self.run_dir / checkpoint_name(s.step), {
-            "config": self.cfg.to_dict(), "model": self.model.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            "optimizer": optimizer, "scheduler": {"last_epoch": s.step}, "trainer": trainer, "rng": rng,
-            "data": self.identity})
-        for old in list_checkpoints(self.run_dir)[:-max(1, self.t.keep_last)]:  # never the new one (see repair_best)
+        self.last_path = save_checkpoint(
+            self.run_dir / checkpoint_name(s.step),
+            {
+                "config": self.cfg.to_dict(),
+                "model": self.model.state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else None,
+                "optimizer": optimizer,
+                "scheduler": {"last_epoch": s.step},
+                "trainer": trainer,
+                "rng": rng,
+                "data": self.identity,
+            },
+        )
+        for old in list_checkpoints(self.run_dir)[: -max(1, self.t.keep_last)]:  # never the new one (see repair_best)
             old.unlink(missing_ok=True)
 
     def sync(self) -> None:
@@ -508,10 +333,12 @@ class Trainer:
             self.bar = tqdm(total=total, initial=s.step, unit="step", dynamic_ncols=True, desc="train")
         how = [rt.precision] + (["CUDA graph"] if self.graphs else []) + (["compiled"] if t.compile else [])
         how += [f"{rt.world} processes"] if rt.distributed else []
-        self.say(f"training {sum(p.numel() for p in self.model.parameters()):,} parameters on {rt.device} "
-                 f"({', '.join(how)}, {rt.threads} CPU threads), {len(self.train_set):,} images "
-                 f"({self.train_set.source}), {self.steps_per_epoch} steps/epoch of {self.batch}; "
-                 f"run dir {self.run_dir}")
+        self.say(
+            f"training {sum(p.numel() for p in self.model.parameters()):,} parameters on {rt.device} "
+            f"({', '.join(how)}, {rt.threads} CPU threads), {len(self.train_set):,} images "
+            f"({self.train_set.source}), {self.steps_per_epoch} steps/epoch of {self.batch}; "
+            f"run dir {self.run_dir}"
+        )
         self.model.train()
 
     def _epoch_data(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -523,7 +350,7 @@ class Trainer:
             self.data_gen.set_state(self.epoch_gen_state)
         images = self.train_set.observed(self.data_gen).to(rt.device) if self.dynamic else self.train_images
         perm = torch.randperm(len(self.train_set), generator=self.data_gen)
-        return images, perm[:self.per_rank * rt.world][rt.rank::rt.world].to(rt.device)
+        return images, perm[: self.per_rank * rt.world][rt.rank :: rt.world].to(rt.device)
 
     def _now(self) -> float:
         return self.elapsed0 + time.perf_counter() - self.session_start
@@ -555,27 +382,51 @@ class Trainer:
         t = self.t
         return self.checkpoint_step != self.state.step and (
             self._steps_due()
-            or (t.checkpoint_seconds > 0 and self.clock - self.checkpoint_clock >= t.checkpoint_seconds))
+            or (t.checkpoint_seconds > 0 and self.clock - self.checkpoint_clock >= t.checkpoint_seconds)
+        )
 
     def _summary(self, stopped: str) -> dict[str, Any]:
         s, rt = self.state, self.rt
         seconds = time.perf_counter() - self.session_start
         s.elapsed = self.clock
-        return {"steps": s.step, "epochs": s.epoch, "batch_in_epoch": s.batch_in_epoch, "stopped": stopped,
-                "skipped": s.skipped, "images_per_s": self.session_steps * self.batch * rt.world / max(1e-9, seconds),
-                "seconds": seconds, "train_seconds": self.clock,
-                "valid": self.result if self.result_step == s.step else {}, "kl_weight_gamma": s.gamma,
-                "world_size": rt.world, "device": str(rt.device), "threads": rt.threads, "precision": rt.precision,
-                "cuda_graph": self.step_fn.graph is not None, "compiled": self.t.compile,
-                "data": self.train_set.source, "data_identity": self.identity, "run_dir": str(self.run_dir),
-                "checkpoint": str(self.last_path) if self.last_path else None,
-                "best": str(self.run_dir / "best.pt") if (self.run_dir / "best.pt").exists() else None,
-                "best_step": s.best_step, "best_nelbo": s.best if math.isfinite(s.best) else None}
+        return {
+            "steps": s.step,
+            "epochs": s.epoch,
+            "batch_in_epoch": s.batch_in_epoch,
+            "stopped": stopped,
+            "skipped": s.skipped,
+            "images_per_s": self.session_steps * self.batch * rt.world / max(1e-9, seconds),
+            "seconds": seconds,
+            "train_seconds": self.clock,
+            "valid": self.result if self.result_step == s.step else {},
+            "kl_weight_gamma": s.gamma,
+            "world_size": rt.world,
+            "device": str(rt.device),
+            "threads": rt.threads,
+            "precision": rt.precision,
+            "cuda_graph": self.step_fn.graph is not None,
+            "compiled": self.t.compile,
+            "data": self.train_set.source,
+            "data_identity": self.identity,
+            "run_dir": str(self.run_dir),
+            "checkpoint": str(self.last_path) if self.last_path else None,
+            "best": str(self.run_dir / "best.pt") if (self.run_dir / "best.pt").exists() else None,
+            "best_step": s.best_step,
+            "best_nelbo": s.best if math.isfinite(s.best) else None,
+        }
 
 
-def train(cfg: Config, run_dir: str | os.PathLike, *, resume: bool = False, overwrite: bool = False,
-          quiet: bool = False, data: Any = None, callback: Callable[[dict[str, Any]], object] | None = None,
-          log_every: int = LOG_EVERY) -> dict[str, Any]:
+def train(
+    cfg: Config,
+    run_dir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    quiet: bool = False,
+    data: Any = None,
+    callback: Callable[[dict[str, Any]], object] | None = None,
+    log_every: int = LOG_EVERY,
+) -> dict[str, Any]:
     """Train a VLAE; write config, metrics and checkpoints into ``run_dir``.
 
     Args:
@@ -611,7 +462,16 @@ def train(cfg: Config, run_dir: str | os.PathLike, *, resume: bool = False, over
     run_dir = Path(run_dir)
     with StopSignals(run_dir) as signals:
         try:
-            return Trainer(cfg, run_dir, resume=resume, overwrite=overwrite, quiet=quiet, data=data,
-                           callback=callback, log_every=log_every, signals=signals).run()
+            return Trainer(
+                cfg,
+                run_dir,
+                resume=resume,
+                overwrite=overwrite,
+                quiet=quiet,
+                data=data,
+                callback=callback,
+                log_every=log_every,
+                signals=signals,
+            ).run()
         except OSError as error:  # a write not already named (tensorboard, a folder that vanished, ...)
             raise write_error(error.filename or run_dir, error) from None
