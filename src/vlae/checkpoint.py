@@ -43,9 +43,22 @@ from .errors import VLAEError
 from .outputs import atomic_write, write_error  # their home is vlae.outputs; still importable from here
 from .runtime import pick_device  # its home is vlae.runtime; still importable from here
 
-__all__ = ["FORMAT_VERSION", "save_checkpoint", "copy_checkpoint", "load_checkpoint", "load_model",
-           "latest_checkpoint", "list_checkpoints", "resolve_checkpoint", "checkpoint_name", "export_safetensors",
-           "remove_temporaries", "weights_mismatch", "write_error", "atomic_write"]
+__all__ = [
+    "FORMAT_VERSION",
+    "save_checkpoint",
+    "copy_checkpoint",
+    "load_checkpoint",
+    "load_model",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "resolve_checkpoint",
+    "checkpoint_name",
+    "export_safetensors",
+    "remove_temporaries",
+    "weights_mismatch",
+    "write_error",
+    "atomic_write",
+]
 
 FORMAT_VERSION = 1
 _PATTERN = re.compile(r"^ckpt-(\d+)\.pt$")
@@ -96,8 +109,12 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     """Write ``state`` (see the module docstring) atomically to ``path``."""
     from . import __version__
 
-    payload = {"format_version": FORMAT_VERSION, "vlae_version": __version__,
-               "torch_version": str(torch.__version__), **state}
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "vlae_version": __version__,
+        "torch_version": str(torch.__version__),
+        **state,
+    }
     return atomic_write(Path(path), lambda f: torch.save(payload, f))
 
 
@@ -145,8 +162,11 @@ def weights_mismatch(expected: dict[str, torch.Tensor], found: Any) -> str | Non
 
     missing = [k for k in expected if k not in found]
     unexpected = [k for k in found if k not in expected]
-    shapes = [f"{k} has {described(found[k])}, expected {tuple(v.shape)}" for k, v in expected.items()
-              if k in found and not (isinstance(found[k], torch.Tensor) and found[k].shape == v.shape)]
+    shapes = [
+        f"{k} has {described(found[k])}, expected {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in found and not (isinstance(found[k], torch.Tensor) and found[k].shape == v.shape)
+    ]
     if missing:
         parts.append(f"missing {some(missing)}")
     if unexpected:
@@ -172,8 +192,18 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         with warnings.catch_warnings():  # e.g. torch's note on the pickle protocol of a foreign file
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, KeyError,
-            AttributeError, TypeError, IndexError) as error:
+    except (
+        RuntimeError,
+        EOFError,
+        OSError,
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+        ValueError,
+        KeyError,
+        AttributeError,
+        TypeError,
+        IndexError,
+    ) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         if "weights only load failed" in first.lower():  # torch's advice (weights_only=False) would run its code
             first = "it holds objects other than tensors and plain containers, or random bytes"
@@ -182,8 +212,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise VLAEError(f"{path}: not a vlae checkpoint (no format_version/model entries)")
     version = state["format_version"]
     if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise VLAEError(f"{path}: checkpoint format {version} is newer than this vlae understands "
-                        f"({FORMAT_VERSION}); upgrade vlae (written by vlae {state.get('vlae_version', '?')})")
+        raise VLAEError(
+            f"{path}: checkpoint format {version} is newer than this vlae understands "
+            f"({FORMAT_VERSION}); upgrade vlae (written by vlae {state.get('vlae_version', '?')})"
+        )
     try:
         state["config"] = config_from_dict(state.get("config") or {}).validate()
     except (VLAEError, TypeError) as error:
@@ -206,8 +238,10 @@ def _build(cfg: Config, weights: dict[str, torch.Tensor], path: Path, what: str)
     # A diverged run's weights would give NaN results and blank figures without a word.
     bad = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
-        raise VLAEError(f"{path}: the {what} weights hold NaN or infinity in {len(bad)} of {len(weights)} tensors "
-                        f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); the run diverged")
+        raise VLAEError(
+            f"{path}: the {what} weights hold NaN or infinity in {len(bad)} of {len(weights)} tensors "
+            f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); the run diverged"
+        )
     return model
 
 
@@ -230,8 +264,7 @@ def load_model(path: str | os.PathLike, weights: str = "ema", device: str | torc
     state = load_checkpoint(file)
     cfg = state["config"]
     chosen = state.get("ema") if weights == "ema" else None
-    model = _build(cfg, chosen if chosen is not None else state["model"], file,
-                   "ema" if chosen is not None else "raw")
+    model = _build(cfg, chosen if chosen is not None else state["model"], file, "ema" if chosen is not None else "raw")
     return model.to(pick_device(str(device))).eval(), cfg
 
 

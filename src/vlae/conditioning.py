@@ -41,8 +41,15 @@ class ConditionUpsampler(nn.Module):
     paper's 28x28x4 map for MNIST; full-resolution blocks would dominate the cost).
     """
 
-    def __init__(self, latent_dim: int, image_shape: tuple[int, int, int] = (1, 28, 28), channels: int = 32,
-                 cond_channels: int = 4, blocks: int = 1, weight_norm: bool = False):
+    def __init__(
+        self,
+        latent_dim: int,
+        image_shape: tuple[int, int, int] = (1, 28, 28),
+        channels: int = 32,
+        cond_channels: int = 4,
+        blocks: int = 1,
+        weight_norm: bool = False,
+    ):
         super().__init__()
         _, height, width = image_shape
         if height % 4 or width % 4:
@@ -52,10 +59,13 @@ class ConditionUpsampler(nn.Module):
         wn = weight_norm
         self.net = nn.Sequential(
             *(ResBlock(channels, 3, wn) for _ in range(blocks)),
-            nn.ELU(), ConvTranspose2d(channels, channels, weight_norm=wn),
+            nn.ELU(),
+            ConvTranspose2d(channels, channels, weight_norm=wn),
             *(ResBlock(channels, 3, wn) for _ in range(blocks)),
-            nn.ELU(), ConvTranspose2d(channels, channels, weight_norm=wn),
-            nn.ELU(), Conv2d(channels, cond_channels, 3, weight_norm=wn),
+            nn.ELU(),
+            ConvTranspose2d(channels, channels, weight_norm=wn),
+            nn.ELU(),
+            Conv2d(channels, cond_channels, 3, weight_norm=wn),
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -75,10 +85,17 @@ class SpatialUpsampler(nn.Module):
         cond_channels: ``C_c``.
     """
 
-    def __init__(self, latent_shape: Sequence[int], image_shape: Sequence[int] = (3, 32, 32),
-                 cond_channels: int = 4, stage_channels: Sequence[int] = (48, 96, 96),
-                 stage_blocks: Sequence[int] = (2, 2, 3), kind: str = "resnet", dense_steps: int = 3,
-                 weight_norm: bool = False):
+    def __init__(
+        self,
+        latent_shape: Sequence[int],
+        image_shape: Sequence[int] = (3, 32, 32),
+        cond_channels: int = 4,
+        stage_channels: Sequence[int] = (48, 96, 96),
+        stage_blocks: Sequence[int] = (2, 2, 3),
+        kind: str = "resnet",
+        dense_steps: int = 3,
+        weight_norm: bool = False,
+    ):
         super().__init__()
         latent_shape, _ = check_spatial_shapes(latent_shape, image_shape, stage_channels, stage_blocks, kind)
         wn = weight_norm

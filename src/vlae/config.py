@@ -25,8 +25,19 @@ from .errors import VLAEError
 if TYPE_CHECKING:
     from .presets import PRESETS, get_preset
 
-__all__ = ["ModelConfig", "TrainConfig", "EvalConfig", "Config", "PRESETS", "get_preset", "apply_overrides",
-           "config_from_dict", "parse_field", "field_depths", "data_dims"]
+__all__ = [
+    "ModelConfig",
+    "TrainConfig",
+    "EvalConfig",
+    "Config",
+    "PRESETS",
+    "get_preset",
+    "apply_overrides",
+    "config_from_dict",
+    "parse_field",
+    "field_depths",
+    "data_dims",
+]
 
 # The values a model option accepts. They live here, not beside the modules that
 # implement them, because validation needs them and the configuration imports no
@@ -60,8 +71,9 @@ def field_depths(name: str) -> tuple[int, int]:
     imports no networks."""
     a, b = parse_field(name)
     if b < 2 or a not in (2 * b - 1, 2 * b):
-        raise ValueError(f"receptive field {a}x{b} cannot be built: need B >= 2 and A = 2B-1 or 2B "
-                         f"(e.g. 4x2, 5x3, 7x4, 8x4, 9x5)")
+        raise ValueError(
+            f"receptive field {a}x{b} cannot be built: need B >= 2 and A = 2B-1 or 2B (e.g. 4x2, 5x3, 7x4, 8x4, 9x5)"
+        )
     return b - 1, a - b
 
 
@@ -119,57 +131,94 @@ class ModelConfig:
         _check_finite(self, "model")
         c, h, w = self.image_shape
         self._validate_observation()
-        _check(h % 4 == 0 and w % 4 == 0 and h > 0 and w > 0, "model.image_shape",
-               f"height and width must be positive multiples of 4, got {h}x{w}")
+        _check(
+            h % 4 == 0 and w % 4 == 0 and h > 0 and w > 0,
+            "model.image_shape",
+            f"height and width must be positive multiples of 4, got {h}x{w}",
+        )
         _check(self.latent_dim >= 0, "model.latent_dim", f"must be >= 0, got {self.latent_dim}")
         _check(self.prior in PRIORS, "model.prior", f"must be one of {PRIORS}, got {self.prior!r}")
         _check(self.posterior in POSTERIORS, "model.posterior", f"must be one of {POSTERIORS}, got {self.posterior!r}")
         _check(self.decoder in DECODER_KINDS, "model.decoder", f"must be one of {DECODER_KINDS}, got {self.decoder!r}")
         _check(self.decoder_layers >= 1, "model.decoder_layers", f"must be >= 1, got {self.decoder_layers}")
-        _check(self.decoder_kernel >= 1 and self.decoder_kernel % 2 == 1, "model.decoder_kernel",
-               f"must be a positive odd number, got {self.decoder_kernel}")
-        _check(self.decoder != "gated" or self.decoder_kernel >= 3 or bool(self.decoder_field), "model.decoder_kernel",
-               f"a gated decoder needs a kernel of at least 3 (its vertical stack reads kernel // 2 rows above "
-               f"the pixel), got {self.decoder_kernel}; a masked decoder accepts 1 (no pixel context)")
-        for name in ("encoder_channels", "decoder_filters", "cond_channels", "upsampler_channels", "flow_steps",
-                     "free_bits_groups"):
+        _check(
+            self.decoder_kernel >= 1 and self.decoder_kernel % 2 == 1,
+            "model.decoder_kernel",
+            f"must be a positive odd number, got {self.decoder_kernel}",
+        )
+        _check(
+            self.decoder != "gated" or self.decoder_kernel >= 3 or bool(self.decoder_field),
+            "model.decoder_kernel",
+            f"a gated decoder needs a kernel of at least 3 (its vertical stack reads kernel // 2 rows above "
+            f"the pixel), got {self.decoder_kernel}; a masked decoder accepts 1 (no pixel context)",
+        )
+        for name in (
+            "encoder_channels",
+            "decoder_filters",
+            "cond_channels",
+            "upsampler_channels",
+            "flow_steps",
+            "free_bits_groups",
+        ):
             _check(getattr(self, name) >= 1, f"model.{name}", f"must be >= 1, got {getattr(self, name)}")
         for name in ("encoder_blocks", "decoder_blocks_1x1", "upsampler_blocks", "iaf_steps"):
             _check(getattr(self, name) >= 0, f"model.{name}", f"must be >= 0, got {getattr(self, name)}")
-        _check(self.made_activation in ("relu", "elu", "tanh", "gelu"), "model.made_activation",
-               f"must be relu, elu, tanh or gelu, got {self.made_activation!r}")
+        _check(
+            self.made_activation in ("relu", "elu", "tanh", "gelu"),
+            "model.made_activation",
+            f"must be relu, elu, tanh or gelu, got {self.made_activation!r}",
+        )
         _check(self.free_bits >= 0, "model.free_bits", f"must be >= 0, got {self.free_bits}")
         if self.latent_dim > 0:
-            _check(self.latent_dim % self.free_bits_groups == 0, "model.free_bits_groups",
-                   f"must divide latent_dim={self.latent_dim}, got {self.free_bits_groups}")
+            _check(
+                self.latent_dim % self.free_bits_groups == 0,
+                "model.free_bits_groups",
+                f"must divide latent_dim={self.latent_dim}, got {self.free_bits_groups}",
+            )
             widths = (tuple(self.made_hidden) if self.prior == "af" and not self.latent_shape else ()) + (
-                tuple(self.iaf_hidden) if self.posterior == "iaf" else ())
+                tuple(self.iaf_hidden) if self.posterior == "iaf" else ()
+            )
             for width in widths:
-                _check(width >= self.latent_dim - 1, "model.made_hidden",
-                       f"MADE widths must be >= latent_dim - 1 = {self.latent_dim - 1}, got {width}")
+                _check(
+                    width >= self.latent_dim - 1,
+                    "model.made_hidden",
+                    f"MADE widths must be >= latent_dim - 1 = {self.latent_dim - 1}, got {width}",
+                )
         else:
-            _check(self.decoder != "factorized", "model.decoder",
-                   "a factorized decoder needs a latent code (latent_dim > 0)")
+            _check(
+                self.decoder != "factorized",
+                "model.decoder",
+                "a factorized decoder needs a latent code (latent_dim > 0)",
+            )
         self._validate_spatial()
 
     def _validate_observation(self) -> None:
         c = self.image_shape[0]
-        _check(self.observation in OBSERVATIONS, "model.observation",
-               f"must be one of {OBSERVATIONS}, got {self.observation!r}")
+        _check(
+            self.observation in OBSERVATIONS,
+            "model.observation",
+            f"must be one of {OBSERVATIONS}, got {self.observation!r}",
+        )
         if self.observation == "bernoulli":
-            _check(c == 1, "model.image_shape", f"binary (Bernoulli) images have 1 channel, got {c}; "
-                   "use model.observation=logistic_mixture for 8-bit images")
+            _check(
+                c == 1,
+                "model.image_shape",
+                f"binary (Bernoulli) images have 1 channel, got {c}; "
+                "use model.observation=logistic_mixture for 8-bit images",
+            )
         else:
             _check(c in (1, 3), "model.image_shape", f"a logistic mixture models 1 or 3 channels, got {c}")
-        _check(self.mixture_components >= 1, "model.mixture_components",
-               f"must be >= 1, got {self.mixture_components}")
+        _check(self.mixture_components >= 1, "model.mixture_components", f"must be >= 1, got {self.mixture_components}")
         _check(self.gated_blocks_1x1 >= 0, "model.gated_blocks_1x1", f"must be >= 0, got {self.gated_blocks_1x1}")
         if self.gray_context:
             _check(c == 3, "model.gray_context", f"a grayscale context needs RGB images, got {c} channel(s)")
             _check(self.decoder != "factorized", "model.gray_context", "a factorized decoder reads no context")
         if self.decoder_field:
-            _check(self.decoder == "gated", "model.decoder_field",
-                   f"an AxB receptive field needs decoder=gated, got {self.decoder!r}")
+            _check(
+                self.decoder == "gated",
+                "model.decoder_field",
+                f"an AxB receptive field needs decoder=gated, got {self.decoder!r}",
+            )
             try:
                 field_depths(self.decoder_field)
             except ValueError as exc:
@@ -177,28 +226,55 @@ class ModelConfig:
 
     def _validate_spatial(self) -> None:
         shape, (_, h, w) = tuple(self.latent_shape), self.image_shape
-        _check(self.encoder_kind in ENCODER_KINDS, "model.encoder_kind",
-               f"must be one of {ENCODER_KINDS}, got {self.encoder_kind!r}")
-        _check(self.encoder_kind == "resnet" or bool(shape), "model.encoder_kind",
-               "the densenet encoder needs spatial latents (set model.latent_shape)")
+        _check(
+            self.encoder_kind in ENCODER_KINDS,
+            "model.encoder_kind",
+            f"must be one of {ENCODER_KINDS}, got {self.encoder_kind!r}",
+        )
+        _check(
+            self.encoder_kind == "resnet" or bool(shape),
+            "model.encoder_kind",
+            "the densenet encoder needs spatial latents (set model.latent_shape)",
+        )
         if not shape:
             return
-        _check(len(shape) == 3 and min(shape) >= 1, "model.latent_shape",
-               f"must be empty (flat code) or (C, h, w) of positive sizes, got {shape}")
-        _check(math.prod(shape) == self.latent_dim, "model.latent_shape",
-               f"{'x'.join(map(str, shape))} has {math.prod(shape)} dimensions but latent_dim={self.latent_dim}")
-        _check((4 * shape[1], 4 * shape[2]) == (h, w), "model.latent_shape",
-               f"a {shape[1]}x{shape[2]} latent map needs {4 * shape[1]}x{4 * shape[2]} images, got {h}x{w}")
-        _check(len(self.stage_channels) == 3 and min(self.stage_channels) >= 1, "model.stage_channels",
-               f"must be 3 positive widths (full, 1/2, 1/4 resolution), got {self.stage_channels}")
-        _check(len(self.stage_blocks) == 3 and min(self.stage_blocks) >= 0, "model.stage_blocks",
-               f"must be 3 block counts >= 0 (full, 1/2, 1/4 resolution), got {self.stage_blocks}")
+        _check(
+            len(shape) == 3 and min(shape) >= 1,
+            "model.latent_shape",
+            f"must be empty (flat code) or (C, h, w) of positive sizes, got {shape}",
+        )
+        _check(
+            math.prod(shape) == self.latent_dim,
+            "model.latent_shape",
+            f"{'x'.join(map(str, shape))} has {math.prod(shape)} dimensions but latent_dim={self.latent_dim}",
+        )
+        _check(
+            (4 * shape[1], 4 * shape[2]) == (h, w),
+            "model.latent_shape",
+            f"a {shape[1]}x{shape[2]} latent map needs {4 * shape[1]}x{4 * shape[2]} images, got {h}x{w}",
+        )
+        _check(
+            len(self.stage_channels) == 3 and min(self.stage_channels) >= 1,
+            "model.stage_channels",
+            f"must be 3 positive widths (full, 1/2, 1/4 resolution), got {self.stage_channels}",
+        )
+        _check(
+            len(self.stage_blocks) == 3 and min(self.stage_blocks) >= 0,
+            "model.stage_blocks",
+            f"must be 3 block counts >= 0 (full, 1/2, 1/4 resolution), got {self.stage_blocks}",
+        )
         _check(self.dense_steps >= 1, "model.dense_steps", f"must be >= 1, got {self.dense_steps}")
-        _check(self.prior_hidden >= shape[0], "model.prior_hidden",
-               f"must be >= the {shape[0]} latent channels (one channel group each), got {self.prior_hidden}")
+        _check(
+            self.prior_hidden >= shape[0],
+            "model.prior_hidden",
+            f"must be >= the {shape[0]} latent channels (one channel group each), got {self.prior_hidden}",
+        )
         _check(self.prior_layers >= 0, "model.prior_layers", f"must be >= 0, got {self.prior_layers}")
-        _check(self.prior_kernel >= 1 and self.prior_kernel % 2 == 1, "model.prior_kernel",
-               f"must be a positive odd number, got {self.prior_kernel}")
+        _check(
+            self.prior_kernel >= 1 and self.prior_kernel % 2 == 1,
+            "model.prior_kernel",
+            f"must be a positive odd number, got {self.prior_kernel}",
+        )
 
     @property
     def data_dims(self) -> int:
@@ -244,28 +320,57 @@ class TrainConfig:
 
     def validate(self) -> None:
         _check_finite(self, "train")
-        _check(self.optimizer in ("adamax", "adam"), "train.optimizer",
-               f"must be adamax or adam, got {self.optimizer!r}")
-        _check(self.lr_decay in ("none", "exponential", "cosine"), "train.lr_decay",
-               f"must be none, exponential or cosine, got {self.lr_decay!r}")
-        _check(self.precision in ("auto", "fp32", "bf16"), "train.precision",
-               f"must be auto, fp32 or bf16, got {self.precision!r}")
-        _check(self.cuda_graph in ("auto", "on", "off"), "train.cuda_graph",
-               f"must be auto, on or off, got {self.cuda_graph!r}")
-        _check(self.progress in ("auto", "on", "off"), "train.progress",
-               f"must be auto, on or off, got {self.progress!r}")
+        _check(
+            self.optimizer in ("adamax", "adam"), "train.optimizer", f"must be adamax or adam, got {self.optimizer!r}"
+        )
+        _check(
+            self.lr_decay in ("none", "exponential", "cosine"),
+            "train.lr_decay",
+            f"must be none, exponential or cosine, got {self.lr_decay!r}",
+        )
+        _check(
+            self.precision in ("auto", "fp32", "bf16"),
+            "train.precision",
+            f"must be auto, fp32 or bf16, got {self.precision!r}",
+        )
+        _check(
+            self.cuda_graph in ("auto", "on", "off"),
+            "train.cuda_graph",
+            f"must be auto, on or off, got {self.cuda_graph!r}",
+        )
+        _check(
+            self.progress in ("auto", "on", "off"), "train.progress", f"must be auto, on or off, got {self.progress!r}"
+        )
         _check(self.batch_size >= 1, "train.batch_size", f"must be >= 1, got {self.batch_size}")
         _check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
         _check(0 <= self.polyak < 1, "train.polyak", f"must be in [0, 1), got {self.polyak}")
         _check(self.lr_decay_rate > 0, "train.lr_decay_rate", f"must be > 0, got {self.lr_decay_rate}")
-        for name in ("epochs", "max_steps", "lr_warmup_steps", "kl_warmup_steps", "eval_k", "eval_subset",
-                     "keep_last", "grad_clip", "time_budget", "weight_decay", "checkpoint_steps",
-                     "checkpoint_seconds", "max_skipped_steps"):
+        for name in (
+            "epochs",
+            "max_steps",
+            "lr_warmup_steps",
+            "kl_warmup_steps",
+            "eval_k",
+            "eval_subset",
+            "keep_last",
+            "grad_clip",
+            "time_budget",
+            "weight_decay",
+            "checkpoint_steps",
+            "checkpoint_seconds",
+            "max_skipped_steps",
+        ):
             _check(getattr(self, name) >= 0, f"train.{name}", f"must be >= 0, got {getattr(self, name)}")
-        _check(self.eval_every >= 1 and self.checkpoint_every >= 1, "train.eval_every",
-               "eval_every and checkpoint_every must be >= 1")
-        _check(self.epochs > 0 or self.max_steps > 0 or self.time_budget > 0, "train.epochs",
-               "nothing to train: set epochs, max_steps or time_budget above 0")
+        _check(
+            self.eval_every >= 1 and self.checkpoint_every >= 1,
+            "train.eval_every",
+            "eval_every and checkpoint_every must be >= 1",
+        )
+        _check(
+            self.epochs > 0 or self.max_steps > 0 or self.time_budget > 0,
+            "train.epochs",
+            "nothing to train: set epochs, max_steps or time_budget above 0",
+        )
 
 
 @dataclass

@@ -75,8 +75,15 @@ class Encoder(nn.Module):
         weight_norm: weight-normalised layers.
     """
 
-    def __init__(self, latent_dim: int, image_shape: tuple[int, int, int] = (1, 28, 28), channels: int = 32,
-                 blocks: int = 1, context_dim: int = 0, weight_norm: bool = False):
+    def __init__(
+        self,
+        latent_dim: int,
+        image_shape: tuple[int, int, int] = (1, 28, 28),
+        channels: int = 32,
+        blocks: int = 1,
+        context_dim: int = 0,
+        weight_norm: bool = False,
+    ):
         super().__init__()
         c, height, width = image_shape
         if height % 4 or width % 4:
@@ -104,8 +111,9 @@ class DenseBlock(nn.Module):
 
     def __init__(self, channels: int, growth: int, steps: int = 3, weight_norm: bool = False):
         super().__init__()
-        self.convs = nn.ModuleList(Conv2d(channels + k * growth, growth, 3, weight_norm=weight_norm)
-                                   for k in range(steps))
+        self.convs = nn.ModuleList(
+            Conv2d(channels + k * growth, growth, 3, weight_norm=weight_norm) for k in range(steps)
+        )
         self.out_channels = channels + steps * growth
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -117,8 +125,9 @@ class DenseBlock(nn.Module):
 Entry = Callable[[int, int], nn.Module]  # (in_channels, out_channels) -> the layer that opens a stage
 
 
-def build_stage(kind: str, in_channels: int, width: int, blocks: int, dense_steps: int, entry: Entry,
-                weight_norm: bool) -> tuple[list[nn.Module], int]:
+def build_stage(
+    kind: str, in_channels: int, width: int, blocks: int, dense_steps: int, entry: Entry, weight_norm: bool
+) -> tuple[list[nn.Module], int]:
     """One resolution of the spatial networks (:class:`SpatialEncoder` and its mirror
     :class:`vlae.conditioning.SpatialUpsampler`): the entry layer, then ResNet blocks or
     dense blocks. Returns the layers and their output channels."""
@@ -129,23 +138,31 @@ def build_stage(kind: str, in_channels: int, width: int, blocks: int, dense_step
     layers: list[nn.Module] = []
     channels = in_channels
     for k in range(-(-blocks // 2)):  # one dense block per pair of ResNet blocks
-        layers.append(entry(channels, growth) if k == 0 else
-                      nn.Sequential(nn.ELU(), Conv2d(channels, growth, 1, weight_norm=wn)))
+        layers.append(
+            entry(channels, growth) if k == 0 else nn.Sequential(nn.ELU(), Conv2d(channels, growth, 1, weight_norm=wn))
+        )
         block = DenseBlock(growth, growth, dense_steps, wn)
         layers.append(block)
         channels = block.out_channels
     return layers, channels
 
 
-def check_spatial_shapes(latent_shape: Sequence[int], image_shape: Sequence[int], stage_channels: Sequence[int],
-                         stage_blocks: Sequence[int], kind: str) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+def check_spatial_shapes(
+    latent_shape: Sequence[int],
+    image_shape: Sequence[int],
+    stage_channels: Sequence[int],
+    stage_blocks: Sequence[int],
+    kind: str,
+) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     """``(latent_shape, image_shape)`` as int triples, or a ``ValueError`` naming what does not fit."""
     latent_shape, image_shape = tuple(int(s) for s in latent_shape), tuple(int(s) for s in image_shape)
     if len(latent_shape) != 3 or len(image_shape) != 3:
         raise ValueError(f"latent and image shapes must be (C, H, W), got {latent_shape} and {image_shape}")
     if image_shape[1:] != (4 * latent_shape[1], 4 * latent_shape[2]):
-        raise ValueError(f"a {latent_shape[1]}x{latent_shape[2]} latent map needs "
-                         f"{4 * latent_shape[1]}x{4 * latent_shape[2]} images, got {image_shape[1]}x{image_shape[2]}")
+        raise ValueError(
+            f"a {latent_shape[1]}x{latent_shape[2]} latent map needs "
+            f"{4 * latent_shape[1]}x{4 * latent_shape[2]} images, got {image_shape[1]}x{image_shape[2]}"
+        )
     if len(stage_channels) != 3 or len(stage_blocks) != 3:
         raise ValueError("stage_channels and stage_blocks need one entry per resolution (full, 1/2, 1/4)")
     if kind not in ENCODER_KINDS:
@@ -169,16 +186,24 @@ class SpatialEncoder(nn.Module):
         weight_norm: weight-normalised layers (the paper: yes, data-dependent init).
     """
 
-    def __init__(self, latent_shape: Sequence[int], image_shape: Sequence[int] = (3, 32, 32),
-                 stage_channels: Sequence[int] = (48, 96, 96), stage_blocks: Sequence[int] = (2, 2, 3),
-                 kind: str = "resnet", dense_steps: int = 3, context_dim: int = 0, weight_norm: bool = False):
+    def __init__(
+        self,
+        latent_shape: Sequence[int],
+        image_shape: Sequence[int] = (3, 32, 32),
+        stage_channels: Sequence[int] = (48, 96, 96),
+        stage_blocks: Sequence[int] = (2, 2, 3),
+        kind: str = "resnet",
+        dense_steps: int = 3,
+        context_dim: int = 0,
+        weight_norm: bool = False,
+    ):
         super().__init__()
-        latent_shape, image_shape = check_spatial_shapes(latent_shape, image_shape, stage_channels, stage_blocks,
-                                                         kind)
+        latent_shape, image_shape = check_spatial_shapes(latent_shape, image_shape, stage_channels, stage_blocks, kind)
         wn = weight_norm
         stem: Entry = lambda i, o: Conv2d(i, o, 3, weight_norm=wn)  # noqa: E731
         down: Entry = lambda i, o: nn.Sequential(  # noqa: E731
-            nn.ELU(), Conv2d(i, o, 3, stride=2, padding=1, weight_norm=wn))
+            nn.ELU(), Conv2d(i, o, 3, stride=2, padding=1, weight_norm=wn)
+        )
         layers: list[nn.Module] = []
         channels = image_shape[0]
         for k, (width, blocks) in enumerate(zip(stage_channels, stage_blocks)):
@@ -187,8 +212,9 @@ class SpatialEncoder(nn.Module):
         self.net = nn.Sequential(*layers)
         self.head = Conv2d(channels, 2 * latent_shape[0], 1, weight_norm=wn)
         self.head.init_scale = HEAD_INIT  # q(z|x) starts near N(0, I): a small initial KL
-        self.context = (Linear(channels * latent_shape[1] * latent_shape[2], context_dim, weight_norm=wn)
-                        if context_dim else None)
+        self.context = (
+            Linear(channels * latent_shape[1] * latent_shape[2], context_dim, weight_norm=wn) if context_dim else None
+        )
         self.latent_shape, self.context_dim = latent_shape, context_dim
         self.latent_dim = math.prod(latent_shape)
 

@@ -71,12 +71,21 @@ class AffineAutoregressive(nn.Module):
         scale_bound: ``B`` in ``s = B * tanh(raw / B)``.
     """
 
-    def __init__(self, features: int, hidden: Sequence[int], order: Sequence[int] | None = None,
-                 context: int = 0, mean_only: bool = True, activation: str = "relu", scale_bound: float = 3.0):
+    def __init__(
+        self,
+        features: int,
+        hidden: Sequence[int],
+        order: Sequence[int] | None = None,
+        context: int = 0,
+        mean_only: bool = True,
+        activation: str = "relu",
+        scale_bound: float = 3.0,
+    ):
         super().__init__()
         self.mean_only, self.scale_bound, self.features = mean_only, scale_bound, features
-        self.made = MADE(features, hidden, n_params=1 if mean_only else 2, order=order,
-                         context=context, activation=activation)
+        self.made = MADE(
+            features, hidden, n_params=1 if mean_only else 2, order=order, context=context, activation=activation
+        )
 
     def _params(self, x: torch.Tensor, context: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.made(x, context)
@@ -127,12 +136,14 @@ class GaussianPrior(nn.Module):
         """``(B, D) -> (B,)``."""
         return self.log_prob_per_dim(z).sum(-1)
 
-    def rsample(self, n: int, eps: torch.Tensor | None = None, generator: torch.Generator | None = None
-                ) -> torch.Tensor:
+    def rsample(
+        self, n: int, eps: torch.Tensor | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """``n`` samples ``(n, D)``; ``eps`` fixes the base noise."""
         if eps is None:
-            eps = torch.randn(n, self.features, generator=generator, device=self._anchor.device,
-                              dtype=self._anchor.dtype)
+            eps = torch.randn(
+                n, self.features, generator=generator, device=self._anchor.device, dtype=self._anchor.dtype
+            )
         return eps
 
     @torch.no_grad()
@@ -164,8 +175,9 @@ class FlowPrior(GaussianPrior):
         eps, logdet = self.to_noise(z)
         return standard_normal_log_prob(eps) + logdet
 
-    def rsample(self, n: int, eps: torch.Tensor | None = None, generator: torch.Generator | None = None
-                ) -> torch.Tensor:
+    def rsample(
+        self, n: int, eps: torch.Tensor | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """``n`` samples ``(n, D)`` through the sequential inverse; ``eps (n, D)`` fixes the noise."""
         z = super().rsample(n, eps, generator)
         self._check(z)
@@ -190,12 +202,20 @@ class AFPrior(FlowPrior):
         activation: MADE activation (the paper: ReLU).
     """
 
-    def __init__(self, features: int, steps: int = 4, hidden: Sequence[int] = (640, 640, 640),
-                 mean_only: bool = True, activation: str = "relu"):
+    def __init__(
+        self,
+        features: int,
+        steps: int = 4,
+        hidden: Sequence[int] = (640, 640, 640),
+        mean_only: bool = True,
+        activation: str = "relu",
+    ):
         super().__init__(features)
         self.steps = nn.ModuleList(
             AffineAutoregressive(features, hidden, order, mean_only=mean_only, activation=activation)
-            for order in _alternating_orders(features, steps))
+            for order in _alternating_orders(features, steps)
+        )
+
 
 class IAFPosterior(nn.Module):
     """Posterior ``q(z|x)``: the encoder's diagonal Gaussian, optionally
@@ -214,17 +234,25 @@ class IAFPosterior(nn.Module):
         activation: MADE activation.
     """
 
-    def __init__(self, features: int, steps: int = 0, hidden: Sequence[int] = (320, 320), context: int = 0,
-                 mean_only: bool = False, activation: str = "elu"):
+    def __init__(
+        self,
+        features: int,
+        steps: int = 0,
+        hidden: Sequence[int] = (320, 320),
+        context: int = 0,
+        mean_only: bool = False,
+        activation: str = "elu",
+    ):
         super().__init__()
         self.features, self.context = features, context
         self.steps = nn.ModuleList(
-            AffineAutoregressive(features, hidden, order, context=context, mean_only=mean_only,
-                                 activation=activation)
-            for order in _alternating_orders(features, steps))
+            AffineAutoregressive(features, hidden, order, context=context, mean_only=mean_only, activation=activation)
+            for order in _alternating_orders(features, steps)
+        )
 
-    def rsample(self, mu: torch.Tensor, log_sigma: torch.Tensor, h: torch.Tensor | None = None,
-                eps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def rsample(
+        self, mu: torch.Tensor, log_sigma: torch.Tensor, h: torch.Tensor | None = None, eps: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Reparameterised sample and its log-density split per dimension.
 
         Args:

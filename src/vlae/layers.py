@@ -228,8 +228,15 @@ class ConvTranspose2d(nn.ConvTranspose2d, _WeightNorm):
     """``nn.ConvTranspose2d`` (stride-2 upsampling by default) with optional
     weight normalisation."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 4, stride: int = 2,
-                 padding: int = 1, weight_norm: bool = False):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 4,
+        stride: int = 2,
+        padding: int = 1,
+        weight_norm: bool = False,
+    ):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding)
         self._init_weight_norm(weight_norm, out_channels)
 
@@ -253,8 +260,13 @@ class ConvTranspose2d(nn.ConvTranspose2d, _WeightNorm):
 
     def frozen_forward(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """This layer's forward with its effective weight computed once (see :func:`frozen_weights`)."""
-        return functools.partial(F.conv_transpose2d, weight=self._effective_weight(self.weight).detach(),
-                                 bias=self.bias, stride=self.stride, padding=self.padding)
+        return functools.partial(
+            F.conv_transpose2d,
+            weight=self._effective_weight(self.weight).detach(),
+            bias=self.bias,
+            stride=self.stride,
+            padding=self.padding,
+        )
 
 
 class ResBlock(nn.Module):

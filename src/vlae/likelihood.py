@@ -14,5 +14,12 @@ from .observation import (
     observation_model,
 )
 
-__all__ = ["ObservationModel", "Bernoulli", "DiscretizedLogisticMixture", "OBSERVATIONS", "observation_model",
-           "bernoulli_log_prob", "bernoulli_from_uniform"]
+__all__ = [
+    "ObservationModel",
+    "Bernoulli",
+    "DiscretizedLogisticMixture",
+    "OBSERVATIONS",
+    "observation_model",
+    "bernoulli_log_prob",
+    "bernoulli_from_uniform",
+]

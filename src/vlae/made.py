@@ -69,9 +69,16 @@ class MADE(nn.Module):
             built on MADE starts close to the identity.
     """
 
-    def __init__(self, features: int, hidden: Sequence[int], n_params: int = 1,
-                 order: Sequence[int] | None = None, context: int = 0,
-                 activation: str = "relu", output_scale: float = 0.1):
+    def __init__(
+        self,
+        features: int,
+        hidden: Sequence[int],
+        n_params: int = 1,
+        order: Sequence[int] | None = None,
+        context: int = 0,
+        activation: str = "relu",
+        output_scale: float = 0.1,
+    ):
         super().__init__()
         if features < 1:
             raise ValueError(f"MADE needs at least one feature, got {features}")
@@ -84,7 +91,8 @@ class MADE(nn.Module):
             if width < features - 1:
                 raise ValueError(
                     f"MADE hidden width {width} < features - 1 = {features - 1}: some outputs would "
-                    "lose predecessors they are allowed to see")
+                    "lose predecessors they are allowed to see"
+                )
         self.features, self.n_params, self.context = features, n_params, context
         degrees_in = torch.empty(features, dtype=torch.long)
         degrees_in[torch.tensor(order)] = torch.arange(1, features + 1)
@@ -109,8 +117,9 @@ class MADE(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         if (context is None) != (self.context == 0):
-            raise ValueError("MADE was built with context size "
-                             f"{self.context} but got {'no' if context is None else 'a'} context")
+            raise ValueError(
+                f"MADE was built with context size {self.context} but got {'no' if context is None else 'a'} context"
+            )
         h = x
         layers = list(self.net)
         for i in range(0, len(layers), 2):

@@ -89,11 +89,17 @@ class MaskedConv2d(Conv2d):
         weight_norm: weight normalisation of the masked weight.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
-                 mask_type: str = "B", bias: bool = True, weight_norm: bool = False):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        mask_type: str = "B",
+        bias: bool = True,
+        weight_norm: bool = False,
+    ):
         mask = make_mask(kernel_size, mask_type)
-        super().__init__(in_channels, out_channels, tuple(mask.shape), bias=bias,
-                         weight_norm=weight_norm, mask=mask)
+        super().__init__(in_channels, out_channels, tuple(mask.shape), bias=bias, weight_norm=weight_norm, mask=mask)
         self.mask_type = mask_type
 
     def offsets(self) -> Offsets:

@@ -119,19 +119,32 @@ class VLAE(nn.Module):
             if cfg.latent_shape:  # the paper's CIFAR-10 model: a (C, h, w) code, flat (B, D) outside
                 c, h, w = cfg.latent_shape
                 shape = (c, h, w)
-                nets: dict[str, Any] = dict(stage_channels=cfg.stage_channels, stage_blocks=cfg.stage_blocks,
-                                            kind=cfg.encoder_kind, dense_steps=cfg.dense_steps, weight_norm=wn)
+                nets: dict[str, Any] = dict(
+                    stage_channels=cfg.stage_channels,
+                    stage_blocks=cfg.stage_blocks,
+                    kind=cfg.encoder_kind,
+                    dense_steps=cfg.dense_steps,
+                    weight_norm=wn,
+                )
                 self.encoder = SpatialEncoder(shape, cfg.image_shape, context_dim=context, **nets)
-                self.prior = (SpatialAFPrior(shape, cfg.flow_steps, cfg.prior_hidden, cfg.prior_layers,
-                                             cfg.prior_kernel, cfg.mean_only, wn)
-                              if cfg.prior == "af" else GaussianPrior(d))
+                self.prior = (
+                    SpatialAFPrior(
+                        shape, cfg.flow_steps, cfg.prior_hidden, cfg.prior_layers, cfg.prior_kernel, cfg.mean_only, wn
+                    )
+                    if cfg.prior == "af"
+                    else GaussianPrior(d)
+                )
                 self.upsampler = SpatialUpsampler(shape, cfg.image_shape, cond, **nets)
             else:
                 self.encoder = Encoder(d, cfg.image_shape, cfg.encoder_channels, cfg.encoder_blocks, context, wn)
-                self.prior = (AFPrior(d, cfg.flow_steps, cfg.made_hidden, cfg.mean_only, cfg.made_activation)
-                              if cfg.prior == "af" else GaussianPrior(d))
-                self.upsampler = ConditionUpsampler(d, cfg.image_shape, cfg.upsampler_channels, cond,
-                                                    cfg.upsampler_blocks, wn)
+                self.prior = (
+                    AFPrior(d, cfg.flow_steps, cfg.made_hidden, cfg.mean_only, cfg.made_activation)
+                    if cfg.prior == "af"
+                    else GaussianPrior(d)
+                )
+                self.upsampler = ConditionUpsampler(
+                    d, cfg.image_shape, cfg.upsampler_channels, cond, cfg.upsampler_blocks, wn
+                )
         self.decoder = self._build_decoder(cfg, cond)
         assert type(self.decoder) is DECODERS[cfg.decoder]
 
@@ -139,15 +152,38 @@ class VLAE(nn.Module):
         wn, c, p = cfg.weight_norm, cfg.image_shape[0], self.observation.param_channels
         io: dict[str, Any] = dict(in_channels=c, out_channels=p, gray_context=cfg.gray_context)
         if cfg.decoder == "masked":
-            return MaskedPixelCNN(cfg.decoder_layers, cfg.decoder_kernel, cfg.decoder_filters, cond,
-                                  cfg.decoder_blocks_1x1, cfg.tie_weights, cfg.cond_every_layer, wn, **io)
+            return MaskedPixelCNN(
+                cfg.decoder_layers,
+                cfg.decoder_kernel,
+                cfg.decoder_filters,
+                cond,
+                cfg.decoder_blocks_1x1,
+                cfg.tie_weights,
+                cfg.cond_every_layer,
+                wn,
+                **io,
+            )
         if cfg.decoder == "gated" and cfg.decoder_field:
-            return GatedPixelCNN.from_field(cfg.decoder_field, cfg.decoder_filters, cond,
-                                            cond_every_layer=cfg.cond_every_layer, weight_norm=wn,
-                                            blocks_1x1=cfg.gated_blocks_1x1, **io)
+            return GatedPixelCNN.from_field(
+                cfg.decoder_field,
+                cfg.decoder_filters,
+                cond,
+                cond_every_layer=cfg.cond_every_layer,
+                weight_norm=wn,
+                blocks_1x1=cfg.gated_blocks_1x1,
+                **io,
+            )
         if cfg.decoder == "gated":
-            return GatedPixelCNN(cfg.decoder_layers, cfg.decoder_kernel, cfg.decoder_filters, cond,
-                                 cfg.cond_every_layer, wn, blocks_1x1=cfg.gated_blocks_1x1, **io)
+            return GatedPixelCNN(
+                cfg.decoder_layers,
+                cfg.decoder_kernel,
+                cfg.decoder_filters,
+                cond,
+                cfg.cond_every_layer,
+                wn,
+                blocks_1x1=cfg.gated_blocks_1x1,
+                **io,
+            )
         return FactorizedDecoder(cond, cfg.decoder_filters, wn, out_channels=p)
 
     # ------------------------------------------------------------------ helpers
@@ -209,8 +245,9 @@ class VLAE(nn.Module):
         IAF context ``h``. (``self.encoder`` itself expects images scaled to [-1, 1].)"""
         return self.encoder(self.observation.scale(x))
 
-    def posterior_sample(self, x: torch.Tensor, n: int = 1, generator: torch.Generator | None = None
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    def posterior_sample(
+        self, x: torch.Tensor, n: int = 1, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` samples per image from q(z|x): ``z (n*B, D)`` ordered sample-major
         (``z[s * B + b]``), and ``log q`` per dimension ``(n*B, D)``."""
         mu, log_sigma, h = self.encode(x)
@@ -261,8 +298,9 @@ class VLAE(nn.Module):
         per_group = terms.kl_per_dim.view(terms.kl_per_dim.shape[0], g, -1).sum(-1).mean(0)
         return per_group.clamp_min(lam / g).sum()
 
-    def loss(self, x: torch.Tensor, kl_weight: float = 1.0, free_bits: bool = True,
-             generator: torch.Generator | None = None) -> tuple[torch.Tensor, Terms]:
+    def loss(
+        self, x: torch.Tensor, kl_weight: float = 1.0, free_bits: bool = True, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, Terms]:
         """Training objective (nats per image, batch mean) and the raw terms."""
         terms = self.terms(x, generator)
         return terms.recon.mean() + kl_weight * self.kl_penalty(terms, free_bits), terms
@@ -273,8 +311,14 @@ class VLAE(nn.Module):
         layer's convolution of the image)."""
         return (*self.encode(x), self.decoder.image_part(self.observation.scale(x)))
 
-    def sample_terms(self, x: torch.Tensor, k: int, generator: torch.Generator | None = None,
-                     eps: torch.Tensor | None = None, shared: tuple | None = None) -> Terms:
+    def sample_terms(
+        self,
+        x: torch.Tensor,
+        k: int,
+        generator: torch.Generator | None = None,
+        eps: torch.Tensor | None = None,
+        shared: tuple | None = None,
+    ) -> Terms:
         """Bound terms of ``k`` samples ``z_j ~ q(z|x)`` per image, sample-major
         (entry ``j * B + b``): ``recon (k*B,)``, ``kl (k*B,)``, ``kl_per_dim (k*B, D)``;
         ``-nelbo`` is the log weight. ``eps (k*B, D)`` fixes the base noise (default:
@@ -285,8 +329,9 @@ class VLAE(nn.Module):
         else:
             mu, log_sigma, h, part = shared if shared is not None else self.shared(x)
             if eps is None:
-                eps = torch.randn((k * x.shape[0], self.latent_dim), generator=generator, device=mu.device,
-                                  dtype=mu.dtype)
+                eps = torch.randn(
+                    (k * x.shape[0], self.latent_dim), generator=generator, device=mu.device, dtype=mu.dtype
+                )
             rep = lambda t: t.repeat(k, 1)  # noqa: E731 -- sample-major
             z, log_q = self.posterior.rsample(rep(mu), rep(log_sigma), rep(h), eps)
         kl_per_dim = log_q - self.prior.log_prob_per_dim(z)
@@ -302,8 +347,9 @@ class VLAE(nn.Module):
         return (-self.sample_terms(x, k, generator).nelbo).view(k, x.shape[0])
 
     @torch.no_grad()
-    def iw_bound(self, x: torch.Tensor, k: int, chunk: int = 0, generator: torch.Generator | None = None
-                 ) -> torch.Tensor:
+    def iw_bound(
+        self, x: torch.Tensor, k: int, chunk: int = 0, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Importance-weighted lower bound on ``log p(x)`` with ``k`` samples.
 
         Samples are drawn ``chunk`` per image at a time (default:
@@ -327,8 +373,14 @@ class VLAE(nn.Module):
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
-    def sample(self, n: int, z: torch.Tensor | None = None, u: torch.Tensor | None = None,
-               generator: torch.Generator | None = None, return_probs: bool = False):
+    def sample(
+        self,
+        n: int,
+        z: torch.Tensor | None = None,
+        u: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        return_probs: bool = False,
+    ):
         """Naive exact sampling: ``z`` from the prior, then ``x`` pixel by pixel,
         re-running the whole decoder for each of the ``H * W`` pixels.
 
@@ -366,17 +418,18 @@ class VLAE(nn.Module):
         summary = None
         for i in range(height):
             for j in range(width):
-                params = self.decoder(self.observation.scale(x), cond)[:, :, i:i + 1, j:j + 1]
-                x[:, :, i:i + 1, j:j + 1] = self.observation.sample(params, u[:, :, i:i + 1, j:j + 1])
+                params = self.decoder(self.observation.scale(x), cond)[:, :, i : i + 1, j : j + 1]
+                x[:, :, i : i + 1, j : j + 1] = self.observation.sample(params, u[:, :, i : i + 1, j : j + 1])
                 if return_probs:
                     s = self.observation.summary(params)
                     summary = summary if summary is not None else s.new_zeros(n, s.shape[1], height, width)
-                    summary[:, :, i:i + 1, j:j + 1] = s
+                    summary[:, :, i : i + 1, j : j + 1] = s
         return (x, summary) if return_probs else x
 
     @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor, n: int = 1, generator: torch.Generator | None = None,
-                    sampler=None) -> torch.Tensor:
+    def reconstruct(
+        self, x: torch.Tensor, n: int = 1, generator: torch.Generator | None = None, sampler=None
+    ) -> torch.Tensor:
         """Lossy reconstructions: ``z ~ q(z|x)`` once per image, then ``n``
         draws ``x' ~ p(x|z)`` with that same ``z``.
 

@@ -44,8 +44,15 @@ import torch.nn.functional as F
 from .config import OBSERVATIONS, data_dims
 from .errors import VLAEError
 
-__all__ = ["ObservationModel", "Bernoulli", "DiscretizedLogisticMixture", "OBSERVATIONS", "observation_model",
-           "bernoulli_log_prob", "bernoulli_from_uniform"]
+__all__ = [
+    "ObservationModel",
+    "Bernoulli",
+    "DiscretizedLogisticMixture",
+    "OBSERVATIONS",
+    "observation_model",
+    "bernoulli_log_prob",
+    "bernoulli_from_uniform",
+]
 
 
 def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
@@ -227,9 +234,12 @@ class DiscretizedLogisticMixture(ObservationModel):
         K, C, S = self.components, self.channels, params.shape[2:]
         logits, means, log_scales, coeffs = params.split([K, C * K, C * K, self.n_coeffs * K], dim=1)
         b = params.shape[0]
-        return (logits, means.reshape(b, C, K, *S),
-                log_scales.reshape(b, C, K, *S).clamp(_LOG_SCALE_MIN, _LOG_SCALE_MAX),
-                torch.tanh(coeffs.reshape(b, self.n_coeffs, K, *S)))
+        return (
+            logits,
+            means.reshape(b, C, K, *S),
+            log_scales.reshape(b, C, K, *S).clamp(_LOG_SCALE_MIN, _LOG_SCALE_MAX),
+            torch.tanh(coeffs.reshape(b, self.n_coeffs, K, *S)),
+        )
 
     def _mean(self, means, coeffs, v, c: int) -> torch.Tensor:
         """Mean of channel ``c`` per component ``(B, K, *S)`` given the earlier channels
@@ -277,8 +287,10 @@ class DiscretizedLogisticMixture(ObservationModel):
         logits, means, log_scales, coeffs = self._split(params)
         x = _at_least_fp32(x).to(logits.dtype)
         v = self.scale(x)
-        per_channel = [self._log_bin(v[:, c:c + 1], self._mean(means, coeffs, v, c), log_scales[:, c], x[:, c:c + 1])
-                       for c in range(self.channels)]
+        per_channel = [
+            self._log_bin(v[:, c : c + 1], self._mean(means, coeffs, v, c), log_scales[:, c], x[:, c : c + 1])
+            for c in range(self.channels)
+        ]
         return torch.stack(per_channel, 1), F.log_softmax(logits, dim=1)
 
     # ------------------------------------------------------------------ interface
@@ -314,16 +326,19 @@ class DiscretizedLogisticMixture(ObservationModel):
         """
         c = previous.shape[-1]
         if params.dim() != 2 or previous.dim() != 2 or len(previous) != len(params) or not 0 <= c < self.channels:
-            raise VLAEError(f"channel_probs needs params (n, {self.param_channels}) and previous channels (n, c) with "
-                            f"c < {self.channels}, got {tuple(params.shape)} and {tuple(previous.shape)}")
+            raise VLAEError(
+                f"channel_probs needs params (n, {self.param_channels}) and previous channels (n, c) with "
+                f"c < {self.channels}, got {tuple(params.shape)} and {tuple(previous.shape)}"
+            )
         with _no_autocast(params.device):
             logits, means, log_scales, coeffs = self._split(params.double())  # (n, K), (n, C, K), .., (n, C', K)
             x = previous.double()
             v = self.scale(x)
             log_w = F.log_softmax(logits, dim=1)
             for j in range(c):  # re-weight the components by the channels already known
-                log_w = log_w + self._log_bin(v[:, j:j + 1], self._mean(means, coeffs, v, j), log_scales[:, j],
-                                              x[:, j:j + 1])
+                log_w = log_w + self._log_bin(
+                    v[:, j : j + 1], self._mean(means, coeffs, v, j), log_scales[:, j], x[:, j : j + 1]
+                )
             log_w = F.log_softmax(log_w, dim=1)
             mu, log_s = self._mean(means, coeffs, v, c)[..., None], log_scales[:, c, :, None]  # (n, K, 1)
             edges = self.scale(torch.arange(1, 256, dtype=torch.float64, device=params.device)) - _HALF_BIN
@@ -332,8 +347,9 @@ class DiscretizedLogisticMixture(ObservationModel):
             mass = torch.empty(*t.shape[:-1], 256, dtype=t.dtype, device=t.device)
             mass[..., 0], mass[..., 255] = lower[..., 0], upper[..., -1]  # the edge bins: tails to -inf, +inf
             # Left of the centre, differences of lower tails; from there on, of upper tails.
-            mass[..., 1:255] = torch.where(t[..., 1:] <= 0, lower[..., 1:] - lower[..., :-1],
-                                           upper[..., :-1] - upper[..., 1:])
+            mass[..., 1:255] = torch.where(
+                t[..., 1:] <= 0, lower[..., 1:] - lower[..., :-1], upper[..., :-1] - upper[..., 1:]
+            )
             return torch.bmm(log_w.exp()[:, None, :], mass)[:, 0]
 
     def sample_with_margin(self, params: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -355,7 +371,7 @@ class DiscretizedLogisticMixture(ObservationModel):
             cum = torch.softmax(logits, dim=1).cumsum(1)[:, :-1]
             k = (cum <= u[:, :1]).sum(1, keepdim=True)
             weight_bound = 2 * (1 + logits.abs().amax(1))
-            margin = ((u[:, :1] - cum).abs().amin(1) if cum.shape[1] else torch.full_like(u[:, 0], math.inf))
+            margin = (u[:, :1] - cum).abs().amin(1) if cum.shape[1] else torch.full_like(u[:, 0], math.inf)
             margin = margin / weight_bound
             pick = lambda t: t.gather(1, k).squeeze(1)  # noqa: E731 -- (B, K, *S) -> (B, *S), component k
             x = logits.new_zeros(u.shape[0], self.channels, *u.shape[2:])
@@ -369,10 +385,15 @@ class DiscretizedLogisticMixture(ObservationModel):
                 below = torch.where(xc > 0, pos - (xc - 0.5), torch.full_like(pos, math.inf))
                 above = torch.where(xc < 255, (xc + 0.5) - pos, torch.full_like(pos, math.inf))
                 dist = torch.minimum(below, above) / 127.5
-                bound = 1 + pick(means[:, c]).abs() + 2 * v[:, :c].abs().sum(1) + (torch.exp(log_s) * t).abs() * (
-                    1 + log_s.abs())
-                margin = torch.minimum(margin, torch.where(torch.isinf(t), torch.full_like(dist, math.inf),
-                                                           dist / bound))
+                bound = (
+                    1
+                    + pick(means[:, c]).abs()
+                    + 2 * v[:, :c].abs().sum(1)
+                    + (torch.exp(log_s) * t).abs() * (1 + log_s.abs())
+                )
+                margin = torch.minimum(
+                    margin, torch.where(torch.isinf(t), torch.full_like(dist, math.inf), dist / bound)
+                )
                 x[:, c] = xc
             return x.to(params.dtype), margin
 
@@ -383,8 +404,9 @@ class DiscretizedLogisticMixture(ObservationModel):
         if x.is_floating_point() and not torch.isfinite(x).all():
             raise VLAEError("8-bit images must be finite integers 0..255, got NaN or inf")
         if (x < 0).any() or (x > 255).any():
-            raise VLAEError(f"8-bit images must be integers 0..255, got values in [{x.min().item():g}, "
-                            f"{x.max().item():g}]")
+            raise VLAEError(
+                f"8-bit images must be integers 0..255, got values in [{x.min().item():g}, {x.max().item():g}]"
+            )
         if x.is_floating_point() and (x != torch.round(x)).any():
             raise VLAEError("8-bit images must be integers 0..255, got non-integer values")
 

@@ -34,8 +34,17 @@ from typing import IO, Any, Callable, Iterator
 
 from .errors import VLAEError
 
-__all__ = ["strict", "dumps", "write_json", "write_text", "prepare_output", "writing", "atomic_write",
-           "os_error_message", "write_error"]
+__all__ = [
+    "strict",
+    "dumps",
+    "write_json",
+    "write_text",
+    "prepare_output",
+    "writing",
+    "atomic_write",
+    "os_error_message",
+    "write_error",
+]
 
 NON_FINITE_KEY = "non_finite"
 
@@ -108,8 +117,7 @@ def write_error(path: str | os.PathLike, error: BaseException) -> VLAEError:
     return VLAEError(os_error_message(path, error))
 
 
-def prepare_output(path: str | os.PathLike, what: str = "output file",
-                   suffixes: tuple[str, ...] | None = None) -> Path:
+def prepare_output(path: str | os.PathLike, what: str = "output file", suffixes: tuple[str, ...] | None = None) -> Path:
     """Check that a file can be written at ``path`` and create its folder.
 
     Raises :class:`VLAEError` (one line) when ``path`` is a folder, its suffix is
@@ -199,7 +207,8 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
-def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2, sort_keys: bool = False,
-               default=None) -> Path:
+def write_json(
+    path: str | os.PathLike, obj: Any, indent: int | None = 2, sort_keys: bool = False, default=None
+) -> Path:
     """Write ``obj`` as strict JSON (:func:`dumps`) atomically to ``path``."""
     return write_text(path, dumps(obj, indent=indent, sort_keys=sort_keys, default=default) + "\n")

@@ -81,8 +81,18 @@ from .config import field_depths, parse_field  # the field's name is configurati
 from .layers import Conv2d, ResBlock
 from .masked_conv import MaskedConv2d, Offsets, dilate, extent, full_offsets, make_mask, mask_offsets
 
-__all__ = ["MaskedPixelCNN", "GatedPixelCNN", "FactorizedDecoder", "DECODERS",
-           "GRAY_WEIGHTS", "grayscale", "parse_field", "field_depths", "field_offsets", "field_name"]
+__all__ = [
+    "MaskedPixelCNN",
+    "GatedPixelCNN",
+    "FactorizedDecoder",
+    "DECODERS",
+    "GRAY_WEIGHTS",
+    "grayscale",
+    "parse_field",
+    "field_depths",
+    "field_offsets",
+    "field_name",
+]
 
 _ORIGIN: Offsets = frozenset({(0, 0)})
 _EMPTY: Offsets = frozenset()
@@ -177,17 +187,29 @@ class MaskedPixelCNN(_Decoder):
         gray_context: read only the luma of the pixels (needs ``C = 3``).
     """
 
-    def __init__(self, layers: int = 6, kernel_size: int = 3, filters: int = 12, cond_channels: int = 4,
-                 blocks_1x1: int = 4, tie_weights: bool = True, cond_every_layer: bool = False,
-                 weight_norm: bool = False, in_channels: int = 1, out_channels: int = 1, gray_context: bool = False):
+    def __init__(
+        self,
+        layers: int = 6,
+        kernel_size: int = 3,
+        filters: int = 12,
+        cond_channels: int = 4,
+        blocks_1x1: int = 4,
+        tie_weights: bool = True,
+        cond_every_layer: bool = False,
+        weight_norm: bool = False,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        gray_context: bool = False,
+    ):
         super().__init__()
         if layers < 1:
             raise ValueError(f"decoder needs at least one masked layer, got {layers}")
         self.layers, self.kernel_size = layers, kernel_size
         self.cond_channels, self.cond_every_layer = cond_channels, cond_every_layer
         self.in_channels, self.gray_context = in_channels, _check_gray(gray_context, in_channels)
-        self.first = MaskedConv2d(1 if gray_context else in_channels, filters, kernel_size, "A",
-                                  weight_norm=weight_norm)
+        self.first = MaskedConv2d(
+            1 if gray_context else in_channels, filters, kernel_size, "A", weight_norm=weight_norm
+        )
         self.cond_in = Conv2d(cond_channels, filters, kernel_size, weight_norm=weight_norm) if cond_channels else None
         n_b = layers - 1
         if tie_weights and n_b > 0:
@@ -195,15 +217,21 @@ class MaskedPixelCNN(_Decoder):
             self.masked = nn.ModuleList([shared] * n_b)  # the same module, applied n_b times
         else:
             self.masked = nn.ModuleList(
-                MaskedConv2d(filters, filters, kernel_size, "B", weight_norm=weight_norm) for _ in range(n_b))
-        self.cond_layers = nn.ModuleList(
-            Conv2d(cond_channels, filters, 1, weight_norm=weight_norm) for _ in range(n_b)
-        ) if (cond_channels and cond_every_layer) else None
+                MaskedConv2d(filters, filters, kernel_size, "B", weight_norm=weight_norm) for _ in range(n_b)
+            )
+        self.cond_layers = (
+            nn.ModuleList(Conv2d(cond_channels, filters, 1, weight_norm=weight_norm) for _ in range(n_b))
+            if (cond_channels and cond_every_layer)
+            else None
+        )
         # 1x1 groups after masked layers 2, 4, ... (1-based), never after the last.
-        self.groups = nn.ModuleDict({
-            str(l): nn.Sequential(*(ResBlock(filters, 1, weight_norm) for _ in range(blocks_1x1)))
-            for l in range(2, layers, 2) if blocks_1x1 > 0
-        })
+        self.groups = nn.ModuleDict(
+            {
+                str(l): nn.Sequential(*(ResBlock(filters, 1, weight_norm) for _ in range(blocks_1x1)))
+                for l in range(2, layers, 2)
+                if blocks_1x1 > 0
+            }
+        )
         self.out = Conv2d(filters, out_channels, 1, weight_norm=weight_norm)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
@@ -282,10 +310,21 @@ class GatedPixelCNN(_Decoder):
         gray_context: read only the luma of the pixels (needs ``C = 3``).
     """
 
-    def __init__(self, layers: int = 6, kernel_size: int = 3, filters: int = 32, cond_channels: int = 4,
-                 cond_every_layer: bool = True, weight_norm: bool = False, in_channels: int = 1,
-                 out_channels: int = 1, vertical_layers: int | None = None, first_rows: int | None = None,
-                 blocks_1x1: int = 0, gray_context: bool = False):
+    def __init__(
+        self,
+        layers: int = 6,
+        kernel_size: int = 3,
+        filters: int = 32,
+        cond_channels: int = 4,
+        cond_every_layer: bool = True,
+        weight_norm: bool = False,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        vertical_layers: int | None = None,
+        first_rows: int | None = None,
+        blocks_1x1: int = 0,
+        gray_context: bool = False,
+    ):
         super().__init__()
         if layers < 1:
             raise ValueError(f"decoder needs at least one gated layer, got {layers}")
@@ -310,8 +349,9 @@ class GatedPixelCNN(_Decoder):
             if l < lv:
                 shape = (2 * rows + 1, kernel_size) if l == 0 else kernel_size
                 self.v_convs.append(MaskedConv2d(c_in, 2 * filters, shape, "V_A" if l == 0 else "V_B", weight_norm=wn))
-            self.h_convs.append(MaskedConv2d(c_in, 2 * filters, (1, kernel_size), "A" if l == 0 else "B",
-                                             weight_norm=wn))
+            self.h_convs.append(
+                MaskedConv2d(c_in, 2 * filters, (1, kernel_size), "A" if l == 0 else "B", weight_norm=wn)
+            )
             self.v_to_h.append(Conv2d(2 * filters, 2 * filters, 1, weight_norm=wn))
             self.h_out.append(Conv2d(filters, filters, 1, weight_norm=wn))
             self.skips.append(Conv2d(filters, filters, 1, weight_norm=wn))
@@ -347,8 +387,9 @@ class GatedPixelCNN(_Decoder):
         v_lin = self.v_convs[0](context)
         return v_lin, self.h_convs[0](context) + self.v_to_h[0](v_lin)
 
-    def from_image_part(self, part: tuple[torch.Tensor, torch.Tensor], cond: torch.Tensor | None = None
-                        ) -> torch.Tensor:
+    def from_image_part(
+        self, part: tuple[torch.Tensor, torch.Tensor], cond: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The outputs from :meth:`image_part` of ``B`` images and a conditioning map of
         ``k * B`` (sample-major: ``cond[s * B + b]`` belongs to image ``b``)."""
         skip = 0
@@ -400,7 +441,8 @@ class GatedPixelCNN(_Decoder):
             return _EMPTY
         first = full_offsets(self.kernel_size)
         return self._propagate(first, first, _ORIGIN if self.cond_every_layer else _EMPTY) | (
-            _ORIGIN if self.blocks else _EMPTY)
+            _ORIGIN if self.blocks else _EMPTY
+        )
 
 
 class _GatedBlock1x1(nn.Module):

@@ -31,18 +31,27 @@ import math
 
 import numpy as np
 
-__all__ = ["snap", "SIGNIFICANT_BITS", "TIE_MARGIN", "exp", "sigmoid", "normal_tail", "normal_bin_masses",
-           "normal_quantile"]
+__all__ = [
+    "snap",
+    "SIGNIFICANT_BITS",
+    "TIE_MARGIN",
+    "exp",
+    "sigmoid",
+    "normal_tail",
+    "normal_bin_masses",
+    "normal_quantile",
+]
 
 #: The grid: ``2**(max(e, 0) - 16)`` for ``|v|`` in ``[2**(e-1), 2**e)``.
 SIGNIFICANT_BITS = 16
 #: A value closer than this to a rounding boundary, in grid steps, is a near-tie:
 #: ``2**-24`` steps is ``2**-40 * max(1, |v|)`` (at most), about 8,000 float64 ulps.
-TIE_MARGIN = 2.0 ** -24
+TIE_MARGIN = 2.0**-24
 
 
-def snap(v: np.ndarray, force: tuple[np.ndarray, np.ndarray] | None = None, relative: bool = False
-         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def snap(
+    v: np.ndarray, force: tuple[np.ndarray, np.ndarray] | None = None, relative: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Round float64 values to the grid.
 
     Args:
@@ -110,8 +119,18 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 # Chebyshev fit of erfc(z) = t exp(-z^2 + P(t)), t = 1 / (1 + z / 2), z >= 0, with
 # fractional error below 1.2e-7 everywhere (Press et al., Numerical Recipes, 6.2).
-_ERFC = (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806, 0.27886807, -1.13520398, 1.48851587,
-         -0.82215223, 0.17087277)
+_ERFC = (
+    -1.26551223,
+    1.00002368,
+    0.37409196,
+    0.09678418,
+    -0.18628806,
+    0.27886807,
+    -1.13520398,
+    1.48851587,
+    -0.82215223,
+    0.17087277,
+)
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 
 

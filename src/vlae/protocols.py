@@ -49,14 +49,32 @@ class Protocol:
 
 PROTOCOLS = {
     "static-mnist": Protocol(
-        name="static-mnist", preset="mnist-paper", dataset="binarized-mnist", batch_size=128, eval_k=4096,
-        test_images=10_000, paper_value=79.03, unit="nats", epochs=300, epoch_images=50_000,
+        name="static-mnist",
+        preset="mnist-paper",
+        dataset="binarized-mnist",
+        batch_size=128,
+        eval_k=4096,
+        test_images=10_000,
+        paper_value=79.03,
+        unit="nats",
+        epochs=300,
+        epoch_images=50_000,
         source="Chen et al. (2017), Table 1 (VLAE, statically binarized MNIST); schedule of the authors' "
-               "vlae_final.py launcher: batch 128, Adamax 2e-3, Polyak 0.998, 300 epochs"),
+        "vlae_final.py launcher: batch 128, Adamax 2e-3, Polyak 0.998, 300 epochs",
+    ),
     "cifar10": Protocol(
-        name="cifar10", preset="cifar-paper-dense", dataset="cifar10", batch_size=128, eval_k=512,
-        test_images=10_000, paper_value=2.95, unit="bits/dim", steps=530_000, train_on_valid=True,
+        name="cifar10",
+        preset="cifar-paper-dense",
+        dataset="cifar10",
+        batch_size=128,
+        eval_k=512,
+        test_images=10_000,
+        paper_value=2.95,
+        unit="bits/dim",
+        steps=530_000,
+        train_on_valid=True,
         source="Chen et al. (2017), Table 3 (DenseNet VLAE, CIFAR-10); about 530k steps of global batch 128, "
-               "inferred from the step counts in the authors' launchers 0109-0113 (rllab-curriculum, "
-               "sandbox/pchen/InfoGAN/launchers_prime)"),
+        "inferred from the step counts in the authors' launchers 0109-0113 (rllab-curriculum, "
+        "sandbox/pchen/InfoGAN/launchers_prime)",
+    ),
 }

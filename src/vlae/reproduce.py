@@ -74,8 +74,9 @@ def training_rate(cfg: Config, steps: int, data: Any = None) -> tuple[float, dic
     return images / (stamps[steps] - stamps[first]), summary
 
 
-def project(cfg: Config, protocol: Protocol, warmup_steps: int = 30, notice: Callable[[str], object] = print
-            ) -> dict[str, Any]:
+def project(
+    cfg: Config, protocol: Protocol, warmup_steps: int = 30, notice: Callable[[str], object] = print
+) -> dict[str, Any]:
     """Time ``warmup_steps`` steps of ``cfg``'s training loop and a pass of its IW bound on this
     device, and project the protocol's training and evaluation hours from the two rates."""
     from .evaluate import evaluate_model
@@ -98,12 +99,19 @@ def project(cfg: Config, protocol: Protocol, warmup_steps: int = 30, notice: Cal
     if device.type == "cuda":
         torch.cuda.synchronize()
     eval_rate = images * k / (time.perf_counter() - start)
-    train_images = cfg.train.max_steps * cfg.train.batch_size if cfg.train.max_steps else \
-        cfg.train.epochs * protocol.epoch_images
-    out = {"device": str(device), "precision": summary["precision"], "cuda_graph": summary["cuda_graph"],
-           "train_images_per_s": train_rate, "iw_samples_per_s": eval_rate, "train_images": train_images,
-           "train_hours": train_images / train_rate / 3600,
-           "eval_hours": protocol.eval_samples / eval_rate / 3600}
+    train_images = (
+        cfg.train.max_steps * cfg.train.batch_size if cfg.train.max_steps else cfg.train.epochs * protocol.epoch_images
+    )
+    out = {
+        "device": str(device),
+        "precision": summary["precision"],
+        "cuda_graph": summary["cuda_graph"],
+        "train_images_per_s": train_rate,
+        "iw_samples_per_s": eval_rate,
+        "train_images": train_images,
+        "train_hours": train_images / train_rate / 3600,
+        "eval_hours": protocol.eval_samples / eval_rate / 3600,
+    }
     out["total_hours"] = out["train_hours"] + out["eval_hours"]
     return out
 
@@ -112,9 +120,21 @@ def _hours(h: float) -> str:
     return f"{h * 60:.0f} min" if h < 1 else f"{h:.1f} h"
 
 
-def reproduce(name: str, run_dir: str | Path, *, yes: bool = False, time_budget: float = 0.0, resume: bool = False,
-              device: str = "auto", data_dir: str | None = None, overrides: Sequence[str] = (), warmup_steps: int = 30,
-              subset: int = 0, k: int | None = None, notice: Callable[[str], object] = print) -> dict[str, Any]:
+def reproduce(
+    name: str,
+    run_dir: str | Path,
+    *,
+    yes: bool = False,
+    time_budget: float = 0.0,
+    resume: bool = False,
+    device: str = "auto",
+    data_dir: str | None = None,
+    overrides: Sequence[str] = (),
+    warmup_steps: int = 30,
+    subset: int = 0,
+    k: int | None = None,
+    notice: Callable[[str], object] = print,
+) -> dict[str, Any]:
     """Run protocol ``name`` into ``run_dir`` (see the module docstring); returns the report."""
     from .evaluate import evaluate_checkpoint
     from .train import train
@@ -127,16 +147,22 @@ def reproduce(name: str, run_dir: str | Path, *, yes: bool = False, time_budget:
     cfg = protocol_config(protocol, device, [*overrides, *([f"train.data_dir={data_dir}"] if data_dir else [])])
     run_dir = Path(run_dir)
     if not resume and run_dir.is_dir() and any(run_dir.iterdir()):
-        raise VLAEError(f"{run_dir}: the run folder is not empty; pass --resume to continue its reproduction, "
-                        "or choose another --run-dir")
+        raise VLAEError(
+            f"{run_dir}: the run folder is not empty; pass --resume to continue its reproduction, "
+            "or choose another --run-dir"
+        )
     plan = project(cfg, protocol, warmup_steps, notice)
-    notice(f"{name} on {plan['device']}: training {plan['train_images']:,} images at "
-           f"{plan['train_images_per_s']:,.0f} images/s ~ {_hours(plan['train_hours'])}, "
-           f"IW bound (k={protocol.eval_k}, {protocol.test_images:,} test images) ~ {_hours(plan['eval_hours'])}: "
-           f"about {_hours(plan['total_hours'])} in all")
+    notice(
+        f"{name} on {plan['device']}: training {plan['train_images']:,} images at "
+        f"{plan['train_images_per_s']:,.0f} images/s ~ {_hours(plan['train_hours'])}, "
+        f"IW bound (k={protocol.eval_k}, {protocol.test_images:,} test images) ~ {_hours(plan['eval_hours'])}: "
+        f"about {_hours(plan['total_hours'])} in all"
+    )
     if plan["device"] == "cpu" and not yes and not time_budget:
-        raise VLAEError(f"{name} would take about {_hours(plan['total_hours'])} on this CPU (projected from a timed "
-                        "warm-up); pass --yes to start it anyway, or --time-budget SECONDS to train for a fixed time")
+        raise VLAEError(
+            f"{name} would take about {_hours(plan['total_hours'])} on this CPU (projected from a timed "
+            "warm-up); pass --yes to start it anyway, or --time-budget SECONDS to train for a fixed time"
+        )
     cfg.train.time_budget = time_budget
     summary = train(cfg, run_dir, resume=resume)
     weights_file = run_dir / "best.pt" if (run_dir / "best.pt").is_file() else Path(summary["checkpoint"])
@@ -146,13 +172,24 @@ def reproduce(name: str, run_dir: str | Path, *, yes: bool = False, time_budget:
 
     write_json(run_dir / "reproduce.json", report)
     write_text(run_dir / "reproduce.md", _markdown(report))
-    notice(f"{name}: ours {report['ours']:.2f} {protocol.unit} against the paper's {protocol.paper_value} "
-           f"({report['estimator']}); report in {run_dir / 'reproduce.md'}")
+    notice(
+        f"{name}: ours {report['ours']:.2f} {protocol.unit} against the paper's {protocol.paper_value} "
+        f"({report['estimator']}); report in {run_dir / 'reproduce.md'}"
+    )
     return report
 
 
-def _report(protocol: Protocol, cfg: Config, plan: dict, summary: dict, result: dict, overrides: Sequence[str],
-            time_budget: float, subset: int, k: int | None) -> dict[str, Any]:
+def _report(
+    protocol: Protocol,
+    cfg: Config,
+    plan: dict,
+    summary: dict,
+    result: dict,
+    overrides: Sequence[str],
+    time_budget: float,
+    subset: int,
+    k: int | None,
+) -> dict[str, Any]:
     ours = result["bits_per_dim"] if protocol.unit == "bits/dim" else result["nll"]
     seen = summary["steps"] * cfg.train.batch_size * summary["world_size"]
     deviations = []
@@ -163,23 +200,58 @@ def _report(protocol: Protocol, cfg: Config, plan: dict, summary: dict, result: 
     deviations += [f"IW bound with k={k} (the paper: {protocol.eval_k})"] if k and k != protocol.eval_k else []
     if result.get("data_fallback"):
         deviations.append(f"data: {result['data']} (a fallback, not the paper's dataset)")
-    return {"protocol": protocol.name, "source": protocol.source, "paper": protocol.paper_value, "unit": protocol.unit,
-            "ours": ours, "estimator": result["estimator"], "iw_nll_nats": result["nll"],
-            "bits_per_dim": result["bits_per_dim"], "elbo_nats": result["elbo"], "k": result["k"],
-            "test_images": result["images"], "train": {k_: summary[k_] for k_ in (
-                "steps", "epochs", "stopped", "skipped", "images_per_s", "train_seconds", "device", "precision",
-                "cuda_graph", "best_step", "best_nelbo")}, "images_seen": seen, "projection": plan,
-            "time_budget": time_budget, "deviations": deviations, "faithful": not deviations,
-            "evaluation": result.get("path"), "config": cfg.to_dict()}
+    return {
+        "protocol": protocol.name,
+        "source": protocol.source,
+        "paper": protocol.paper_value,
+        "unit": protocol.unit,
+        "ours": ours,
+        "estimator": result["estimator"],
+        "iw_nll_nats": result["nll"],
+        "bits_per_dim": result["bits_per_dim"],
+        "elbo_nats": result["elbo"],
+        "k": result["k"],
+        "test_images": result["images"],
+        "train": {
+            k_: summary[k_]
+            for k_ in (
+                "steps",
+                "epochs",
+                "stopped",
+                "skipped",
+                "images_per_s",
+                "train_seconds",
+                "device",
+                "precision",
+                "cuda_graph",
+                "best_step",
+                "best_nelbo",
+            )
+        },
+        "images_seen": seen,
+        "projection": plan,
+        "time_budget": time_budget,
+        "deviations": deviations,
+        "faithful": not deviations,
+        "evaluation": result.get("path"),
+        "config": cfg.to_dict(),
+    }
 
 
 def _markdown(r: dict) -> str:
-    lines = [f"# vlae reproduce {r['protocol']}", "", f"Source: {r['source']}.", "",
-             "| | paper | ours |", "| --- | --- | --- |",
-             f"| test {r['unit']} | {r['paper']} | {r['ours']:.3f} |",
-             f"| estimator | IW bound | {r['estimator']}, k = {r['k']}, {r['test_images']:,} test images |",
-             f"| training | the protocol | {r['train']['steps']:,} steps ({r['images_seen']:,} images), "
-             f"{r['train']['device']}, {r['train']['precision']}, {r['train']['train_seconds'] / 3600:.2f} h |", ""]
+    lines = [
+        f"# vlae reproduce {r['protocol']}",
+        "",
+        f"Source: {r['source']}.",
+        "",
+        "| | paper | ours |",
+        "| --- | --- | --- |",
+        f"| test {r['unit']} | {r['paper']} | {r['ours']:.3f} |",
+        f"| estimator | IW bound | {r['estimator']}, k = {r['k']}, {r['test_images']:,} test images |",
+        f"| training | the protocol | {r['train']['steps']:,} steps ({r['images_seen']:,} images), "
+        f"{r['train']['device']}, {r['train']['precision']}, {r['train']['train_seconds'] / 3600:.2f} h |",
+        "",
+    ]
     if r["deviations"]:
         lines += ["Deviations from the protocol (the number above is not the paper's experiment):", ""]
         lines += [f"- {d}" for d in r["deviations"]]

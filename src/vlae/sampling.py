@@ -76,8 +76,15 @@ from .errors import VLAEError
 from .masked_conv import mask_offsets
 from .pixelcnn import FactorizedDecoder, GatedPixelCNN, MaskedPixelCNN, grayscale
 
-__all__ = ["FastSampler", "fast_sample", "sample_in_batches", "SAMPLE_BATCH", "wavefront_slope", "crop_logits",
-           "METHODS"]
+__all__ = [
+    "FastSampler",
+    "fast_sample",
+    "sample_in_batches",
+    "SAMPLE_BATCH",
+    "wavefront_slope",
+    "crop_logits",
+    "METHODS",
+]
 
 METHODS = ("auto", "cache", "window", "naive")
 
@@ -92,8 +99,8 @@ METHODS = ("auto", "cache", "window", "naive")
 # a factor of ten; it re-decides about 4% of colour pixels (three channels and
 # the component each have two nearby decision points).
 _DEFAULT_TOL = {
-    "bernoulli": {torch.float32: 2.0 ** -17, torch.float64: 2.0 ** -40},
-    "logistic_mixture": {torch.float32: 2.0 ** -15, torch.float64: 2.0 ** -40},
+    "bernoulli": {torch.float32: 2.0**-17, torch.float64: 2.0**-40},
+    "logistic_mixture": {torch.float32: 2.0**-15, torch.float64: 2.0**-40},
 }
 
 
@@ -118,7 +125,7 @@ def wavefront_slope(offsets) -> int:
 
 def _crops(full: torch.Tensor, members: list[tuple[int, int, int]], h: int, w: int) -> torch.Tensor:
     """The ``h x w`` windows of ``full`` at each member's corner ``(r0, c0)``, stacked crop-major."""
-    return torch.cat([full[:, :, r0:r0 + h, c0:c0 + w] for _, r0, c0 in members])
+    return torch.cat([full[:, :, r0 : r0 + h, c0 : c0 + w] for _, r0, c0 in members])
 
 
 def _wavefronts(height: int, width: int, slope: int, shift: int = 0, device=None) -> dict[int, torch.Tensor]:
@@ -159,8 +166,9 @@ class _Tap:
         self.offsets = torch.tensor([dy * canvas_width + dx for dy, dx in taps], dtype=torch.long, device=w.device)
         # (T * in, out), tap-major to match the gather layout (n, P, T, in). A 1x1 type-A
         # mask has no taps (T = 0): the layer then reads nothing and yields its bias.
-        self.weight = torch.cat([w[:, :, dy + kh // 2, dx + kw // 2].T for dy, dx in taps]
-                                or [w.new_zeros(0, w.shape[0])])
+        self.weight = torch.cat(
+            [w[:, :, dy + kh // 2, dx + kw // 2].T for dy, dx in taps] or [w.new_zeros(0, w.shape[0])]
+        )
         self.bias = conv.bias.detach() if conv.bias is not None else None
 
     def __call__(self, canvas: _Canvas, cpos: torch.Tensor) -> torch.Tensor:
@@ -237,8 +245,9 @@ class _Engine:
 class _MaskedEngine(_Engine):
     """Cached incremental evaluation of a :class:`MaskedPixelCNN`."""
 
-    def __init__(self, dec: MaskedPixelCNN, cond: torch.Tensor | None, n: int, height: int, width: int,
-                 like: torch.Tensor, scale):
+    def __init__(
+        self, dec: MaskedPixelCNN, cond: torch.Tensor | None, n: int, height: int, width: int, like: torch.Tensor, scale
+    ):
         r = dec.kernel_size // 2
         super().__init__(dec, scale, n, height, width, r, like)
         filters = dec.first.out_channels
@@ -248,8 +257,7 @@ class _MaskedEngine(_Engine):
         self.elu = [_Canvas(n, height, width, filters, r, like) for _ in dec.masked]
         # The conditioning map is known in advance: its convolutions run once, full size.
         self.cond_in = _channels_last(dec.cond_in(cond)) if dec.cond_in is not None else None
-        self.cond_layers = ([_channels_last(c(cond)) for c in dec.cond_layers]
-                            if dec.cond_layers is not None else None)
+        self.cond_layers = [_channels_last(c(cond)) for c in dec.cond_layers] if dec.cond_layers is not None else None
         self.groups = {int(k): [(_Pointwise(b.conv1), _Pointwise(b.conv2)) for b in g] for k, g in dec.groups.items()}
         self.out = _Pointwise(dec.out)
         self.slope = wavefront_slope(dec.receptive_field())
@@ -282,8 +290,9 @@ class _GatedEngine(_Engine):
     (``l >= L_v - 1``) its 1x1 projection.
     """
 
-    def __init__(self, dec: GatedPixelCNN, cond: torch.Tensor | None, n: int, height: int, width: int,
-                 like: torch.Tensor, scale):
+    def __init__(
+        self, dec: GatedPixelCNN, cond: torch.Tensor | None, n: int, height: int, width: int, like: torch.Tensor, scale
+    ):
         L, Lv, c = dec.layers, dec.vertical_layers, dec.kernel_size // 2
         margin = max(c, dec.first_rows)  # one geometry for every canvas, so one flat index serves them all
         super().__init__(dec, scale, n, height, width, margin, like)
@@ -302,8 +311,15 @@ class _GatedEngine(_Engine):
             full = m(cond)
             cv, ch = full.chunk(2, dim=1) if l < Lv else (None, full)
             self.conds.append((None if cv is None else _channels_last(cv), _channels_last(ch)))
-        self.blocks = [(_Pointwise(b.inner), None if (b.cond is None or cond is None) else _channels_last(b.cond(cond)),
-                        _Pointwise(b.out), _Pointwise(b.skip)) for b in dec.blocks]
+        self.blocks = [
+            (
+                _Pointwise(b.inner),
+                None if (b.cond is None or cond is None) else _channels_last(b.cond(cond)),
+                _Pointwise(b.out),
+                _Pointwise(b.skip),
+            )
+            for b in dec.blocks
+        ]
         self.v = [_Canvas(n, height, width, filters, margin, like) for _ in range(Lv - 1)]  # inputs of v_convs[1:]
         self.h = [_Canvas(n, height, width, filters, margin, like) for _ in range(L - 1)]  # inputs of h_convs[1:]
         # v_to_h of the vertical pre-activation per horizontal layer, kept until the horizontal stack gets there.
@@ -311,8 +327,9 @@ class _GatedEngine(_Engine):
         self.slope = max(wavefront_slope(dec.receptive_field()), Lv * c + 1)
 
     def schedule(self, height: int, width: int):
-        fronts = [_wavefronts(height, width, self.slope, (self.Lv - 1 - l) * self.c, self.device)
-                  for l in range(self.Lv)]
+        fronts = [
+            _wavefronts(height, width, self.slope, (self.Lv - 1 - l) * self.c, self.device) for l in range(self.Lv)
+        ]
         hfront = fronts[-1]
         times = sorted(set().union(*fronts))
         return [(t, [f.get(t) for f in fronts], hfront.get(t)) for t in times]
@@ -324,7 +341,7 @@ class _GatedEngine(_Engine):
                 continue
             cpos = self.x.index(pos, self.width)
             v_pre = self.v_convs[l](self.x if l == 0 else self.v[l - 1], cpos)
-            for m in (range(l, self.L) if l == self.Lv - 1 else (l,)):
+            for m in range(l, self.L) if l == self.Lv - 1 else (l,):
                 self.vh[m].index_copy_(1, pos, self.v_to_h[m](v_pre))
             if l < self.Lv - 1:
                 if l < len(self.conds):
@@ -354,8 +371,17 @@ class _WindowEngine(_Engine):
     """Any decoder with :meth:`window`: runs it on clipped crops around the
     pixels of each wavefront, crops of equal geometry batched together."""
 
-    def __init__(self, dec, cond: torch.Tensor | None, n: int, height: int, width: int, like: torch.Tensor,
-                 scale, channels: int = 1):
+    def __init__(
+        self,
+        dec,
+        cond: torch.Tensor | None,
+        n: int,
+        height: int,
+        width: int,
+        like: torch.Tensor,
+        scale,
+        channels: int = 1,
+    ):
         self.dec, self.cond, self.height, self.width, self.device = dec, cond, height, width, like.device
         self.scale, self.win = scale, dec.window()
         self.canvas = like.new_zeros(n, channels, height, width)  # observed units, as naive sampling has them
@@ -438,8 +464,9 @@ class FastSampler:
         if self.method == "naive":
             return model.decode(z, u, return_probs=return_probs)
         if u.dim() != 4 or tuple(u.shape[1:]) != tuple(model.uniforms_shape):
-            raise VLAEError(f"uniforms must have shape (n, {', '.join(map(str, model.uniforms_shape))}), "
-                            f"got {tuple(u.shape)}")
+            raise VLAEError(
+                f"uniforms must have shape (n, {', '.join(map(str, model.uniforms_shape))}), got {tuple(u.shape)}"
+            )
         cond = model.condition(z)  # the same call as naive sampling: identical conditioning map
         self.fallbacks = 0
         n, _, height, width = u.shape
@@ -448,7 +475,7 @@ class FastSampler:
             params = dec(obs.scale(u.new_zeros(n, channels, height, width)), cond)
             x = obs.sample(params, u)
             return (x, obs.summary(params)) if return_probs else x
-        tol = self.tol if self.tol is not None else _DEFAULT_TOL.get(obs.name, {}).get(u.dtype, 2.0 ** -5)
+        tol = self.tol if self.tol is not None else _DEFAULT_TOL.get(obs.name, {}).get(u.dtype, 2.0**-5)
         engine = self._engine(cond, n, height, width, u)
         uf = u.reshape(n, u.shape[1], height * width)
         x = u.new_zeros(n, channels, height * width)
@@ -491,13 +518,13 @@ class FastSampler:
             images = pending.any(1).nonzero().flatten().tolist()
             canvas = x.clone()
             for b in images:
-                canvas[b, :, int(pos[first[b]]):] = 0
+                canvas[b, :, int(pos[first[b]]) :] = 0
             params = model.decoder(model.observation.scale(canvas.view(n, -1, height, width)), cond)
             for b in images:
                 k = int(first[b])
                 i, j = divmod(int(pos[k]), width)
-                p = params[:, :, i:i + 1, j:j + 1]  # the very tensor naive sampling draws from
-                xs[b, :, k] = model.observation.sample(p, u[:, :, i:i + 1, j:j + 1])[b, :, 0, 0]
+                p = params[:, :, i : i + 1, j : j + 1]  # the very tensor naive sampling draws from
+                xs[b, :, k] = model.observation.sample(p, u[:, :, i : i + 1, j : j + 1])[b, :, 0, 0]
                 s[b, :, k] = model.observation.summary(p)[b, :, 0, 0]
                 pending[b, k] = False
 
@@ -527,8 +554,9 @@ SAMPLE_BATCH = 256
 
 
 @torch.no_grad()
-def sample_in_batches(model, n: int, generator: torch.Generator | None = None, naive: bool = False,
-                      batch: int = SAMPLE_BATCH) -> torch.Tensor:
+def sample_in_batches(
+    model, n: int, generator: torch.Generator | None = None, naive: bool = False, batch: int = SAMPLE_BATCH
+) -> torch.Tensor:
     """``n`` samples as ``uint8 (n, C, H, W)`` on the CPU, drawn ``batch`` at a time one
     after the other from ``generator`` (fast sampler, or ``model.sample`` if ``naive``:
     the two give the same images), so that memory does not grow with ``n``
@@ -541,7 +569,7 @@ def sample_in_batches(model, n: int, generator: torch.Generator | None = None, n
         x = draw(min(batch, n - start), generator=generator)
         if out is None:
             out = torch.empty((n, *x.shape[1:]), dtype=torch.uint8)
-        out[start:start + x.shape[0]] = x.round().to(torch.uint8).cpu()
+        out[start : start + x.shape[0]] = x.round().to(torch.uint8).cpu()
     return out
 
 

@@ -95,8 +95,14 @@ class ChannelMaskedConv2d(Conv2d):
 
     mask: torch.Tensor
 
-    def __init__(self, in_groups: torch.Tensor, out_groups: torch.Tensor, kernel_size: int = 3,
-                 strict: bool = False, weight_norm: bool = False):
+    def __init__(
+        self,
+        in_groups: torch.Tensor,
+        out_groups: torch.Tensor,
+        kernel_size: int = 3,
+        strict: bool = False,
+        weight_norm: bool = False,
+    ):
         spatial = make_mask(kernel_size, "A")
         super().__init__(len(in_groups), len(out_groups), kernel_size, weight_norm=weight_norm, mask=spatial)
         centre = out_groups[:, None] > in_groups[None, :] if strict else out_groups[:, None] >= in_groups[None, :]
@@ -138,8 +144,15 @@ class LatentPixelCNN(nn.Module):
         weight_norm: weight-normalised hidden layers (data-dependent init).
     """
 
-    def __init__(self, channels: int, hidden: int = 128, layers: int = 2, kernel_size: int = 3,
-                 n_params: int = 1, weight_norm: bool = False):
+    def __init__(
+        self,
+        channels: int,
+        hidden: int = 128,
+        layers: int = 2,
+        kernel_size: int = 3,
+        n_params: int = 1,
+        weight_norm: bool = False,
+    ):
         super().__init__()
         if hidden < channels:
             raise ValueError(f"hidden={hidden} must be >= channels={channels}")
@@ -147,9 +160,11 @@ class LatentPixelCNN(nn.Module):
         groups_out = torch.arange(channels).repeat(n_params)
         widths = [groups_in] + [groups_hid] * layers + [groups_out]
         self.convs = nn.ModuleList(
-            ChannelMaskedConv2d(widths[k], widths[k + 1], kernel_size, strict=k == 0,
-                                weight_norm=weight_norm and k < layers)
-            for k in range(layers + 1))
+            ChannelMaskedConv2d(
+                widths[k], widths[k + 1], kernel_size, strict=k == 0, weight_norm=weight_norm and k < layers
+            )
+            for k in range(layers + 1)
+        )
         with torch.no_grad():
             self.convs[-1].weight.mul_(0.1)
             self.convs[-1].bias.zero_()
@@ -183,16 +198,23 @@ class PixelCNNAutoregressive(nn.Module):
         scale_bound: ``B`` in ``s = B * tanh(raw / B)``.
     """
 
-    def __init__(self, latent_shape: tuple[int, int, int], hidden: int = 128, layers: int = 2,
-                 kernel_size: int = 3, reverse: bool = False, mean_only: bool = True, scale_bound: float = 3.0,
-                 weight_norm: bool = False):
+    def __init__(
+        self,
+        latent_shape: tuple[int, int, int],
+        hidden: int = 128,
+        layers: int = 2,
+        kernel_size: int = 3,
+        reverse: bool = False,
+        mean_only: bool = True,
+        scale_bound: float = 3.0,
+        weight_norm: bool = False,
+    ):
         super().__init__()
         c, h, w = (int(s) for s in latent_shape)
         self.latent_shape = (c, h, w)
         self.features = math.prod(self.latent_shape)
         self.reverse, self.mean_only, self.scale_bound = reverse, mean_only, scale_bound
-        self.net = LatentPixelCNN(self.latent_shape[0], hidden, layers, kernel_size, 1 if mean_only else 2,
-                                  weight_norm)
+        self.net = LatentPixelCNN(self.latent_shape[0], hidden, layers, kernel_size, 1 if mean_only else 2, weight_norm)
 
     def _params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         dims = (-3, -2, -1)
@@ -262,16 +284,32 @@ class SpatialAFPrior(FlowPrior):
         weight_norm: weight-normalised hidden layers.
     """
 
-    def __init__(self, latent_shape: tuple[int, int, int], steps: int = 6, hidden: int = 128, layers: int = 2,
-                 kernel_size: int = 3, mean_only: bool = True, weight_norm: bool = False):
+    def __init__(
+        self,
+        latent_shape: tuple[int, int, int],
+        steps: int = 6,
+        hidden: int = 128,
+        layers: int = 2,
+        kernel_size: int = 3,
+        mean_only: bool = True,
+        weight_norm: bool = False,
+    ):
         c, h, w = (int(s) for s in latent_shape)
         latent_shape = (c, h, w)
         super().__init__(math.prod(latent_shape))
         self.latent_shape = latent_shape
         self.steps = nn.ModuleList(
-            PixelCNNAutoregressive(latent_shape, hidden, layers, kernel_size, reverse=k % 2 == 1,
-                                   mean_only=mean_only, weight_norm=weight_norm)
-            for k in range(steps))
+            PixelCNNAutoregressive(
+                latent_shape,
+                hidden,
+                layers,
+                kernel_size,
+                reverse=k % 2 == 1,
+                mean_only=mean_only,
+                weight_norm=weight_norm,
+            )
+            for k in range(steps)
+        )
 
     def _check(self, z: torch.Tensor) -> None:
         if z.dim() != 2 or z.shape[1] != self.features:

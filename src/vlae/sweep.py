@@ -20,9 +20,27 @@ from .experiments.tasks import Task, base_config, check_run_options, parse_list
 from .experiments.workers import STOP_GRACE, Stopped
 
 __all__ = [
-    "Task", "Stopped", "STOP_GRACE", "sweep_tasks", "check_tasks", "run_tasks", "run_sweep", "collect_results",
-    "write_sweep_report", "receptive_field_record", "context_coverage", "training_budget", "parse_list", "write_table",
-    "base_config", "check_run_options", "add_cli", "main", "command", "standalone", "scope_note",
+    "Task",
+    "Stopped",
+    "STOP_GRACE",
+    "sweep_tasks",
+    "check_tasks",
+    "run_tasks",
+    "run_sweep",
+    "collect_results",
+    "write_sweep_report",
+    "receptive_field_record",
+    "context_coverage",
+    "training_budget",
+    "parse_list",
+    "write_table",
+    "base_config",
+    "check_run_options",
+    "add_cli",
+    "main",
+    "command",
+    "standalone",
+    "scope_note",
 ]
 
 

@@ -94,8 +94,10 @@ def _receptive_field_matches(dec, cond_channels: int) -> None:
         got_c = set(torch.nonzero(jc[i * W + j]).flatten().tolist())
         # Near a border zero padding may cut a path: a subset is allowed there.
         interior = w["up"] <= i < H - w["down"] and w["left"] <= j < W - w["right"]
-        _expect(got_c == want_c if interior else got_c <= want_c,
-                f"output ({i}, {j}) reads the conditioning map outside condition_field()")
+        _expect(
+            got_c == want_c if interior else got_c <= want_c,
+            f"output ({i}, {j}) reads the conditioning map outside condition_field()",
+        )
 
 
 def check_masked_receptive_field() -> None:
@@ -104,8 +106,10 @@ def check_masked_receptive_field() -> None:
 
     dec = _randomize(MaskedPixelCNN(layers=3, kernel_size=3, filters=4, cond_channels=2, blocks_1x1=1), seed=1)
     _receptive_field_matches(dec, 2)
-    _expect(dec.receptive_field_size() == 21, f"3-layer 3x3 masked decoder sees {dec.receptive_field_size()} "
-            "pixels, expected 21")
+    _expect(
+        dec.receptive_field_size() == 21,
+        f"3-layer 3x3 masked decoder sees {dec.receptive_field_size()} pixels, expected 21",
+    )
 
 
 def check_gated_receptive_field() -> None:
@@ -114,8 +118,10 @@ def check_gated_receptive_field() -> None:
 
     dec = _randomize(GatedPixelCNN(layers=3, kernel_size=3, filters=3, cond_channels=2), seed=2)
     _receptive_field_matches(dec, 2)
-    _expect(dec.receptive_field_size() == 24, f"3-layer 3x3 gated decoder sees {dec.receptive_field_size()} "
-            "pixels, expected 24 (no blind spot)")
+    _expect(
+        dec.receptive_field_size() == 24,
+        f"3-layer 3x3 gated decoder sees {dec.receptive_field_size()} pixels, expected 24 (no blind spot)",
+    )
 
 
 def check_made_connectivity() -> None:
@@ -172,8 +178,9 @@ def _tiny_model(seed: int, **options):
 def check_iw_bound() -> None:
     """IW bound (k=1) == ELBO"""
     model = _tiny_model(7, image_shape=(1, 12, 12), posterior="iaf").double()
-    x = torch.bernoulli(torch.full((4, 1, 12, 12), 0.3, dtype=torch.float64),
-                        generator=torch.Generator().manual_seed(8))
+    x = torch.bernoulli(
+        torch.full((4, 1, 12, 12), 0.3, dtype=torch.float64), generator=torch.Generator().manual_seed(8)
+    )
     model.initialize(x)
     with torch.no_grad():
         elbo = -model.terms(x, generator=torch.Generator().manual_seed(9)).nelbo

@@ -53,8 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``vlae`` argument parser with every subcommand."""
     from .. import __version__
 
-    parser = Parser(prog="vlae", description="Variational Lossy Autoencoder (Chen et al., ICLR 2017): "
-                    "train, evaluate (IW bound), sample and plot.")
+    parser = Parser(
+        prog="vlae",
+        description="Variational Lossy Autoencoder (Chen et al., ICLR 2017): "
+        "train, evaluate (IW bound), sample and plot.",
+    )
     parser.add_argument("--version", action="version", version=f"vlae {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     for command in COMMANDS:

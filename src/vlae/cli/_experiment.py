@@ -21,31 +21,72 @@ __all__ = ["add_runner_options", "budget_config", "print_outputs", "failed_runs"
 
 def add_runner_options(p: argparse.ArgumentParser, default_out: str, default_k: int) -> None:
     """Flags shared by ``vlae sweep`` and ``vlae ablation``."""
-    p.add_argument("--out", default=default_out, metavar="DIR",
-                   help=f"output directory: one folder per run plus the tables (default: {default_out})")
-    p.add_argument("--report", metavar="DIR", default=None,
-                   help="train nothing: rebuild the tables (and plots) from the finished runs in DIR")
-    p.add_argument("--preset", default="mnist-small", choices=sorted(PRESETS),
-                   help="base configuration of every run (default: mnist-small)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                   help="override a configuration field of every run, e.g. --set model.free_bits=0 "
-                        "(repeatable)")
-    p.add_argument("--budget", type=float, default=None, metavar="SECONDS",
-                   help="training time per run in seconds (train.time_budget), the same for every run "
-                        "(default: 300 when neither --budget nor --max-steps is given)")
-    p.add_argument("--max-steps", type=int, default=None, metavar="N",
-                   help="optimiser steps per run (train.max_steps); with --budget, whichever comes first")
-    p.add_argument("--eval-subset", type=int, default=1000, metavar="N",
-                   help="evaluate on N test images, a fixed random choice (0: all; default: 1000)")
-    p.add_argument("--k", type=int, default=default_k,
-                   help=f"importance samples of the IW bound on the test NLL (default: {default_k}; the paper "
-                        "uses 4096; evaluation costs k decoder passes per test image)")
-    p.add_argument("--eval-batch-size", type=int, default=50, metavar="N",
-                   help="test images per evaluation batch (default: 50)")
-    p.add_argument("--jobs", type=int, default=0, metavar="N",
-                   help="runs trained at once, each in its own process (default: CPU cores // --threads)")
-    p.add_argument("--threads", type=int, default=1, metavar="N",
-                   help="torch threads per run (default: 1)")
+    p.add_argument(
+        "--out",
+        default=default_out,
+        metavar="DIR",
+        help=f"output directory: one folder per run plus the tables (default: {default_out})",
+    )
+    p.add_argument(
+        "--report",
+        metavar="DIR",
+        default=None,
+        help="train nothing: rebuild the tables (and plots) from the finished runs in DIR",
+    )
+    p.add_argument(
+        "--preset",
+        default="mnist-small",
+        choices=sorted(PRESETS),
+        help="base configuration of every run (default: mnist-small)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="override a configuration field of every run, e.g. --set model.free_bits=0 (repeatable)",
+    )
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="training time per run in seconds (train.time_budget), the same for every run "
+        "(default: 300 when neither --budget nor --max-steps is given)",
+    )
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="optimiser steps per run (train.max_steps); with --budget, whichever comes first",
+    )
+    p.add_argument(
+        "--eval-subset",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="evaluate on N test images, a fixed random choice (0: all; default: 1000)",
+    )
+    p.add_argument(
+        "--k",
+        type=int,
+        default=default_k,
+        help=f"importance samples of the IW bound on the test NLL (default: {default_k}; the paper "
+        "uses 4096; evaluation costs k decoder passes per test image)",
+    )
+    p.add_argument(
+        "--eval-batch-size", type=int, default=50, metavar="N", help="test images per evaluation batch (default: 50)"
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="runs trained at once, each in its own process (default: CPU cores // --threads)",
+    )
+    p.add_argument("--threads", type=int, default=1, metavar="N", help="torch threads per run (default: 1)")
 
 
 def budget_config(args: argparse.Namespace) -> tuple[Config, float | None]:
@@ -74,13 +115,16 @@ def command(what: str, body: Callable[[], int]) -> int:
     status 2 for bad input; on SIGINT or SIGTERM one line saying how to continue
     and status 130 or 143 (the workers have checkpointed, see
     :func:`vlae.experiments.runner.run_tasks`)."""
+
     def terminated(signum: int, frame: object) -> None:  # until run_tasks takes over the signals
         raise Stopped(signum, {})
 
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, terminated) if main_thread else None
-    again = (f"run the same command again to continue the {what} (finished runs are kept, stopped ones "
-             "resume from their last checkpoint)")
+    again = (
+        f"run the same command again to continue the {what} (finished runs are kept, stopped ones "
+        "resume from their last checkpoint)"
+    )
     try:
         return body()
     except VLAEError as error:

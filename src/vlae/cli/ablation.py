@@ -17,14 +17,20 @@ def register(subparsers: Any) -> None:
     from ..experiments.ablation import VARIANTS
 
     p = subparsers.add_parser(
-        "ablation", help="unconditional PixelCNN vs Gaussian prior vs AF prior vs IAF posterior vs factorized "
-                         "decoder at equal budget",
+        "ablation",
+        help="unconditional PixelCNN vs Gaussian prior vs AF prior vs IAF posterior vs factorized "
+        "decoder at equal budget",
         description="Train the five ablation models (the paper's appendix D, extended) with the same budget, "
-                    "seed and data, and tabulate NLL (IW bound), ELBO and KL. Rerunning continues an "
-                    "interrupted ablation.")
+        "seed and data, and tabulate NLL (IW bound), ELBO and KL. Rerunning continues an "
+        "interrupted ablation.",
+    )
     add_runner_options(p, "runs/ablation", 64)
-    p.add_argument("--variants", default=",".join(VARIANTS), metavar="LIST",
-                   help=f"variants to run, comma-separated (default: all: {','.join(VARIANTS)})")
+    p.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        metavar="LIST",
+        help=f"variants to run, comma-separated (default: all: {','.join(VARIANTS)})",
+    )
     p.set_defaults(func=run)
 
 
@@ -42,10 +48,23 @@ def _ablation(args: argparse.Namespace) -> int:
         return 0
     variants = parse_list(args.variants, "--variants", str)
     base, budget = budget_config(args)
-    config = {"preset": args.preset, "overrides": list(args.overrides), "budget": budget,
-              "max_steps": args.max_steps, "command": " ".join(sys.argv)}
-    _, status = run_ablation(args.out, base, variants=variants, eval_subset=args.eval_subset, k=args.k,
-                             eval_batch_size=args.eval_batch_size, jobs=args.jobs, threads=args.threads,
-                             ablation_config=config)
+    config = {
+        "preset": args.preset,
+        "overrides": list(args.overrides),
+        "budget": budget,
+        "max_steps": args.max_steps,
+        "command": " ".join(sys.argv),
+    }
+    _, status = run_ablation(
+        args.out,
+        base,
+        variants=variants,
+        eval_subset=args.eval_subset,
+        k=args.k,
+        eval_batch_size=args.eval_batch_size,
+        jobs=args.jobs,
+        threads=args.threads,
+        ablation_config=config,
+    )
     print_outputs(status["outputs"])
     return failed_runs(status)

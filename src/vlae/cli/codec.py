@@ -18,26 +18,38 @@ def register(subparsers: Any) -> None:
     from ..codec import DEFAULT_BATCH, DEFAULT_PRECISION
 
     p = subparsers.add_parser(
-        "compress", help="lossless bits-back compression of images with a trained model",
+        "compress",
+        help="lossless bits-back compression of images with a trained model",
         description="Compress binary or 8-bit (grey or RGB) images with a trained VLAE: bits-back ANS, whose "
-                    "length is the model's -ELBO plus a fixed overhead. INPUT is an .npy array or a folder of "
-                    "PNGs; or use --dataset.")
+        "length is the model's -ELBO plus a fixed overhead. INPUT is an .npy array or a folder of "
+        "PNGs; or use --dataset.",
+    )
     p.add_argument("run", metavar="RUN", help="run folder or .pt checkpoint")
     p.add_argument("input", metavar="INPUT", nargs="?", help=".npy array or folder of PNG images")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="compressed file to write")
-    p.add_argument("--dataset", default=None,
-                   help="compress a dataset split instead of INPUT, e.g. binarized-mnist, cifar10, photos-embedded")
+    p.add_argument(
+        "--dataset",
+        default=None,
+        help="compress a dataset split instead of INPUT, e.g. binarized-mnist, cifar10, photos-embedded",
+    )
     p.add_argument("--split", choices=("test", "valid", "train"), default="test", help="split of --dataset")
     p.add_argument("--subset", type=int, default=0, help="a fixed subset of N images of the split (0: all)")
     p.add_argument("--data-dir", default=None, help="folder holding the dataset (default: the run's)")
-    p.add_argument("--precision", type=int, default=DEFAULT_PRECISION,
-                   help=f"latent bins per dimension, in bits (default {DEFAULT_PRECISION})")
+    p.add_argument(
+        "--precision",
+        type=int,
+        default=DEFAULT_PRECISION,
+        help=f"latent bins per dimension, in bits (default {DEFAULT_PRECISION})",
+    )
     p.add_argument("--batch", type=int, default=DEFAULT_BATCH, help=f"images per chunk (default {DEFAULT_BATCH})")
     _model_options(p)
     p.set_defaults(func=run)
-    p = subparsers.add_parser("decompress", help="invert vlae compress",
-                              description="Decompress a file written by `vlae compress` with the same model. "
-                                          "OUTPUT: an .npy file, or any other name for a folder of PNGs.")
+    p = subparsers.add_parser(
+        "decompress",
+        help="invert vlae compress",
+        description="Decompress a file written by `vlae compress` with the same model. "
+        "OUTPUT: an .npy file, or any other name for a folder of PNGs.",
+    )
     p.add_argument("run", metavar="RUN", help="run folder or .pt checkpoint (the one that compressed)")
     p.add_argument("file", metavar="FILE", help="compressed file")
     p.add_argument("-o", "--output", required=True, metavar="OUTPUT", help=".npy file or folder for PNGs")
@@ -50,10 +62,17 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     # One thread by default: a chunk's work per pixel position is a few small matrix
     # products, which more threads slow down (bench/compress.py measures both).
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch (default 1: per-position work is too small for threads to pay)")
-    p.add_argument("--device", default=None,
-                   help="where the network runs, e.g. cpu or cuda (default cpu); the file decodes on any device")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default 1: per-position work is too small for threads to pay)",
+    )
+    p.add_argument(
+        "--device",
+        default=None,
+        help="where the network runs, e.g. cpu or cuda (default cpu); the file decodes on any device",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -103,15 +122,18 @@ def _compress(args: argparse.Namespace) -> int:
         images = read_images(args.input, model.cfg.image_shape[0], is_binary(model))
         if args.subset:
             raise VLAEError("--subset applies to --dataset only")
-    blob, stats = compress(model, images, precision=args.precision, batch=args.batch, device=args.device,
-                           return_stats=True)
+    blob, stats = compress(
+        model, images, precision=args.precision, batch=args.batch, device=args.device, return_stats=True
+    )
     from ..outputs import writing
 
     with writing(out) as tmp:
         tmp.write_bytes(blob)
-    print(f"wrote {out}: {stats.images} images, {stats.file_bytes} bytes, {stats.bits_per_dim:.4f} bits/dim "
-          f"({stats.nats_per_image:.2f} nats/image) net of {stats.initial_bits} initial bits, "
-          f"{stats.images / stats.seconds:.1f} images/s")
+    print(
+        f"wrote {out}: {stats.images} images, {stats.file_bytes} bytes, {stats.bits_per_dim:.4f} bits/dim "
+        f"({stats.nats_per_image:.2f} nats/image) net of {stats.initial_bits} initial bits, "
+        f"{stats.images / stats.seconds:.1f} images/s"
+    )
     return 0
 
 

@@ -24,6 +24,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     for name in PRESETS:
         m, t = get_preset(name).model, get_preset(name).train
-        print(f"{name:12s} D={m.latent_dim:3d} prior={m.prior:8s} decoder={m.decoder}x{m.decoder_layers} "
-              f"k{m.decoder_kernel}  batch {t.batch_size}, {t.epochs} epochs, lr {t.lr:g}")
+        print(
+            f"{name:12s} D={m.latent_dim:3d} prior={m.prior:8s} decoder={m.decoder}x{m.decoder_layers} "
+            f"k{m.decoder_kernel}  batch {t.batch_size}, {t.epochs} epochs, lr {t.lr:g}"
+        )
     return 0

@@ -18,9 +18,11 @@ __all__ = ["register", "run"]
 def register(subparsers: Any) -> None:
     """Add ``vlae reproduce``."""
     p = subparsers.add_parser(
-        "reproduce", help="one of the paper's experiments, end to end",
+        "reproduce",
+        help="one of the paper's experiments, end to end",
         description="Project, train, evaluate (the paper's k on the whole test set) and report one of the paper's "
-                    "experiments: " + "; ".join(f"{n}: {p.source}" for n, p in PROTOCOLS.items()))
+        "experiments: " + "; ".join(f"{n}: {p.source}" for n, p in PROTOCOLS.items()),
+    )
     p.add_argument("protocol", choices=sorted(PROTOCOLS), help="which experiment")
     p.add_argument("--run-dir", required=True, help="the run folder (one reproduction per folder)")
     p.add_argument("--yes", action="store_true", help="start even when the projection says it takes long (CPU)")
@@ -32,8 +34,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--subset", type=int, default=0, help="evaluate on this many test images (0: all; a deviation)")
     p.add_argument("--k", type=int, default=None, help="importance samples of the IW bound (default: the paper's)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                   help="config override (repeatable; a deviation)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="config override (repeatable; a deviation)",
+    )
     p.set_defaults(func=run)
 
 
@@ -44,14 +52,30 @@ def run(args: argparse.Namespace) -> int:
     from ..train import Interrupted
 
     try:
-        report = reproduce(args.protocol, args.run_dir, yes=args.yes, time_budget=args.time_budget,
-                           resume=args.resume, device=args.device, data_dir=args.data_dir, overrides=args.overrides,
-                           warmup_steps=args.warmup_steps, subset=args.subset, k=args.k)
+        report = reproduce(
+            args.protocol,
+            args.run_dir,
+            yes=args.yes,
+            time_budget=args.time_budget,
+            resume=args.resume,
+            device=args.device,
+            data_dir=args.data_dir,
+            overrides=args.overrides,
+            warmup_steps=args.warmup_steps,
+            subset=args.subset,
+            k=args.k,
+        )
     except Interrupted as stop:  # SIGINT or SIGTERM during training: a resumable checkpoint was written
         where = f"wrote {stop.checkpoint}; " if stop.checkpoint else ""
-        print(f"\ninterrupted by {signal.Signals(stop.signum).name}: {where}continue with the same `vlae reproduce "
-              f"{args.protocol}` command and --resume", file=sys.stderr)
+        print(
+            f"\ninterrupted by {signal.Signals(stop.signum).name}: {where}continue with the same `vlae reproduce "
+            f"{args.protocol}` command and --resume",
+            file=sys.stderr,
+        )
         return stop.exit_status
-    print(json.dumps({"ours": report["ours"], "paper": report["paper"], "unit": report["unit"],
-                      "faithful": report["faithful"]}))
+    print(
+        json.dumps(
+            {"ours": report["ours"], "paper": report["paper"], "unit": report["unit"], "faithful": report["faithful"]}
+        )
+    )
     return 0 if math.isfinite(report["ours"]) else 1

@@ -62,6 +62,7 @@ def _grid_size(n: int, image_shape) -> tuple[int, int]:
 
 def _check_grid_fits(n: int, image_shape) -> None:
     """One line, before anything is drawn, for a grid too large to be an image."""
+
     def pixels(count: int) -> int:
         height, width = _grid_size(count, image_shape)
         return height * width
@@ -73,8 +74,10 @@ def _check_grid_fits(n: int, image_shape) -> None:
             low, high = (mid, high) if pixels(mid) <= MAX_GRID_PIXELS else (low, mid - 1)
         height, width = _grid_size(n, image_shape)
         most = low
-        raise VLAEError(f"invalid --n: {n} samples make a grid of {width} x {height} pixels, more than an image "
-                        f"viewer opens ({MAX_GRID_PIXELS:,} pixels); use --n {most} or fewer")
+        raise VLAEError(
+            f"invalid --n: {n} samples make a grid of {width} x {height} pixels, more than an image "
+            f"viewer opens ({MAX_GRID_PIXELS:,} pixels); use --n {most} or fewer"
+        )
 
 
 def _save_grid(x, out: Path, top: int = 1) -> None:
@@ -90,8 +93,14 @@ def _save_grid(x, out: Path, top: int = 1) -> None:
     rows = math.ceil(n / cols)
     grid = torch_grid(x.float().cpu() / top, rows, cols, h, w)
     with writing(out) as tmp:
-        imsave(tmp, grid if grid.shape[-1] == 3 else grid[..., 0], cmap="gray_r" if top == 1 else "gray",
-               vmin=0, vmax=1, format=out.suffix[1:].lower())
+        imsave(
+            tmp,
+            grid if grid.shape[-1] == 3 else grid[..., 0],
+            cmap="gray_r" if top == 1 else "gray",
+            vmin=0,
+            vmax=1,
+            format=out.suffix[1:].lower(),
+        )
 
 
 def torch_grid(x, rows: int, cols: int, h: int, w: int):
@@ -102,5 +111,5 @@ def torch_grid(x, rows: int, cols: int, h: int, w: int):
     for i in range(x.shape[0]):
         r, c = divmod(i, cols)
         top, left = 1 + r * (h + 1), 1 + c * (w + 1)
-        grid[top:top + h, left:left + w] = x[i].permute(1, 2, 0).numpy()
+        grid[top : top + h, left : left + w] = x[i].permute(1, 2, 0).numpy()
     return grid

@@ -15,24 +15,41 @@ __all__ = ["register", "run"]
 def register(subparsers: Any) -> None:
     """Add ``vlae sweep``."""
     p = subparsers.add_parser(
-        "sweep", help="KL and NLL as the decoder's receptive field grows (posterior collapse)",
+        "sweep",
+        help="KL and NLL as the decoder's receptive field grows (posterior collapse)",
         description="Train one model per (decoder depth, kernel size, prior) with the same budget, evaluate "
-                    "each on the same test images, and tabulate and plot the KL term and the IW NLL against "
-                    "the decoder's receptive field. Rerunning continues an interrupted sweep.")
+        "each on the same test images, and tabulate and plot the KL term and the IW NLL against "
+        "the decoder's receptive field. Rerunning continues an interrupted sweep.",
+    )
     add_runner_options(p, "runs/sweep", 16)  # the KL needs one sample; the NLL column is a side result here
-    p.add_argument("--decoder", default="masked", choices=("masked", "gated"),
-                   help="PixelCNN kind of every run (default: masked)")
-    p.add_argument("--layers", default="1,2,4,8,16", metavar="LIST",
-                   help="decoder depths (masked or gated layers), comma-separated (default: 1,2,4,8,16)")
-    p.add_argument("--kernels", default="3,5", metavar="LIST",
-                   help="odd decoder kernel sizes, comma-separated (default: 3,5)")
-    p.add_argument("--priors", default="gaussian,af", metavar="LIST",
-                   help="priors p(z), comma-separated, from gaussian and af (default: gaussian,af)")
-    p.add_argument("--fields", default=None, metavar="LIST",
-                   help="instead of --layers/--kernels: the paper's receptive fields AxB of a gated decoder, "
-                        "comma-separated, e.g. 4x2,5x3,7x4,9x5 (colour presets such as cifar-small)")
-    p.add_argument("--list", action="store_true",
-                   help="print the grid with each point's receptive field and exit without training")
+    p.add_argument(
+        "--decoder", default="masked", choices=("masked", "gated"), help="PixelCNN kind of every run (default: masked)"
+    )
+    p.add_argument(
+        "--layers",
+        default="1,2,4,8,16",
+        metavar="LIST",
+        help="decoder depths (masked or gated layers), comma-separated (default: 1,2,4,8,16)",
+    )
+    p.add_argument(
+        "--kernels", default="3,5", metavar="LIST", help="odd decoder kernel sizes, comma-separated (default: 3,5)"
+    )
+    p.add_argument(
+        "--priors",
+        default="gaussian,af",
+        metavar="LIST",
+        help="priors p(z), comma-separated, from gaussian and af (default: gaussian,af)",
+    )
+    p.add_argument(
+        "--fields",
+        default=None,
+        metavar="LIST",
+        help="instead of --layers/--kernels: the paper's receptive fields AxB of a gated decoder, "
+        "comma-separated, e.g. 4x2,5x3,7x4,9x5 (colour presets such as cifar-small)",
+    )
+    p.add_argument(
+        "--list", action="store_true", help="print the grid with each point's receptive field and exit without training"
+    )
     p.set_defaults(func=run)
 
 
@@ -57,13 +74,33 @@ def _sweep(args: argparse.Namespace) -> int:
         tasks = sweep_tasks(base, args.decoder, layers, kernels, priors, fields)
         for t, rf in zip(tasks, receptive_fields(tasks)):
             field = f" field {rf['rf_name']}," if rf["rf_name"] else ""
-            print(f"{t.name:24s}{field} RF {rf['rf_size']:6d} px, {rf['rf_up']:3d} rows up, "
-                  f"{rf['rf_left']:3d} cols left/right, sees {100 * rf['rf_coverage']:5.1f}% of the context")
+            print(
+                f"{t.name:24s}{field} RF {rf['rf_size']:6d} px, {rf['rf_up']:3d} rows up, "
+                f"{rf['rf_left']:3d} cols left/right, sees {100 * rf['rf_coverage']:5.1f}% of the context"
+            )
         return 0
-    sweep_config = {"preset": args.preset, "overrides": list(args.overrides), "budget": budget, "fields": fields,
-                    "max_steps": args.max_steps, "command": " ".join(sys.argv)}
-    _, status = run_sweep(args.out, base, decoder=args.decoder, layers=layers, kernels=kernels, priors=priors,
-                          eval_subset=args.eval_subset, k=args.k, eval_batch_size=args.eval_batch_size,
-                          jobs=args.jobs, threads=args.threads, sweep_config=sweep_config, fields=fields)
+    sweep_config = {
+        "preset": args.preset,
+        "overrides": list(args.overrides),
+        "budget": budget,
+        "fields": fields,
+        "max_steps": args.max_steps,
+        "command": " ".join(sys.argv),
+    }
+    _, status = run_sweep(
+        args.out,
+        base,
+        decoder=args.decoder,
+        layers=layers,
+        kernels=kernels,
+        priors=priors,
+        eval_subset=args.eval_subset,
+        k=args.k,
+        eval_batch_size=args.eval_batch_size,
+        jobs=args.jobs,
+        threads=args.threads,
+        sweep_config=sweep_config,
+        fields=fields,
+    )
     print_outputs(status["outputs"])
     return failed_runs(status)

@@ -42,10 +42,16 @@ TRAIN_FLAGS: tuple[tuple[str, str, str], ...] = (
     ("train", "--eval-k", "importance samples for the validation IW bound (0: ELBO only)"),
     ("train", "--checkpoint-every", "epochs between checkpoints"),
     ("train", "--checkpoint-steps", "also checkpoint every this many steps (0: off)"),
-    ("train", "--checkpoint-seconds",
-     "also checkpoint after this many training seconds without one (default 600; 0: off)"),
-    ("train", "--max-skipped-steps",
-     "stop with an error after this many non-finite updates in a row (default 10; 0: never)"),
+    (
+        "train",
+        "--checkpoint-seconds",
+        "also checkpoint after this many training seconds without one (default 600; 0: off)",
+    ),
+    (
+        "train",
+        "--max-skipped-steps",
+        "stop with an error after this many non-finite updates in a row (default 10; 0: never)",
+    ),
     ("model", "--latent-dim", "latent dimensions D (0: unconditional PixelCNN)"),
     ("model", "--prior", "prior p(z): gaussian or af (autoregressive flow)"),
     ("model", "--posterior", "posterior q(z|x): gaussian or iaf"),
@@ -80,30 +86,47 @@ def flag_field(section: str, flag: str) -> tuple[str, Any]:
 def register(subparsers: Any) -> None:
     """Add ``vlae train``."""
     p = subparsers.add_parser(
-        "train", help="train a model",
+        "train",
+        help="train a model",
         description="Train a VLAE from a preset; writes config.json, metrics.jsonl, checkpoints (ckpt-*.pt, "
-                    "best.pt), summary.json and figures/ into the run folder.")
+        "best.pt), summary.json and figures/ into the run folder.",
+    )
     p.add_argument("--preset", help="configuration preset (see `vlae presets`); required unless --resume")
     p.add_argument("--run-dir", help="output folder (default: runs/<preset>-<timestamp>)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue exactly from the latest checkpoint in --run-dir (its config, plus your flags)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="delete the run already in --run-dir and start afresh (a non-empty folder is refused "
-                        "otherwise)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue exactly from the latest checkpoint in --run-dir (its config, plus your flags)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete the run already in --run-dir and start afresh (a non-empty folder is refused otherwise)",
+    )
     for section, flag, text in TRAIN_FLAGS:
         _, typ = flag_field(section, flag)
         if typ is bool:  # default None, not False: a switch left out keeps the preset's (or resumed run's) value
             p.add_argument(flag, action="store_true", default=None, help=text)
         else:
             p.add_argument(flag, type=typ, default=None, help=text)
-    p.add_argument("--progress", choices=("auto", "on", "off"), default=None,
-                   help="progress bar (auto: only on a terminal)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                   help="any config field, e.g. --set model.flow_steps=2 (repeatable; applied last)")
+    p.add_argument(
+        "--progress", choices=("auto", "on", "off"), default=None, help="progress bar (auto: only on a terminal)"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="any config field, e.g. --set model.flow_steps=2 (repeatable; applied last)",
+    )
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
-    p.add_argument("--no-figures", action="store_true",
-                   help="skip drawing RUN/figures/*.png at the end (`vlae plot RUN` draws them later)")
+    p.add_argument(
+        "--no-figures",
+        action="store_true",
+        help="skip drawing RUN/figures/*.png at the end (`vlae plot RUN` draws them later)",
+    )
     p.set_defaults(func=run)
 
 
@@ -162,8 +185,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"\ninterrupted by {stop}", file=sys.stderr)
         return stop.exit_status
     except KeyboardInterrupt:  # before training installed its handlers
-        print(f"\ninterrupted; continue with `vlae train --resume --run-dir {run_dir}` if it holds a checkpoint",
-              file=sys.stderr)
+        print(
+            f"\ninterrupted; continue with `vlae train --resume --run-dir {run_dir}` if it holds a checkpoint",
+            file=sys.stderr,
+        )
         return 130
     finally:
         if main_thread:

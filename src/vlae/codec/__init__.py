@@ -199,5 +199,17 @@ from .coder import CodeStats
 from .files import read_images, write_images
 from .format import FORMAT_VERSION, MAGIC, Header, model_identity, read_header
 
-__all__ = ["compress", "decompress", "read_header", "Header", "CodeStats", "model_identity", "MAGIC",
-           "FORMAT_VERSION", "DEFAULT_PRECISION", "DEFAULT_BATCH", "read_images", "write_images"]
+__all__ = [
+    "compress",
+    "decompress",
+    "read_header",
+    "Header",
+    "CodeStats",
+    "model_identity",
+    "MAGIC",
+    "FORMAT_VERSION",
+    "DEFAULT_PRECISION",
+    "DEFAULT_BATCH",
+    "read_images",
+    "write_images",
+]

@@ -39,9 +39,16 @@ DEFAULT_BATCH = 100
 
 
 @torch.no_grad()
-def compress(model, images, *, precision: int = DEFAULT_PRECISION, batch: int = DEFAULT_BATCH,
-             device: str | torch.device | None = None, progress: Callable[[int, int], object] | None = None,
-             return_stats: bool = False):
+def compress(
+    model,
+    images,
+    *,
+    precision: int = DEFAULT_PRECISION,
+    batch: int = DEFAULT_BATCH,
+    device: str | torch.device | None = None,
+    progress: Callable[[int, int], object] | None = None,
+    return_stats: bool = False,
+):
     """Losslessly compress binary or 8-bit images with ``model`` (bits-back ANS).
 
     Args:
@@ -74,21 +81,43 @@ def compress(model, images, *, precision: int = DEFAULT_PRECISION, batch: int = 
         a = sum(chunks)
         chunks.append(next_chunk(coder, model, precision, len(x) - a, batch))
         grid.chunk = len(chunks) - 1
-        encode_chunk(coder, coding, latents, grid, x[a:a + chunks[-1]], stats)
+        encode_chunk(coder, coding, latents, grid, x[a : a + chunks[-1]], stats)
         if progress is not None:
             progress(a + chunks[-1], len(x))
     payload = coder.ans.get_compressed().astype("<u4")
     ties = grid.ties()
-    head = Header(FORMAT_VERSION, identity, OBSERVATION_CODES[observation(model)], tuple(model.cfg.image_shape), len(x),
-                  batch, precision, words, named, len(chunks), len(payload), len(ties), grid.checksum, tuple(chunks))
+    head = Header(
+        FORMAT_VERSION,
+        identity,
+        OBSERVATION_CODES[observation(model)],
+        tuple(model.cfg.image_shape),
+        len(x),
+        batch,
+        precision,
+        words,
+        named,
+        len(chunks),
+        len(payload),
+        len(ties),
+        grid.checksum,
+        tuple(chunks),
+    )
     data = pack(head, ties, payload)
     if not return_stats:
         return data
     c, h, w = model.cfg.image_shape
-    return data, CodeStats(images=len(x), dims=c * h * w, file_bytes=len(data), stream_bits=32 * len(payload),
-                           initial_bits=initial, ideal_pixel_bits=float(stats["pixels"]),
-                           ideal_prior_bits=float(stats["prior"]), ideal_bits_back=float(stats["back"]),
-                           seconds=time.perf_counter() - start, ties=len(ties))
+    return data, CodeStats(
+        images=len(x),
+        dims=c * h * w,
+        file_bytes=len(data),
+        stream_bits=32 * len(payload),
+        initial_bits=initial,
+        ideal_pixel_bits=float(stats["pixels"]),
+        ideal_prior_bits=float(stats["prior"]),
+        ideal_bits_back=float(stats["back"]),
+        seconds=time.perf_counter() - start,
+        ties=len(ties),
+    )
 
 
 def _checked_images(model, images, precision: int, batch: int) -> torch.Tensor:
@@ -101,7 +130,7 @@ def _checked_images(model, images, precision: int, batch: int) -> torch.Tensor:
     x = model.check_images(torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images))
     if len(x) == 0:
         raise VLAEError("no images to compress")
-    if len(x) >= 2 ** 32:
+    if len(x) >= 2**32:
         raise VLAEError(f"too many images for one file: {len(x)}")
     return x
 
@@ -110,11 +139,14 @@ def _checked_header(model, data: bytes, name: str) -> Header:
     """The file's header, once it is known to be a file of this very model."""
     head = read_header(data, name)
     if head.model_id != model_identity(model):
-        raise VLAEError(f"{name}: compressed with another model (identity {head.model_id.hex()}, this model is "
-                        f"{model_identity(model).hex()}); decompress with the model that compressed it")
+        raise VLAEError(
+            f"{name}: compressed with another model (identity {head.model_id.hex()}, this model is "
+            f"{model_identity(model).hex()}); decompress with the model that compressed it"
+        )
     if head.observation != OBSERVATION_CODES[observation(model)] or head.image_shape != tuple(model.cfg.image_shape):
-        raise VLAEError(f"{name}: images {head.image_shape} with observation code {head.observation} do not fit "
-                        "this model")
+        raise VLAEError(
+            f"{name}: images {head.image_shape} with observation code {head.observation} do not fit this model"
+        )
     expected_words = initial_words(model, head.precision)
     if head.initial_words != expected_words:
         raise VLAEError(f"{name}: corrupted header ({head.initial_words} initial words, expected {expected_words})")
@@ -122,8 +154,14 @@ def _checked_header(model, data: bytes, name: str) -> Header:
 
 
 @torch.no_grad()
-def decompress(model, data: bytes, *, name: str = "input", device: str | torch.device | None = None,
-               progress: Callable[[int, int], object] | None = None) -> torch.Tensor:
+def decompress(
+    model,
+    data: bytes,
+    *,
+    name: str = "input",
+    device: str | torch.device | None = None,
+    progress: Callable[[int, int], object] | None = None,
+) -> torch.Tensor:
     """Invert :func:`compress`: ``(N, C, H, W)`` uint8 images (0/1, or 0..255 for an 8-bit
     model), on the CPU, whatever machine or ``device`` (network) wrote the file.
 
@@ -140,8 +178,10 @@ def decompress(model, data: bytes, *, name: str = "input", device: str | torch.d
     out: list[torch.Tensor] = []
     # The CRC-32 has vouched for the bytes, so a failure from here on is a disagreement
     # between this machine's arithmetic and the writer's beyond the grid's margin.
-    differs = (f"{name}: this file was written on a machine whose arithmetic differs from this one's beyond the "
-               f"codec's rounding margin")
+    differs = (
+        f"{name}: this file was written on a machine whose arithmetic differs from this one's beyond the "
+        f"codec's rounding margin"
+    )
     try:
         for index in reversed(range(head.n_chunks)):
             grid.chunk = index
@@ -152,14 +192,20 @@ def decompress(model, data: bytes, *, name: str = "input", device: str | torch.d
     except CorruptFile as error:
         raise VLAEError(f"{name}: {error}") from None
     except (ValueError, RuntimeError, AssertionError, OverflowError) as error:  # constriction on diverged data
-        raise VLAEError(f"{differs} ({str(error).splitlines()[0] if str(error) else 'decode failed'}); decompress "
-                        "it where it was written") from None
+        raise VLAEError(
+            f"{differs} ({str(error).splitlines()[0] if str(error) else 'decode failed'}); decompress "
+            "it where it was written"
+        ) from None
     x = torch.cat(out[::-1]).to(torch.uint8)
     if grid.checksum != head.checksum:
-        raise VLAEError(f"{differs} (checksum of the snapped probabilities {grid.checksum:08x}, the writer's "
-                        f"{head.checksum:08x}); decompress it where it was written")
+        raise VLAEError(
+            f"{differs} (checksum of the snapped probabilities {grid.checksum:08x}, the writer's "
+            f"{head.checksum:08x}); decompress it where it was written"
+        )
     intact = np.array_equal(rest, initial_bits(head.digest, head.initial_words))
     if not intact or digest(x, is_binary(model)) != head.digest:
-        raise VLAEError(f"{name}: decoded images fail the integrity check although the probabilities agree (a "
-                        "corrupted file whose CRC-32 still matches, or a different constriction)")
+        raise VLAEError(
+            f"{name}: decoded images fail the integrity check although the probabilities agree (a "
+            "corrupted file whose CRC-32 still matches, or a different constriction)"
+        )
     return x

@@ -66,8 +66,12 @@ class CodeStats:
         return self.net_bits * float(np.log(2)) / self.images
 
     def as_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "net_bits": self.net_bits, "bits_per_dim": self.bits_per_dim,
-                "nats_per_image": self.nats_per_image}
+        return {
+            **dataclasses.asdict(self),
+            "net_bits": self.net_bits,
+            "bits_per_dim": self.bits_per_dim,
+            "nats_per_image": self.nats_per_image,
+        }
 
 
 class Coder:
@@ -80,7 +84,7 @@ class Coder:
         self.pixel = cs.stream.model.Bernoulli(perfect=False)  # a binary pixel
         self.channel = cs.stream.model.Categorical(perfect=False)  # an 8-bit channel, 256 symbols
         self.posterior = cs.stream.model.Categorical(perfect=False)
-        self.prior = cs.stream.model.Uniform(2 ** precision)
+        self.prior = cs.stream.model.Uniform(2**precision)
 
 
 def _information(symbols: np.ndarray, probs: np.ndarray) -> float:
@@ -88,7 +92,7 @@ def _information(symbols: np.ndarray, probs: np.ndarray) -> float:
     if probs.ndim == 1:
         return float(-np.log2(np.where(symbols == 1, probs, 1 - probs)).sum())
     mass = probs[np.arange(len(symbols)), symbols] / probs.sum(1)
-    return float(-np.log2(np.maximum(mass, 2.0 ** -24)).sum())  # constriction's floor
+    return float(-np.log2(np.maximum(mass, 2.0**-24)).sum())  # constriction's floor
 
 
 def encode_chunk(coder: Coder, model, latents: Latents | None, grid: Grid, x: torch.Tensor, stats: dict) -> None:
@@ -102,7 +106,7 @@ def encode_chunk(coder: Coder, model, latents: Latents | None, grid: Grid, x: to
         def pop(i: int, probs: np.ndarray) -> np.ndarray:
             k = coder.ans.decode(coder.posterior, probs)
             mass = probs[np.arange(n), k] / probs.sum(1)
-            stats["back"] -= np.log2(np.maximum(mass, 2.0 ** -24)).sum()  # constriction's floor
+            stats["back"] -= np.log2(np.maximum(mass, 2.0**-24)).sum()  # constriction's floor
             return k
 
         bins = latents.walk(mean, chol, pop)
@@ -198,4 +202,4 @@ def initial_words(model, precision: int) -> int:
 def initial_bits(digest: bytes, words: int) -> np.ndarray:
     """The initial words ``(words,)`` uint32, seeded by the images' digest (both sides have it)."""
     rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
-    return rng.integers(0, 2 ** 32, size=words, dtype=np.uint32)
+    return rng.integers(0, 2**32, size=words, dtype=np.uint32)

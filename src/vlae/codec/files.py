@@ -51,8 +51,10 @@ def read_images(path: str | Path, channels: int = 1, binary: bool = True) -> np.
     numeric = np.issubdtype(a.dtype, np.number) or a.dtype == bool
     if a.ndim != 4 or a.shape[1] != channels or not numeric or (not binary and not np.issubdtype(a.dtype, np.integer)):
         layout = "(N, H, W), (N, 1, H, W)" if channels == 1 else f"(N, {channels}, H, W) or (N, H, W, {channels})"
-        raise VLAEError(f"{path}: expected {kind} images {layout}{'' if binary else ' of an integer dtype'}, "
-                        f"got {a.dtype} {a.shape}")
+        raise VLAEError(
+            f"{path}: expected {kind} images {layout}{'' if binary else ' of an integer dtype'}, "
+            f"got {a.dtype} {a.shape}"
+        )
     if binary and not np.isin(a, (0, 1)).all():
         raise VLAEError(f"{path}: values other than 0 and 1; binarize the images first")
     if not binary and (a.min() < 0 or a.max() > 255):

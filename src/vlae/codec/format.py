@@ -27,8 +27,25 @@ import torch
 
 from ..errors import VLAEError
 
-__all__ = ["MAGIC", "FORMAT_VERSION", "PRECISIONS", "HEADER", "CRC", "TIE", "PROPOSAL", "PARAMS", "PROBS",
-           "OBSERVATION_CODES", "Header", "pack", "read_header", "read_ties", "read_stream", "model_identity", "digest"]
+__all__ = [
+    "MAGIC",
+    "FORMAT_VERSION",
+    "PRECISIONS",
+    "HEADER",
+    "CRC",
+    "TIE",
+    "PROPOSAL",
+    "PARAMS",
+    "PROBS",
+    "OBSERVATION_CODES",
+    "Header",
+    "pack",
+    "read_header",
+    "read_ties",
+    "read_stream",
+    "model_identity",
+    "digest",
+]
 
 MAGIC = b"\x89VLAEbb\n"
 FORMAT_VERSION = 2
@@ -66,26 +83,45 @@ def pack(head: Header, ties: np.ndarray, stream: np.ndarray) -> bytes:
     """The file: ``head`` (its ``chunks`` in encoding order), the near-tie records
     ``(T,)`` of dtype :data:`TIE`, the ANS stack ``(W,)`` as little-endian u32, and the
     CRC-32 of all of it."""
-    body = (HEADER.pack(MAGIC, head.version, head.model_id, head.observation, *head.image_shape, head.count,
-                        head.batch, head.precision, head.initial_words, head.digest, head.n_chunks, head.words,
-                        head.n_ties, head.checksum)
-            + np.asarray(head.chunks, dtype="<u2").tobytes() + ties.tobytes() + stream.tobytes())
+    body = (
+        HEADER.pack(
+            MAGIC,
+            head.version,
+            head.model_id,
+            head.observation,
+            *head.image_shape,
+            head.count,
+            head.batch,
+            head.precision,
+            head.initial_words,
+            head.digest,
+            head.n_chunks,
+            head.words,
+            head.n_ties,
+            head.checksum,
+        )
+        + np.asarray(head.chunks, dtype="<u2").tobytes()
+        + ties.tobytes()
+        + stream.tobytes()
+    )
     return body + CRC.pack(zlib.crc32(body))
 
 
 def read_header(data: bytes, name: str = "input") -> Header:
     """Parse and check a compressed file's header, length and CRC; one-line
     :class:`VLAEError` for a foreign, older, newer, truncated or corrupted file."""
-    if len(data) < len(MAGIC) or data[:len(MAGIC)] != MAGIC:
+    if len(data) < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
         raise VLAEError(f"{name}: not a vlae compressed file (bad magic bytes)")
     if len(data) >= len(MAGIC) + 2:
         version = struct.unpack_from("<H", data, len(MAGIC))[0]
         if version > FORMAT_VERSION:
             raise VLAEError(f"{name}: format version {version} is newer than this vlae reads ({FORMAT_VERSION})")
         if version < FORMAT_VERSION:
-            raise VLAEError(f"{name}: format version {version} (before portable decoding; it decodes only where it "
-                            f"was written, with the vlae of then) is no longer read; this vlae reads version "
-                            f"{FORMAT_VERSION}: recompress the images")
+            raise VLAEError(
+                f"{name}: format version {version} (before portable decoding; it decodes only where it "
+                f"was written, with the vlae of then) is no longer read; this vlae reads version "
+                f"{FORMAT_VERSION}: recompress the images"
+            )
     if len(data) < HEADER.size + CRC.size:
         raise VLAEError(f"{name}: truncated ({len(data)} bytes, shorter than the header)")
     fields = HEADER.unpack_from(data)
@@ -94,21 +130,30 @@ def read_header(data: bytes, name: str = "input") -> Header:
     if len(data) != size:
         what = "truncated" if len(data) < size else "corrupted (trailing bytes)"
         raise VLAEError(f"{name}: {what}: {len(data)} bytes, the header announces {size}")
-    if CRC.unpack_from(data, size - CRC.size)[0] != zlib.crc32(data[:size - CRC.size]):
+    if CRC.unpack_from(data, size - CRC.size)[0] != zlib.crc32(data[: size - CRC.size]):
         raise VLAEError(f"{name}: corrupted (CRC-32 mismatch)")
     chunks = tuple(int(m) for m in np.frombuffer(data, "<u2", count=head.n_chunks, offset=HEADER.size))
-    if (head.precision not in PRECISIONS or head.count < 1 or sum(chunks) != head.count
-            or not all(1 <= m <= head.batch for m in chunks)):
-        raise VLAEError(f"{name}: corrupted header (version {head.version}, precision {head.precision}, "
-                        f"{head.count} images in {head.n_chunks} chunks)")
+    if (
+        head.precision not in PRECISIONS
+        or head.count < 1
+        or sum(chunks) != head.count
+        or not all(1 <= m <= head.batch for m in chunks)
+    ):
+        raise VLAEError(
+            f"{name}: corrupted header (version {head.version}, precision {head.precision}, "
+            f"{head.count} images in {head.n_chunks} chunks)"
+        )
     return dataclasses.replace(head, chunks=chunks)
 
 
 def read_ties(data: bytes, head: Header, name: str) -> np.ndarray:
     """The near-tie records ``(T,)`` of dtype :data:`TIE` of a file ``head`` has checked."""
     ties = np.frombuffer(data, TIE, count=head.n_ties, offset=HEADER.size + 2 * head.n_chunks)
-    if head.n_ties and (int(ties["chunk"].max()) >= head.n_chunks or int((ties["flags"] & 3).max()) > PROBS
-                        or int(ties["flags"].max()) >= 8):
+    if head.n_ties and (
+        int(ties["chunk"].max()) >= head.n_chunks
+        or int((ties["flags"] & 3).max()) > PROBS
+        or int(ties["flags"].max()) >= 8
+    ):
         raise VLAEError(f"{name}: corrupted header (a near-tie record names no chunk or site)")
     return ties
 

@@ -54,7 +54,7 @@ class Grid:
         v = values.detach().to("cpu", torch.float64).numpy()
         if not np.isfinite(v).all():
             raise VLAEError("the model computes non-finite probabilities for these images; cannot code them")
-        if v.size >= 2 ** 32 or site >= 2 ** 32:
+        if v.size >= 2**32 or site >= 2**32:
             raise VLAEError("a chunk is too large to code; use a smaller --batch")
         replay = self.replay.get((self.chunk, kind, site))
         if replay is not None and len(replay[0]) and int(replay[0].max()) >= v.size:
@@ -75,7 +75,8 @@ class Grid:
 
 def _group_ties(ties: np.ndarray):
     """The records by (chunk, kind, site), the key a snapped call looks them up by."""
-    keys = np.stack([ties["chunk"].astype(np.int64), (ties["flags"] & 3).astype(np.int64),
-                     ties["site"].astype(np.int64)], 1)
+    keys = np.stack(
+        [ties["chunk"].astype(np.int64), (ties["flags"] & 3).astype(np.int64), ties["site"].astype(np.int64)], 1
+    )
     for key in {tuple(k) for k in keys.tolist()}:
         yield key, ties[(keys == key).all(1)]

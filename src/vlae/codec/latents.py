@@ -36,7 +36,7 @@ class Latents:
     dimension: ``edges (K + 1,)`` from ``-inf`` to ``inf`` and ``medians (K,)``."""
 
     def __init__(self, model, precision: int):
-        self.model, self.dims, self.bins = model, model.latent_dim, 2 ** precision
+        self.model, self.dims, self.bins = model, model.latent_dim, 2**precision
         self.edges = normal_quantile(np.arange(self.bins + 1) / self.bins)  # (K + 1,), from -inf to inf
         self.medians = normal_quantile((np.arange(self.bins) + 0.5) / self.bins)
 
@@ -70,11 +70,11 @@ class Latents:
         chosen = np.empty(mean.shape, dtype=np.int64)
         for i in range(self.dims):
             spread = chol[:, i, i]
-            t = (self.edges[None, :] - centre[:, i:i + 1]) / spread[:, None]
+            t = (self.edges[None, :] - centre[:, i : i + 1]) / spread[:, None]
             k = np.asarray(choose(i, normal_bin_masses(t)), dtype=np.int64)
             chosen[:, i] = k
             eta = (self.medians[k] - centre[:, i]) / spread
-            centre[:, i + 1:] = centre[:, i + 1:] + chol[:, i + 1:, i] * eta[:, None]
+            centre[:, i + 1 :] = centre[:, i + 1 :] + chol[:, i + 1 :, i] * eta[:, None]
         return chosen
 
     def latent(self, bins: np.ndarray) -> torch.Tensor:

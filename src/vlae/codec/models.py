@@ -28,8 +28,10 @@ def observation(model) -> str:
     name = "bernoulli" if obs is None else str(getattr(obs, "name", type(obs).__name__))
     channels = model.cfg.image_shape[0]
     if name not in OBSERVATION_CODES or (name == "bernoulli" and channels != 1) or channels not in (1, 3):
-        raise VLAEError(f"vlae compress supports binary (1 channel) and 8-bit (1 or 3 channel) images; this model "
-                        f"has a {name} observation model on {channels}-channel images")
+        raise VLAEError(
+            f"vlae compress supports binary (1 channel) and 8-bit (1 or 3 channel) images; this model "
+            f"has a {name} observation model on {channels}-channel images"
+        )
     return name
 
 

@@ -29,8 +29,9 @@ __all__ = ["walk_pixels", "channel_probs"]
 _PROBS_BLOCK = 64  # pixels per call of channel_probs (8-bit models)
 
 
-def walk_pixels(model, z: torch.Tensor | None, n: int,
-                decide: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+def walk_pixels(
+    model, z: torch.Tensor | None, n: int, decide: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+) -> None:
     """Run the decoder position by position in decoding order: ``decide(step, pos, params)``
     gets the step's index, its flat positions ``(N,)`` and the decoder's outputs there
     ``(n * N, P)`` (image-major), and returns the pixel values ``(n * N, C)`` the decoder

@@ -117,7 +117,10 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     """``KINDS``, deprecated (one release): the observations' old names (:data:`vlae.config.OBSERVATIONS`)."""
     if name == "KINDS":
-        warnings.warn("vlae.data.KINDS is deprecated; the observation axis is vlae.config.OBSERVATIONS",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "vlae.data.KINDS is deprecated; the observation axis is vlae.config.OBSERVATIONS",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return _catalogue.KINDS
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

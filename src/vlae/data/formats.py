@@ -42,16 +42,22 @@ def read_amat(path: str | os.PathLike) -> np.ndarray:
     width = 2 * PIXELS
     if raw and len(raw) % width == 0:
         table = np.frombuffer(raw, np.uint8).reshape(-1, width)
-        if (table[:, 1:-1:2] == 32).all() and (table[:, -1] == 10).all() and (table[:, ::2] <= 49).all() \
-                and (table[:, ::2] >= 48).all():
+        if (
+            (table[:, 1:-1:2] == 32).all()
+            and (table[:, -1] == 10).all()
+            and (table[:, ::2] <= 49).all()
+            and (table[:, ::2] >= 48).all()
+        ):
             return table[:, ::2] - 48
     rows = []
     for number, line in enumerate(raw.splitlines(), 1):
         values = line.split()
         if not values:
             continue
-        require(len(values) == PIXELS, f"{path}: line {number} has {len(values)} values, expected {PIXELS} "
-                                       "(truncated or corrupt file)")
+        require(
+            len(values) == PIXELS,
+            f"{path}: line {number} has {len(values)} values, expected {PIXELS} (truncated or corrupt file)",
+        )
         row = b"".join(values)
         require(len(row) == PIXELS and not row.strip(b"01"), f"{path}: line {number} has values other than 0 and 1")
         rows.append(row)
@@ -71,14 +77,18 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     """The ``uint8`` array of an IDX file (gzip-compressed or plain), shape from its header."""
     path = Path(path)
     raw = _read_bytes(path)
-    require(len(raw) >= 4 and raw[:3] == b"\x00\x00\x08",
-            f"{path}: not an IDX file of unsigned bytes (magic number {raw[:4].hex() or 'missing'})")
+    require(
+        len(raw) >= 4 and raw[:3] == b"\x00\x00\x08",
+        f"{path}: not an IDX file of unsigned bytes (magic number {raw[:4].hex() or 'missing'})",
+    )
     header = 4 + 4 * raw[3]
     require(len(raw) >= header, f"{path}: truncated IDX header")
     dims = struct.unpack(f">{raw[3]}I", raw[4:header])
     expected = header + int(np.prod(dims))
-    require(len(raw) == expected,
-            f"{path}: truncated or corrupt IDX file ({len(raw)} bytes, header {dims} implies {expected})")
+    require(
+        len(raw) == expected,
+        f"{path}: truncated or corrupt IDX file ({len(raw)} bytes, header {dims} implies {expected})",
+    )
     return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
 
 
@@ -133,10 +143,13 @@ class _ArrayUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         core = getattr(np, "_core", None) or np.core
-        allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
-                   ("_codecs", "encode"): codecs.encode,  # how protocol 2 stores Python 3 bytes
-                   ("numpy.core.multiarray", "_reconstruct"): core.multiarray._reconstruct,
-                   ("numpy._core.multiarray", "_reconstruct"): core.multiarray._reconstruct}
+        allowed = {
+            ("numpy", "ndarray"): np.ndarray,
+            ("numpy", "dtype"): np.dtype,
+            ("_codecs", "encode"): codecs.encode,  # how protocol 2 stores Python 3 bytes
+            ("numpy.core.multiarray", "_reconstruct"): core.multiarray._reconstruct,
+            ("numpy._core.multiarray", "_reconstruct"): core.multiarray._reconstruct,
+        }
         if (module, name) not in allowed:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
         return allowed[(module, name)]
@@ -151,8 +164,11 @@ def _cifar_batch(raw: bytes, what: str) -> np.ndarray:
     require(isinstance(batch, dict), f"{what}: corrupt CIFAR-10 batch (a {type(batch).__name__}, not a dict)")
     data = batch.get(b"data", batch.get("data"))
     ok = isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072
-    require(ok, f"{what}: expected b'data' of uint8 (n, 3072), got "
-                f"{getattr(data, 'dtype', type(data).__name__)} {getattr(data, 'shape', '')}")
+    require(
+        ok,
+        f"{what}: expected b'data' of uint8 (n, 3072), got "
+        f"{getattr(data, 'dtype', type(data).__name__)} {getattr(data, 'shape', '')}",
+    )
     labels = batch.get(b"labels", batch.get("labels"))
     require(labels is None or len(labels) == len(data), f"{what}: {len(data)} images but {len(labels or ())} labels")
     return data.reshape(-1, 3, 32, 32)

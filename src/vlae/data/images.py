@@ -55,18 +55,34 @@ class Images:
     source: str = ""
     fallback: str | None = None
 
-    def __init__(self, images: torch.Tensor, name: str, split: str, observation: str | None = None,
-                 dynamic: bool = False, source: str = "", fallback: str | None = None, *, kind: str | None = None):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        name: str,
+        split: str,
+        observation: str | None = None,
+        dynamic: bool = False,
+        source: str = "",
+        fallback: str | None = None,
+        *,
+        kind: str | None = None,
+    ):
         what = f"{name} {split}"
         if kind is not None:
-            warnings.warn("Images(kind=...) is deprecated; use Images(observation=...)", DeprecationWarning,
-                          stacklevel=2)
-            require(observation is None or observation_of(observation) == observation_of(kind),
-                    f"{what}: observation={observation!r} and kind={kind!r} disagree; give observation only")
+            warnings.warn(
+                "Images(kind=...) is deprecated; use Images(observation=...)", DeprecationWarning, stacklevel=2
+            )
+            require(
+                observation is None or observation_of(observation) == observation_of(kind),
+                f"{what}: observation={observation!r} and kind={kind!r} disagree; give observation only",
+            )
             observation = kind
         elif observation in OLD_NAMES:
-            warnings.warn(f"the observation {observation!r} is deprecated; use {OLD_NAMES[observation]!r}",
-                          DeprecationWarning, stacklevel=2)
+            warnings.warn(
+                f"the observation {observation!r} is deprecated; use {OLD_NAMES[observation]!r}",
+                DeprecationWarning,
+                stacklevel=2,
+            )
         self.images, self.name, self.split = images, name, split
         self.observation = observation_of("bernoulli" if observation is None else observation)
         self.dynamic, self.source, self.fallback = dynamic, source, fallback
@@ -75,18 +91,27 @@ class Images:
     def _check(self) -> None:
         shape = tuple(self.images.shape)
         what = f"{self.name} {self.split}"
-        require(self.observation in OBSERVATIONS,
-                f"{what}: unknown observation {self.observation!r}; choose one of {', '.join(OBSERVATIONS)} "
-                f"({', '.join(WORDS[o] for o in OBSERVATIONS)} images)")
-        require(self.images.dtype == torch.uint8 and len(shape) == 4 and min(shape[1:], default=0) > 0,
-                f"{what}: expected uint8 images of shape (N, C, H, W), got {self.images.dtype} {shape}")
+        require(
+            self.observation in OBSERVATIONS,
+            f"{what}: unknown observation {self.observation!r}; choose one of {', '.join(OBSERVATIONS)} "
+            f"({', '.join(WORDS[o] for o in OBSERVATIONS)} images)",
+        )
+        require(
+            self.images.dtype == torch.uint8 and len(shape) == 4 and min(shape[1:], default=0) > 0,
+            f"{what}: expected uint8 images of shape (N, C, H, W), got {self.images.dtype} {shape}",
+        )
         binary = self.observation == "bernoulli"
-        require(binary or not self.dynamic,
-                f"{what}: 8-bit images are used as they are; dynamic binarization is for binary images")
+        require(
+            binary or not self.dynamic,
+            f"{what}: 8-bit images are used as they are; dynamic binarization is for binary images",
+        )
         if binary and not self.dynamic and len(self):
             top = int(self.images.max())
-            require(top <= 1, f"{what}: static binary images must hold 0/1, found values up to {top} "
-                              "(grey levels need dynamic binarization or observation='logistic_mixture')")
+            require(
+                top <= 1,
+                f"{what}: static binary images must hold 0/1, found values up to {top} "
+                "(grey levels need dynamic binarization or observation='logistic_mixture')",
+            )
 
     @property
     def kind(self) -> str:
@@ -121,8 +146,9 @@ def as_images(obj: Any, name: str, observation: str = "bernoulli", *, kind: str 
     logistic_mixture: 8-bit, used as is). ``kind=``, the old keyword with the old names,
     is read for one release."""
     if kind is not None:
-        warnings.warn("as_images(kind=...) is deprecated; use as_images(observation=...)", DeprecationWarning,
-                      stacklevel=2)
+        warnings.warn(
+            "as_images(kind=...) is deprecated; use as_images(observation=...)", DeprecationWarning, stacklevel=2
+        )
         observation = kind
     observation = observation_of(observation)
     if isinstance(obj, Images):
@@ -130,8 +156,9 @@ def as_images(obj: Any, name: str, observation: str = "bernoulli", *, kind: str 
     if isinstance(obj, torch.Tensor):
         images = (obj if obj.dtype == torch.uint8 else obj.to(torch.uint8)).cpu()
         dynamic = observation == "bernoulli" and bool((images > 1).any())
-        return Images(images, name="custom", split=name, observation=observation, dynamic=dynamic,
-                      source="data= argument")
+        return Images(
+            images, name="custom", split=name, observation=observation, dynamic=dynamic, source="data= argument"
+        )
     raise VLAEError(f"data: expected vlae.data.Images or a uint8 tensor for {name}, got {type(obj).__name__}")
 
 
@@ -150,8 +177,14 @@ def dataset_identity(ds: Images) -> dict[str, Any]:
     """
     images = ds.images.detach().cpu().contiguous()
     return {
-        "name": ds.name, "observation": ds.observation, "split": ds.split, "images": len(ds),
-        "shape": list(images.shape[1:]), "dynamic": ds.dynamic, "source": ds.source, "fallback": ds.fallback,
+        "name": ds.name,
+        "observation": ds.observation,
+        "split": ds.split,
+        "images": len(ds),
+        "shape": list(images.shape[1:]),
+        "dynamic": ds.dynamic,
+        "source": ds.source,
+        "fallback": ds.fallback,
         "sha256": hashlib.sha256(images.numpy()).hexdigest(),
     }
 
@@ -168,8 +201,10 @@ def migrate_identity(identity: dict[str, Any]) -> dict[str, Any]:
     """
     if "kind" not in identity or "observation" in identity:
         return identity
-    return {("observation" if k == "kind" else k): (observation_of(v) if k == "kind" and isinstance(v, str) else v)
-            for k, v in identity.items()}
+    return {
+        ("observation" if k == "kind" else k): (observation_of(v) if k == "kind" and isinstance(v, str) else v)
+        for k, v in identity.items()
+    }
 
 
 def identity_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:

@@ -32,8 +32,14 @@ from .splits import binarize_once, cut, digits, zeros_and_ones
 __all__ = ["load_dataset", "load_or_fallback"]
 
 
-def load_dataset(name: str, split: str, data_dir: str | os.PathLike | None = None, download: bool = False, *,
-                 train_on_valid: bool = False) -> Images:
+def load_dataset(
+    name: str,
+    split: str,
+    data_dir: str | os.PathLike | None = None,
+    download: bool = False,
+    *,
+    train_on_valid: bool = False,
+) -> Images:
     """One split of a dataset as in-memory ``uint8`` images ``(N, C, H, W)``.
 
     Args:
@@ -53,8 +59,9 @@ def load_dataset(name: str, split: str, data_dir: str | os.PathLike | None = Non
     if train_on_valid and split == "train":
         train, valid = (load_dataset(name, s, data_dir, download) for s in ("train", "valid"))
         sources = train.source if train.source == valid.source else f"{train.source}, {valid.source}"
-        return Images(torch.cat([train.images, valid.images]), name, "train+valid", train.observation, train.dynamic,
-                      sources)
+        return Images(
+            torch.cat([train.images, valid.images]), name, "train+valid", train.observation, train.dynamic, sources
+        )
     root = resolve_data_dir(data_dir)
     try:
         images, dynamic, source = _read_split(name, root, split)
@@ -64,18 +71,29 @@ def load_dataset(name: str, split: str, data_dir: str | os.PathLike | None = Non
         fetch.download(name, root)
         images, dynamic, source = _read_split(name, root, split)
     expected = catalogue.COUNTS[(name, split)]
-    require(len(images) == expected,
-            f"{source}: {len(images)} images for {name} {split}, expected {expected} (truncated or wrong file?)")
+    require(
+        len(images) == expected,
+        f"{source}: {len(images)} images for {name} {split}, expected {expected} (truncated or wrong file?)",
+    )
     tensor = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8).copy())
     tensor = tensor.unsqueeze(1) if tensor.ndim == 3 else tensor
-    require(tuple(tensor.shape[1:]) == INFO[name].shape,
-            f"{source}: images of shape {tuple(tensor.shape[1:])} for {name}, expected {INFO[name].shape}")
+    require(
+        tuple(tensor.shape[1:]) == INFO[name].shape,
+        f"{source}: images of shape {tuple(tensor.shape[1:])} for {name}, expected {INFO[name].shape}",
+    )
     return Images(tensor, name, split, INFO[name].observation, dynamic, source)
 
 
-def load_or_fallback(name: str, split: str, data_dir: str | os.PathLike | None = None, download: bool = False, *,
-                     train_on_valid: bool = False, allow_embedded: bool = True,
-                     notice: Callable[[str], object] | None = None) -> Images:
+def load_or_fallback(
+    name: str,
+    split: str,
+    data_dir: str | os.PathLike | None = None,
+    download: bool = False,
+    *,
+    train_on_valid: bool = False,
+    allow_embedded: bool = True,
+    notice: Callable[[str], object] | None = None,
+) -> Images:
     """:func:`load_dataset`, or its embedded fallback when no data location was named.
 
     A data location given explicitly (``data_dir``, i.e. ``--data-dir`` or
@@ -108,8 +126,10 @@ def load_or_fallback(name: str, split: str, data_dir: str | os.PathLike | None =
     root = resolve_data_dir(None)
     substitute = load_dataset(fallback, split, train_on_valid=train_on_valid)
     what = f"{fallback} substituted for {name}: no {name} data under {root} and no data location given"
-    (notice or _stderr)(f"notice: {name} not found under {root}; using {fallback} ({substitute.source}), "
-                        f"not a benchmark. Pass --data-dir or run `vlae download {name}` for the real data.")
+    (notice or _stderr)(
+        f"notice: {name} not found under {root}; using {fallback} ({substitute.source}), "
+        f"not a benchmark. Pass --data-dir or run `vlae download {name}` for the real data."
+    )
     return dataclasses.replace(substitute, fallback=what)
 
 
@@ -118,13 +138,19 @@ def _named_location_error(name: str, root: Path, from_env: bool, error: DataNotF
     that lacks ``name``'s files: what is wrong with it, what was looked for where, and the fix."""
     state = "does not exist" if not root.exists() else f"holds no {name} data"
     where = f"$VLAE_DATA_DIR names {root}, which" if from_env else f"the given data location {root}"
-    fix = ("set VLAE_DATA_DIR to the folder holding it, unset it to use the embedded data, or run "
-           f"`vlae download {name}` (which downloads into $VLAE_DATA_DIR)" if from_env else
-           f"fix the path, or run `vlae download {name} --data-dir {root}`")
+    fix = (
+        "set VLAE_DATA_DIR to the folder holding it, unset it to use the embedded data, or run "
+        f"`vlae download {name}` (which downloads into $VLAE_DATA_DIR)"
+        if from_env
+        else f"fix the path, or run `vlae download {name} --data-dir {root}`"
+    )
     return DataNotFoundError(
         f"{name}: {where} {state} (looked for {', '.join(error.looked_for)} in "
         f"{', '.join(map(str, error.folders))}); an explicit location is never replaced by embedded data: "
-        f"{fix}", error.looked_for, error.folders)
+        f"{fix}",
+        error.looked_for,
+        error.folders,
+    )
 
 
 def _stderr(message: str) -> None:
@@ -165,8 +191,10 @@ def _load_idx(name: str, root: Path, split: str) -> tuple[np.ndarray, bool, str]
     path = find_file(name, root, [stem + ".gz", stem])
     check_digest(INFO[name].files, path)
     images = read_idx(path)
-    require(images.ndim == 3 and images.shape[1:] == (28, 28),
-            f"{path}: expected images of shape (N, 28, 28), got {images.shape}")
+    require(
+        images.ndim == 3 and images.shape[1:] == (28, 28),
+        f"{path}: expected images of shape (N, 28, 28), got {images.shape}",
+    )
     binary = INFO[name].observation == "bernoulli"
     if split == "test":
         return (binarize_once(images) if binary else images), False, str(path)

@@ -30,8 +30,10 @@ def zeros_and_ones(array: np.ndarray, what: str) -> np.ndarray:
 
 def digits(array: np.ndarray, what: str, *, fortran: bool = False) -> np.ndarray:
     """``(N, 784)`` rows -> ``(N, 28, 28)``; ``fortran``: rows are column-major (MATLAB) images."""
-    require(array.ndim == 2 and array.shape[1] == PIXELS,
-            f"{what}: expected an array of shape (N, {PIXELS}), got {array.shape}")
+    require(
+        array.ndim == 2 and array.shape[1] == PIXELS,
+        f"{what}: expected an array of shape (N, {PIXELS}), got {array.shape}",
+    )
     images = array.reshape(-1, 28, 28)
     return images.transpose(0, 2, 1) if fortran else images
 
@@ -45,6 +47,8 @@ def binarize_once(grey: np.ndarray) -> np.ndarray:
 def cut(name: str, images: np.ndarray, split: str, source: str) -> np.ndarray:
     """``train`` (the first images) or ``valid`` (the last ones) of a file holding both."""
     n_train, n_valid = catalogue.COUNTS[(name, "train")], catalogue.COUNTS[(name, "valid")]
-    require(len(images) == n_train + n_valid, f"{source}: {len(images)} training images for {name}, expected "
-                                              f"{n_train + n_valid} (truncated or wrong file?)")
+    require(
+        len(images) == n_train + n_valid,
+        f"{source}: {len(images)} training images for {name}, expected {n_train + n_valid} (truncated or wrong file?)",
+    )
     return images[n_train:] if split == "valid" else images[:n_train]

@@ -49,8 +49,10 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "gaussian": ("PixelCNN decoder + Gaussian prior", {"prior": "gaussian", "posterior": "gaussian"}),
     "af": ("PixelCNN decoder + AF prior (VLAE)", {"prior": "af", "posterior": "gaussian"}),
     "iaf": ("PixelCNN decoder + IAF posterior + Gaussian prior", {"prior": "gaussian", "posterior": "iaf"}),
-    "factorized": ("factorized Bernoulli decoder + AF prior",
-                   {"decoder": "factorized", "prior": "af", "posterior": "gaussian"}),
+    "factorized": (
+        "factorized Bernoulli decoder + AF prior",
+        {"decoder": "factorized", "prior": "af", "posterior": "gaussian"},
+    ),
 }
 
 
@@ -66,8 +68,10 @@ def ablation_tasks(base: Config, variants: Sequence[str] | None = None) -> list[
         if name not in VARIANTS:
             raise VLAEError(f"invalid --variants: unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
     if base.model.latent_dim == 0:
-        raise VLAEError("invalid --set model.latent_dim=0: the ablation compares latent-variable models; "
-                        "the unconditional PixelCNN is already one of its variants")
+        raise VLAEError(
+            "invalid --set model.latent_dim=0: the ablation compares latent-variable models; "
+            "the unconditional PixelCNN is already one of its variants"
+        )
     pixelcnn = base.model.decoder if base.model.decoder in ("masked", "gated") else "masked"
     tasks = []
     for name in variants:
@@ -87,8 +91,9 @@ def ablation_tasks(base: Config, variants: Sequence[str] | None = None) -> list[
     return tasks
 
 
-def write_ablation_report(out_dir: str | Path, records: list[dict[str, Any]] | None = None,
-                          ablation_config: dict[str, Any] | None = None) -> dict[str, Path]:
+def write_ablation_report(
+    out_dir: str | Path, records: list[dict[str, Any]] | None = None, ablation_config: dict[str, Any] | None = None
+) -> dict[str, Path]:
     """Write ``ablation.{csv,json,md}`` for ``records`` (default: every finished
     run under ``out_dir``), in the order of :data:`VARIANTS`."""
     out = Path(out_dir)
@@ -99,22 +104,51 @@ def write_ablation_report(out_dir: str | Path, records: list[dict[str, Any]] | N
     order = list(VARIANTS)
     records.sort(key=lambda r: order.index(r["variant"]))
     est = estimator(records)
-    columns = [("variant", "variant"), ("description", "model"), ("decoder", "decoder"), ("prior", "prior"),
-               ("posterior", "posterior"), ("rf_size", "RF size (px)"), ("nll", f"NLL ({est})"),
-               ("nelbo", "-ELBO"), ("kl", "KL (nats)"), ("active_units", "active units"), ("steps", "steps"),
-               ("seconds", "seconds")]
-    note = (f"{scope_note(records)}, equal training budget, seed and data. "
-            f"NLL: negative {est}; KL: single-sample estimate of KL(q(z|x) || p(z)). "
-            "The unconditional PixelCNN has no z: its KL is 0 and its bounds are its exact likelihood.")
-    return write_table(records, out, "ablation", columns, {"ablation": ablation_config, "estimator": est},
-                       title="Ablation: prior, posterior and decoder at equal budget", note=note)
+    columns = [
+        ("variant", "variant"),
+        ("description", "model"),
+        ("decoder", "decoder"),
+        ("prior", "prior"),
+        ("posterior", "posterior"),
+        ("rf_size", "RF size (px)"),
+        ("nll", f"NLL ({est})"),
+        ("nelbo", "-ELBO"),
+        ("kl", "KL (nats)"),
+        ("active_units", "active units"),
+        ("steps", "steps"),
+        ("seconds", "seconds"),
+    ]
+    note = (
+        f"{scope_note(records)}, equal training budget, seed and data. "
+        f"NLL: negative {est}; KL: single-sample estimate of KL(q(z|x) || p(z)). "
+        "The unconditional PixelCNN has no z: its KL is 0 and its bounds are its exact likelihood."
+    )
+    return write_table(
+        records,
+        out,
+        "ablation",
+        columns,
+        {"ablation": ablation_config, "estimator": est},
+        title="Ablation: prior, posterior and decoder at equal budget",
+        note=note,
+    )
 
 
-def run_ablation(out_dir: str | Path, base: Config, *, variants: Sequence[str] | None = None,
-                 eval_subset: int = 1000, k: int = 64, eval_batch_size: int = 50, jobs: int = 0,
-                 threads: int = 1, data: Any = None, test_images: Any = None,
-                 log: Callable[[str], object] = print,
-                 ablation_config: dict[str, Any] | None = None) -> tuple[list[dict | None], dict]:
+def run_ablation(
+    out_dir: str | Path,
+    base: Config,
+    *,
+    variants: Sequence[str] | None = None,
+    eval_subset: int = 1000,
+    k: int = 64,
+    eval_batch_size: int = 50,
+    jobs: int = 0,
+    threads: int = 1,
+    data: Any = None,
+    test_images: Any = None,
+    log: Callable[[str], object] = print,
+    ablation_config: dict[str, Any] | None = None,
+) -> tuple[list[dict | None], dict]:
     """Run (or finish) the ablation and write its table.
 
     Returns:
@@ -126,11 +160,28 @@ def run_ablation(out_dir: str | Path, base: Config, *, variants: Sequence[str] |
     out = Path(out_dir)
     check_tasks(tasks, out, {"eval_subset": eval_subset, "k": k, "eval_batch_size": eval_batch_size})
     out.mkdir(parents=True, exist_ok=True)
-    config = {"variants": [t.name for t in tasks], "eval_subset": eval_subset, "k": k, "jobs": jobs,
-              "threads": threads, **(ablation_config or {}), "base_config": base.to_dict()}
+    config = {
+        "variants": [t.name for t in tasks],
+        "eval_subset": eval_subset,
+        "k": k,
+        "jobs": jobs,
+        "threads": threads,
+        **(ablation_config or {}),
+        "base_config": base.to_dict(),
+    }
     write_json(out / "ablation_config.json", config)
-    records, status = run_tasks(tasks, out, eval_subset=eval_subset, k=k, eval_batch_size=eval_batch_size,
-                                jobs=jobs, threads=threads, data=data, test_images=test_images, log=log)
+    records, status = run_tasks(
+        tasks,
+        out,
+        eval_subset=eval_subset,
+        k=k,
+        eval_batch_size=eval_batch_size,
+        jobs=jobs,
+        threads=threads,
+        data=data,
+        test_images=test_images,
+        log=log,
+    )
     if not any(records):
         raise VLAEError(f"every ablation run failed; see {out}/*/error.txt")
     status["outputs"] = write_ablation_report(out, None, config)

@@ -45,6 +45,11 @@ def receptive_field_record(decoder: Any, image_shape: Sequence[int] = (1, 28, 28
         11
     """
     ext = decoder.receptive_field_extent()
-    return {"rf_size": int(decoder.receptive_field_size()), "rf_up": ext["up"], "rf_left": ext["left"],
-            "rf_right": ext["right"], "rf_name": getattr(decoder, "receptive_field_name", lambda: None)(),
-            "rf_coverage": round(context_coverage(decoder.receptive_field(), *image_shape[1:]), 4)}
+    return {
+        "rf_size": int(decoder.receptive_field_size()),
+        "rf_up": ext["up"],
+        "rf_left": ext["left"],
+        "rf_right": ext["right"],
+        "rf_name": getattr(decoder, "receptive_field_name", lambda: None)(),
+        "rf_coverage": round(context_coverage(decoder.receptive_field(), *image_shape[1:]), 4),
+    }

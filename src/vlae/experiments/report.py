@@ -23,9 +23,15 @@ def fmt(x: Any, digits: int = 2) -> str:
     return str(x)
 
 
-def write_table(records: list[dict[str, Any]], out_dir: str | os.PathLike, stem: str,
-                columns: Sequence[tuple[str, str]], extra: dict[str, Any] | None = None,
-                title: str = "", note: str = "") -> dict[str, Path]:
+def write_table(
+    records: list[dict[str, Any]],
+    out_dir: str | os.PathLike,
+    stem: str,
+    columns: Sequence[tuple[str, str]],
+    extra: dict[str, Any] | None = None,
+    title: str = "",
+    note: str = "",
+) -> dict[str, Path]:
     """Write ``<stem>.csv`` (all fields), ``<stem>.json`` and ``<stem>.md`` (``columns``:
     ``(key, header)`` pairs) in the given record order."""
     out = Path(out_dir)
@@ -54,8 +60,11 @@ def estimator(records: list[dict[str, Any]]) -> str:
 def scope_note(records: list[dict[str, Any]]) -> str:
     """What every number of a report shares: the free bits trained with and the
     test images evaluated on (several values when the records disagree)."""
+
     def values(key: str) -> str:
         return ", ".join(map(str, sorted({r[key] for r in records if r.get(key) is not None}))) or "?"
-    return (f"Training budget per run: {values('budget')}. Free bits: {values('free_bits')} nats per pixel. "
-            f"Nats per image on {values('eval_images')} test images")
 
+    return (
+        f"Training budget per run: {values('budget')}. Free bits: {values('free_bits')} nats per pixel. "
+        f"Nats per image on {values('eval_images')} test images"
+    )

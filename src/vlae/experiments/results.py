@@ -37,8 +37,9 @@ def _config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     for section in sorted(set(old) | set(new)):
         a, b = old.get(section), new.get(section)
         if isinstance(a, dict) and isinstance(b, dict):
-            diffs += [f"{section}.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
-                      if a.get(k) != b.get(k)]
+            diffs += [
+                f"{section}.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
+            ]
         elif a != b:
             diffs.append(f"{section}: {a!r} -> {b!r}")
     return diffs
@@ -52,8 +53,9 @@ def write_json(path: Path, obj: Any) -> None:
     write_strict(path, obj, default=str)
 
 
-def check_tasks(tasks: Sequence[Task], out_dir: str | os.PathLike, eval_settings: dict[str, Any]
-                ) -> dict[str, dict[str, Any]]:
+def check_tasks(
+    tasks: Sequence[Task], out_dir: str | os.PathLike, eval_settings: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
     """Check ``tasks`` against what ``out_dir`` holds before anything is written or
     started; return the records of the tasks already finished there.
 
@@ -76,17 +78,19 @@ def check_tasks(tasks: Sequence[Task], out_dir: str | os.PathLike, eval_settings
             continue
         stored = _read_results(path)
         diffs = _config_diff(stored.get("config", {}), task.config.to_dict())
-        diffs += [f"{key}: {stored.get('eval', {}).get(key)!r} -> {value!r}"
-                  for key, value in eval_settings.items() if stored.get("eval", {}).get(key) != value
-                  and key != "eval_batch_size"]
+        diffs += [
+            f"{key}: {stored.get('eval', {}).get(key)!r} -> {value!r}"
+            for key, value in eval_settings.items()
+            if stored.get("eval", {}).get(key) != value and key != "eval_batch_size"
+        ]
         if diffs:
-            raise VLAEError(f"{path} was made with a different configuration ({'; '.join(diffs[:3])}); "
-                            f"use another output directory")
+            raise VLAEError(
+                f"{path} was made with a different configuration ({'; '.join(diffs[:3])}); use another output directory"
+            )
         records[task.name] = _record_of(stored)
     if tasks:
         _check_folder_settings(out, {"config": tasks[0].config.to_dict(), "eval": eval_settings})
     return records
-
 
 
 def _check_interrupted(run_dir: Path, task: Task) -> None:
@@ -105,9 +109,11 @@ def _check_interrupted(run_dir: Path, task: Task) -> None:
     diffs = _config_diff(saved, wanted)
     if diffs:
         step = state.get("trainer", {}).get("step")
-        raise VLAEError(f"{run_dir} was interrupted at step {step} of a run with other settings "
-                        f"({'; '.join(diffs[:3])}); rerun with the settings it was started with to finish it, "
-                        f"or use another output directory")
+        raise VLAEError(
+            f"{run_dir} was interrupted at step {step} of a run with other settings "
+            f"({'; '.join(diffs[:3])}); rerun with the settings it was started with to finish it, "
+            f"or use another output directory"
+        )
 
 
 def _settings(stored: dict[str, Any]) -> dict[str, Any]:
@@ -130,8 +136,10 @@ def _check_folder_settings(out: Path, reference: dict[str, Any] | None = None) -
         if mine != first[0]:
             diffs = _config_diff(mine, first[0])
             than = "" if reference is not None else f" than {first[1]}"
-            raise VLAEError(f"{path} was made with a different configuration{than} ({'; '.join(diffs[:3])}); "
-                            f"a table holds runs of one setting: use another output directory")
+            raise VLAEError(
+                f"{path} was made with a different configuration{than} ({'; '.join(diffs[:3])}); "
+                f"a table holds runs of one setting: use another output directory"
+            )
 
 
 def _read_results(path: Path) -> dict[str, Any]:

@@ -17,9 +17,19 @@ from .workers import Workers, start_context
 __all__ = ["run_tasks"]
 
 
-def run_tasks(tasks: Sequence[Task], out_dir: str | os.PathLike, *, eval_subset: int = 1000, k: int = 64,
-              eval_batch_size: int = 50, jobs: int = 0, threads: int = 1, data: Any = None,
-              test_images: Any = None, log: Callable[[str], object] = print) -> tuple[list[dict | None], dict]:
+def run_tasks(
+    tasks: Sequence[Task],
+    out_dir: str | os.PathLike,
+    *,
+    eval_subset: int = 1000,
+    k: int = 64,
+    eval_batch_size: int = 50,
+    jobs: int = 0,
+    threads: int = 1,
+    data: Any = None,
+    test_images: Any = None,
+    log: Callable[[str], object] = print,
+) -> tuple[list[dict | None], dict]:
     """Run every task not finished yet, ``jobs`` at a time, each in a fresh process.
 
     A task whose ``<out_dir>/<name>/results.json`` exists is skipped (after
@@ -76,8 +86,7 @@ def run_tasks(tasks: Sequence[Task], out_dir: str | os.PathLike, *, eval_subset:
     if pending:
         images = _evaluation_images(tasks[0], eval_subset, test_images, log)
         payloads = _payloads(pending, out, threads, eval_settings)
-        log(f"running {len(pending)} run(s) with {min(jobs, len(pending))} worker(s) x {threads} thread(s) "
-            f"in {out}")
+        log(f"running {len(pending)} run(s) with {min(jobs, len(pending))} worker(s) x {threads} thread(s) in {out}")
         workers = Workers(start_context(), min(jobs, len(pending)), (threads, data, images))
         stopped = workers.run(payloads, _recorder(out, records, status, log))
         if stopped is not None:
@@ -103,20 +112,33 @@ def _evaluation_images(first: Task, eval_subset: int, test_images: Any, log: Cal
 
 def _payloads(pending: Sequence[Task], out: Path, threads: int, eval_settings: dict[str, Any]) -> list[dict]:
     """What a worker process receives for each task: plain data, picklable."""
-    return [{"name": t.name, "run_dir": str(out / t.name), "config": t.config.to_dict(), "meta": t.meta,
-             "threads": threads, **eval_settings} for t in pending]
+    return [
+        {
+            "name": t.name,
+            "run_dir": str(out / t.name),
+            "config": t.config.to_dict(),
+            "meta": t.meta,
+            "threads": threads,
+            **eval_settings,
+        }
+        for t in pending
+    ]
 
 
-def _recorder(out: Path, records: dict[str, dict], status: dict[str, Any], log: Callable[[str], object]
-              ) -> Callable[[str, tuple], None]:
+def _recorder(
+    out: Path, records: dict[str, dict], status: dict[str, Any], log: Callable[[str], object]
+) -> Callable[[str, tuple], None]:
     """The callback that files each finished run's outcome into ``records`` and
     ``status``, logs it, and leaves a failed run's traceback in its folder."""
+
     def finished(name: str, outcome: tuple) -> None:
         if outcome[0] == "done":
             records[name] = record = outcome[1]
             status["ran"].append(name)
-            log(f"done    {name}: KL {fmt(record['kl'])} nats, NLL (IW, k={record['k']}) "
-                f"{fmt(record['nll'])}, {record['steps']} steps, {record['seconds']:.0f} s")
+            log(
+                f"done    {name}: KL {fmt(record['kl'])} nats, NLL (IW, k={record['k']}) "
+                f"{fmt(record['nll'])}, {record['steps']} steps, {record['seconds']:.0f} s"
+            )
         elif outcome[0] == "failed":
             status["failed"][name] = outcome[1]
             (out / name).mkdir(parents=True, exist_ok=True)

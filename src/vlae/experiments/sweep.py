@@ -70,8 +70,14 @@ from .tasks import Task, check_run_options
 __all__ = ["sweep_tasks", "run_sweep", "write_sweep_report", "receptive_fields"]
 
 
-def sweep_tasks(base: Config, decoder: str, layers: Sequence[int], kernels: Sequence[int],
-                priors: Sequence[str], fields: Sequence[str] = ()) -> list[Task]:
+def sweep_tasks(
+    base: Config,
+    decoder: str,
+    layers: Sequence[int],
+    kernels: Sequence[int],
+    priors: Sequence[str],
+    fields: Sequence[str] = (),
+) -> list[Task]:
     """The grid ``layers x kernels x priors`` on top of ``base``, validated; or,
     with ``fields``, the paper's receptive-field grid ``fields x priors`` of gated
     decoders named ``AxB`` (e.g. ``["4x2", "5x3", "7x4", "9x5"]`` for CIFAR-10,
@@ -84,8 +90,10 @@ def sweep_tasks(base: Config, decoder: str, layers: Sequence[int], kernels: Sequ
     if fields:
         return _field_tasks(base, fields, priors)
     if decoder not in ("masked", "gated"):
-        raise VLAEError(f"invalid --decoder: the sweep varies a PixelCNN's receptive field, so it must be "
-                        f"masked or gated, got {decoder!r}")
+        raise VLAEError(
+            f"invalid --decoder: the sweep varies a PixelCNN's receptive field, so it must be "
+            f"masked or gated, got {decoder!r}"
+        )
     for n in layers:
         if n < 1:
             raise VLAEError(f"invalid --layers: every depth must be >= 1, got {n}")
@@ -101,8 +109,13 @@ def sweep_tasks(base: Config, decoder: str, layers: Sequence[int], kernels: Sequ
                 cfg.model.decoder, cfg.model.decoder_layers, cfg.model.decoder_kernel = decoder, n, k
                 cfg.model.prior = prior
                 cfg.validate()
-                tasks.append(Task(f"{decoder}-L{n}-k{k}-{prior}", cfg,
-                                  {"decoder": decoder, "layers": n, "kernel": k, "prior": prior}))
+                tasks.append(
+                    Task(
+                        f"{decoder}-L{n}-k{k}-{prior}",
+                        cfg,
+                        {"decoder": decoder, "layers": n, "kernel": k, "prior": prior},
+                    )
+                )
     return tasks
 
 
@@ -114,8 +127,10 @@ def _check_priors_and_code(base: Config, priors: Sequence[str]) -> None:
         if p not in PRIORS:
             raise VLAEError(f"invalid --priors: unknown prior {p!r}; choose from {', '.join(PRIORS)}")
     if base.model.latent_dim == 0:
-        raise VLAEError("invalid --set model.latent_dim=0: the sweep measures the KL of a latent code; "
-                        "an unconditional PixelCNN has none")
+        raise VLAEError(
+            "invalid --set model.latent_dim=0: the sweep measures the KL of a latent code; "
+            "an unconditional PixelCNN has none"
+        )
 
 
 def _field_tasks(base: Config, fields: Sequence[str], priors: Sequence[str]) -> list[Task]:
@@ -138,13 +153,18 @@ def _field_tasks(base: Config, fields: Sequence[str], priors: Sequence[str]) -> 
 
 
 def _sort_key(r: dict[str, Any]) -> tuple:
-    return (str(r.get("prior")), r.get("rf_size") or 0, str(r.get("decoder")), r.get("kernel") or 0,
-            r.get("layers") or 0)
+    return (
+        str(r.get("prior")),
+        r.get("rf_size") or 0,
+        str(r.get("decoder")),
+        r.get("kernel") or 0,
+        r.get("layers") or 0,
+    )
 
 
-
-def write_sweep_report(out_dir: str | os.PathLike, records: list[dict[str, Any]] | None = None,
-                       sweep_config: dict[str, Any] | None = None) -> dict[str, Path]:
+def write_sweep_report(
+    out_dir: str | os.PathLike, records: list[dict[str, Any]] | None = None, sweep_config: dict[str, Any] | None = None
+) -> dict[str, Path]:
     """Write ``sweep.{csv,json,md}`` and the two plots for ``records``
     (default: every finished run under ``out_dir``)."""
     out = Path(out_dir)
@@ -153,16 +173,37 @@ def write_sweep_report(out_dir: str | os.PathLike, records: list[dict[str, Any]]
         raise VLAEError(f"no finished runs (*/{RESULTS}) under {out}")
     records = sorted(records, key=_sort_key)
     est = estimator(records)
-    columns = [("prior", "prior"), ("decoder", "decoder"), ("layers", "layers"), ("kernel", "kernel"),
-               ("rf_name", "field AxB"), ("rf_size", "RF size (px)"), ("rf_up", "RF rows up"),
-               ("rf_left", "RF cols left/right"),
-               ("rf_coverage", "context seen"), ("kl", "KL (nats)"), ("nll", f"NLL ({est})"),
-               ("nelbo", "-ELBO"), ("active_units", "active units"), ("steps", "steps"), ("seconds", "seconds")]
-    note = (f"{scope_note(records)}. KL: single-sample estimate of "
-            f"KL(q(z|x) || p(z)); NLL: negative {est}; -ELBO: single-sample negative ELBO (averaged over the k draws). "
-            "'context seen': mean fraction of the preceding pixels inside the receptive field.")
-    paths = write_table(records, out, "sweep", columns, {"sweep": sweep_config, "estimator": est},
-                        title="KL vs receptive field", note=note)
+    columns = [
+        ("prior", "prior"),
+        ("decoder", "decoder"),
+        ("layers", "layers"),
+        ("kernel", "kernel"),
+        ("rf_name", "field AxB"),
+        ("rf_size", "RF size (px)"),
+        ("rf_up", "RF rows up"),
+        ("rf_left", "RF cols left/right"),
+        ("rf_coverage", "context seen"),
+        ("kl", "KL (nats)"),
+        ("nll", f"NLL ({est})"),
+        ("nelbo", "-ELBO"),
+        ("active_units", "active units"),
+        ("steps", "steps"),
+        ("seconds", "seconds"),
+    ]
+    note = (
+        f"{scope_note(records)}. KL: single-sample estimate of "
+        f"KL(q(z|x) || p(z)); NLL: negative {est}; -ELBO: single-sample negative ELBO (averaged over the k draws). "
+        "'context seen': mean fraction of the preceding pixels inside the receptive field."
+    )
+    paths = write_table(
+        records,
+        out,
+        "sweep",
+        columns,
+        {"sweep": sweep_config, "estimator": est},
+        title="KL vs receptive field",
+        note=note,
+    )
     paths.update(_plots(records, out, est))
     return paths
 
@@ -179,26 +220,43 @@ def _plots(records: list[dict[str, Any]], out: Path, bound: str) -> dict[str, Pa
         groups.setdefault((str(r.get("decoder")), str(r.get("prior"))), []).append(r)
     several_decoders = len({d for d, _ in groups}) > 1
     paths = {}
-    for key, ylabel, fname in (("kl", "KL(q(z|x) || p(z))  [nats per image]", "kl_vs_receptive_field.png"),
-                               ("nll", f"test NLL, {bound}  [nats per image]", "nll_vs_receptive_field.png")):
+    for key, ylabel, fname in (
+        ("kl", "KL(q(z|x) || p(z))  [nats per image]", "kl_vs_receptive_field.png"),
+        ("nll", f"test NLL, {bound}  [nats per image]", "nll_vs_receptive_field.png"),
+    ):
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
         for (decoder, prior), rows in sorted(groups.items()):
             rows = sorted((r for r in rows if r.get(key) is not None), key=lambda r: r["rf_size"])
             if not rows:
                 continue
             label = f"{prior} prior" + (f", {decoder}" if several_decoders else "")
-            ax.plot([r["rf_size"] for r in rows], [r[key] for r in rows], marker="o",
-                    linestyle="--" if prior == "gaussian" else "-", label=label)
+            ax.plot(
+                [r["rf_size"] for r in rows],
+                [r[key] for r in rows],
+                marker="o",
+                linestyle="--" if prior == "gaussian" else "-",
+                label=label,
+            )
             for r in rows:  # depth, kernel and the share of the causal context the decoder sees
                 coverage = f" {100 * r['rf_coverage']:.0f}%" if r.get("rf_coverage") is not None else ""
                 name = r.get("rf_name") or f"L{r['layers']} k{r['kernel']}"
-                ax.annotate(f"{name}{coverage}", (r["rf_size"], r[key]), fontsize=7,
-                            textcoords="offset points", xytext=(3, 3), alpha=0.7)
+                ax.annotate(
+                    f"{name}{coverage}",
+                    (r["rf_size"], r[key]),
+                    fontsize=7,
+                    textcoords="offset points",
+                    xytext=(3, 3),
+                    alpha=0.7,
+                )
         ax.set_xscale("log")
         ax.set_xlabel("decoder receptive field  [pixels]  (labels: layers, kernel, % of the context seen)")
         ax.set_ylabel(ylabel)
-        ax.set_title("information in z vs the PixelCNN's receptive field" if key == "kl"
-                     else "likelihood vs the PixelCNN's receptive field", fontsize=10)
+        ax.set_title(
+            "information in z vs the PixelCNN's receptive field"
+            if key == "kl"
+            else "likelihood vs the PixelCNN's receptive field",
+            fontsize=10,
+        )
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
@@ -208,12 +266,25 @@ def _plots(records: list[dict[str, Any]], out: Path, bound: str) -> dict[str, Pa
     return paths
 
 
-def run_sweep(out_dir: str | os.PathLike, base: Config, *, decoder: str = "masked",
-              layers: Sequence[int] = (1, 2, 4, 8, 16), kernels: Sequence[int] = (3, 5),
-              priors: Sequence[str] = ("gaussian", "af"), eval_subset: int = 1000, k: int = 16,
-              eval_batch_size: int = 50, jobs: int = 0, threads: int = 1, data: Any = None,
-              test_images: Any = None, log: Callable[[str], object] = print,
-              sweep_config: dict[str, Any] | None = None, fields: Sequence[str] = ()) -> tuple[list[dict | None], dict]:
+def run_sweep(
+    out_dir: str | os.PathLike,
+    base: Config,
+    *,
+    decoder: str = "masked",
+    layers: Sequence[int] = (1, 2, 4, 8, 16),
+    kernels: Sequence[int] = (3, 5),
+    priors: Sequence[str] = ("gaussian", "af"),
+    eval_subset: int = 1000,
+    k: int = 16,
+    eval_batch_size: int = 50,
+    jobs: int = 0,
+    threads: int = 1,
+    data: Any = None,
+    test_images: Any = None,
+    log: Callable[[str], object] = print,
+    sweep_config: dict[str, Any] | None = None,
+    fields: Sequence[str] = (),
+) -> tuple[list[dict | None], dict]:
     """Run (or finish) a sweep and write its tables and plots (``fields``: the
     ``AxB`` grid of :func:`sweep_tasks` instead of ``layers x kernels``).
 
@@ -229,13 +300,33 @@ def run_sweep(out_dir: str | os.PathLike, base: Config, *, decoder: str = "maske
     out = Path(out_dir)
     check_tasks(tasks, out, {"eval_subset": eval_subset, "k": k, "eval_batch_size": eval_batch_size})
     out.mkdir(parents=True, exist_ok=True)
-    config = {"decoder": "gated" if fields else decoder, "fields": list(fields), "layers": list(layers),
-              "kernels": list(kernels), "priors": list(priors),
-              "eval_subset": eval_subset, "k": k, "jobs": jobs, "threads": threads, **(sweep_config or {}),
-              "runs": [t.name for t in tasks], "base_config": base.to_dict()}
+    config = {
+        "decoder": "gated" if fields else decoder,
+        "fields": list(fields),
+        "layers": list(layers),
+        "kernels": list(kernels),
+        "priors": list(priors),
+        "eval_subset": eval_subset,
+        "k": k,
+        "jobs": jobs,
+        "threads": threads,
+        **(sweep_config or {}),
+        "runs": [t.name for t in tasks],
+        "base_config": base.to_dict(),
+    }
     write_json(out / "sweep_config.json", config)
-    records, status = run_tasks(tasks, out, eval_subset=eval_subset, k=k, eval_batch_size=eval_batch_size,
-                                jobs=jobs, threads=threads, data=data, test_images=test_images, log=log)
+    records, status = run_tasks(
+        tasks,
+        out,
+        eval_subset=eval_subset,
+        k=k,
+        eval_batch_size=eval_batch_size,
+        jobs=jobs,
+        threads=threads,
+        data=data,
+        test_images=test_images,
+        log=log,
+    )
     finished = [r for r in records if r]
     if not finished:
         raise VLAEError(f"every run of the sweep failed; see {out}/*/{ERROR}")
@@ -252,7 +343,10 @@ def receptive_fields(tasks: Sequence[Task]) -> list[dict[str, Any]]:
     records = []
     for t in tasks:
         m = t.config.model
-        dec = (GatedPixelCNN.from_field(m.decoder_field, 8, m.cond_channels) if m.decoder_field
-               else DECODERS[m.decoder](m.decoder_layers, m.decoder_kernel, cond_channels=m.cond_channels))
+        dec = (
+            GatedPixelCNN.from_field(m.decoder_field, 8, m.cond_channels)
+            if m.decoder_field
+            else DECODERS[m.decoder](m.decoder_layers, m.decoder_kernel, cond_channels=m.cond_channels)
+        )
         records.append(receptive_field_record(dec, m.image_shape))
     return records

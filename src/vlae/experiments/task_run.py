@@ -62,27 +62,51 @@ def run_task(payload: dict[str, Any]) -> dict[str, Any]:
         images = evaluation_images(cfg, payload["eval_subset"], notice=lambda _msg: None)
     t1 = time.perf_counter()
     # the same posterior draws for every run of a sweep
-    ev = evaluate_model(model, images, k=payload["k"], batch_size=payload["eval_batch_size"], progress=False,
-                        seed=cfg.train.seed)
+    ev = evaluate_model(
+        model, images, k=payload["k"], batch_size=payload["eval_batch_size"], progress=False, seed=cfg.train.seed
+    )
     eval_seconds = time.perf_counter() - t1
 
     m = cfg.model
     record: dict[str, Any] = {"name": payload["name"], **payload["meta"]}
-    record.update(decoder=m.decoder, layers=getattr(model.decoder, "layers", m.decoder_layers),
-                  kernel=getattr(model.decoder, "kernel_size", m.decoder_kernel),
-                  prior=m.prior if m.latent_dim else "none", posterior=m.posterior if m.latent_dim else "none",
-                  latent_dim=m.latent_dim, free_bits=m.free_bits, budget=training_budget(cfg.to_dict()["train"]))
+    record.update(
+        decoder=m.decoder,
+        layers=getattr(model.decoder, "layers", m.decoder_layers),
+        kernel=getattr(model.decoder, "kernel_size", m.decoder_kernel),
+        prior=m.prior if m.latent_dim else "none",
+        posterior=m.posterior if m.latent_dim else "none",
+        latent_dim=m.latent_dim,
+        free_bits=m.free_bits,
+        budget=training_budget(cfg.to_dict()["train"]),
+    )
     record.update(receptive_field_record(model.decoder, m.image_shape))
     record.update(
-        kl=_num(ev.get("kl")), nll=_num(ev.get("nll")), nll_se=_num(ev.get("nll_se")), k=payload["k"],
-        elbo=_num(ev.get("elbo")), nelbo=_num(-ev["elbo"]) if ev.get("elbo") is not None else None,
-        recon=_num(ev.get("recon")), bits_per_dim=_num(ev.get("bits_per_dim")),
-        active_units=ev.get("active_units"), eval_images=int(images.shape[0]),
-        steps=_steps(summary), train_seconds=round(train_seconds, 2), eval_seconds=round(eval_seconds, 2),
-        seconds=round(train_seconds + eval_seconds, 2), stopped=summary.get("stopped"), resumed=resume,
+        kl=_num(ev.get("kl")),
+        nll=_num(ev.get("nll")),
+        nll_se=_num(ev.get("nll_se")),
+        k=payload["k"],
+        elbo=_num(ev.get("elbo")),
+        nelbo=_num(-ev["elbo"]) if ev.get("elbo") is not None else None,
+        recon=_num(ev.get("recon")),
+        bits_per_dim=_num(ev.get("bits_per_dim")),
+        active_units=ev.get("active_units"),
+        eval_images=int(images.shape[0]),
+        steps=_steps(summary),
+        train_seconds=round(train_seconds, 2),
+        eval_seconds=round(eval_seconds, 2),
+        seconds=round(train_seconds + eval_seconds, 2),
+        stopped=summary.get("stopped"),
+        resumed=resume,
     )
-    write_json(run_dir / RESULTS, {**record, "summary": _jsonable(summary), "config": payload["config"],
-                                    "eval": {k: payload[k] for k in ("eval_subset", "k", "eval_batch_size")}})
+    write_json(
+        run_dir / RESULTS,
+        {
+            **record,
+            "summary": _jsonable(summary),
+            "config": payload["config"],
+            "eval": {k: payload[k] for k in ("eval_subset", "k", "eval_batch_size")},
+        },
+    )
     return record
 
 

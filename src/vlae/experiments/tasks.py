@@ -40,16 +40,21 @@ def parse_list(text: str, option: str, kind: type = int) -> list:
     try:
         values = [kind(s) for s in items]
     except ValueError:
-        raise VLAEError(f"invalid {option}: cannot read {text!r} as a comma-separated list of "
-                        f"{kind.__name__}s") from None
+        raise VLAEError(
+            f"invalid {option}: cannot read {text!r} as a comma-separated list of {kind.__name__}s"
+        ) from None
     return list(dict.fromkeys(values))  # drop repeats, keep order
-
 
 
 def check_run_options(*, jobs: int, threads: int, k: int, eval_subset: int, eval_batch_size: int) -> None:
     """Raise :class:`VLAEError`, naming the flag, for an impossible runner option."""
-    for flag, value, low in (("--jobs", jobs, 0), ("--threads", threads, 1), ("--k", k, 1),
-                             ("--eval-subset", eval_subset, 0), ("--eval-batch-size", eval_batch_size, 1)):
+    for flag, value, low in (
+        ("--jobs", jobs, 0),
+        ("--threads", threads, 1),
+        ("--k", k, 1),
+        ("--eval-subset", eval_subset, 0),
+        ("--eval-batch-size", eval_batch_size, 1),
+    ):
         if value < low:
             raise VLAEError(f"invalid {flag}: must be >= {low}, got {value}")
 

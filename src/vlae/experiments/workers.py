@@ -47,8 +47,12 @@ class Stopped(KeyboardInterrupt):
 class Workers:
     """At most ``jobs`` worker processes, one per run, and what happens on SIGINT or SIGTERM."""
 
-    def __init__(self, context: multiprocessing.context.SpawnContext | multiprocessing.context.ForkServerContext,
-                 jobs: int, init: tuple):
+    def __init__(
+        self,
+        context: multiprocessing.context.SpawnContext | multiprocessing.context.ForkServerContext,
+        jobs: int,
+        init: tuple,
+    ):
         self.context, self.jobs, self.init = context, jobs, init
         self.signum, self.signals = 0, 0
         self.previous: dict[signal.Signals, Any] = {}
@@ -81,8 +85,9 @@ class Workers:
 
     def _start(self, payload: dict) -> list[Any]:
         receive, send = self.context.Pipe(duplex=False)
-        process = self.context.Process(target=_worker, args=(payload, send, *self.init), name=payload["name"],
-                                       daemon=False)
+        process = self.context.Process(
+            target=_worker, args=(payload, send, *self.init), name=payload["name"], daemon=False
+        )
         process.start()
         send.close()  # the worker holds the only sending end: its exit ends the pipe
         return [process, receive, None]  # the outcome, once received
@@ -110,8 +115,11 @@ class Workers:
             if not outcome:
                 code = process.exitcode
                 how = f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit {code}"
-                outcome = ("failed", f"the worker process ended without a result ({how})",
-                           f"the worker process of {name} ended without a result ({how})\n")
+                outcome = (
+                    "failed",
+                    f"the worker process ended without a result ({how})",
+                    f"the worker process of {name} ended without a result ({how})\n",
+                )
             outcomes[name] = outcome
             if outcome[0] != "stopped":
                 finished(name, outcome)

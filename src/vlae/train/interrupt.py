@@ -21,8 +21,7 @@ class Interrupted(KeyboardInterrupt):
         self.signum, self.run_dir, self.checkpoint, self.step = signum, run_dir, checkpoint, step
         name = signal.Signals(signum).name
         where = f" at step {step}" if step is not None else ""
-        saved = (f"wrote {checkpoint}" if checkpoint is not None else
-                 "no checkpoint written in this session")
+        saved = f"wrote {checkpoint}" if checkpoint is not None else "no checkpoint written in this session"
         super().__init__(f"{name}{where}: {saved}; continue with `vlae train --resume --run-dir {run_dir}`")
 
     def __reduce__(self):  # picklable (process pools send exceptions back to the parent)

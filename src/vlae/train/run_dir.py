@@ -24,8 +24,13 @@ def _some(names: list[str], n: int = 4) -> str:
     return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
-def prepare_run_dir(run_dir: str | os.PathLike, *, resume: bool = False, overwrite: bool = False,
-                    notice: Callable[[str], object] = print) -> Path:
+def prepare_run_dir(
+    run_dir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    notice: Callable[[str], object] = print,
+) -> Path:
     """Check and create the run folder; one run per folder.
 
     A folder that holds anything is refused unless ``resume`` (continue the
@@ -45,12 +50,16 @@ def prepare_run_dir(run_dir: str | os.PathLike, *, resume: bool = False, overwri
     entries = sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else []
     if entries and not resume:
         if not overwrite:
-            raise VLAEError(f"{run_dir}: the run folder is not empty ({_some(entries)}); pass --resume to continue "
-                            f"its run, --overwrite to replace it, or choose another --run-dir")
+            raise VLAEError(
+                f"{run_dir}: the run folder is not empty ({_some(entries)}); pass --resume to continue "
+                f"its run, --overwrite to replace it, or choose another --run-dir"
+            )
         foreign = [name for name in entries if not _RUN_FILE.match(name)]
         if foreign:
-            raise VLAEError(f"{run_dir}: --overwrite deletes only what a run writes, and the folder also holds "
-                            f"{_some(foreign)}; move those away or choose another --run-dir")
+            raise VLAEError(
+                f"{run_dir}: --overwrite deletes only what a run writes, and the folder also holds "
+                f"{_some(foreign)}; move those away or choose another --run-dir"
+            )
         for path in run_dir.iterdir():
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
         notice(f"--overwrite: deleted the previous run in {run_dir} ({_some(entries)})")
@@ -63,8 +72,10 @@ def prepare_run_dir(run_dir: str | os.PathLike, *, resume: bool = False, overwri
     if resume:
         removed = remove_temporaries(run_dir)
         if removed:
-            notice(f"removed {len(removed)} temporary file(s) left by an interrupted write: "
-                   f"{_some([p.name for p in removed])}")
+            notice(
+                f"removed {len(removed)} temporary file(s) left by an interrupted write: "
+                f"{_some([p.name for p in removed])}"
+            )
     return run_dir
 
 

@@ -13,8 +13,7 @@ from ..config import Config
 __all__ = ["soft_free_bits_update", "kl_warmup_weight", "lr_lambda", "polyak_multi_avg_fn"]
 
 
-def soft_free_bits_update(gamma: float, kl: float, target: float, rate: float = 0.1, threshold: float = 0.05
-                          ) -> float:
+def soft_free_bits_update(gamma: float, kl: float, target: float, rate: float = 0.1, threshold: float = 0.05) -> float:
     """One update of the KL weight of *soft free bits* (Chen et al., 2017, appendix C).
 
     Instead of the hard floor ``max(lambda, KL)``, the KL term is weighted by

@@ -68,10 +68,22 @@ class TrainStep:
             averaging updates so far (a resumed run's values).
     """
 
-    def __init__(self, model: VLAE, forward: Callable, optimizer: torch.optim.Optimizer, runtime: Runtime,
-                 batch_shape: tuple[int, ...], window: int, grad_clip: float = 0.0, hard_free_bits: bool = True,
-                 soft_target: float = 0.0, ema: torch.nn.Module | None = None, polyak: float = 0.0,
-                 gamma: float = 1.0, ema_updates: int = 0):
+    def __init__(
+        self,
+        model: VLAE,
+        forward: Callable,
+        optimizer: torch.optim.Optimizer,
+        runtime: Runtime,
+        batch_shape: tuple[int, ...],
+        window: int,
+        grad_clip: float = 0.0,
+        hard_free_bits: bool = True,
+        soft_target: float = 0.0,
+        ema: torch.nn.Module | None = None,
+        polyak: float = 0.0,
+        gamma: float = 1.0,
+        ema_updates: int = 0,
+    ):
         self.model, self.forward, self.optimizer, self.runtime = model, forward, optimizer, runtime
         self.max_norm = grad_clip or math.inf
         self.hard_free_bits, self.soft_target, self.polyak = hard_free_bits, soft_target, polyak
@@ -123,15 +135,24 @@ class TrainStep:
     def _update(self, terms, loss: torch.Tensor, kl_weight: torch.Tensor) -> torch.Tensor:
         """Clip, update, decide, undo a bad update, average, record: everything after backward."""
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_norm)
-        stats = torch.stack([loss.detach().float(), terms.recon.detach().float().mean(),
-                             terms.kl.detach().float().mean(), grad_norm.detach().float()]).double()
+        stats = torch.stack(
+            [
+                loss.detach().float(),
+                terms.recon.detach().float().mean(),
+                terms.kl.detach().float().mean(),
+                grad_norm.detach().float(),
+            ]
+        ).double()
         stats = self.runtime.all_reduce_mean(stats)  # every process takes the same decision
         self._save()
         self.optimizer.step()
         weights_ok = torch.stack(torch._foreach_norm(self.params)).isfinite().all()
         zero = torch.zeros((), dtype=torch.float64, device=stats.device)
-        code = torch.where(~stats[0].isfinite(), zero + 1, torch.where(
-            ~stats[3].isfinite(), zero + 2, torch.where(weights_ok, zero, zero + 3)))
+        code = torch.where(
+            ~stats[0].isfinite(),
+            zero + 1,
+            torch.where(~stats[3].isfinite(), zero + 2, torch.where(weights_ok, zero, zero + 3)),
+        )
         ok = code == 0
         self._keep_if(ok)
         self._average(ok)
@@ -145,8 +166,11 @@ class TrainStep:
     def _soft_free_bits(self, kl: torch.Tensor, rate: float = 0.1, threshold: float = 0.05) -> torch.Tensor:
         """:func:`vlae.train.soft_free_bits_update` on device tensors."""
         g, target = self.gamma, self.soft_target
-        return torch.where(kl < target, g * (1 - rate),
-                           torch.where(kl > target * (1 + threshold), torch.clamp(g * (1 + rate), max=1.0), g))
+        return torch.where(
+            kl < target,
+            g * (1 - rate),
+            torch.where(kl > target * (1 + threshold), torch.clamp(g * (1 + rate), max=1.0), g),
+        )
 
     def _average(self, ok: torch.Tensor) -> None:
         """Polyak averaging with the warm-up of :func:`vlae.train.polyak_multi_avg_fn`; the first
@@ -170,8 +194,9 @@ class TrainStep:
         """Integer views of the tensors an update changes, and buffers to save them in."""
         live = [p.detach() for p in self.params]
         if with_state:
-            live += [v for p in self.params for v in self.optimizer.state.get(p, {}).values()
-                     if isinstance(v, torch.Tensor)]
+            live += [
+                v for p in self.params for v in self.optimizer.state.get(p, {}).values() if isinstance(v, torch.Tensor)
+            ]
         groups: dict[torch.dtype, list[torch.Tensor]] = {}
         for t in live:
             groups.setdefault(_INT_VIEW[t.element_size()], []).append(t.view(_INT_VIEW[t.element_size()]))
@@ -226,4 +251,4 @@ class TrainStep:
         self.slot.zero_()
         self.pending = 0
         width = len(ROW)
-        return [flat[i * width:(i + 1) * width] for i in range(k)], flat[-2], int(flat[-1])
+        return [flat[i * width : (i + 1) * width] for i in range(k)], flat[-2], int(flat[-1])

@@ -25,7 +25,7 @@ def validate(model: VLAE, images: torch.Tensor, batch_size: int, k: int = 0, see
     gen = torch.Generator(device=dev).manual_seed(seed)
     nelbo = recon = kl = iw = 0.0
     for start in range(0, images.shape[0], batch_size):
-        x = images[start:start + batch_size].to(dev).float()
+        x = images[start : start + batch_size].to(dev).float()
         terms = model.terms(x, generator=gen)
         nelbo += float(terms.nelbo.double().sum())
         recon += float(terms.recon.double().sum())
@@ -34,8 +34,14 @@ def validate(model: VLAE, images: torch.Tensor, batch_size: int, k: int = 0, see
             iw += float(-model.iw_bound(x, k, generator=gen).sum())
     model.train(was_training)
     n, dims = images.shape[0], model.cfg.data_dims
-    out = {"nelbo": nelbo / n, "elbo": -nelbo / n, "recon": recon / n, "kl": kl / n,
-           "bits_per_dim": nats_to_bits_per_dim(nelbo / n, dims), "images": n}
+    out = {
+        "nelbo": nelbo / n,
+        "elbo": -nelbo / n,
+        "recon": recon / n,
+        "kl": kl / n,
+        "bits_per_dim": nats_to_bits_per_dim(nelbo / n, dims),
+        "images": n,
+    }
     if k > 0:
         out.update({"iw_nll": iw / n, "iw_k": k, "iw_bits_per_dim": nats_to_bits_per_dim(iw / n, dims)})
     return out

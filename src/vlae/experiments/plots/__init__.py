@@ -31,7 +31,19 @@ from .images import (
 from .receptive_field import jacobian_support, plot_receptive_field, receptive_field_mask
 from .run import plot_run
 
-__all__ = ["plot_training_curves", "plot_reconstructions", "plot_lossy_decompression", "plot_samples",
-           "plot_grayscale_experiment", "colour_retention", "plot_kl_heatmap", "plot_latent_traversals",
-           "plot_interpolations", "plot_receptive_field",
-           "plot_run", "jacobian_support", "receptive_field_mask", "read_metrics"]
+__all__ = [
+    "plot_training_curves",
+    "plot_reconstructions",
+    "plot_lossy_decompression",
+    "plot_samples",
+    "plot_grayscale_experiment",
+    "colour_retention",
+    "plot_kl_heatmap",
+    "plot_latent_traversals",
+    "plot_interpolations",
+    "plot_receptive_field",
+    "plot_run",
+    "jacobian_support",
+    "receptive_field_mask",
+    "read_metrics",
+]

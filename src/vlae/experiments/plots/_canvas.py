@@ -15,8 +15,20 @@ from matplotlib.figure import Figure
 from ...errors import VLAEError
 from ...outputs import writing
 
-__all__ = ["DPI", "PIXELS", "save", "warn", "tile", "grid", "need_latent", "show", "model_images",
-           "posterior_point", "kl_per_dim", "fixed_uniforms"]
+__all__ = [
+    "DPI",
+    "PIXELS",
+    "save",
+    "warn",
+    "tile",
+    "grid",
+    "need_latent",
+    "show",
+    "model_images",
+    "posterior_point",
+    "kl_per_dim",
+    "fixed_uniforms",
+]
 
 DPI = 120
 PIXELS = ListedColormap(["black", "white"])  # binary images: 0 black, 1 white, as MNIST is usually shown
@@ -43,12 +55,18 @@ def tile(images: torch.Tensor, pad: int = 2) -> np.ndarray:
     canvas = np.full((r * (h + pad) - pad, c * (w + pad) - pad, *images.shape[4:]), 0.5, dtype=np.float32)
     for i in range(r):
         for j in range(c):
-            canvas[i * (h + pad):i * (h + pad) + h, j * (w + pad):j * (w + pad) + w] = images[i, j].cpu().numpy()
+            canvas[i * (h + pad) : i * (h + pad) + h, j * (w + pad) : j * (w + pad) + w] = images[i, j].cpu().numpy()
     return canvas
 
 
-def grid(ax, images: torch.Tensor, row_labels: Iterable[str] | None = None, col_labels: Iterable[str] | None = None,
-          pad: int = 2, cmap=PIXELS) -> None:
+def grid(
+    ax,
+    images: torch.Tensor,
+    row_labels: Iterable[str] | None = None,
+    col_labels: Iterable[str] | None = None,
+    pad: int = 2,
+    cmap=PIXELS,
+) -> None:
     """Show ``(R, C, H, W)`` images (``(R, C, H, W, 3)``: RGB) as a grid on ``ax``,
     ticks at tile centres."""
     r, c, h, w = images.shape[:4]

@@ -52,8 +52,13 @@ def colour_retention(model, x: torch.Tensor, draws: int = 2, seed: int = 0) -> d
     prior = sampler.sample(x.shape[0], generator=g)
     own, other = _chroma_gaps(rec, x, shift=1)
     from_prior, _ = _chroma_gaps(prior[None], x, shift=1)
-    return {"images": x.shape[0], "draws": draws, "own": own.mean().item(), "other": other.mean().item(),
-            "prior": from_prior.mean().item()}
+    return {
+        "images": x.shape[0],
+        "draws": draws,
+        "own": own.mean().item(),
+        "other": other.mean().item(),
+        "prior": from_prior.mean().item(),
+    }
 
 
 @torch.no_grad()
@@ -73,8 +78,10 @@ def plot_grayscale_experiment(model, x: torch.Tensor, out, n: int = 5, n_images:
 
     canvas.need_latent(model, "the grayscale experiment")
     if not getattr(model.cfg, "gray_context", False):
-        raise VLAEError("the grayscale experiment needs a decoder with a gray context (model.gray_context=true, "
-                        "e.g. the cifar-gray preset)")
+        raise VLAEError(
+            "the grayscale experiment needs a decoder with a gray context (model.gray_context=true, "
+            "e.g. the cifar-gray preset)"
+        )
     x = canvas.model_images(model, x)
     x = x[torch.linspace(0, len(x) - 1, min(n_images, len(x))).round().long()]  # spread: unlike colours per row
     g = torch.Generator(device=x.device).manual_seed(seed)
@@ -85,10 +92,16 @@ def plot_grayscale_experiment(model, x: torch.Tensor, out, n: int = 5, n_images:
     grid = canvas.show(model, torch.cat([x[None], gray[None], rec])).transpose(0, 1)  # (B, 2 + n, H, W, 3)
     fig = Figure(figsize=(1.05 * (n + 2) + 2.5, 1.05 * x.shape[0] + 1.3), layout="constrained")
     ax = fig.subplots()
-    canvas.grid(ax, grid, [f"chroma {c:.1f}, texture {t:.0f}" for c, t in zip(own.tolist(), texture.tolist())],
-          ["original", "gray context"] + [f"x'{i + 1}" for i in range(n)])
+    canvas.grid(
+        ax,
+        grid,
+        [f"chroma {c:.1f}, texture {t:.0f}" for c, t in zip(own.tolist(), texture.tolist())],
+        ["original", "gray context"] + [f"x'{i + 1}" for i in range(n)],
+    )
     ax.set(xlabel="decodings x' ~ p(x | z, Grayscale(context)), the same z across a row", ylabel="test image")
-    ax.set_title("Grayscale experiment: the colour comes from z, the texture from the decoder\n"
-                 f"chroma difference of the decodings: {own.mean():.1f} from their own image, "
-                 f"{other.mean():.1f} from the next row's (0..255)")
+    ax.set_title(
+        "Grayscale experiment: the colour comes from z, the texture from the decoder\n"
+        f"chroma difference of the decodings: {own.mean():.1f} from their own image, "
+        f"{other.mean():.1f} from the next row's (0..255)"
+    )
     return canvas.save(fig, out)

@@ -35,8 +35,10 @@ def read_metrics(metrics_path, notice: Callable[[str], object] | None = canvas.w
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as error:
-        raise VLAEError(f"metrics file {path} is not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset "
-                        f"{error.start}); not a metrics.jsonl written by vlae") from None
+        raise VLAEError(
+            f"metrics file {path} is not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset "
+            f"{error.start}); not a metrics.jsonl written by vlae"
+        ) from None
     except OSError as error:
         raise VLAEError(f"metrics file {path}: cannot read ({error.strerror or error})") from None
     broken = []
@@ -55,14 +57,19 @@ def read_metrics(metrics_path, notice: Callable[[str], object] | None = canvas.w
         split = rec.get("split", "train")
         (valid if split == "valid" else train if split == "train" else []).append(rec)
     if broken and notice is not None:
-        notice(f"warning: {path}: skipped {len(broken)} line(s) that are not JSON objects (line {broken[0]}"
-               f"{' and more' if len(broken) > 1 else ''})")
+        notice(
+            f"warning: {path}: skipped {len(broken)} line(s) that are not JSON objects (line {broken[0]}"
+            f"{' and more' if len(broken) > 1 else ''})"
+        )
     return train, valid
 
 
 def _series(records: list[dict], key: str, xs: list[float | None]) -> tuple[list[float], list[float]]:
-    pts = [(x, float(r[key])) for x, r in zip(xs, records) if isinstance(r.get(key), (int, float))
-           and x is not None and math.isfinite(float(r[key]))]
+    pts = [
+        (x, float(r[key]))
+        for x, r in zip(xs, records)
+        if isinstance(r.get(key), (int, float)) and x is not None and math.isfinite(float(r[key]))
+    ]
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
@@ -109,8 +116,9 @@ def plot_training_curves(metrics_path, out, notice: Callable[[str], object] | No
     for r in valid:  # normalise the validation keys to negative bounds in nats
         if "nelbo" not in r and isinstance(r.get("elbo"), (int, float)):
             r["nelbo"] = -r["elbo"]
-    iw_keys = sorted({k for r in valid for k, v in r.items() if k.lower().startswith("iw")
-                      and isinstance(v, (int, float))})
+    iw_keys = sorted(
+        {k for r in valid for k, v in r.items() if k.lower().startswith("iw") and isinstance(v, (int, float))}
+    )
     has_lr = any(isinstance(r.get("lr"), (int, float)) for r in train)
 
     fig = Figure(figsize=(12, 4.2), layout="constrained")
@@ -126,8 +134,10 @@ def plot_training_curves(metrics_path, out, notice: Callable[[str], object] | No
     if ys:
         ax.plot(xs, ys, "o-", color="tab:orange", label="valid -ELBO")
     for key, color in zip(iw_keys, ("tab:red", "tab:purple", "tab:brown")):
-        vals = [dict(r, **{key: -r[key] if isinstance(r.get(key), (int, float)) and r[key] < 0 else r.get(key)})
-                for r in valid]
+        vals = [
+            dict(r, **{key: -r[key] if isinstance(r.get(key), (int, float)) and r[key] < 0 else r.get(key)})
+            for r in valid
+        ]
         xs, ys = _series(vals, key, vsteps)
         if ys:
             ax.plot(xs, ys, "s--", color=color, label=f"valid -log p(x) bound ({key})")

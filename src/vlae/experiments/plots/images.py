@@ -16,8 +16,14 @@ from ...errors import VLAEError
 from ...sampling import FastSampler, fast_sample
 from . import _canvas as canvas
 
-__all__ = ["plot_reconstructions", "plot_lossy_decompression", "plot_samples", "plot_kl_heatmap",
-           "plot_latent_traversals", "plot_interpolations"]
+__all__ = [
+    "plot_reconstructions",
+    "plot_lossy_decompression",
+    "plot_samples",
+    "plot_kl_heatmap",
+    "plot_latent_traversals",
+    "plot_interpolations",
+]
 
 
 @torch.no_grad()
@@ -94,8 +100,11 @@ def plot_kl_heatmap(model, x: torch.Tensor, out, n_images: int = 32, draws: int 
     fig = Figure(figsize=(max(6.0, 0.18 * d + 2.5), 6.5), layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[1, 2.2])
     top.bar(np.arange(d), mean, color="tab:blue", width=0.8)
-    top.set(ylabel="mean KL (nats)", title=f"Per-dimension KL, sorted; total {mean.sum():.2f} nats per image "
-                                           f"(mean over {x.shape[0]} images, {draws} draws each)")
+    top.set(
+        ylabel="mean KL (nats)",
+        title=f"Per-dimension KL, sorted; total {mean.sum():.2f} nats per image "
+        f"(mean over {x.shape[0]} images, {draws} draws each)",
+    )
     top.grid(axis="y", alpha=0.3)
     lo, hi = float(kl.min()), float(kl.max())
     if lo < 0 < hi:
@@ -141,14 +150,18 @@ def _kl_maps(model, kl: torch.Tensor, out, draws: int) -> Path:
     heat = ax.imshow(per_map, aspect="auto", cmap="RdBu_r" if norm else "viridis", norm=norm, interpolation="nearest")
     ax.set(xlabel="feature map of z", ylabel="image", xticks=range(c))
     fig.colorbar(heat, ax=ax, label="KL per feature map (nats)")
-    fig.suptitle(f"KL over the {'x'.join(map(str, shape))} code: {mean.sum():.2f} nats per image "
-                 f"(mean over {kl.shape[0]} images, {draws} draws each)", fontsize=10)
+    fig.suptitle(
+        f"KL over the {'x'.join(map(str, shape))} code: {mean.sum():.2f} nats per image "
+        f"(mean over {kl.shape[0]} images, {draws} draws each)",
+        fontsize=10,
+    )
     return canvas.save(fig, out)
 
 
 @torch.no_grad()
-def plot_latent_traversals(model, x: torch.Tensor, out, dims: int = 6, steps: int = 9, span: float = 3.0,
-                           seed: int = 0) -> Path:
+def plot_latent_traversals(
+    model, x: torch.Tensor, out, dims: int = 6, steps: int = 9, span: float = 3.0, seed: int = 0
+) -> Path:
     """Starting from the posterior point of the first image, set each of the
     ``dims`` highest-KL dimensions (KL averaged over the images in ``x``) to
     values across ``[-span, span]``. Every picture is decoded with the same
@@ -167,8 +180,12 @@ def plot_latent_traversals(model, x: torch.Tensor, out, dims: int = 6, steps: in
     fig = Figure(figsize=(1.0 * steps + 2.0, 1.0 * dims + 1.2), layout="constrained")
     ax = fig.subplots()
     imgs = canvas.show(model, imgs)
-    canvas.grid(ax, imgs.view(dims, steps, *imgs.shape[1:]),
-          [f"z[{d}] ({kl[d]:.1f} nats)" for d in top.tolist()], [f"{v:+.1f}" for v in values.tolist()])
+    canvas.grid(
+        ax,
+        imgs.view(dims, steps, *imgs.shape[1:]),
+        [f"z[{d}] ({kl[d]:.1f} nats)" for d in top.tolist()],
+        [f"{v:+.1f}" for v in values.tolist()],
+    )
     ax.set(xlabel="value of the latent dimension", ylabel="latent dimension (mean KL)")
     ax.set_title("Latent traversals from the posterior point of one test image")
     return canvas.save(fig, out)
@@ -184,18 +201,19 @@ def plot_interpolations(model, x: torch.Tensor, out, pairs: int = 4, steps: int 
     pairs = min(pairs, x.shape[0] // 2)
     if pairs < 1:
         raise VLAEError("interpolation needs at least two images")
-    z = canvas.posterior_point(model, x[:2 * pairs]).view(pairs, 2, -1)
+    z = canvas.posterior_point(model, x[: 2 * pairs]).view(pairs, 2, -1)
     t = torch.linspace(0, 1, steps, dtype=z.dtype, device=z.device)[None, :, None]
     zt = (1 - t) * z[:, :1] + t * z[:, 1:]  # (pairs, steps, D)
     imgs = FastSampler(model).decode(zt.reshape(pairs * steps, -1), canvas.fixed_uniforms(model, pairs * steps, seed))
     imgs = canvas.show(model, imgs)
     imgs = imgs.view(pairs, steps, *imgs.shape[1:])
-    left, right = canvas.show(model, x[0:2 * pairs:2]), canvas.show(model, x[1:2 * pairs:2])
+    left, right = canvas.show(model, x[0 : 2 * pairs : 2]), canvas.show(model, x[1 : 2 * pairs : 2])
     grid = torch.cat([left[:, None], imgs, right[:, None]], 1)
     fig = Figure(figsize=(1.0 * (steps + 2) + 1.5, 1.05 * pairs + 1.2), layout="constrained")
     ax = fig.subplots()
-    canvas.grid(ax, grid, [str(i + 1) for i in range(pairs)],
-          ["start"] + [f"{v:.2f}" for v in t.flatten().tolist()] + ["end"])
+    canvas.grid(
+        ax, grid, [str(i + 1) for i in range(pairs)], ["start"] + [f"{v:.2f}" for v in t.flatten().tolist()] + ["end"]
+    )
     ax.set(xlabel="interpolation weight t: z = (1 - t) z_start + t z_end", ylabel="image pair")
     ax.set_title("Interpolations between posterior points")
     return canvas.save(fig, out)

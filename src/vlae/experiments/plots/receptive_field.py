@@ -68,8 +68,9 @@ def jacobian_support(decoder, pixel: tuple[int, int], shape: tuple[int, int] = (
 def _describe(dec) -> str:
     name = type(dec).__name__
     field = dec.receptive_field_name() if hasattr(dec, "receptive_field_name") else None
-    if hasattr(dec, "vertical_layers") and (dec.vertical_layers != dec.layers
-                                            or dec.first_rows != dec.kernel_size // 2):  # a paper-style AxB decoder
+    if hasattr(dec, "vertical_layers") and (
+        dec.vertical_layers != dec.layers or dec.first_rows != dec.kernel_size // 2
+    ):  # a paper-style AxB decoder
         return f"{name}, field {field}: {dec.vertical_layers} vertical + {dec.layers} horizontal layers"
     if hasattr(dec, "layers"):
         suffix = f", field {field}" if field else ""
@@ -77,8 +78,9 @@ def _describe(dec) -> str:
     return name
 
 
-def plot_receptive_field(model_or_decoder, out, pixel: tuple[int, int] | None = None,
-                         shape: tuple[int, int] | None = None) -> Path:
+def plot_receptive_field(
+    model_or_decoder, out, pixel: tuple[int, int] | None = None, shape: tuple[int, int] | None = None
+) -> Path:
     """Draw the input pixels one output logit depends on: the support of the
     autograd Jacobian (filled) over the receptive field the decoder reports
     (outlined), the conditioning-map positions it reads (light), and the output
@@ -113,13 +115,22 @@ def plot_receptive_field(model_or_decoder, out, pixel: tuple[int, int] | None = 
     ax.tick_params(which="minor", length=0)
     ax.set(xlabel="column (pixels)", ylabel="row (pixels)")
     match = "matches" if torch.equal(support, reported) else "DIFFERS FROM"
-    ax.set_title(f"Receptive field of logit {pixel}: {_describe(dec)}\n"
-                 f"Jacobian support {int(support.sum())} pixels {match} the reported {int(reported.sum())}",
-                 fontsize=10)
-    ax.legend(handles=[Patch(facecolor="#2b6cb0", label="d logit / d x != 0 (autograd)"),
-                       Patch(facecolor="white", edgecolor="tab:orange", label="reported receptive field"),
-                       Patch(facecolor="#dcebf7", label="conditioning map read"),
-                       ax.lines[0]], labels=["d logit / d x != 0 (autograd)", "reported receptive field",
-                                             "conditioning map read", "output pixel"],
-              loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    ax.set_title(
+        f"Receptive field of logit {pixel}: {_describe(dec)}\n"
+        f"Jacobian support {int(support.sum())} pixels {match} the reported {int(reported.sum())}",
+        fontsize=10,
+    )
+    ax.legend(
+        handles=[
+            Patch(facecolor="#2b6cb0", label="d logit / d x != 0 (autograd)"),
+            Patch(facecolor="white", edgecolor="tab:orange", label="reported receptive field"),
+            Patch(facecolor="#dcebf7", label="conditioning map read"),
+            ax.lines[0],
+        ],
+        labels=["d logit / d x != 0 (autograd)", "reported receptive field", "conditioning map read", "output pixel"],
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        fontsize=8,
+        frameon=False,
+    )
     return canvas.save(fig, out)

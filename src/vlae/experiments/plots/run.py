@@ -26,8 +26,9 @@ from .receptive_field import plot_receptive_field
 __all__ = ["plot_run"]
 
 
-def _test_images(cfg, count: int = 64, seed: int = 0,
-                 notice: Callable[[str], object] | None = canvas.warn) -> torch.Tensor:
+def _test_images(
+    cfg, count: int = 64, seed: int = 0, notice: Callable[[str], object] | None = canvas.warn
+) -> torch.Tensor:
     """``count`` fixed test images of the run's dataset, as its model observes them, as floats."""
     from ...data import fixed_subset, load_or_fallback
 
@@ -35,8 +36,9 @@ def _test_images(cfg, count: int = 64, seed: int = 0,
     return fixed_subset(images.observed(torch.Generator().manual_seed(seed)), count).float()
 
 
-def plot_run(run_dir, images: torch.Tensor | None = None, out_dir=None,
-             notice: Callable[[str], object] | None = canvas.warn) -> list[Path]:
+def plot_run(
+    run_dir, images: torch.Tensor | None = None, out_dir=None, notice: Callable[[str], object] | None = canvas.warn
+) -> list[Path]:
     """Every figure of a training run, written to ``run_dir/figures/`` (or
     ``out_dir``): training curves (if ``metrics.jsonl`` exists), samples and the
     receptive field, and for models with a latent code reconstructions, lossy
