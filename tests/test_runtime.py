@@ -59,14 +59,17 @@ def _faults(mode: str, **env: str) -> tuple[str, int]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
 def test_cpu_heap_is_kept_between_steps(monkeypatch):
-    """Four repeats of a step take their pages back through ~100,000 page faults with glibc's
-    adaptive thresholds, and reuse the first step's memory once keep_cpu_heap has run."""
+    """Four repeats of a step take their pages back through ~100,000 page faults when glibc
+    trims its heap, and reuse the first step's memory once keep_cpu_heap has run."""
     for name in [k for k in os.environ if k.startswith("MALLOC_") or k == "GLIBC_TUNABLES"]:
         monkeypatch.delenv(name)
     env = {"PYTHONPATH": os.pathsep.join(sys.path)}
     kept, faults = _faults("keep", **env)
     assert kept == "True" and faults < 2000
-    _, adaptive = _faults("adaptive", **env)
-    assert adaptive > 20 * max(faults, 100)
+    # The baseline: glibc's starting thresholds, held fixed. Its adaptive default depends on
+    # what the process freed before (it kept this heap once in a loaded test run), so it
+    # cannot show that the count sees trimming.
+    _, trimmed = _faults("adaptive", MALLOC_TRIM_THRESHOLD_="131072", MALLOC_MMAP_THRESHOLD_="131072", **env)
+    assert trimmed > 20 * max(faults, 100)
     kept, _ = _faults("keep", MALLOC_TRIM_THRESHOLD_="131072", **env)  # the user's setting stands
     assert kept == "False"
