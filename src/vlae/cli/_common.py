@@ -8,7 +8,7 @@ from typing import NoReturn
 
 from ..errors import VLAEError
 
-__all__ = ["Parser", "check_range", "set_threads"]
+__all__ = ["Parser", "add_overrides", "check_range", "set_threads"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -16,6 +16,14 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise VLAEError(f"{self.prog}: {message}")
+
+
+def add_overrides(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--set SECTION.FIELD=VALUE`` (repeatable) into ``args.overrides``: one spelling of the
+    configuration override for every subcommand that builds a configuration."""
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE", help=help
+    )
 
 
 def check_range(name: str, value: int | None, low: int, high: int = 2**63 - 1) -> None:

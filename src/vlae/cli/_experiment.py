@@ -15,6 +15,7 @@ from ..config import PRESETS, Config
 from ..errors import VLAEError
 from ..experiments.tasks import base_config
 from ..experiments.workers import Stopped
+from ._common import add_overrides
 
 __all__ = ["add_runner_options", "budget_config", "print_outputs", "failed_runs", "command", "standalone"]
 
@@ -39,14 +40,7 @@ def add_runner_options(p: argparse.ArgumentParser, default_out: str, default_k: 
         choices=sorted(PRESETS),
         help="base configuration of every run (default: mnist-small)",
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.FIELD=VALUE",
-        help="override a configuration field of every run, e.g. --set model.free_bits=0 (repeatable)",
-    )
+    add_overrides(p, "override a configuration field of every run, e.g. --set model.free_bits=0 (repeatable)")
     p.add_argument(
         "--budget",
         type=float,

@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from ..protocols import PROTOCOLS
+from ._common import add_overrides
 
 __all__ = ["register", "run"]
 
@@ -34,14 +35,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--subset", type=int, default=0, help="evaluate on this many test images (0: all; a deviation)")
     p.add_argument("--k", type=int, default=None, help="importance samples of the IW bound (default: the paper's)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.FIELD=VALUE",
-        help="config override (repeatable; a deviation)",
-    )
+    add_overrides(p, "config override (repeatable; a deviation)")
     p.set_defaults(func=run)
 
 
