@@ -82,7 +82,7 @@ conditionals of the PixelCNN++ mixture, ``p(R)`` from the mixture's R marginal
 and ``p(G | R)``, ``p(B | R, G)`` from the mixture with each component's weight
 re-weighted by its likelihood of the channels already coded (and its G and B
 means shifted by them), the bins from the observation model's own CDF
-differences (:meth:`~vlae.likelihood.DiscretizedLogisticMixture.channel_probs`),
+differences (:meth:`~vlae.observation.DiscretizedLogisticMixture.channel_probs`),
 so the three conditionals multiply to ``p(x|z)`` exactly. On 1,000 8x8 patches
 of the embedded photographs, with a tiny spatial-latent model trained for 300
 steps (about 100 s), the code took 777.39 nats per patch against a -ELBO of
@@ -100,7 +100,7 @@ method (:mod:`vlae.portable`):
    ``device``): machines then disagree by a few ulps, ~1e-16 relative.
 2. Every number the network hands the coder -- the decoder's outputs per pixel,
    the proposal's mean and Cholesky factor, the 8-bit conditionals of
-   :meth:`~vlae.likelihood.DiscretizedLogisticMixture.channel_probs` -- is
+   :meth:`~vlae.observation.DiscretizedLogisticMixture.channel_probs` -- is
    **snapped** to a coarse grid: 16 significant bits (steps of ``2**-16`` below
    1 for network outputs; relative for probabilities). Two machines snap a value
    differently only if it lies within their disagreement of a rounding boundary.

@@ -64,7 +64,7 @@ def channel_probs(model, grid: Grid, step: int, params: np.ndarray, previous: np
     their snapped decoder outputs ``(m, P)`` and earlier channels ``(m, c)``: ``p(x = 1) (m,)``
     for a binary pixel (:func:`vlae.portable.sigmoid`), snapped 256-bin probabilities
     ``(m, 256)`` for an 8-bit channel (R, then G given R, then B given R and G:
-    :meth:`~vlae.likelihood.DiscretizedLogisticMixture.channel_probs` in float64)."""
+    :meth:`~vlae.observation.DiscretizedLogisticMixture.channel_probs` in float64)."""
     if is_binary(model):
         return sigmoid(params[:, 0])
     c = previous.shape[1]
