@@ -40,6 +40,8 @@ __all__ = [
     "write_json",
     "write_text",
     "prepare_output",
+    "file_in_the_way",
+    "create_folder",
     "writing",
     "atomic_write",
     "os_error_message",
@@ -117,6 +119,26 @@ def write_error(path: str | os.PathLike, error: BaseException) -> VLAEError:
     return VLAEError(os_error_message(path, error))
 
 
+def file_in_the_way(folder: Path) -> Path | None:
+    """The nearest existing ancestor of ``folder`` (``folder`` included) if it is a file: then
+    ``folder`` cannot be created, and mkdir's own error would not say why."""
+    for parent in [folder, *folder.parents]:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
+
+
+def create_folder(folder: Path, action: str, unwritable: str) -> None:
+    """Create ``folder`` (and its parents) and check it is writable; a failure is one
+    :class:`VLAEError`: ``action`` with the system's reason, or ``unwritable``."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise VLAEError(os_error_message(folder, error, action)) from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise VLAEError(unwritable)
+
+
 def prepare_output(path: str | os.PathLike, what: str = "output file", suffixes: tuple[str, ...] | None = None) -> Path:
     """Check that a file can be written at ``path`` and create its folder.
 
@@ -133,17 +155,10 @@ def prepare_output(path: str | os.PathLike, what: str = "output file", suffixes:
     if path.is_dir():
         raise VLAEError(f"{what} {path} is a folder; give a file name")
     folder = path.parent
-    for parent in [folder, *folder.parents]:  # the nearest existing ancestor must be a folder
-        if parent.exists():
-            if not parent.is_dir():
-                raise VLAEError(f"{what} {path}: {parent} is a file, not a folder")
-            break
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise VLAEError(os_error_message(folder, error, "cannot create folder")) from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise VLAEError(f"{what} {path}: folder {folder} is not writable")
+    blocking = file_in_the_way(folder)
+    if blocking is not None:
+        raise VLAEError(f"{what} {path}: {blocking} is a file, not a folder")
+    create_folder(folder, "cannot create folder", f"{what} {path}: folder {folder} is not writable")
     try:  # os.access says yes to root everywhere, also under /proc: try a file for real
         with tempfile.TemporaryFile(dir=folder, prefix=".vlae-probe-"):
             pass

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from ..checkpoint import checkpoint_name, copy_checkpoint, remove_temporaries
 from ..errors import VLAEError
-from ..outputs import atomic_write, os_error_message
+from ..outputs import atomic_write, create_folder, file_in_the_way
 
 __all__ = ["prepare_run_dir", "trim_metrics", "repair_best"]
 
@@ -42,11 +42,9 @@ def prepare_run_dir(
     run_dir = Path(run_dir)
     if resume and overwrite:
         raise VLAEError("train: --resume and --overwrite exclude each other (continue the run, or replace it)")
-    for parent in [run_dir, *run_dir.parents]:  # the nearest existing ancestor must be a folder
-        if parent.exists():
-            if not parent.is_dir():
-                raise VLAEError(f"{run_dir}: cannot create the run folder: {parent} is a file, not a folder")
-            break
+    blocking = file_in_the_way(run_dir)
+    if blocking is not None:
+        raise VLAEError(f"{run_dir}: cannot create the run folder: {blocking} is a file, not a folder")
     entries = sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else []
     if entries and not resume:
         if not overwrite:
@@ -63,12 +61,7 @@ def prepare_run_dir(
         for path in run_dir.iterdir():
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
         notice(f"--overwrite: deleted the previous run in {run_dir} ({_some(entries)})")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise VLAEError(os_error_message(run_dir, error, "cannot create the run folder")) from None
-    if not os.access(run_dir, os.W_OK | os.X_OK):
-        raise VLAEError(f"{run_dir}: the run folder is not writable")
+    create_folder(run_dir, "cannot create the run folder", f"{run_dir}: the run folder is not writable")
     if resume:
         removed = remove_temporaries(run_dir)
         if removed:
