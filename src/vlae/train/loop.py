@@ -7,7 +7,9 @@ in :meth:`Trainer.end_epoch` (validation, checkpoint, ``best.pt``), and
 :meth:`Trainer.finish` writes the last checkpoint and ``summary.json``. The step
 itself is :class:`vlae.train.step.TrainStep`, replayed as a CUDA graph on one GPU.
 What runs once before the first step (data, model, optimiser, the state of a
-fresh or resumed run) is :class:`vlae.train.set_up.TrainerSetUp`.
+fresh or resumed run) is :mod:`vlae.train.set_up`: :meth:`Trainer.__init__` calls its
+steps in order and holds what they build, the run's data (:class:`~vlae.train.set_up.RunData`)
+and its parts (:class:`~vlae.train.set_up.Parts`).
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ import torch
 from ..checkpoint import checkpoint_name, copy_checkpoint, list_checkpoints, save_checkpoint
 from ..config import Config
 from ..errors import VLAEError
-from ..outputs import write_error, write_json
+from ..outputs import write_error, write_json, write_text
+from ..runtime import Runtime
 from .interrupt import Interrupted, StopSignals
+from .metrics import Metrics
 from .resume import rng_state
 from .schedules import kl_warmup_weight
-from .set_up import TrainerSetUp, TrainerState
+from .set_up import TrainerState, restore, resumable, set_up_data, set_up_parts
 from .step import ROW, SKIP_REASONS
 from .validation import validate
 
@@ -41,9 +45,10 @@ PRINT_EVERY = 30.0  # seconds between plain-text progress lines when there is no
 GRAPH_WARMUP = 3  # eager steps on a side stream before the step is captured as a CUDA graph
 
 
-class Trainer(TrainerSetUp):
-    """One training run in ``run_dir``, set up by :class:`~vlae.train.set_up.TrainerSetUp`
-    (data, model, optimiser, state); see :func:`train` for the arguments."""
+class Trainer:
+    """One training run in ``run_dir``; see :func:`train` for the arguments."""
+
+    last_path: Path | None  # the last checkpoint written or resumed from
 
     # this session's counters and clocks (set by _start_session)
     session_steps: int
@@ -57,6 +62,45 @@ class Trainer(TrainerSetUp):
     side_stream: Any
     bar: Any
 
+    def __init__(
+        self,
+        cfg: Config,
+        run_dir: Path,
+        *,
+        resume: bool,
+        overwrite: bool,
+        quiet: bool,
+        data: Any,
+        callback: Callable[[dict[str, Any]], object] | None,
+        log_every: int,
+        signals: StopSignals,
+    ):
+        """Set the run up, in the order that fixes its random draws (see :mod:`vlae.train.set_up`)."""
+        self.cfg, self.t, self.run_dir, self.signals = cfg, cfg.train, run_dir, signals
+        self.callback, self.log_every, self.quiet = callback, log_every, quiet
+        self.rt = rt = Runtime.create(self.t.device, self.t.precision)
+        self.say = (lambda *a: print(*a, flush=True)) if (rt.main and not quiet) else (lambda *a: None)
+        self.warn = (lambda m: print(m, file=sys.stderr, flush=True)) if rt.main else (lambda m: None)
+        checkpoint, self.last_path = resumable(run_dir, cfg) if resume else (None, None)
+        self.data = set_up_data(
+            cfg,
+            rt,
+            data,
+            run_dir,
+            resume=resume,
+            overwrite=overwrite,
+            checkpoint=checkpoint,
+            last_path=self.last_path,
+            warn=self.warn,
+        )
+        self.parts = set_up_parts(cfg, rt, self.data, checkpoint, self.last_path, log_every)
+        start = restore(cfg, rt, run_dir, self.data, self.parts, checkpoint, self.last_path, self.say, self.warn)
+        self.state, self.result, self.result_step = start.state, start.result, start.result_step
+        self.checkpoint_step, self.epoch_gen_state = start.checkpoint_step, start.epoch_gen_state
+        if rt.main:
+            write_text(run_dir / "config.json", cfg.to_json() + "\n")
+        self.metrics = Metrics(run_dir, rt.main, self.t.tensorboard)
+
     # ------------------------------------------------------------------ the loop
     def run(self) -> dict[str, Any]:
         """Train until the epochs, ``max_steps`` or the time budget are done, or a signal stops it."""
@@ -65,9 +109,9 @@ class Trainer(TrainerSetUp):
         try:
             while not self._finished() and not self._out_of_time() and not self.stop_signal:
                 images, perm = self._epoch_data()
-                while s.batch_in_epoch < self.steps_per_epoch:
+                while s.batch_in_epoch < self.data.steps_per_epoch:
                     self.train_step(images, perm)
-                    if s.step % self.log_every == 0 or self.step_fn.pending == self.log_every:
+                    if s.step % self.log_every == 0 or self.parts.step_fn.pending == self.log_every:
                         self.record()
                     if self.callback is not None:
                         self.callback({"step": s.step, "epoch": s.epoch, "lr": self.host_lr, "time": self.clock})
@@ -75,9 +119,9 @@ class Trainer(TrainerSetUp):
                         self.stop_signal = self.signals.signum
                     if self._finished() or self._out_of_time() or self.stop_signal:
                         break
-                    if s.batch_in_epoch < self.steps_per_epoch and self._checkpoint_due():
+                    if s.batch_in_epoch < self.data.steps_per_epoch and self._checkpoint_due():
                         self.write_checkpoint("steps" if self._steps_due() else "time")
-                if s.batch_in_epoch >= self.steps_per_epoch:
+                if s.batch_in_epoch >= self.data.steps_per_epoch:
                     self.end_epoch()
             return self.finish()
         finally:
@@ -87,14 +131,14 @@ class Trainer(TrainerSetUp):
 
     def train_step(self, images: torch.Tensor, perm: torch.Tensor) -> None:
         """One optimiser step on the next batch of this epoch's permutation (no synchronisation)."""
-        s, step_fn, b = self.state, self.step_fn, self.batch
+        s, step_fn, b = self.state, self.parts.step_fn, self.data.batch
         step_fn.x.copy_(images[perm[s.batch_in_epoch * b : (s.batch_in_epoch + 1) * b]])
         self._set_host_value(step_fn.kl_warmup, kl_warmup_weight(s.step, self.t.kl_warmup_steps))
         self._set_lr(self.host_lr)  # the learning rate of this step, computed after the last
-        if step_fn.graph is None and self.graphs and self.session_steps >= GRAPH_WARMUP:
+        if step_fn.graph is None and self.parts.graphs and self.session_steps >= GRAPH_WARMUP:
             step_fn.capture()
             self.say(f"captured the training step as a CUDA graph after {self.session_steps} warm-up steps")
-        if step_fn.graph is None and self.graphs:  # warm-up: on a side stream, as capture requires
+        if step_fn.graph is None and self.parts.graphs:  # warm-up: on a side stream, as capture requires
             side = self.side_stream
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
@@ -106,7 +150,7 @@ class Trainer(TrainerSetUp):
         s.batch_in_epoch += 1
         self.session_steps += 1
         self.window_images += b * self.rt.world
-        self.host_lr = self.t.lr * self.lr_factor(s.step)
+        self.host_lr = self.t.lr * self.parts.lr_factor(s.step)
         if not self.rt.distributed:
             self.clock = self._now()
         if self.bar is not None:
@@ -116,7 +160,7 @@ class Trainer(TrainerSetUp):
         """Read the device's statistics of the steps since the last read: log skipped steps (and
         stop if ``max_skipped_steps`` came in a row), and at ``log_every`` steps the window's means."""
         s = self.state
-        rows, s.gamma, s.ema_n_averaged = self.step_fn.read()
+        rows, s.gamma, s.ema_n_averaged = self.parts.step_fn.read()
         first = s.step - len(rows) + 1
         for i, row in enumerate(rows):
             self._account(first + i, dict(zip(ROW, row)))
@@ -144,7 +188,7 @@ class Trainer(TrainerSetUp):
                 "step": step,
                 "epoch": s.epoch,
                 "kl_weight": row["kl_weight"],
-                "lr": self.t.lr * self.lr_factor(step),
+                "lr": self.t.lr * self.parts.lr_factor(step),
                 "skipped": s.skipped,
                 "time": self.clock,
                 "skipped_step": reason,
@@ -241,7 +285,9 @@ class Trainer(TrainerSetUp):
         """Validate; checkpoint if ``always`` or the bound improved (then also ``best.pt``)."""
         s, t, rt = self.state, self.t, self.rt
         self.sync()
-        self.result = validate(self.eval_model, self.valid_images, max(t.batch_size, 100), t.eval_k, seed=t.seed + 2)
+        self.result = validate(
+            self.parts.eval_model, self.data.valid_images, max(t.batch_size, 100), t.eval_k, seed=t.seed + 2
+        )
         self.result_step = s.step
         result = self.result
         self.metrics.log({"split": "valid", "step": s.step, "epoch": s.epoch, **result, "time": self.clock})
@@ -269,7 +315,7 @@ class Trainer(TrainerSetUp):
         """A checkpoint from which the run resumes exactly (collective: every process takes part)."""
         s, rt = self.state, self.rt
         self.sync()
-        mine = rng_state(self.data_gen, self.epoch_gen_state)
+        mine = rng_state(self.data.data_gen, self.epoch_gen_state)
         rng: dict[str, Any] = {"world": 1, "ranks": [mine]}
         if rt.distributed:
             import torch.distributed as dist
@@ -287,20 +333,20 @@ class Trainer(TrainerSetUp):
             "threads": rt.threads,
             "valid": self.result if self.result_step == s.step else None,
         }
-        optimizer = self.optimizer.state_dict()
+        optimizer = self.parts.optimizer.state_dict()
         for group in optimizer["param_groups"]:  # plain numbers: the file loads anywhere
-            group["lr"] = self.t.lr * self.lr_factor(s.step)
+            group["lr"] = self.t.lr * self.parts.lr_factor(s.step)
         self.last_path = save_checkpoint(
             self.run_dir / checkpoint_name(s.step),
             {
                 "config": self.cfg.to_dict(),
-                "model": self.model.state_dict(),
-                "ema": self.ema.state_dict() if self.ema is not None else None,
+                "model": self.parts.model.state_dict(),
+                "ema": self.parts.ema.state_dict() if self.parts.ema is not None else None,
                 "optimizer": optimizer,
                 "scheduler": {"last_epoch": s.step},
                 "trainer": trainer,
                 "rng": rng,
-                "data": self.identity,
+                "data": self.data.identity,
             },
         )
         for old in list_checkpoints(self.run_dir)[: -max(1, self.t.keep_last)]:  # never the new one (see repair_best)
@@ -308,7 +354,7 @@ class Trainer(TrainerSetUp):
 
     def sync(self) -> None:
         """Bring the host's view up to date with the device (skips, gamma, clock) before a decision."""
-        if self.step_fn.pending:
+        if self.parts.step_fn.pending:
             self.record()
         elif self.rt.distributed:
             self.clock = self.rt.all_reduce_mean(torch.tensor([self._now()], dtype=torch.float64)).item()
@@ -320,37 +366,41 @@ class Trainer(TrainerSetUp):
         self.clock = self.checkpoint_clock = s.elapsed  # training seconds as every process agrees on them
         self.session_steps, self.stop_signal, self.elapsed0 = 0, 0, s.elapsed
         self.host_values: dict[int, float] = {}
-        self.host_lr = t.lr * self.lr_factor(s.step)
+        self.host_lr = t.lr * self.parts.lr_factor(s.step)
         self.window_rows = []
         self.window_images, self.window_start = 0, time.perf_counter()
         self.last_print = self.window_start
-        self.side_stream = torch.cuda.Stream(rt.device) if self.graphs else None
+        self.side_stream = torch.cuda.Stream(rt.device) if self.parts.graphs else None
         self.bar = None
-        total = t.max_steps or (t.epochs * self.steps_per_epoch if t.epochs else None)
+        total = t.max_steps or (t.epochs * self.data.steps_per_epoch if t.epochs else None)
         if rt.main and not self.quiet and (t.progress == "on" or (t.progress == "auto" and sys.stderr.isatty())):
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total, initial=s.step, unit="step", dynamic_ncols=True, desc="train")
-        how = [rt.precision] + (["CUDA graph"] if self.graphs else []) + (["compiled"] if t.compile else [])
+        how = [rt.precision] + (["CUDA graph"] if self.parts.graphs else []) + (["compiled"] if t.compile else [])
         how += [f"{rt.world} processes"] if rt.distributed else []
         self.say(
-            f"training {sum(p.numel() for p in self.model.parameters()):,} parameters on {rt.device} "
-            f"({', '.join(how)}, {rt.threads} CPU threads), {len(self.train_set):,} images "
-            f"({self.train_set.source}), {self.steps_per_epoch} steps/epoch of {self.batch}; "
+            f"training {sum(p.numel() for p in self.parts.model.parameters()):,} parameters on {rt.device} "
+            f"({', '.join(how)}, {rt.threads} CPU threads), {len(self.data.train_set):,} images "
+            f"({self.data.train_set.source}), {self.data.steps_per_epoch} steps/epoch of {self.data.batch}; "
             f"run dir {self.run_dir}"
         )
-        self.model.train()
+        self.parts.model.train()
 
     def _epoch_data(self) -> tuple[torch.Tensor, torch.Tensor]:
         """This epoch's images and this rank's share of the permutation (uses the data generator)."""
         rt, s = self.rt, self.state
         if s.batch_in_epoch == 0:
-            self.epoch_gen_state = self.data_gen.get_state()
+            self.epoch_gen_state = self.data.data_gen.get_state()
         else:  # resuming mid-epoch: rebuild this epoch's permutation from its starting state
-            self.data_gen.set_state(self.epoch_gen_state)
-        images = self.train_set.observed(self.data_gen).to(rt.device) if self.dynamic else self.train_images
-        perm = torch.randperm(len(self.train_set), generator=self.data_gen)
-        return images, perm[: self.per_rank * rt.world][rt.rank :: rt.world].to(rt.device)
+            self.data.data_gen.set_state(self.epoch_gen_state)
+        images = (
+            self.data.train_set.observed(self.data.data_gen).to(rt.device)
+            if self.data.dynamic
+            else self.data.train_images
+        )
+        perm = torch.randperm(len(self.data.train_set), generator=self.data.data_gen)
+        return images, perm[: self.data.per_rank * rt.world][rt.rank :: rt.world].to(rt.device)
 
     def _now(self) -> float:
         return self.elapsed0 + time.perf_counter() - self.session_start
@@ -362,10 +412,10 @@ class Trainer(TrainerSetUp):
             self.host_values[id(tensor)] = value
 
     def _set_lr(self, value: float) -> None:
-        if self.lr is not None:
-            self._set_host_value(self.lr, value)
+        if self.parts.lr is not None:
+            self._set_host_value(self.parts.lr, value)
         else:
-            for group in self.optimizer.param_groups:
+            for group in self.parts.optimizer.param_groups:
                 group["lr"] = value
 
     def _finished(self) -> bool:
@@ -395,7 +445,7 @@ class Trainer(TrainerSetUp):
             "batch_in_epoch": s.batch_in_epoch,
             "stopped": stopped,
             "skipped": s.skipped,
-            "images_per_s": self.session_steps * self.batch * rt.world / max(1e-9, seconds),
+            "images_per_s": self.session_steps * self.data.batch * rt.world / max(1e-9, seconds),
             "seconds": seconds,
             "train_seconds": self.clock,
             "valid": self.result if self.result_step == s.step else {},
@@ -404,10 +454,10 @@ class Trainer(TrainerSetUp):
             "device": str(rt.device),
             "threads": rt.threads,
             "precision": rt.precision,
-            "cuda_graph": self.step_fn.graph is not None,
+            "cuda_graph": self.parts.step_fn.graph is not None,
             "compiled": self.t.compile,
-            "data": self.train_set.source,
-            "data_identity": self.identity,
+            "data": self.data.train_set.source,
+            "data_identity": self.data.identity,
             "run_dir": str(self.run_dir),
             "checkpoint": str(self.last_path) if self.last_path else None,
             "best": str(self.run_dir / "best.pt") if (self.run_dir / "best.pt").exists() else None,
