@@ -17,7 +17,7 @@ from ..experiments.tasks import base_config
 from ..experiments.workers import Stopped
 from ._common import add_overrides
 
-__all__ = ["add_runner_options", "budget_config", "print_outputs", "failed_runs", "command", "standalone"]
+__all__ = ["add_runner_options", "experiment_settings", "print_outputs", "failed_runs", "command", "standalone"]
 
 
 def add_runner_options(p: argparse.ArgumentParser, default_out: str, default_k: int) -> None:
@@ -83,11 +83,28 @@ def add_runner_options(p: argparse.ArgumentParser, default_out: str, default_k: 
     p.add_argument("--threads", type=int, default=1, metavar="N", help="torch threads per run (default: 1)")
 
 
-def budget_config(args: argparse.Namespace) -> tuple[Config, float | None]:
-    """The base configuration of every run and its time budget per run (300 s
-    when neither ``--budget`` nor ``--max-steps`` is given)."""
+def experiment_settings(args: argparse.Namespace, **extra: Any) -> tuple[Config, dict[str, Any], dict[str, Any]]:
+    """What the flags make of an experiment: the base configuration of every run (300 s each
+    when neither ``--budget`` nor ``--max-steps`` is given), what its config file records of
+    the command line (``extra`` after the budget), and the runner flags of
+    :func:`add_runner_options` as keywords of ``run_sweep`` and ``run_ablation``."""
     budget = args.budget if (args.budget is not None or args.max_steps is not None) else 300.0
-    return base_config(args.preset, args.overrides, budget, args.max_steps), budget
+    record = {
+        "preset": args.preset,
+        "overrides": list(args.overrides),
+        "budget": budget,
+        **extra,
+        "max_steps": args.max_steps,
+        "command": " ".join(sys.argv),
+    }
+    runner = {
+        "eval_subset": args.eval_subset,
+        "k": args.k,
+        "eval_batch_size": args.eval_batch_size,
+        "jobs": args.jobs,
+        "threads": args.threads,
+    }
+    return base_config(args.preset, args.overrides, budget, args.max_steps), record, runner
 
 
 def print_outputs(paths: dict[str, Path]) -> None:

@@ -4,10 +4,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
-from ._experiment import add_runner_options, budget_config, command, failed_runs, print_outputs
+from ._experiment import add_runner_options, command, experiment_settings, failed_runs, print_outputs
 
 __all__ = ["register", "run"]
 
@@ -47,24 +46,13 @@ def _ablation(args: argparse.Namespace) -> int:
         print_outputs(write_ablation_report(args.report))
         return 0
     variants = parse_list(args.variants, "--variants", str)
-    base, budget = budget_config(args)
-    config = {
-        "preset": args.preset,
-        "overrides": list(args.overrides),
-        "budget": budget,
-        "max_steps": args.max_steps,
-        "command": " ".join(sys.argv),
-    }
+    base, record, runner = experiment_settings(args)
     _, status = run_ablation(
         args.out,
         base,
         variants=variants,
-        eval_subset=args.eval_subset,
-        k=args.k,
-        eval_batch_size=args.eval_batch_size,
-        jobs=args.jobs,
-        threads=args.threads,
-        ablation_config=config,
+        ablation_config=record,
+        **runner,
     )
     print_outputs(status["outputs"])
     return failed_runs(status)

@@ -4,10 +4,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
-from ._experiment import add_runner_options, budget_config, command, failed_runs, print_outputs
+from ._experiment import add_runner_options, command, experiment_settings, failed_runs, print_outputs
 
 __all__ = ["register", "run"]
 
@@ -69,7 +68,7 @@ def _sweep(args: argparse.Namespace) -> int:
     kernels = parse_list(args.kernels, "--kernels", int)
     priors = parse_list(args.priors, "--priors", str)
     fields = parse_list(args.fields, "--fields", str) if args.fields is not None else []
-    base, budget = budget_config(args)
+    base, record, runner = experiment_settings(args, fields=fields)
     if args.list:
         tasks = sweep_tasks(base, args.decoder, layers, kernels, priors, fields)
         for t, rf in zip(tasks, receptive_fields(tasks)):
@@ -79,14 +78,6 @@ def _sweep(args: argparse.Namespace) -> int:
                 f"{rf['rf_left']:3d} cols left/right, sees {100 * rf['rf_coverage']:5.1f}% of the context"
             )
         return 0
-    sweep_config = {
-        "preset": args.preset,
-        "overrides": list(args.overrides),
-        "budget": budget,
-        "fields": fields,
-        "max_steps": args.max_steps,
-        "command": " ".join(sys.argv),
-    }
     _, status = run_sweep(
         args.out,
         base,
@@ -94,13 +85,9 @@ def _sweep(args: argparse.Namespace) -> int:
         layers=layers,
         kernels=kernels,
         priors=priors,
-        eval_subset=args.eval_subset,
-        k=args.k,
-        eval_batch_size=args.eval_batch_size,
-        jobs=args.jobs,
-        threads=args.threads,
-        sweep_config=sweep_config,
+        sweep_config=record,
         fields=fields,
+        **runner,
     )
     print_outputs(status["outputs"])
     return failed_runs(status)

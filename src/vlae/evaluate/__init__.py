@@ -33,14 +33,10 @@ The package, one concept per module, in the order a reader meets it:
 - :mod:`~vlae.evaluate.result_file`: the result's name (:func:`result_name`)
   and which result it may replace.
 
-Example:
-    >>> import torch
-    >>> from vlae import VLAE, get_preset
-    >>> model = VLAE(get_preset("tiny").model)
-    >>> x = torch.bernoulli(torch.full((8, 1, 28, 28), 0.2)).to(torch.uint8)
-    >>> result = evaluate_model(model, x, k=4, batch_size=4)
-    >>> result["estimator"], sorted(result)[:3]
-    ('IW bound, k=4', ['active_units', 'active_units_threshold', 'bits_per_dim'])
+Example (a model in memory: :mod:`~vlae.evaluate.bound`'s example):
+    >>> result = evaluate_checkpoint("runs/tiny", k=64, subset=1000)  # doctest: +SKIP
+    >>> result["estimator"]  # doctest: +SKIP
+    'IW bound, k=64'
 """
 
 from .bound import evaluate_block, evaluate_model, image_seed

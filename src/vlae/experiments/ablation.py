@@ -37,9 +37,9 @@ from typing import Any, Callable, Sequence
 from ..config import Config, config_from_dict
 from ..errors import VLAEError
 from .report import estimator, scope_note, write_table
-from .results import check_tasks, collect_results, write_json
+from .results import collect_results
 from .runner import run_tasks
-from .tasks import Task, check_run_options
+from .tasks import Task
 
 __all__ = ["VARIANTS", "ablation_tasks", "run_ablation", "write_ablation_report"]
 
@@ -156,10 +156,7 @@ def run_ablation(
         ``status["outputs"]`` the written files.
     """
     tasks = ablation_tasks(base, variants)
-    check_run_options(jobs=jobs, threads=threads, k=k, eval_subset=eval_subset, eval_batch_size=eval_batch_size)
     out = Path(out_dir)
-    check_tasks(tasks, out, {"eval_subset": eval_subset, "k": k, "eval_batch_size": eval_batch_size})
-    out.mkdir(parents=True, exist_ok=True)
     config = {
         "variants": [t.name for t in tasks],
         "eval_subset": eval_subset,
@@ -169,7 +166,6 @@ def run_ablation(
         **(ablation_config or {}),
         "base_config": base.to_dict(),
     }
-    write_json(out / "ablation_config.json", config)
     records, status = run_tasks(
         tasks,
         out,
@@ -181,6 +177,7 @@ def run_ablation(
         data=data,
         test_images=test_images,
         log=log,
+        settings=("ablation_config.json", config),
     )
     if not any(records):
         raise VLAEError(f"every ablation run failed; see {out}/*/error.txt")

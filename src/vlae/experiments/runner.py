@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence
 
 from ..errors import VLAEError
 from .report import fmt
-from .results import ERROR, check_tasks
+from .results import ERROR, check_tasks, write_json
 from .task_run import evaluation_images
 from .tasks import Task, check_run_options
 from .workers import Workers, start_context
@@ -29,6 +29,7 @@ def run_tasks(
     data: Any = None,
     test_images: Any = None,
     log: Callable[[str], object] = print,
+    settings: tuple[str, dict[str, Any]] | None = None,
 ) -> tuple[list[dict | None], dict]:
     """Run every task not finished yet, ``jobs`` at a time, each in a fresh process.
 
@@ -61,6 +62,9 @@ def run_tasks(
             first ``eval_subset`` are used (default: ``eval_subset`` test
             images of the configured dataset).
         log: one line per event.
+        settings: the experiment's settings file, ``(name, content)``: written into
+            ``out_dir`` once the checks pass, before any run starts, so a refused
+            folder keeps the file of its own runs.
 
     Returns:
         ``(records, status)``: one record per task in task order (``None``
@@ -78,6 +82,8 @@ def run_tasks(
     eval_settings = {"eval_subset": eval_subset, "k": k, "eval_batch_size": eval_batch_size}
 
     finished_before = check_tasks(tasks, out, eval_settings)
+    if settings is not None:
+        write_json(out / settings[0], settings[1])
     records: dict[str, dict] = dict(finished_before)
     status: dict[str, Any] = {"ran": [], "skipped": list(finished_before), "failed": {}}
     pending = [t for t in tasks if t.name not in finished_before]

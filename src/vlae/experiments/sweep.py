@@ -63,9 +63,9 @@ from ..config import Config, config_from_dict
 from ..errors import VLAEError
 from .receptive_field import receptive_field_record
 from .report import estimator, scope_note, write_table
-from .results import ERROR, RESULTS, check_tasks, collect_results, write_json
+from .results import ERROR, RESULTS, collect_results
 from .runner import run_tasks
-from .tasks import Task, check_run_options
+from .tasks import Task
 
 __all__ = ["sweep_tasks", "run_sweep", "write_sweep_report", "receptive_fields"]
 
@@ -296,10 +296,7 @@ def run_sweep(
         VLAEError: bad grid values; every run failed.
     """
     tasks = sweep_tasks(base, decoder, layers, kernels, priors, fields)
-    check_run_options(jobs=jobs, threads=threads, k=k, eval_subset=eval_subset, eval_batch_size=eval_batch_size)
     out = Path(out_dir)
-    check_tasks(tasks, out, {"eval_subset": eval_subset, "k": k, "eval_batch_size": eval_batch_size})
-    out.mkdir(parents=True, exist_ok=True)
     config = {
         "decoder": "gated" if fields else decoder,
         "fields": list(fields),
@@ -314,7 +311,6 @@ def run_sweep(
         "runs": [t.name for t in tasks],
         "base_config": base.to_dict(),
     }
-    write_json(out / "sweep_config.json", config)
     records, status = run_tasks(
         tasks,
         out,
@@ -326,6 +322,7 @@ def run_sweep(
         data=data,
         test_images=test_images,
         log=log,
+        settings=("sweep_config.json", config),
     )
     finished = [r for r in records if r]
     if not finished:
