@@ -41,8 +41,9 @@ def _worker(args) -> int:
 
     import torch
 
-    from common import build_model, random_images
     from vlae.evaluate import evaluate_model
+
+    from common import build_model, random_images
 
     torch.set_num_threads(args.threads)
     cfg, model = build_model(args.preset, [], torch.device("cpu"), args.seed)

@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tolerance", type=float, default=0.005,
-                        help="how much worse (relative -ELBO) bf16 may end and still count as equal quality (default: 0.5%%)")
+                        help="how much worse (relative -ELBO) bf16 may end and still count as equal quality "
+                        "(default: 0.5%%)")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
@@ -72,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         write_json(args.json, {"benchmark": "precision", "preset": args.preset, "steps": args.steps,
                                "rows": rows, "relative_nelbo_gap": gap,
-                               "mean_relative_loss_difference_second_half": sum(diffs) / max(1, len(diffs)), "equal_quality": equal,
+                               "mean_relative_loss_difference_second_half": sum(diffs) / max(1, len(diffs)),
+                               "equal_quality": equal,
                                "bf16_faster": faster, "choice": choice})
     return 0
 

@@ -41,7 +41,8 @@ def project(trains: list[dict], evals: list[dict], stand_in: str | None = None) 
         erows = [r for e in evals for r in e["rows"] if mine(r, p)]
         if erows:
             e = max(erows, key=lambda r: r["samples_per_s"])
-            item.update({"iw_samples_per_s": e["samples_per_s"], "eval_hours": p.eval_samples / e["samples_per_s"] / 3600})
+            item.update({"iw_samples_per_s": e["samples_per_s"],
+                         "eval_hours": p.eval_samples / e["samples_per_s"] / 3600})
         if "train_hours" in item and "eval_hours" in item:
             item["total_hours"] = item["train_hours"] + item["eval_hours"]
         out.append(item)

@@ -33,9 +33,10 @@ def _worker(args) -> int:
 
     import torch
 
-    from common import random_images
     from vlae.config import get_preset
     from vlae.train import train
+
+    from common import random_images
 
     torch.set_num_threads(args.threads)
     cfg = get_preset(args.preset)

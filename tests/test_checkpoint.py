@@ -8,8 +8,14 @@ import pytest
 import torch
 
 from vlae import checkpoint as ckpt
-from vlae.checkpoint import (FORMAT_VERSION, latest_checkpoint, load_checkpoint, load_model, resolve_checkpoint,
-                             save_checkpoint)
+from vlae.checkpoint import (
+    FORMAT_VERSION,
+    latest_checkpoint,
+    load_checkpoint,
+    load_model,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from vlae.config import get_preset
 from vlae.errors import VLAEError
 from vlae.model import VLAE
@@ -128,7 +134,8 @@ def test_full_disk_is_one_line_naming_the_file(tmp_path, state, monkeypatch):
         try:
             raise OSError(errno.ENOSPC, "No space left on device")
         except OSError:
-            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+            # chained to the OSError, as torch's own error is: what the writer's message is read from
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")  # noqa: B904
 
     monkeypatch.setattr(ckpt.torch, "save", full)
     with pytest.raises(VLAEError, match=r"ckpt.pt: cannot write \(No space left on device\)"):

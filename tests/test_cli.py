@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import fallback_environ
 from vlae import cli
 from vlae.checkpoint import save_checkpoint
 from vlae.cli import train as cli_train
 from vlae.config import get_preset
 from vlae.model import VLAE
+
+from conftest import fallback_environ
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -194,6 +195,7 @@ def test_train_minimal_runs(tmp_path, monkeypatch, capsys):
 def test_train_minimal_interrupted_names_its_own_way_to_continue(tmp_path, monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(ROOT))
     import train_minimal
+
     import vlae.train
 
     def interrupted(cfg, run_dir, **kw):

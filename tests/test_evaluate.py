@@ -17,7 +17,6 @@ from vlae.errors import VLAEError
 from vlae.evaluate import active_units, evaluate_checkpoint, evaluate_model, image_seed, standard_error
 from vlae.model import VLAE
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
@@ -263,7 +262,8 @@ def test_result_names_say_what_was_measured():
     from vlae.evaluate import result_name
 
     assert result_name("binarized-mnist", "test", 4096) == "eval_binarized-mnist_test_k4096.json"
-    assert result_name("mnist-embedded", "valid", 4, images=50, weights="raw") == "eval_mnist-embedded_valid_k4_n50_raw.json"
+    assert (result_name("mnist-embedded", "valid", 4, images=50, weights="raw")
+            == "eval_mnist-embedded_valid_k4_n50_raw.json")
 
 
 def test_evaluate_checkpoint_subset_is_the_fixed_subset(tmp_path, model):

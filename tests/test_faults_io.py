@@ -27,13 +27,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import fallback_environ
 from vlae.checkpoint import load_model, save_checkpoint
 from vlae.config import get_preset
 from vlae.errors import VLAEError
 from vlae.model import VLAE
 from vlae.outputs import dumps, write_json
 from vlae.sampling import fast_sample
+
+from conftest import fallback_environ
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = "run/eval_mnist-embedded_test_k2_n1.json"  # what `vlae eval run --k 2 --subset 1` writes
@@ -158,7 +159,8 @@ CASES = [
          "is a file, not a folder", unchanged=("run/summary.json",)),
     Case("eval-out-under-proc", ("eval", "run", "--k", "2", "--subset", "4", "--out", "/proc/vlae-eval.json"), "/proc"),
     Case("plot-figures-is-a-file", ("plot", "figfile"), "is a file, not a folder", unchanged=("figfile/figures",)),
-    Case("plot-non-utf8-metrics", ("plot", "binmetrics"), "not UTF-8", absent=("binmetrics/figures/training_curves.png",)),
+    Case("plot-non-utf8-metrics", ("plot", "binmetrics"), "not UTF-8",
+         absent=("binmetrics/figures/training_curves.png",)),
     # loading (item 11)
     Case("eval-architecture-mismatch", ("eval", "mismatch.pt", "--k", "2", "--subset", "4"), "decoder.",
          absent=("eval_mnist-embedded_test_k2_n4.json",)),

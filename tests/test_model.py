@@ -21,8 +21,8 @@ import torch
 from vlae import VLAE, get_preset
 from vlae.errors import VLAEError
 from vlae.flows import standard_normal_log_prob
-from vlae.observation import bernoulli_log_prob
 from vlae.model import Terms, nats_to_bits_per_dim
+from vlae.observation import bernoulli_log_prob
 
 torch.set_num_threads(1)
 

@@ -12,8 +12,8 @@ import torch
 
 from vlae.config import ModelConfig, apply_overrides, get_preset
 from vlae.errors import VLAEError
-from vlae.observation import DiscretizedLogisticMixture
 from vlae.model import VLAE
+from vlae.observation import DiscretizedLogisticMixture
 
 torch.set_num_threads(1)
 

@@ -18,8 +18,13 @@ import torch
 
 from vlae.config import ModelConfig
 from vlae.errors import VLAEError
-from vlae.observation import (Bernoulli, DiscretizedLogisticMixture, bernoulli_from_uniform, bernoulli_log_prob,
-                              observation_model)
+from vlae.observation import (
+    Bernoulli,
+    DiscretizedLogisticMixture,
+    bernoulli_from_uniform,
+    bernoulli_log_prob,
+    observation_model,
+)
 
 torch.set_num_threads(1)
 

@@ -19,8 +19,16 @@ import pytest
 import torch
 from torch.autograd.functional import jacobian
 
-from vlae.pixelcnn import (DECODERS, GRAY_WEIGHTS, ConditionUpsampler, FactorizedDecoder, GatedPixelCNN, MaskedPixelCNN,
-                           field_offsets, grayscale)
+from vlae.pixelcnn import (
+    DECODERS,
+    GRAY_WEIGHTS,
+    ConditionUpsampler,
+    FactorizedDecoder,
+    GatedPixelCNN,
+    MaskedPixelCNN,
+    field_offsets,
+    grayscale,
+)
 
 torch.set_num_threads(1)
 

@@ -18,8 +18,17 @@ from vlae.config import get_preset
 from vlae.errors import VLAEError
 from vlae.model import VLAE
 from vlae.pixelcnn import GatedPixelCNN, MaskedPixelCNN
-from vlae.sweep import (base_config, collect_results, context_coverage, main, parse_list, receptive_field_record,
-                        run_sweep, scope_note, sweep_tasks)
+from vlae.sweep import (
+    base_config,
+    collect_results,
+    context_coverage,
+    main,
+    parse_list,
+    receptive_field_record,
+    run_sweep,
+    scope_note,
+    sweep_tasks,
+)
 
 torch.set_num_threads(1)
 
