@@ -62,9 +62,8 @@ def run_tasks(
             first ``eval_subset`` are used (default: ``eval_subset`` test
             images of the configured dataset).
         log: one line per event.
-        settings: the experiment's settings file, ``(name, content)``: written into
-            ``out_dir`` once the checks pass, before any run starts, so a refused
-            folder keeps the file of its own runs.
+        settings: the experiment's settings file ``(name, content)``, written into ``out_dir``
+            once the checks pass (a refused folder keeps its own), before any run starts.
 
     Returns:
         ``(records, status)``: one record per task in task order (``None``
