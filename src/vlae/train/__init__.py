@@ -11,7 +11,8 @@ The package, in the order a reader meets it:
 - :mod:`~vlae.train.loop`: :func:`train` and the :class:`Trainer` (train step,
   record, end of epoch, finish), the loop read top to bottom;
 - :mod:`~vlae.train.set_up`: what runs once before the loop (data, model,
-  optimiser, the state of a fresh or resumed run), in the order of its random draws;
+  optimiser, the state of a fresh or resumed run), functions the :class:`Trainer`
+  calls in the order of the run's random draws;
 - :mod:`~vlae.train.step`: the step as one function of device tensors, with the
   skip decision taken on the device, replayed as a CUDA graph on one GPU;
 - :mod:`~vlae.train.schedules`: soft free bits, KL warm-up, learning rate;
