@@ -304,6 +304,28 @@ def test_channel_conditionals_multiply_to_the_likelihood(channels):
         obs.channel_probs(params, x[:, :channels])
 
 
+def test_channel_conditionals_keep_their_relative_precision_at_every_scale():
+    """Every bin to a few ulps times its conditioning ``1 + |t|`` (a tail ``sigma(t)`` moves
+    ``|t|`` ulps with its argument's last bit), also for the widest logistic the model allows
+    (log-scale 7), against the same product of tails in extended precision. A difference of
+    CDFs loses ~255 s ulps there (1e-10 relative): another machine's last-bit differences in
+    sigmoid would then move the probabilities beyond the codec's near-tie margin (2**-40)."""
+    obs = DiscretizedLogisticMixture(1, components=1)
+    log_s = torch.linspace(-5, 7, 60, dtype=torch.float64)
+    mu = torch.linspace(-1.5, 1.5, 7, dtype=torch.float64)
+    params = torch.stack([torch.zeros(420, dtype=torch.float64), mu.repeat(60), log_s.repeat_interleave(7)], 1)
+    probs = obs.channel_probs(params, torch.zeros(420, 0)).numpy()
+    ld = np.longdouble
+    m, s = params[:, 1].numpy().astype(ld)[:, None], np.exp(params[:, 2].numpy().astype(ld))[:, None]
+    t = (np.arange(1, 256, dtype=ld) / ld(127.5) - 1 - 1 / ld(255) - m) / s
+    lower, upper = 1 / (1 + np.exp(-t)), 1 / (1 + np.exp(t))
+    exact = np.concatenate(
+        [lower[:, :1], lower[:, 1:] * upper[:, :-1] * -np.expm1(-2 / (ld(255) * s)), upper[:, -1:]], 1
+    )
+    conditioning = 1 + np.abs(np.pad(t, ((0, 0), (1, 0)))) + np.abs(np.pad(t, ((0, 0), (0, 1))))
+    assert (np.abs(probs / exact - 1) / conditioning).max() < 8 * 2.0**-52
+
+
 @pytest.mark.parametrize("changes", [
     {},  # RGB, spatial AF prior, gated decoder
     {"prior": "gaussian"},
@@ -329,6 +351,19 @@ def test_round_trip_8bit_images(changes):
     assert 0.8 * 8 < stats.ideal_pixel_bits / x.numel() < 1.3 * 8
     if not changes:  # a strided copy (channels last, as images are read) codes to the same bytes
         assert compress(model, x.to(memory_format=torch.channels_last), batch=3) == data
+
+
+def test_version_2_files_binary_are_read_8bit_refused(packed):
+    """Version 3 changed only how the 8-bit conditionals are computed: a version-2 file of
+    binary images codes with the same numbers, one of 8-bit images is refused in one line."""
+    model, x, data = packed
+    as_version_2 = lambda d: _with_crc(d[:8] + struct.pack("<H", 2) + d[10:-4])  # noqa: E731
+    assert torch.equal(decompress(model, as_version_2(data)), x.to(torch.uint8))
+    colour = _colour_model(image_shape=(1, 8, 8))
+    old = as_version_2(compress(colour, _colour_images(2, (1, 8, 8))))
+    with pytest.raises(VLAEError, match="format version 2 with 8-bit pixels .* no longer read") as info:
+        decompress(colour, old)
+    assert "\n" not in str(info.value)
 
 
 def _photo_patches(split: str) -> torch.Tensor:

@@ -306,11 +306,15 @@ class DiscretizedLogisticMixture(ObservationModel):
         ``p(x_c | x_<c) = sum_k w_k p_k(x_c | x_<c)`` with the component weights
         re-weighted by the channels already known, ``w_k ~ pi_k prod_{c'<c} p_k(x_c' | x_<c')``
         (by :meth:`_log_bin`, as :meth:`log_prob_pixels` has them). The 256 bins of channel
-        ``c`` come from each logistic's CDF at the 255 bin edges (``sigma(t)``, ``sigma(-t)`` per edge, the
-        cost that matters to a coder), a bin left of the component's centre as a difference
-        of lower tails ``sigma(t)``, from there on of upper tails ``sigma(-t)``, so no small
-        bin loses its relative precision to cancellation (edge bins at 0 and 255 run to
-        -inf and +inf): the product over the channels is ``exp(log p(x))`` to ~1e-12 relative.
+        ``c`` come from each logistic's CDF at the 255 bin edges ``t_j`` (``sigma(t)`` and
+        ``sigma(-t)`` per edge: the cost that matters to a coder). Bin ``j`` between edges
+        ``j - 1`` and ``j``, which lie ``d = 2 / (255 s)`` apart, is the product of
+        :meth:`_log_bin`, ``sigma(t_j) sigma(-t_{j-1}) (1 - e^{-d})``, not a difference of
+        CDFs: no factor cancels, so every bin keeps a relative precision of a few ulps
+        at any scale (a difference of CDFs loses ``~255 s`` ulps, 1e-11 relative at
+        ``s = e^7``; a lossless coder on another machine needs the same numbers to ~1e-12).
+        The edge bins at 0 and 255 run to -inf and +inf. The product over the channels is
+        ``exp(log p(x))`` to ~1e-12 relative.
 
         Args:
             params: ``(n, P)`` decoder outputs of ``n`` pixels.
@@ -342,14 +346,13 @@ class DiscretizedLogisticMixture(ObservationModel):
             log_w = F.log_softmax(log_w, dim=1)
             mu, log_s = self._mean(means, coeffs, v, c)[..., None], log_scales[:, c, :, None]  # (n, K, 1)
             edges = self.scale(torch.arange(1, 256, dtype=torch.float64, device=params.device)) - _HALF_BIN
-            t = torch.exp(-log_s) * (edges - mu)  # (n, K, 255)
+            inv_s = torch.exp(-log_s)
+            t = inv_s * (edges - mu)  # (n, K, 255)
             lower, upper = torch.sigmoid(t), torch.sigmoid(t.neg())  # each accurate in its own small tail
             mass = torch.empty(*t.shape[:-1], 256, dtype=t.dtype, device=t.device)
             mass[..., 0], mass[..., 255] = lower[..., 0], upper[..., -1]  # the edge bins: tails to -inf, +inf
-            # Left of the centre, differences of lower tails; from there on, of upper tails.
-            mass[..., 1:255] = torch.where(
-                t[..., 1:] <= 0, lower[..., 1:] - lower[..., :-1], upper[..., :-1] - upper[..., 1:]
-            )
+            width = -torch.expm1(-2 * _HALF_BIN * inv_s)  # 1 - e^{-d}, (n, K, 1)
+            torch.mul(lower[..., 1:] * upper[..., :-1], width, out=mass[..., 1:255])
             return torch.bmm(log_w.exp()[:, None, :], mass)[:, 0]
 
     def sample_with_margin(self, params: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -121,11 +121,17 @@ Hence decoding is exact on any machine whose float64 results differ from the
 writer's by less than the margin, ``2**-40 max(1, |v|)`` = 9.1e-13 (relative
 ``2**-40`` for the 8-bit conditionals), with certainty: a value the machines
 could round apart is a recorded near-tie, not a matter of chance. Measured
-(fashion-small, 100 Fashion-MNIST images, float64): between AVX-512 with 1
-thread and ``default`` with 1 or AVX2 with 2 threads, 83% of the decoder's
-outputs differ, by at most 8.0e-15 ``max(1, |v|)``, and the conditionals
-computed from identical inputs by at most 2.1e-15 relative: the margin is more
-than 100 times the disagreement. The margin is an assumption on the hardware,
+(fashion-small, 40 Fashion-MNIST images, float64, against AVX-512 with 1 thread):
+with ``default`` kernels 81% of the decoder's outputs differ, by at most 3.4e-15
+``max(1, |v|)``; AVX2's are identical. The 8-bit conditionals computed from
+identical inputs differ by at most 2.3e-15 relative, and by 1.2e-15 on 5 million
+probabilities of components as wide as the model allows (log-scales up to 7):
+the margin is more than 250 times the disagreement. (Conditionals written as
+differences of CDFs, format version 2, lost ``~255 s`` ulps to cancellation: 2.7e-11
+relative for the wide components, 30 times the margin. Version 3 writes each bin
+as a product of tails, see
+:meth:`~vlae.observation.DiscretizedLogisticMixture.channel_probs`.)
+The margin is an assumption on the hardware,
 not a probability; violating it is *detected*: the file
 carries a CRC-32 of everything snapped (per site, order-free), checked after
 decoding, and since the file's own CRC-32 vouches for its bytes, any failure to
@@ -140,7 +146,9 @@ Tests compress and decompress in subprocesses under ``--threads`` 1 and 2,
 grid those files fail to decode: the float64 numbers do differ), and on CUDA.
 
 Files of format version 1 (float32 probabilities, decodable only on the machine
-that wrote them) are refused with a one-line message naming the version.
+that wrote them) and version-2 files of 8-bit images (their conditionals computed
+as differences of CDFs) are refused with a one-line message naming the version;
+version-2 files of binary images code with the same numbers as version 3 and are read.
 
 File format (all integers little-endian):
 

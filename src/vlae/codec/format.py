@@ -48,9 +48,12 @@ __all__ = [
 ]
 
 MAGIC = b"\x89VLAEbb\n"
-FORMAT_VERSION = 2
+# 3: 8-bit conditionals as products of CDF tails (vlae.observation's channel_probs); a version 2
+# file with binary pixels codes with the same numbers and is read as well
+FORMAT_VERSION = 3
 PRECISIONS = range(4, 17)  # K = 16 .. 65,536 bins per latent dimension
 HEADER = struct.Struct("<8sH16sB3HIHBI16sIIII")
+_OBSERVATION_AT = 26  # the header's observation-model byte
 CRC = struct.Struct("<I")
 # model.observation -> its code in the header: written into files, so never renumbered (a new
 # observation model gets a new code; tests check every name of config.OBSERVATIONS has one)
@@ -116,11 +119,18 @@ def read_header(data: bytes, name: str = "input") -> Header:
         version = struct.unpack_from("<H", data, len(MAGIC))[0]
         if version > FORMAT_VERSION:
             raise VLAEError(f"{name}: format version {version} is newer than this vlae reads ({FORMAT_VERSION})")
-        if version < FORMAT_VERSION:
+        if version < 2:
             raise VLAEError(
                 f"{name}: format version {version} (before portable decoding; it decodes only where it "
                 f"was written, with the vlae of then) is no longer read; this vlae reads version "
                 f"{FORMAT_VERSION}: recompress the images"
+            )
+        if version == 2 and len(data) > _OBSERVATION_AT and data[_OBSERVATION_AT] != OBSERVATION_CODES["bernoulli"]:
+            raise VLAEError(
+                f"{name}: format version 2 with 8-bit pixels (their conditionals were differences of "
+                f"CDFs, which machines disagree on beyond the near-tie margin; version 3 codes them "
+                f"as products) is no longer read: decompress it with the vlae that wrote it, or "
+                f"recompress the images"
             )
     if len(data) < HEADER.size + CRC.size:
         raise VLAEError(f"{name}: truncated ({len(data)} bytes, shorter than the header)")
