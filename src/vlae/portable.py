@@ -69,10 +69,13 @@ def snap(
     if relative:  # on the bits: keep the implicit 1 and 15 fraction bits, round the other 37 half away from 0
         bits = v.view(np.int64).ravel()
         rest = bits & _DROPPED
+        # |rest - half| < near, as one unsigned comparison
+        near = np.flatnonzero((rest - (_HALF - _NEAR + 1)).view(np.uint64) < np.uint64(2 * _NEAR - 1))
+        if force is None or not len(force[0]):
+            out = ((bits + _HALF) & ~_DROPPED).view(np.float64)  # adding half carries into the kept bits
+            return out.reshape(v.shape), near, (rest[near] >= _HALF).astype(np.uint8)
         up = (rest >= _HALF).astype(np.uint8)
-        near = np.flatnonzero(np.abs(rest - _HALF) < _NEAR)
-        if force is not None and len(force[0]):
-            up[force[0]] = force[1]
+        up[force[0]] = force[1]
         out = ((bits - rest) + (up.astype(np.int64) << _DROP)).view(np.float64)  # a carry bumps the exponent
         return out.reshape(v.shape), near, up[near]
     _, e = np.frexp(v)  # |v| = m 2^e, m in [0.5, 1): exact
