@@ -172,6 +172,14 @@ class Bernoulli(ObservationModel):
 
 # ---------------------------------------------------------------------- discretized logistic mixture
 _HALF_BIN = 1.0 / 255.0  # half the width of one of the 256 bins on the [-1, 1] scale
+
+
+def _bin_width_factor(inv_s: torch.Tensor) -> torch.Tensor:
+    """``1 - e^{-d}`` with ``d = 2 / (255 s)``, a bin's width in units of the logistic's scale:
+    the factor of a bin's mass that neither CDF tail holds (see ``_log_bin``)."""
+    return -torch.expm1(-2 * _HALF_BIN * inv_s)
+
+
 # Log-scales are clamped below at -7 (as in PixelCNN++): a logistic narrower than
 # e^-7 ~ 1/1100 is already far inside one bin (width 2/255), so a smaller scale
 # changes no probability but makes inv_scale overflow-prone and gradients huge.
@@ -278,7 +286,7 @@ class DiscretizedLogisticMixture(ObservationModel):
         zero = torch.zeros((), dtype=a.dtype, device=a.device)
         upper = torch.where(high, zero, F.logsigmoid(a))  # log sigma(a); CDF(+inf) = 1 at x = 255
         lower = torch.where(low, zero, F.logsigmoid(-b))  # log(1 - sigma(b)); CDF(-inf) = 0 at x = 0
-        width = torch.where(low | high, zero, torch.log(-torch.expm1(-2 * _HALF_BIN * inv_s)))
+        width = torch.where(low | high, zero, torch.log(_bin_width_factor(inv_s)))
         return upper + lower + width
 
     def _log_bins(self, params: torch.Tensor, x: torch.Tensor):
@@ -351,7 +359,7 @@ class DiscretizedLogisticMixture(ObservationModel):
             lower, upper = torch.sigmoid(t), torch.sigmoid(t.neg())  # each accurate in its own small tail
             mass = torch.empty(*t.shape[:-1], 256, dtype=t.dtype, device=t.device)
             mass[..., 0], mass[..., 255] = lower[..., 0], upper[..., -1]  # the edge bins: tails to -inf, +inf
-            width = -torch.expm1(-2 * _HALF_BIN * inv_s)  # 1 - e^{-d}, (n, K, 1)
+            width = _bin_width_factor(inv_s)  # (n, K, 1)
             torch.mul(lower[..., 1:] * upper[..., :-1], width, out=mass[..., 1:255])
             return torch.bmm(log_w.exp()[:, None, :], mass)[:, 0]
 

@@ -53,7 +53,6 @@ MAGIC = b"\x89VLAEbb\n"
 FORMAT_VERSION = 3
 PRECISIONS = range(4, 17)  # K = 16 .. 65,536 bins per latent dimension
 HEADER = struct.Struct("<8sH16sB3HIHBI16sIIII")
-_OBSERVATION_AT = 26  # the header's observation-model byte
 CRC = struct.Struct("<I")
 # model.observation -> its code in the header: written into files, so never renumbered (a new
 # observation model gets a new code; tests check every name of config.OBSERVATIONS has one)
@@ -125,17 +124,17 @@ def read_header(data: bytes, name: str = "input") -> Header:
                 f"was written, with the vlae of then) is no longer read; this vlae reads version "
                 f"{FORMAT_VERSION}: recompress the images"
             )
-        if version == 2 and len(data) > _OBSERVATION_AT and data[_OBSERVATION_AT] != OBSERVATION_CODES["bernoulli"]:
-            raise VLAEError(
-                f"{name}: format version 2 with 8-bit pixels (their conditionals were differences of "
-                f"CDFs, which machines disagree on beyond the near-tie margin; version 3 codes them "
-                f"as products) is no longer read: decompress it with the vlae that wrote it, or "
-                f"recompress the images"
-            )
     if len(data) < HEADER.size + CRC.size:
         raise VLAEError(f"{name}: truncated ({len(data)} bytes, shorter than the header)")
     fields = HEADER.unpack_from(data)
     head = Header(fields[1], fields[2], fields[3], tuple(fields[4:7]), *fields[7:])
+    if head.version == 2 and head.observation != OBSERVATION_CODES["bernoulli"]:
+        raise VLAEError(
+            f"{name}: format version 2 with 8-bit pixels (their conditionals were differences of "
+            f"CDFs, which machines disagree on beyond the near-tie margin; version 3 codes them "
+            f"as products) is no longer read: decompress it with the vlae that wrote it, or "
+            f"recompress the images"
+        )
     size = HEADER.size + 2 * head.n_chunks + TIE.itemsize * head.n_ties + 4 * head.words + CRC.size
     if len(data) != size:
         what = "truncated" if len(data) < size else "corrupted (trailing bytes)"
