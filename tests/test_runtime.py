@@ -38,7 +38,6 @@ def test_one_process_joins_no_group(monkeypatch):
 
 _STEPS = textwrap.dedent("""
     import ctypes, sys
-    import torch
     from vlae.runtime import keep_cpu_heap
     class Info(ctypes.Structure):  # glibc's struct mallinfo2: arena is the heap it holds
         names = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
