@@ -236,6 +236,11 @@ class _Engine:
     def advance(self, layer_positions) -> None:  # only the gated engine works ahead
         pass
 
+    @staticmethod
+    def slope_of(dec) -> int:
+        """The wavefront slope this engine draws ``dec``'s pixels with."""
+        return wavefront_slope(dec.receptive_field())
+
     def write_pixels(self, pos: torch.Tensor, x: torch.Tensor) -> None:
         """Drawn pixels ``x (n, N, C)`` (or ``(n, N)`` for one channel), in observed units."""
         v = self.scale(x if x.dim() == 3 else x[..., None])
@@ -260,7 +265,7 @@ class _MaskedEngine(_Engine):
         self.cond_layers = [_channels_last(c(cond)) for c in dec.cond_layers] if dec.cond_layers is not None else None
         self.groups = {int(k): [(_Pointwise(b.conv1), _Pointwise(b.conv2)) for b in g] for k, g in dec.groups.items()}
         self.out = _Pointwise(dec.out)
-        self.slope = wavefront_slope(dec.receptive_field())
+        self.slope = self.slope_of(dec)
 
     def schedule(self, height: int, width: int):
         return [(t, [], pos) for t, pos in _wavefronts(height, width, self.slope, 0, self.device).items()]
@@ -324,7 +329,12 @@ class _GatedEngine(_Engine):
         self.h = [_Canvas(n, height, width, filters, margin, like) for _ in range(L - 1)]  # inputs of h_convs[1:]
         # v_to_h of the vertical pre-activation per horizontal layer, kept until the horizontal stack gets there.
         self.vh = [like.new_zeros(n, height * width, 2 * filters) for _ in range(L)]
-        self.slope = max(wavefront_slope(dec.receptive_field()), Lv * c + 1)
+        self.slope = self.slope_of(dec)
+
+    @staticmethod
+    def slope_of(dec) -> int:
+        """The pixels' wavefront slope: also past the vertical stack's ``L_v * c`` columns of lookahead."""
+        return max(wavefront_slope(dec.receptive_field()), dec.vertical_layers * (dec.kernel_size // 2) + 1)
 
     def schedule(self, height: int, width: int):
         fronts = [
@@ -385,7 +395,7 @@ class _WindowEngine(_Engine):
         self.dec, self.cond, self.height, self.width, self.device = dec, cond, height, width, like.device
         self.scale, self.win = scale, dec.window()
         self.canvas = like.new_zeros(n, channels, height, width)  # observed units, as naive sampling has them
-        self.slope = wavefront_slope(dec.receptive_field())
+        self.slope = self.slope_of(dec)
 
     def schedule(self, height: int, width: int):
         return [(t, [], pos) for t, pos in _wavefronts(height, width, self.slope, 0, self.device).items()]
@@ -443,13 +453,29 @@ class FastSampler:
         self.model, self.method, self.tol = model, method, tol
         self.fallbacks = 0  # pixels re-decided by the naive computation in the last decode
 
-    def _engine(self, cond, n, height, width, like):
-        dec, scale = self.model.decoder, self.model.observation.scale
+    def _engine_class(self) -> type[_Engine]:
+        dec = self.model.decoder
         if self.method in ("auto", "cache") and isinstance(dec, MaskedPixelCNN):
-            return _MaskedEngine(dec, cond, n, height, width, like, scale)
+            return _MaskedEngine
         if self.method in ("auto", "cache") and isinstance(dec, GatedPixelCNN):
-            return _GatedEngine(dec, cond, n, height, width, like, scale)
-        return _WindowEngine(dec, cond, n, height, width, like, scale, self.model.cfg.image_shape[0])
+            return _GatedEngine
+        return _WindowEngine
+
+    def _engine(self, cond, n, height, width, like):
+        dec, scale, kind = self.model.decoder, self.model.observation.scale, self._engine_class()
+        if kind is _WindowEngine:
+            return _WindowEngine(dec, cond, n, height, width, like, scale, self.model.cfg.image_shape[0])
+        return kind(dec, cond, n, height, width, like, scale)
+
+    def pixel_order(self) -> list[torch.Tensor]:
+        """The flat positions ``i * W + j`` drawn at each step, in drawing order (one step
+        with every position for the factorized decoder): the order :mod:`vlae.codec` codes in."""
+        _, height, width = self.model.cfg.image_shape
+        device = next(self.model.decoder.parameters()).device
+        if isinstance(self.model.decoder, FactorizedDecoder):
+            return [torch.arange(height * width, device=device)]
+        slope = self._engine_class().slope_of(self.model.decoder)
+        return list(_wavefronts(height, width, slope, 0, device).values())
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor | None, u: torch.Tensor, return_probs: bool = False):

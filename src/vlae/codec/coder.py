@@ -119,7 +119,7 @@ def encode_chunk(coder: Coder, model, latents: Latents | None, grid: Grid, x: to
         steps.append((step, grid(PARAMS, step, params), values.numpy().astype(np.float64)))
         return values
 
-    walk_pixels(model, z, n, known)
+    walk_pixels(model, z, n, known, x)
     # The stack is last in, first out: push the last step's last channel first, so that the
     # decoder pops pixels in decoding order and each pixel's channels R, G, B in turn.
     for step, params, values in reversed(steps):
