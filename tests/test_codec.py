@@ -465,3 +465,37 @@ def test_every_observation_model_has_a_header_code():
 
     assert set(OBSERVATION_CODES) == set(OBSERVATIONS)
     assert sorted(OBSERVATION_CODES.values()) == list(range(len(OBSERVATION_CODES)))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: (_model("masked", "af"), _random_images(6)),
+    lambda: (_model("gated", "gaussian"), _random_images(6)),
+    lambda: (_colour_model(), _colour_images(6)),
+], ids=["masked-binary", "gated-binary", "gated-8bit"])
+def test_encoder_teacher_forced_outputs_are_the_decoders_within_the_tie_margin(make):
+    """The encoder reads every step's decoder outputs from one teacher-forced pass, the
+    decoder from the cached engine, step by step: the same numbers in another order of
+    sums, like another machine's, so far inside the grid's near-tie margin."""
+    from vlae.codec.models import coding_model
+    from vlae.codec.pixels import walk_pixels
+    from vlae.portable import TIE_MARGIN
+
+    model, x = make()
+    model = coding_model(model, "cpu")
+    x = x.double()
+    n, channels = x.shape[:2]
+    flat = x.reshape(n, channels, -1)
+    z = model.prior.sample(n)
+    taught: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+    with torch.no_grad():
+        walk_pixels(model, z, n, lambda step, pos, params: taught.append((step, pos, params)), known=x)
+        walked = []
+
+        def replay(step, pos, params):
+            walked.append((step, pos, params))
+            return flat[:, :, pos].transpose(1, 2).reshape(-1, channels)
+
+        walk_pixels(model, z, n, replay)
+    assert [(s, p.tolist()) for s, p, _ in taught] == [(s, p.tolist()) for s, p, _ in walked]
+    gap = max(((a - b).abs() / b.abs().clamp(min=1)).max().item() for (_, _, a), (_, _, b) in zip(taught, walked))
+    assert gap < TIE_MARGIN * 2.0**-16 / 100  # the margin is TIE_MARGIN grid steps of 2**-16 (relative above 1)

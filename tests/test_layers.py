@@ -7,7 +7,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlae.layers import Conv2d, ConvTranspose2d, Linear, ResBlock, data_dependent_init, frozen_weights
+from vlae.layers import (
+    Conv2d,
+    ConvTranspose2d,
+    Linear,
+    ResBlock,
+    conv2d,
+    conv_transpose2d,
+    data_dependent_init,
+    frozen_weights,
+)
 from vlae.made import MaskedLinear
 from vlae.masked_conv import MaskedConv2d
 
@@ -137,3 +146,56 @@ def test_resblock_shapes(kernel, weight_norm):
 def test_mask_shape_mismatch_rejected():
     with pytest.raises(ValueError, match="mask shape"):
         Conv2d(1, 1, 3, mask=torch.ones(3, 5))
+
+
+CONVOLUTIONS = [  # (kernel, stride, padding): "same" convolutions, strided ones, a masked kernel's uneven padding
+    (3, 1, 1), (3, 2, 1), (4, 2, 1), (1, 1, 0), (5, 1, (2, 1)), (2, (1, 2), 0)
+]
+
+
+@pytest.mark.parametrize("kernel,stride,padding", CONVOLUTIONS)
+@pytest.mark.parametrize("bias", [True, False])
+def test_float64_convolution_is_torchs_up_to_rounding(kernel, stride, padding, bias):
+    torch.manual_seed(4)
+    x, w = torch.randn(5, 6, 9, 8, dtype=torch.float64), torch.randn(4, 6, kernel, kernel, dtype=torch.float64)
+    b = torch.randn(4, dtype=torch.float64) if bias else None
+    with torch.no_grad():
+        out = conv2d(x, w, b, stride, padding)
+    ref = torch.nn.functional.conv2d(x, w, b, stride, padding)
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-13)
+    assert not torch.equal(out, ref) or kernel == 1  # the unfolded path ran (its sums differ in order)
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [(4, 2, 1), (2, 2, 0), (3, 1, 1), (6, 2, 2), (6, 3, 0), (3, 2, 0)])
+def test_float64_transposed_convolution_is_torchs_up_to_rounding(kernel, stride, padding):
+    torch.manual_seed(5)
+    x, w = torch.randn(3, 6, 7, 8, dtype=torch.float64), torch.randn(6, 4, kernel, kernel, dtype=torch.float64)
+    b = torch.randn(4, dtype=torch.float64)
+    with torch.no_grad():
+        out = conv_transpose2d(x, w, b, (stride, stride), (padding, padding))
+    ref = torch.nn.functional.conv_transpose2d(x, w, b, stride, padding)
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-13)
+
+
+def test_unfolded_convolution_only_without_gradients_and_in_float64():
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64)
+    ref = torch.nn.functional.conv2d(x, w, None, 1, 1)
+    assert torch.equal(conv2d(x, w, None, 1, 1), ref)  # gradients wanted: torch's own kernel, bit for bit
+    xf, wf = x.detach().float(), w.float()
+    with torch.no_grad():
+        assert torch.equal(conv2d(xf, wf, None, 1, 1), torch.nn.functional.conv2d(xf, wf, None, 1, 1))
+        assert not torch.equal(conv2d(x, w, None, 1, 1), ref)
+
+
+def test_unfolded_convolution_in_blocks_of_images(monkeypatch):
+    import vlae.layers as layers
+
+    torch.manual_seed(6)
+    x, w = torch.randn(7, 3, 6, 5, dtype=torch.float64), torch.randn(2, 3, 3, 3, dtype=torch.float64)
+    with torch.no_grad():
+        whole = conv2d(x, w, None, 1, 1)
+        monkeypatch.setattr(layers, "_UNFOLD_BYTES", 1)  # one image per block
+        torch.testing.assert_close(conv2d(x, w, None, 1, 1), whole, rtol=0, atol=1e-13)

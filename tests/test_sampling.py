@@ -326,3 +326,19 @@ def test_sampling_in_batches_bounds_memory_and_draws_the_same_images(make, monke
     one_by_one = torch.cat([real(FastSampler(model), b, generator=gen) for b in (2, 2, 1)])
     assert torch.equal(x, one_by_one.to(torch.uint8))
     assert torch.equal(x, sample_in_batches(model, 5, torch.Generator().manual_seed(3), naive=True, batch=2))
+
+
+@pytest.mark.parametrize("decoder,method", [("masked", "auto"), ("gated", "auto"), ("masked", "window"),
+                                            ("gated", "window"), ("factorized", "auto")])
+def test_pixel_order_is_the_drawing_order(decoder, method):
+    model = make_model(image_shape=SMALL, decoder=decoder, decoder_layers=3)
+    sampler = FastSampler(model, method=method)
+    order = sampler.pixel_order()
+    assert torch.equal(torch.cat(order).sort().values, torch.arange(12 * 20))  # every pixel once
+    if decoder == "factorized":
+        assert len(order) == 1
+        return
+    z = model.prior.sample(2)
+    engine = sampler._engine(model.condition(z), 2, 12, 20, torch.zeros(2, *SMALL))
+    drawn = [pos for _, _, pos in engine.schedule(12, 20) if pos is not None]
+    assert len(order) == len(drawn) > 12 and all(torch.equal(a, b) for a, b in zip(order, drawn))

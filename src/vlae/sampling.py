@@ -236,10 +236,7 @@ class _Engine:
     def advance(self, layer_positions) -> None:  # only the gated engine works ahead
         pass
 
-    @staticmethod
-    def slope_of(dec) -> int:
-        """The wavefront slope this engine draws ``dec``'s pixels with."""
-        return wavefront_slope(dec.receptive_field())
+    slope_of = staticmethod(lambda dec: wavefront_slope(dec.receptive_field()))  # the slope it draws dec with
 
     def write_pixels(self, pos: torch.Tensor, x: torch.Tensor) -> None:
         """Drawn pixels ``x (n, N, C)`` (or ``(n, N)`` for one channel), in observed units."""
@@ -381,17 +378,7 @@ class _WindowEngine(_Engine):
     """Any decoder with :meth:`window`: runs it on clipped crops around the
     pixels of each wavefront, crops of equal geometry batched together."""
 
-    def __init__(
-        self,
-        dec,
-        cond: torch.Tensor | None,
-        n: int,
-        height: int,
-        width: int,
-        like: torch.Tensor,
-        scale,
-        channels: int = 1,
-    ):
+    def __init__(self, dec, cond, n: int, height: int, width: int, like: torch.Tensor, scale, channels: int = 1):
         self.dec, self.cond, self.height, self.width, self.device = dec, cond, height, width, like.device
         self.scale, self.win = scale, dec.window()
         self.canvas = like.new_zeros(n, channels, height, width)  # observed units, as naive sampling has them
@@ -454,28 +441,24 @@ class FastSampler:
         self.fallbacks = 0  # pixels re-decided by the naive computation in the last decode
 
     def _engine_class(self) -> type[_Engine]:
-        dec = self.model.decoder
-        if self.method in ("auto", "cache") and isinstance(dec, MaskedPixelCNN):
-            return _MaskedEngine
-        if self.method in ("auto", "cache") and isinstance(dec, GatedPixelCNN):
-            return _GatedEngine
-        return _WindowEngine
+        cached = (
+            {MaskedPixelCNN: _MaskedEngine, GatedPixelCNN: _GatedEngine} if self.method in ("auto", "cache") else {}
+        )
+        return next((e for cls, e in cached.items() if isinstance(self.model.decoder, cls)), _WindowEngine)
 
     def _engine(self, cond, n, height, width, like):
-        dec, scale, kind = self.model.decoder, self.model.observation.scale, self._engine_class()
-        if kind is _WindowEngine:
-            return _WindowEngine(dec, cond, n, height, width, like, scale, self.model.cfg.image_shape[0])
-        return kind(dec, cond, n, height, width, like, scale)
+        kind, scale = self._engine_class(), self.model.observation.scale
+        args = (self.model.decoder, cond, n, height, width, like, scale)
+        return kind(*args, self.model.cfg.image_shape[0]) if kind is _WindowEngine else kind(*args)
 
     def pixel_order(self) -> list[torch.Tensor]:
         """The flat positions ``i * W + j`` drawn at each step, in drawing order (one step
         with every position for the factorized decoder): the order :mod:`vlae.codec` codes in."""
-        _, height, width = self.model.cfg.image_shape
-        device = next(self.model.decoder.parameters()).device
-        if isinstance(self.model.decoder, FactorizedDecoder):
+        (_, height, width), dec = self.model.cfg.image_shape, self.model.decoder
+        device = next(dec.parameters()).device
+        if isinstance(dec, FactorizedDecoder):
             return [torch.arange(height * width, device=device)]
-        slope = self._engine_class().slope_of(self.model.decoder)
-        return list(_wavefronts(height, width, slope, 0, device).values())
+        return list(_wavefronts(height, width, self._engine_class().slope_of(dec), 0, device).values())
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor | None, u: torch.Tensor, return_probs: bool = False):
