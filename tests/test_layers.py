@@ -180,10 +180,16 @@ def test_float64_transposed_convolution_is_torchs_up_to_rounding(kernel, stride,
 
 
 def test_unfolded_convolution_only_without_gradients_and_in_float64():
+    torch.manual_seed(5)
     x = torch.randn(2, 3, 6, 6, dtype=torch.float64, requires_grad=True)
     w = torch.randn(4, 3, 3, 3, dtype=torch.float64)
     ref = torch.nn.functional.conv2d(x, w, None, 1, 1)
     assert torch.equal(conv2d(x, w, None, 1, 1), ref)  # gradients wanted: torch's own kernel, bit for bit
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True)  # a gradient wanted by the bias alone
+    out = conv2d(x.detach(), w, b, 1, 1)
+    assert torch.equal(out, torch.nn.functional.conv2d(x.detach(), w, b, 1, 1))
+    out.sum().backward()
+    assert torch.equal(b.grad, torch.full_like(b, 2.0 * 36))
     xf, wf = x.detach().float(), w.float()
     with torch.no_grad():
         assert torch.equal(conv2d(xf, wf, None, 1, 1), torch.nn.functional.conv2d(xf, wf, None, 1, 1))

@@ -214,10 +214,10 @@ class Conv2d(nn.Conv2d, _WeightNorm):
 _UNFOLD_BYTES = 4 << 20
 
 
-def _unfolds(x: torch.Tensor, weight: torch.Tensor) -> bool:
+def _unfolds(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     """Whether :func:`conv2d` unfolds: float64 on the CPU, no gradient wanted (training
     keeps PyTorch's kernels and their backward passes)."""
-    grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
     return x.dtype == torch.float64 and x.device.type == "cpu" and not grad
 
 
@@ -237,7 +237,7 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, str
 
     Shapes: ``x (N, C, H, W)``, ``weight (O, C, k_h, k_w)`` -> ``(N, O, H_out, W_out)``.
     """
-    if not _unfolds(x, weight) or isinstance(padding, str):
+    if not _unfolds(x, weight, bias) or isinstance(padding, str):
         return F.conv2d(x, weight, bias, stride, padding)
     (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
     n, c, height, width = x.shape
@@ -271,7 +271,7 @@ def conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     """
     c, out_channels, k, kw = weight.shape
     (s, sw), (p, pw) = _pair(stride), _pair(padding)
-    if not _unfolds(x, weight) or (k, s, p) != (kw, sw, pw) or k - 2 * p != s:
+    if not _unfolds(x, weight, bias) or (k, s, p) != (kw, sw, pw) or k - 2 * p != s:
         return F.conv_transpose2d(x, weight, bias, stride, padding)
     r = max((k - 1 - p) // s, (s - 1 + p) // s)  # offsets -r..r: a (2r + 1)^2 kernel, symmetric padding r
     combined = weight.new_zeros(out_channels, s, s, c, 2 * r + 1, 2 * r + 1)
