@@ -205,3 +205,21 @@ def test_unfolded_convolution_in_blocks_of_images(monkeypatch):
         whole = conv2d(x, w, None, 1, 1)
         monkeypatch.setattr(layers, "_UNFOLD_BYTES", 1)  # one image per block
         torch.testing.assert_close(conv2d(x, w, None, 1, 1), whole, rtol=0, atol=1e-13)
+
+
+def test_a_one_entry_direction_gets_no_gradient():
+    """With one unmasked entry per output, ``v / ||v||`` is ``sign(v)``: the layer computes
+    ``g sign(v)`` as before, but ``v``, whose true gradient is zero, gets none (rounding
+    would otherwise give it one, which Adam turns into steps of the learning rate's size)."""
+    torch.manual_seed(7)
+    one = Conv2d(1, 4, (1, 3), weight_norm=True, mask=torch.tensor([[1.0, 0.0, 0.0]])).double()
+    two = Conv2d(1, 4, (1, 3), weight_norm=True, mask=torch.tensor([[1.0, 1.0, 0.0]])).double()
+    assert (one._fan_in(), two._fan_in(), Linear(1, 3, weight_norm=True)._fan_in()) == (1, 2, 1)
+    x = torch.randn(3, 1, 5, 6, dtype=torch.float64)
+    for conv in (one, two):
+        conv._ddi_pending = False
+        conv(x).square().sum().backward()
+    sign = one.weight[:, 0, 0, 0].sign()
+    torch.testing.assert_close(one.masked_weight()[:, 0, 0, 0], one.g * sign, rtol=1e-15, atol=0)
+    assert one.weight.grad is None and one.g.grad.abs().min() > 0
+    assert two.weight.grad[:, 0, 0, :2].abs().min() > 0  # two entries: an ordinary direction

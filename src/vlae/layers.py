@@ -68,8 +68,20 @@ class _WeightNorm:
     def _effective_weight(self, v: torch.Tensor) -> torch.Tensor:
         if not self.weight_norm:
             return v
+        if self._fan_in() == 1:
+            # A one-entry direction v / ||v|| is sign(v): its gradient is zero but for rounding,
+            # which Adam's normalised steps would turn into a random walk of v that can cross
+            # zero and flip the unit. It gets no gradient at all (the same numbers forward).
+            v = v.detach()
         norm = v.pow(2).sum(self._norm_dims(), keepdim=True).clamp_min(1e-12).sqrt()
         return self._out_shape(self.g) * v / norm
+
+    def _fan_in(self) -> int:
+        """Entries of the direction per output unit that the layer uses: input channels times
+        the spatial mask's ones (a lower bound where a subclass masks channels too)."""
+        per_out = self.weight.numel() // self.g.numel()
+        ones = getattr(self, "_mask_ones", None)
+        return per_out if ones is None else per_out // (self.weight.shape[-2] * self.weight.shape[-1]) * ones
 
     def _reset_for_init(self) -> None:
         # The first batch's statistics are taken of the plain direction v/||v||: the
@@ -157,6 +169,7 @@ class Conv2d(nn.Conv2d, _WeightNorm):
             if tuple(mask.shape) != (kh, kw):
                 raise ValueError(f"mask shape {tuple(mask.shape)} does not match kernel {(kh, kw)}")
             self.register_buffer("mask", mask.to(self.weight.dtype).clone())
+            self._mask_ones = int(mask.count_nonzero())  # counted once: no host sync per call
         else:
             self.mask = None
         self._crop = _kernel_crop(mask, self.padding) if mask is not None and self.stride == (1, 1) else None
