@@ -102,10 +102,21 @@ def build_model(preset: str, overrides: list[str], device: torch.device, seed: i
     return cfg, model.to(device)
 
 
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere): two
+    x86-64 machines of the same core count can differ 1.5x in these benchmarks."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else platform.processor() or platform.machine()
+
+
 def environment(device: torch.device) -> dict[str, Any]:
     """What the numbers were measured on."""
     env = {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(),
-           "machine": platform.machine(), "processor": platform.processor() or platform.machine()}
+           "machine": platform.machine(), "processor": cpu_name()}
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env

@@ -53,6 +53,8 @@ from vlae.codec import DEFAULT_BATCH, DEFAULT_PRECISION, compress, decompress, r
 from vlae.data import fixed_subset, load_dataset
 from vlae.errors import VLAEError
 
+from common import cpu_name
+
 
 def _timed(fn, *args):
     start = time.perf_counter()
@@ -347,7 +349,7 @@ def main(argv=None) -> int:
         return 2
     report = {"run": str(args.run), "preset": cfg.preset, "prior": cfg.model.prior, "decoder": cfg.model.decoder,
               "dataset": args.dataset, "split": args.split, "images": n, "dims": dims, "bounds": b, "codecs": rows,
-              "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+              "threads": torch.get_num_threads(), "machine": platform.machine(), "processor": cpu_name(),
               "command": " ".join(sys.argv)}
     to_bpd = 1 / (dims * math.log(2))
     print(f"\n{n} images of {args.dataset} {args.split}, model {args.run} (preset {cfg.preset}, prior "
