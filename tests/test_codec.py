@@ -257,6 +257,10 @@ def test_cli_round_trip_and_refusals(run, tmp_path, capsys):
     assert not (tmp_path / "z.vlae").exists()
     status, _, _ = _main(capsys, "decompress", folder, blob, "-o", tmp_path / "out.npy", "--force")
     assert status == 0
+    status, _, err = _main(capsys, "compress", folder, tmp_path / "in.npy", "-o", blob, "--force")
+    assert status == 0 and blob.read_bytes() == before, err  # a compressed file is overwritten as asked
+    status, _, err = _main(capsys, "decompress", folder, blob, "-o", blob, "--force")
+    assert status == 2 and "a folder output holds PNGs" in err, err  # decoded images never overwrite the file
 
 
 # ---------------------------------------------------------------------- 8-bit images (grey and RGB)

@@ -4,6 +4,7 @@ with a trained model (:mod:`vlae.codec`)."""
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -57,16 +58,19 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
+_DEFAULT_THREADS = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
 def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", choices=("ema", "raw"), default="ema", help="Polyak-averaged or raw weights")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
-    # One thread by default: a chunk's work per pixel position is a few small matrix
-    # products, which more threads slow down (bench/compress.py measures both).
+    # Two threads by default, where the machine has them: measured on a 2-core CPU, 2 threads
+    # code 1.4-1.6x faster than one (binary and 8-bit, either way); more are not measured.
     p.add_argument(
         "--threads",
         type=int,
         default=None,
-        help="CPU threads for torch (default 1: per-position work is too small for threads to pay)",
+        help=f"CPU threads for torch (default {_DEFAULT_THREADS}: two where the machine has them)",
     )
     p.add_argument(
         "--device",
@@ -86,7 +90,7 @@ def _load(args: argparse.Namespace):
     from ..checkpoint import load_model
     from ..codec.models import check_model
 
-    threads = 1 if args.threads is None else args.threads
+    threads = _DEFAULT_THREADS if args.threads is None else args.threads
     if threads < 1:
         raise VLAEError(f"invalid --threads: must be >= 1, got {threads}")
     torch.set_num_threads(threads)
@@ -97,7 +101,7 @@ def _load(args: argparse.Namespace):
 
 def _compress(args: argparse.Namespace) -> int:
     from ..codec import compress, read_images
-    from ..codec.files import check_output
+    from ..codec.files import check_overwrite
     from ..codec.models import is_binary
 
     out = Path(args.output)
@@ -107,7 +111,7 @@ def _compress(args: argparse.Namespace) -> int:
         raise VLAEError(f"invalid --subset: must be >= 0, got {args.subset}")
     if out.is_dir():
         raise VLAEError(f"{out} is a folder; name the compressed file")
-    check_output(out, args.force)
+    check_overwrite(out, args.force)
     model, cfg = _load(args)
     if args.dataset is not None:
         from ..data import fixed_subset, load_dataset

@@ -90,10 +90,15 @@ def _is_folder_output(path: Path) -> bool:
     return path.suffix.lower() != ".npy"
 
 
-def check_output(path: Path, force: bool) -> None:
+def check_overwrite(path: Path, force: bool) -> None:
     """Refuse to overwrite without ``--force``; checked before any work."""
     if path.exists() and not force and (not path.is_dir() or any(path.iterdir())):
         raise VLAEError(f"{path} exists; pass --force to overwrite it")
+
+
+def check_output(path: Path, force: bool) -> None:
+    """:func:`check_overwrite` for decoded images, and a file is refused where a folder of PNGs goes."""
+    check_overwrite(path, force)
     if path.exists() and not path.is_dir() and _is_folder_output(path):
         raise VLAEError(f"{path} is a file; a folder output holds PNGs (or name an .npy file)")
 
