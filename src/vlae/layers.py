@@ -244,8 +244,10 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, str
 
     PyTorch's float64 CPU convolution unfolds one image at a time into a small matrix
     product; here the input goes channels-last once, a cache-sized block of images is
-    unfolded by a strided view, and one matrix product ``(n H W, k_h k_w C) x (k_h k_w C, O)``
-    serves the block. Measured on a 2-core Xeon, 16-32 channels at 28x28: 1.5-3x faster.
+    unfolded by a strided view, and one batched product ``(O, k_h k_w C) x (k_h k_w C, H W)``
+    per image writes the output in place. The weight is the left factor: with few output
+    channels ``O`` the transposed product ``(H W, k_h k_w C) x (k_h k_w C, O)`` runs at a
+    third to a half of the speed (measured on a 2-core AMD EPYC, 16-32 channels at 28x28).
     The numbers are the same up to the order of the sums.
 
     Shapes: ``x (N, C, H, W)``, ``weight (O, C, k_h, k_w)`` -> ``(N, O, H_out, W_out)``.
@@ -258,17 +260,21 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, str
     xl = x.new_zeros(n, height + 2 * ph, width + 2 * pw, c)  # channels-last, zero margins
     xl[:, ph : ph + height, pw : pw + width] = x.permute(0, 2, 3, 1)
     ho, wo = (xl.shape[1] - kh) // sh + 1, (xl.shape[2] - kw) // sw + 1
-    wm = weight.permute(2, 3, 1, 0).reshape(kh * kw * c, out_channels)  # tap-major rows, as the unfolding
-    out = x.new_empty(n, ho, wo, out_channels)
+    taps = kh * kw * c
+    wt = weight.permute(0, 2, 3, 1).reshape(out_channels, taps)  # tap-major columns, as the unfolding
+    out = x.new_empty(n, out_channels, ho, wo)
     s0, s1, s2, s3 = xl.stride()
-    per = max(1, _UNFOLD_BYTES // (ho * wo * kh * kw * c * 8))
+    per = max(1, _UNFOLD_BYTES // (ho * wo * taps * 8))
     for i in range(0, n, per):
         block = xl[i : i + per]
         m = len(block)
-        cols = block.as_strided((m, ho, wo, kh, kw, c), (s0, s1 * sh, s2 * sw, s1, s2, s3)).reshape(m * ho * wo, -1)
-        dest = out[i : i + m].view(m * ho * wo, out_channels)
-        torch.mm(cols, wm, out=dest) if bias is None else torch.addmm(bias, cols, wm, out=dest)
-    return out.permute(0, 3, 1, 2)
+        cols = block.as_strided((m, ho, wo, kh, kw, c), (s0, s1 * sh, s2 * sw, s1, s2, s3)).reshape(m, ho * wo, taps)
+        dest, left = out[i : i + m].view(m, out_channels, ho * wo), wt.expand(m, out_channels, taps)
+        if bias is None:
+            torch.bmm(left, cols.transpose(1, 2), out=dest)
+        else:
+            torch.baddbmm(bias[None, :, None].expand(m, out_channels, ho * wo), left, cols.transpose(1, 2), out=dest)
+    return out
 
 
 def conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride, padding):
