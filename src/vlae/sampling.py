@@ -236,7 +236,10 @@ class _Engine:
     def advance(self, layer_positions) -> None:  # only the gated engine works ahead
         pass
 
-    slope_of = staticmethod(lambda dec: wavefront_slope(dec.receptive_field()))  # the slope it draws dec with
+    @staticmethod
+    def slope_of(dec) -> int:
+        """The pixels' wavefront slope: the steepest a receptive field ``dec`` allows."""
+        return wavefront_slope(dec.receptive_field())
 
     def write_pixels(self, pos: torch.Tensor, x: torch.Tensor) -> None:
         """Drawn pixels ``x (n, N, C)`` (or ``(n, N)`` for one channel), in observed units."""
