@@ -56,6 +56,13 @@ from vlae.errors import VLAEError
 from common import cpu_name
 
 
+def _device_name(device: str | None) -> str:
+    """Where the network ran, a GPU by its name."""
+    if device is None or not device.startswith("cuda") or not torch.cuda.is_available():
+        return device or "cpu"
+    return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+
+
 def _timed(fn, *args):
     start = time.perf_counter()
     out = fn(*args)
@@ -350,6 +357,7 @@ def main(argv=None) -> int:
     report = {"run": str(args.run), "preset": cfg.preset, "prior": cfg.model.prior, "decoder": cfg.model.decoder,
               "dataset": args.dataset, "split": args.split, "images": n, "dims": dims, "bounds": b, "codecs": rows,
               "threads": torch.get_num_threads(), "machine": platform.machine(), "processor": cpu_name(),
+              "device": _device_name(args.device),
               "command": " ".join(sys.argv)}
     to_bpd = 1 / (dims * math.log(2))
     print(f"\n{n} images of {args.dataset} {args.split}, model {args.run} (preset {cfg.preset}, prior "

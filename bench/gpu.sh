@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# One GPU, about 8 minutes: the CUDA tests, then training throughput (eager, CUDA graph and
+# One GPU, about 10 minutes: the CUDA tests, then training throughput (eager, CUDA graph and
 # torch.compile; bf16 and fp32) of the paper's presets at the paper's batch sizes, IW-evaluation
 # throughput, bf16 against fp32 training on the same run, and the projected times of the paper's
-# protocols, into one JSON. Every step has its own time limit and log, so a failure loses nothing else.
+# protocols, into one JSON; last, the codec with its network on the GPU (its CUDA round-trip tests,
+# and bench/compress.py on a binary model trained here for a minute: $LOGS/codec.json). Every step
+# has its own time limit and log, so a failure loses nothing else.
 #
 #   bash bench/gpu.sh [OUT.json]            # on a CUDA machine (VLAE_DATA_DIR: real data for the precision run)
 #   bash bench/gpu.sh --dry-run [OUT.json]  # the same steps and flags on the CPU, tiny sizes (graphs: eager)
@@ -16,17 +18,19 @@ mkdir -p "$LOGS"
 cd "$(dirname "$0")"
 PY="${PYTHON:-python}"
 DATA=()
-[[ -n "${VLAE_DATA_DIR:-}" ]] && DATA=(--data-dir "$VLAE_DATA_DIR")
+CODEC_DATA=mnist-embedded  # the 5,000 real digits a package ships, where no data folder is named
+[[ -n "${VLAE_DATA_DIR:-}" ]] && DATA=(--data-dir "$VLAE_DATA_DIR") && CODEC_DATA=binarized-mnist
 if (( DRY )); then
   DEVICE=cpu; SPECS=(tiny:16); MODES=(eager); GRAPH=eager; CGRAPH=compile; S=0.3; LOOP=12; TESTS_LIMIT=120
   MNIST=tiny; DENSE=tiny; EVAL=(--k 8 --images 2 --seconds 0.3 --threads 1)
   PSTEPS=(--steps 6 --batch-size 8 --valid-images 8 --log-every 2)
-  SPECS_COMPILE=(tiny:16); STAND_IN=(--stand-in tiny)
+  SPECS_COMPILE=(tiny:16); STAND_IN=(--stand-in tiny); CODEC_PRESET=tiny; CODEC_SECONDS=3
 else
   DEVICE=cuda; SPECS=(mnist-paper:128 cifar-paper:32 cifar-paper:128 cifar-paper-dense:128); MODES=(eager graph)
   GRAPH=graph; STAND_IN=()
   CGRAPH=compile+graph; S=2; LOOP=40; TESTS_LIMIT=150; MNIST=mnist-paper; DENSE=cifar-paper-dense
   EVAL=(--k 1024 --images 16 --seconds 4); PSTEPS=(--steps 600 --batch-size 128); SPECS_COMPILE=(mnist-paper:128 cifar-paper:32)
+  CODEC_PRESET=mnist-small; CODEC_SECONDS=60
 fi
 
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $LOGS/NAME.log, record the exit status
@@ -57,5 +61,11 @@ step protocol 30 "$PY" protocol.py "$LOGS"/train_*.json "$LOGS"/eval_*.json "$LO
 step train_compile 150 "$PY" train.py --device "$DEVICE" --bf16 --presets "${SPECS_COMPILE[@]}" --modes "$CGRAPH" \
   --seconds "$S" --no-loop --json "$LOGS/train_compile.json"
 step protocol 30 "$PY" protocol.py "$LOGS"/train_*.json "$LOGS"/eval_*.json "$LOGS"/precision.json "${STAND_IN[@]}" --out "$OUT"
+rm -rf "$LOGS/codec_run"  # a run folder is never reused
+step codec_tests 120 "$PY" -m pytest ../tests/test_codec_portable.py -q -p no:cacheprovider -k cuda
+step codec_train $((CODEC_SECONDS + 90)) "$PY" -m vlae train --preset "$CODEC_PRESET" --dataset "$CODEC_DATA" \
+  "${DATA[@]}" --run-dir "$LOGS/codec_run" --time-budget "$CODEC_SECONDS" --device "$DEVICE" --quiet --no-figures
+step codec 240 "$PY" compress.py --run "$LOGS/codec_run" --dataset "$CODEC_DATA" "${DATA[@]}" --split test \
+  --subset 0 --k 0 --device "$DEVICE" --threads 2 --out "$LOGS/codec.json"
 echo "wrote $OUT (logs in $LOGS)"
 (( ${#FAILED[@]} == 0 )) || { echo "failed steps: ${FAILED[*]}"; exit 1; }

@@ -29,7 +29,8 @@ def test_gpu_script_dry_run_writes_one_report(tmp_path):
     assert "NaN" not in out.read_text() and "Infinity" not in out.read_text()
     steps = [json.loads(line) for line in (tmp_path / "gpu.logs" / "steps.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == ["tests", "train_bf16", "train_fp32", "eval_mnist", "eval_cifar",
-                                         "precision", "protocol", "train_compile", "protocol"]
+                                         "precision", "protocol", "train_compile", "protocol",
+                                         "codec_tests", "codec_train", "codec"]
     assert all(s["status"] == 0 for s in steps)
     rows = {(r["mode"], r["precision"]): r for t in report["train"] for r in t["rows"]}
     assert set(rows) == {("eager", "bf16"), ("eager", "fp32"), ("compile", "bf16")}
@@ -46,6 +47,10 @@ def test_gpu_script_dry_run_writes_one_report(tmp_path):
     for projection in report["projection"]:
         assert projection["train_hours"] > 0 and projection["eval_hours"] > 0
     assert [p["protocol"] for p in report["projection"]] == ["static-mnist", "cifar10"]
+    codec = json.loads((tmp_path / "gpu.logs" / "codec.json").read_text())
+    vlae = codec["codecs"][0]  # the stream, coded with the network on the script's device
+    assert (codec["dataset"], codec["images"], codec["device"]) == ("mnist-embedded", 500, "cpu") and vlae["exact"]
+    assert vlae["compress_images_per_s"] > 0 and vlae["decompress_images_per_s"] > 0
 
 
 def test_eval_benchmark_rejects_bad_options():
