@@ -15,6 +15,7 @@ import torch
 
 from ..errors import VLAEError
 from ..flows import AFPrior, GaussianPrior
+from ..runtime import keep_cpu_heap
 from ..spatial_prior import SpatialAFPrior
 from .format import OBSERVATION_CODES
 
@@ -57,4 +58,7 @@ def coding_model(model, device: str | torch.device | None):
         raise VLAEError(f"invalid --device {device!r}; e.g. cpu or cuda") from None
     if where.type == "cuda" and not torch.cuda.is_available():
         raise VLAEError("--device cuda: no CUDA device is available")
+    # Each chunk frees and reallocates the same buffers on the CPU (the coder's side, and the
+    # network's there): kept by malloc, they are not page-faulted back in chunk after chunk.
+    keep_cpu_heap()
     return copy.deepcopy(model).to(device=where, dtype=torch.float64).eval()
