@@ -102,19 +102,10 @@ def build_model(preset: str, overrides: list[str], device: torch.device, seed: i
     return cfg, model.to(device)
 
 
-def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere): two
-    x86-64 machines of the same core count can differ 1.5x in these benchmarks."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-    except OSError:
-        names = []
-    return names[0] if names else platform.processor() or platform.machine()
-
-
 def environment(device: torch.device) -> dict[str, Any]:
     """What the numbers were measured on."""
+    from vlae.runtime import cpu_name  # here, not above: the speed-up benchmarks' reference workers
+    # import this module against older checkouts of vlae, which lack it
     env = {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(),
            "machine": platform.machine(), "processor": cpu_name()}
     if device.type == "cuda":

@@ -37,7 +37,6 @@ import io
 import json
 import lzma
 import math
-import platform
 import shutil
 import subprocess
 import sys
@@ -53,14 +52,7 @@ from vlae.codec import DEFAULT_BATCH, DEFAULT_PRECISION, compress, decompress, r
 from vlae.data import fixed_subset, load_dataset
 from vlae.errors import VLAEError
 
-from common import cpu_name
-
-
-def _device_name(device: str | None) -> str:
-    """Where the network ran, a GPU by its name."""
-    if device is None or not device.startswith("cuda") or not torch.cuda.is_available():
-        return device or "cpu"
-    return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+from common import environment
 
 
 def _timed(fn, *args):
@@ -356,9 +348,7 @@ def main(argv=None) -> int:
         return 2
     report = {"run": str(args.run), "preset": cfg.preset, "prior": cfg.model.prior, "decoder": cfg.model.decoder,
               "dataset": args.dataset, "split": args.split, "images": n, "dims": dims, "bounds": b, "codecs": rows,
-              "threads": torch.get_num_threads(), "machine": platform.machine(), "processor": cpu_name(),
-              "device": _device_name(args.device),
-              "command": " ".join(sys.argv)}
+              **environment(torch.device(args.device or "cpu")), "command": " ".join(sys.argv)}
     to_bpd = 1 / (dims * math.log(2))
     print(f"\n{n} images of {args.dataset} {args.split}, model {args.run} (preset {cfg.preset}, prior "
           f"{cfg.model.prior}), {torch.get_num_threads()} thread(s)")

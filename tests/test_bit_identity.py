@@ -22,7 +22,6 @@ To write the reference again (only when a change is *meant* to move numbers)::
 from __future__ import annotations
 
 import os
-import platform
 from pathlib import Path
 
 import pytest
@@ -31,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from vlae.checkpoint import load_checkpoint, load_model
 from vlae.config import Config, get_preset
+from vlae.runtime import cpu_name
 from vlae.train import train
 
 REFERENCE = Path(__file__).parent / "data" / "bit_identity"
@@ -92,16 +92,6 @@ def _train(name: str, folder: Path) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().clone() for k, v in weights.items()}
 
 
-def _cpu_model() -> str:
-    """The CPU's model name: two CPUs with the same vector instructions may still pick
-    different kernels (an AMD EPYC and an Intel Xeon, both AVX-512, train to different bits)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown")
-    except OSError:
-        return platform.processor() or "unknown"
-
-
 def _effective_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The weights the layers compute with (mask and weight norm applied). A weight-normed
     layer with one unmasked tap per output is invariant to its stored direction's scale:
@@ -116,7 +106,7 @@ def _effective_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _platform() -> dict[str, str]:
-    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu": _cpu_model()}
+    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu": cpu_name()}
 
 
 @pytest.mark.parametrize("name", sorted(RUNS))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import platform
 import sys
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -29,7 +30,19 @@ import torch.distributed as dist
 
 from .errors import VLAEError
 
-__all__ = ["Runtime", "keep_cpu_heap", "pick_device", "torchrun_ranks"]
+__all__ = ["Runtime", "cpu_name", "keep_cpu_heap", "pick_device", "torchrun_ranks"]
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere). Two CPUs
+    with the same vector instructions still differ: in speed, and in the last bits of the
+    kernels PyTorch picks for them (an AMD EPYC and an Intel Xeon, both AVX-512)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else platform.processor() or platform.machine()
 
 
 def torchrun_ranks() -> tuple[int, int, int]:

@@ -444,10 +444,10 @@ class FastSampler:
         self.fallbacks = 0  # pixels re-decided by the naive computation in the last decode
 
     def _engine_class(self) -> type[_Engine]:
-        cached = (
-            {MaskedPixelCNN: _MaskedEngine, GatedPixelCNN: _GatedEngine} if self.method in ("auto", "cache") else {}
-        )
-        return next((e for cls, e in cached.items() if isinstance(self.model.decoder, cls)), _WindowEngine)
+        dec, cached = self.model.decoder, self.method in ("auto", "cache")
+        if cached and isinstance(dec, MaskedPixelCNN):
+            return _MaskedEngine
+        return _GatedEngine if cached and isinstance(dec, GatedPixelCNN) else _WindowEngine
 
     def _engine(self, cond, n, height, width, like):
         kind, scale = self._engine_class(), self.model.observation.scale

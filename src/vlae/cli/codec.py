@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import VLAEError
+from ._common import set_threads
 
 __all__ = ["register", "run"]
 
@@ -85,15 +86,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace):
-    import torch
-
     from ..checkpoint import load_model
     from ..codec.models import check_model
 
-    threads = _DEFAULT_THREADS if args.threads is None else args.threads
-    if threads < 1:
-        raise VLAEError(f"invalid --threads: must be >= 1, got {threads}")
-    torch.set_num_threads(threads)
+    set_threads(_DEFAULT_THREADS if args.threads is None else args.threads)
     model, cfg = load_model(args.run, weights=args.weights, device="cpu")
     check_model(model)  # a colour model fails here, before any data is read
     return model, cfg
