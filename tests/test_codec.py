@@ -503,3 +503,52 @@ def test_encoder_teacher_forced_outputs_are_the_decoders_within_the_tie_margin(m
     assert [(s, p.tolist()) for s, p, _ in taught] == [(s, p.tolist()) for s, p, _ in walked]
     gap = max(((a - b).abs() / b.abs().clamp(min=1)).max().item() for (_, _, a), (_, _, b) in zip(taught, walked))
     assert gap < TIE_MARGIN * 2.0**-16 / 100  # the margin is TIE_MARGIN grid steps of 2**-16 (relative above 1)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: _model("masked", "af"),
+    lambda: _model("masked", "gaussian", posterior="iaf", iaf_steps=2),
+    lambda: _colour_model(),  # spatial AF prior
+], ids=["af-prior", "iaf-posterior", "spatial-af-prior"])
+def test_proposal_jacobian_is_each_images_own(make):
+    """The proposal's Jacobian ``d eps_b / d eta_b``, all rows from one backward pass of the
+    repeated batch, is each image's own Jacobian (computed alone, row by row)."""
+    from torch.autograd.functional import jacobian
+
+    from vlae.codec.latents import Latents
+    from vlae.codec.models import coding_model
+
+    model = coding_model(make(), "cpu")
+    latents = Latents(model, 8)
+    x = (_random_images(3) if model.cfg.image_shape[0] == 1 else _colour_images(3)).double()
+    with torch.no_grad():
+        mu, log_sigma, h = model.encode(x)
+        eta = 0.3 * torch.randn(mu.shape, generator=torch.Generator().manual_seed(2), dtype=mu.dtype)
+        got = latents._jacobian(mu, log_sigma, h, eta)
+    assert got.shape == (3, latents.dims, latents.dims)
+    for b in range(3):
+        one = lambda e: latents._noise(mu[b : b + 1], log_sigma[b : b + 1], None if h is None else h[b : b + 1],  # noqa: E731
+                                       e[None])[0]
+        want = jacobian(one, eta[b])
+        assert not torch.equal(want, torch.eye(latents.dims, dtype=want.dtype))  # the flows do act
+        torch.testing.assert_close(got[b], want, rtol=1e-12, atol=1e-12)
+
+
+def test_coding_in_a_fresh_process_imports_no_compiler(tmp_path):
+    """A fresh ``vlae compress``/``decompress`` pays for what it runs: coding imports neither
+    ``torch._dynamo`` nor sympy (``torch.func`` transforms do, 1.2 s on first use)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, torch\n"
+        "from vlae.codec import compress, decompress\n"
+        "sys.path.insert(0, %r)\n"
+        "from test_codec import _model, _random_images\n"
+        "model, x = _model('masked', 'af', posterior='iaf', iaf_steps=2), _random_images(4)\n"
+        "assert torch.equal(decompress(model, compress(model, x)), x.to(torch.uint8))\n"
+        "print(sorted(m for m in ('torch._dynamo', 'sympy') if m in sys.modules))\n"
+    ) % str(__import__("pathlib").Path(__file__).parent)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout
