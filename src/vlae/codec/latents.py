@@ -57,7 +57,7 @@ class Latents:
         n, d = eta.shape
         rep = lambda t: None if t is None else t.detach().repeat(d, *[1] * (t.dim() - 1))  # noqa: E731
         with torch.enable_grad():
-            e = rep(eta).requires_grad_(True)
+            e = eta.detach().repeat(d, 1).requires_grad_(True)
             out = self._noise(rep(mu), rep(log_sigma), rep(h), e)  # (D * B, D), replica-major
             basis = torch.eye(d, dtype=out.dtype, device=out.device).repeat_interleave(n, 0)
             # A scalar's gradient: a tensor of grad_outputs would import sympy (torch 2.13's shape checks).
