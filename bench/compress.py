@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from vlae.checkpoint import load_model
-from vlae.codec import DEFAULT_BATCH, DEFAULT_PRECISION, compress, decompress, read_header
+from vlae.codec import DEFAULT_PRECISION, compress, decompress, read_header
 from vlae.data import fixed_subset, load_dataset
 from vlae.errors import VLAEError
 
@@ -299,7 +299,7 @@ def main(argv=None) -> int:
     p.add_argument("--subset", type=int, default=0, help="a fixed subset of N images (0: the whole split)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--precision", type=int, default=DEFAULT_PRECISION)
-    p.add_argument("--batch", type=int, default=DEFAULT_BATCH)
+    p.add_argument("--batch", type=int, default=None, help="images per chunk (default: vlae.codec.default_batch)")
     p.add_argument("--k", type=int, default=256, help="importance samples of the IW NLL (0: skip)")
     p.add_argument("--iw-subset", type=int, default=1000, help="images for the IW NLL (0: all)")
     p.add_argument("--weights", choices=("ema", "raw"), default="ema")
@@ -334,7 +334,7 @@ def main(argv=None) -> int:
                          "overhead_bits_per_image": (stats.initial_bits + 8 * header_bytes) / n,
                          "ideal_bits_per_dim": (stats.ideal_pixel_bits + stats.ideal_prior_bits
                                                 - stats.ideal_bits_back) / (n * dims),
-                         "precision": args.precision, "batch": args.batch, "near_ties": stats.ties})
+                         "precision": args.precision, "batch": head.batch, "near_ties": stats.ties})
         file_row = _row("vlae file (all included)", len(blob), n, dims, enc_s, dec_s, exact)
         b = bounds(model, x, args.k, args.iw_subset)
         rows = [vlae_row, file_row]

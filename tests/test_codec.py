@@ -552,3 +552,23 @@ def test_coding_in_a_fresh_process_imports_no_compiler(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_default_batch_grows_as_the_decoder_shrinks():
+    """The default chunk: 500 images for tiny (its steps cost overhead), 100 for the larger
+    decoders; the same for a float32 model and its float64 coding copy (every machine picks
+    the same chunks), and what compress writes when no batch is given."""
+    from vlae.codec import BATCH_RANGE, default_batch
+    from vlae.codec.models import coding_model
+    from vlae.sampling import cache_bytes
+
+    tiny = VLAE(get_preset("tiny").model).eval()
+    assert default_batch(tiny) == default_batch(coding_model(tiny, "cpu")) == BATCH_RANGE[1]
+    assert cache_bytes(coding_model(tiny, "cpu")) == 2 * cache_bytes(tiny)
+    for name in ("mnist-small", "fashion-small", "cifar-small"):
+        assert default_batch(VLAE(get_preset(name).model)) in range(BATCH_RANGE[0], 150), name
+    for decoder in ("gated", "factorized"):  # other engines: caches per image too (none for factorized)
+        assert cache_bytes(_model(decoder)) >= 0
+    assert cache_bytes(_model("gated")) > cache_bytes(_model("masked")) > 0
+    model, x = _model("masked", "af"), _random_images(3)
+    assert read_header(compress(model, x)).batch == default_batch(model) == BATCH_RANGE[1]

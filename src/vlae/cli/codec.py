@@ -17,7 +17,7 @@ __all__ = ["register", "run"]
 
 def register(subparsers: Any) -> None:
     """Add ``vlae compress`` and ``vlae decompress``."""
-    from ..codec import DEFAULT_BATCH, DEFAULT_PRECISION
+    from ..codec import BATCH_RANGE, DEFAULT_PRECISION
 
     p = subparsers.add_parser(
         "compress",
@@ -43,7 +43,12 @@ def register(subparsers: Any) -> None:
         default=DEFAULT_PRECISION,
         help=f"latent bins per dimension, in bits (default {DEFAULT_PRECISION})",
     )
-    p.add_argument("--batch", type=int, default=DEFAULT_BATCH, help=f"images per chunk (default {DEFAULT_BATCH})")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help="images per chunk (default: by the decoder's size, %d to %d; vlae.codec.default_batch)" % BATCH_RANGE,
+    )
     _model_options(p)
     p.set_defaults(func=run)
     p = subparsers.add_parser(

@@ -32,10 +32,29 @@ from .grid import CorruptFile, Grid
 from .latents import Latents
 from .models import check_model, coding_model, is_binary, observation
 
-__all__ = ["compress", "decompress", "DEFAULT_PRECISION", "DEFAULT_BATCH"]
+__all__ = ["compress", "decompress", "default_batch", "DEFAULT_PRECISION", "BATCH_RANGE", "CHUNK_CACHE_BYTES"]
 
 DEFAULT_PRECISION = 8
-DEFAULT_BATCH = 100
+#: The default chunk keeps the decoder's cached activations within this, in ``BATCH_RANGE`` images.
+CHUNK_CACHE_BYTES = 64 << 20
+BATCH_RANGE = (100, 500)
+
+
+def default_batch(model) -> int:
+    """Images per chunk by default: as many as keep the float64 decoder's cached activations
+    (:func:`~vlae.sampling.cache_bytes`) within :data:`CHUNK_CACHE_BYTES`, clamped to
+    :data:`BATCH_RANGE`. A small decoder's step costs per-operation overhead that bigger
+    chunks spread (``tiny``, 0.11 MiB per image, gets 500: its decompression measured 1.33x
+    faster than at 100); a larger one's costs arithmetic (``mnist-small``, 0.63 MiB, gets
+    100: 7% slower at 370), and its caches grow with the chunk. A function of the model's
+    shapes alone, so every machine picks the same chunks."""
+    from ..sampling import cache_bytes
+
+    check_model(model)
+    itemsize = next(model.parameters()).element_size()
+    per_image = cache_bytes(model) // itemsize * 8  # in float64, as the codec runs it
+    low, high = BATCH_RANGE
+    return int(min(high, max(low, CHUNK_CACHE_BYTES // max(1, per_image))))
 
 
 @torch.no_grad()
@@ -44,7 +63,7 @@ def compress(
     images,
     *,
     precision: int = DEFAULT_PRECISION,
-    batch: int = DEFAULT_BATCH,
+    batch: int | None = None,
     device: str | torch.device | None = None,
     progress: Callable[[int, int], object] | None = None,
     return_stats: bool = False,
@@ -57,7 +76,7 @@ def compress(
             binary (Bernoulli) model, integers 0..255 for an 8-bit (logistic mixture) one.
         precision: latent bins per dimension, as bits (4..16).
         batch: most images per chunk (coded in lockstep: one network position per pixel
-            position for the whole chunk).
+            position for the whole chunk); default :func:`default_batch`.
         device: where the network runs (default: the model's device); the entropy coder
             runs on the CPU. The file decodes on any device and CPU.
         progress: called with ``(images done, N)`` after each chunk.
@@ -68,6 +87,7 @@ def compress(
     """
     x = _checked_images(model, images, precision, batch)
     start = time.perf_counter()
+    batch = default_batch(model) if batch is None else batch
     identity, binary = model_identity(model), is_binary(model)
     coding = coding_model(model, device)
     x = x.to(next(coding.parameters()))
@@ -120,12 +140,12 @@ def compress(
     )
 
 
-def _checked_images(model, images, precision: int, batch: int) -> torch.Tensor:
+def _checked_images(model, images, precision: int, batch: int | None) -> torch.Tensor:
     """The images ``(N, C, H, W)`` as a tensor, once the model and the options are checked."""
     check_model(model)
     if precision not in PRECISIONS:
         raise VLAEError(f"invalid latent precision {precision}: must be in [{PRECISIONS[0]}, {PRECISIONS[-1]}] bits")
-    if not 1 <= batch <= 65535:
+    if batch is not None and not 1 <= batch <= 65535:
         raise VLAEError(f"invalid batch {batch}: must be in [1, 65535]")
     x = model.check_images(torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images))
     if len(x) == 0:
