@@ -559,8 +559,8 @@ def test_default_batch_grows_as_the_decoder_shrinks():
     decoders; the same for a float32 model and its float64 coding copy (every machine picks
     the same chunks), and what compress writes when no batch is given."""
     from vlae.codec import BATCH_RANGE, default_batch
+    from vlae.codec.api import cache_bytes
     from vlae.codec.models import coding_model
-    from vlae.sampling import cache_bytes
 
     tiny = VLAE(get_preset("tiny").model).eval()
     assert default_batch(tiny) == default_batch(coding_model(tiny, "cpu")) == BATCH_RANGE[1]

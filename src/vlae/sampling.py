@@ -83,7 +83,6 @@ __all__ = [
     "SAMPLE_BATCH",
     "wavefront_slope",
     "crop_logits",
-    "cache_bytes",
     "METHODS",
 ]
 
@@ -412,42 +411,6 @@ class _WindowEngine(_Engine):
     def write_pixels(self, pos: torch.Tensor, x: torch.Tensor) -> None:
         x = x if x.dim() == 3 else x[..., None]
         self.canvas.view(*self.canvas.shape[:2], -1)[:, :, pos] = x.transpose(1, 2)
-
-
-def _held_bytes(obj, seen: set[int]) -> int:
-    """Bytes of the tensors an engine holds (canvases, maps, weights), each counted once."""
-    if isinstance(obj, torch.Tensor):
-        if id(obj) in seen:
-            return 0
-        seen.add(id(obj))
-        return obj.numel() * obj.element_size()
-    if isinstance(obj, (list, tuple)):
-        return sum(_held_bytes(v, seen) for v in obj)
-    if isinstance(obj, dict):
-        return sum(_held_bytes(v, seen) for v in obj.values())
-    if isinstance(obj, (_Engine, _Canvas, _Tap, _Pointwise)):
-        return sum(_held_bytes(v, seen) for v in vars(obj).values())
-    return 0
-
-
-@torch.no_grad()
-def cache_bytes(model) -> int:
-    """Bytes the cached engine of ``model``'s decoder holds per image: its canvases and
-    conditioning maps, in the model's dtype (the weights are held once, whatever the batch).
-
-    Example:
-        >>> from vlae.config import get_preset
-        >>> from vlae.model import VLAE
-        >>> cache_bytes(VLAE(get_preset("tiny").model))  # float32: (29 x 30) x (1 + 8) canvas, 28 x 28 x 8 map
-        56408
-    """
-    sampler, (channels, height, width) = FastSampler(model), model.cfg.image_shape
-    held = []
-    for n in (1, 2):
-        z = model.prior.sample(n) if model.latent_dim > 0 else None
-        like = next(model.decoder.parameters()).new_zeros(n, channels, height, width)
-        held.append(_held_bytes(sampler._engine(model.condition(z), n, height, width, like), set()))
-    return held[1] - held[0]
 
 
 # ---------------------------------------------------------------------- sampler
