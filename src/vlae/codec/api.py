@@ -49,7 +49,8 @@ BATCH_RANGE = (100, 500)
 
 
 def _held_bytes(obj, seen: set[int]) -> int:
-    """Bytes of the tensors an engine holds (canvases, maps, weights), each counted once."""
+    """Bytes of the tensors an engine holds in its canvases and maps, each counted once (its layers,
+    callables, hold weights only: the same for every batch)."""
     if isinstance(obj, torch.Tensor):
         if id(obj) in seen:
             return 0
@@ -59,7 +60,7 @@ def _held_bytes(obj, seen: set[int]) -> int:
         return sum(_held_bytes(v, seen) for v in obj)
     if isinstance(obj, dict):
         return sum(_held_bytes(v, seen) for v in obj.values())
-    if hasattr(obj, "__dict__") and not isinstance(obj, (torch.nn.Module, type)) and not callable(obj):
+    if hasattr(obj, "__dict__") and not callable(obj):  # engines and canvases; not modules or layers' taps
         return sum(_held_bytes(v, seen) for v in vars(obj).values())
     return 0
 
