@@ -80,6 +80,36 @@ def test_snap_rounds_to_the_grid_and_replays_near_ties():
     assert np.array_equal(portable.snap(moved)[0][far], out[far]) and len(near) < 5
 
 
+def test_snap_is_the_grid_formula_bit_for_bit():
+    # snap works in place for speed; the file format is this formula: v in grid steps,
+    # floored, plus the rounding direction (recorded or replayed), scaled back.
+    def formula(v, force=None):
+        _, e = np.frexp(v)
+        shift = portable.SIGNIFICANT_BITS - np.maximum(e, 0)
+        q = np.ldexp(v, shift)
+        frac = q - np.floor(q)
+        up = (frac >= 0.5).astype(np.uint8).ravel()
+        near = np.flatnonzero(np.abs(frac - 0.5) < portable.TIE_MARGIN)
+        if force is not None:
+            up[force[0]] = force[1]
+        return np.ldexp(np.floor(q) + up.reshape(v.shape), -shift), near, up[near]
+
+    g = np.random.default_rng(2)
+    v = g.normal(size=(5, 200, 200)) * 10.0 ** g.integers(-320, 300, (5, 200, 200))
+    flat = v.reshape(-1)
+    flat[::7] = 0.0
+    flat[1::11] = np.ldexp(g.integers(-(2**15), 2**15, flat[1::11].size) + 0.5, -16)  # exact ties below 1
+    above = flat[3::17]  # ties and near-ties above 1, 16 significant bits
+    above[:] = np.ldexp(g.integers(2**15, 2**16, above.size) + 0.5 + g.normal(size=above.size) * 1e-9, 3)
+    flat[5::23] = 5e-324
+    flat[2::13] *= -1
+    force = (g.choice(v.size, 500, replace=False), g.integers(0, 2, 500).astype(np.uint8))
+    for forced in (None, force):
+        expected, got = formula(v, forced), portable.snap(v, forced)
+        assert all(np.array_equal(a, b) and a.dtype == b.dtype and a.shape == b.shape for a, b in zip(expected, got))
+    assert len(expected[1]) > 10_000 and 0 < expected[2].sum() < len(expected[2])  # ties both ways were met
+
+
 def test_relative_snap_keeps_16_significant_bits():
     g = np.random.default_rng(1)
     v = g.random(200_000) * 10.0 ** g.integers(-300, 3, 200_000)

@@ -78,16 +78,19 @@ def snap(
         up[force[0]] = force[1]
         out = ((bits - rest) + (up.astype(np.int64) << _DROP)).view(np.float64)  # a carry bumps the exponent
         return out.reshape(v.shape), near, up[near]
-    _, e = np.frexp(v)  # |v| = m 2^e, m in [0.5, 1): exact
-    shift = SIGNIFICANT_BITS - np.maximum(e, 0)
+    # In place where it can be: a Cholesky factor is D^2 values per image, and every
+    # temporary of that size is fresh memory, page-faulted in.
+    _, shift = np.frexp(v)  # |v| = m 2^e, m in [0.5, 1): exact
+    np.subtract(SIGNIFICANT_BITS, np.maximum(shift, 0, out=shift), out=shift)
     q = np.ldexp(v, shift)  # v in grid steps, exact
     low = np.floor(q)
-    frac = q - low  # exact: q and low share the exponent range
-    up = (frac >= 0.5).astype(np.uint8).ravel()
-    near = np.flatnonzero(np.abs(frac - 0.5) < TIE_MARGIN)
+    half = np.subtract(np.subtract(q, low, out=q), 0.5, out=q)  # frac - 1/2: exact
+    up = (half >= 0).view(np.uint8).ravel()
+    near = np.flatnonzero(np.abs(half, out=half) < TIE_MARGIN)
     if force is not None and len(force[0]):
         up[force[0]] = force[1]
-    return np.ldexp(low + up.reshape(v.shape), -shift), near, up[near]
+    out = np.add(low, up.reshape(v.shape), out=low)
+    return np.ldexp(out, np.negative(shift, out=shift), out=out), near, up[near]
 
 
 _DROP = 52 - (SIGNIFICANT_BITS - 1)  # fraction bits a relative snap drops
