@@ -30,7 +30,7 @@ from .grid import Grid
 __all__ = ["Latents", "JACOBIAN_ROWS"]
 
 #: Rows of the proposal's Jacobian per backward pass (see :meth:`Latents._jacobian`).
-JACOBIAN_ROWS = 16
+JACOBIAN_ROWS = 8
 
 
 class Latents:
@@ -83,7 +83,7 @@ class Latents:
         eta = torch.zeros_like(mu)
         mean = self._noise(mu, log_sigma, h, eta)
         jac = self._jacobian(mu, log_sigma, h, eta)  # (B, D, D)
-        r = torch.linalg.qr(jac.transpose(1, 2)).R  # J^T = Q R, so J J^T = R^T R
+        r = torch.linalg.qr(jac.transpose(1, 2), mode="r").R  # J^T = Q R, so J J^T = R^T R (Q is not needed)
         diag = torch.diagonal(r, dim1=1, dim2=2)
         chol = grid(PROPOSAL, 1, r.transpose(1, 2) * diag.sign()[:, None, :])
         if not bool((np.diagonal(chol, axis1=1, axis2=2) > 0).all()):
