@@ -506,13 +506,16 @@ def test_encoder_teacher_forced_outputs_are_the_decoders_within_the_tie_margin(m
 
 
 @pytest.mark.parametrize("make", [
-    lambda: _model("masked", "af"),
+    lambda: _model("masked", "af", latent_dim=11),  # 8 rows and 3 (JACOBIAN_ROWS = 8)
     lambda: _model("masked", "gaussian", posterior="iaf", iaf_steps=2),
-    lambda: _colour_model(),  # spatial AF prior
+    lambda: _colour_model(latent_dim=12, latent_shape=(3, 2, 2), free_bits_groups=3),  # spatial AF prior
 ], ids=["af-prior", "iaf-posterior", "spatial-af-prior"])
 def test_proposal_jacobian_is_each_images_own(make):
-    """The proposal's Jacobian ``d eps_b / d eta_b``, all rows from one backward pass of the
-    repeated batch, is each image's own Jacobian (computed alone, row by row)."""
+    """The proposal's Jacobian ``d eps_b / d eta_b``, ``JACOBIAN_ROWS`` rows per backward pass
+    of the repeated batch, is each image's own Jacobian (computed alone, row by row)."""
+    from vlae.codec.latents import JACOBIAN_ROWS
+
+    assert JACOBIAN_ROWS == 8  # the models above have 11, 8 and 12 latent dimensions
     from torch.autograd.functional import jacobian
 
     from vlae.codec.latents import Latents
