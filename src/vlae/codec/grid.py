@@ -74,7 +74,7 @@ class Grid:
                 here = (replay[0] >= start) & (replay[0] < stop)
                 force = (replay[0][here] - start, replay[1][here])
             out[start:stop], near, up = snap(flat[start:stop], force, relative=kind == PROBS)
-            crc = zlib.crc32(out[start:stop], crc)
+            crc = zlib.crc32(out[start:stop].data, crc)
             if self.recording and len(near):
                 tie = np.zeros(len(near), TIE)
                 tie["chunk"], tie["site"], tie["index"], tie["flags"] = self.chunk, site, near + start, kind | (up << 2)
