@@ -175,7 +175,9 @@ def read_stream(data: bytes, head: Header) -> np.ndarray:
 
 def model_identity(model) -> bytes:
     """16 bytes naming a model: SHA-256 of its config and every weight (name, dtype,
-    shape and bytes). Decompressing needs the very model that compressed."""
+    shape and bytes). Decompressing needs the very model that compressed. A field added to
+    the config later must stay out of this hash while it holds the value that keeps earlier
+    models' behaviour, or every file they wrote is refused (``tests/data/codec_v3``)."""
     h = hashlib.sha256(json.dumps(dataclasses.asdict(model.cfg), sort_keys=True).encode())
     for name, t in sorted(model.state_dict().items()):
         t = t.detach().cpu().contiguous()
