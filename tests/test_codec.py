@@ -581,6 +581,30 @@ def test_files_of_an_earlier_release_decode(name):
     assert torch.equal(decompress(model, data), images)
 
 
+def test_a_model_option_added_later_keeps_earlier_files_readable():
+    """A model saved before an option existed loads with the option at its default; its
+    identity, and so every file it wrote, must not change. Set otherwise, the option is part
+    of the identity: a file is never decoded by a model that computes differently."""
+    import dataclasses
+
+    from vlae.codec.format import IDENTITY_OPTIONS, model_identity
+
+    @dataclasses.dataclass
+    class Later(ModelConfig):
+        sharper_prior: bool = False
+
+    model, x = _model("masked", "af"), _random_images(3)
+    data = compress(model, x)
+    before = model_identity(model)
+    assert {f.name for f in dataclasses.fields(ModelConfig)} == IDENTITY_OPTIONS  # today's options, all named
+    model.cfg = Later(**dataclasses.asdict(model.cfg))
+    assert model_identity(model) == before and torch.equal(decompress(model, data), x.to(torch.uint8))
+    model.cfg.sharper_prior = True
+    assert model_identity(model) != before
+    with pytest.raises(VLAEError, match="compressed with another model"):
+        decompress(model, data)
+
+
 def test_default_batch_grows_as_the_decoder_shrinks():
     """The default chunk: 500 images for tiny (its steps cost overhead), 100 for the larger
     decoders; the same for a float32 model and its float64 coding copy (every machine picks

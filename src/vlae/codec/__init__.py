@@ -165,7 +165,7 @@ bytes      type     field
 =========  =======  ==========================================================
 0-7        8 bytes  magic ``\\x89VLAEbb\\n``
 8-9        u16      format version (:data:`FORMAT_VERSION`)
-10-25      16 B     model identity: SHA-256 of its config and weights (:func:`model_identity`)
+10-25      16 B     model identity: SHA-256 of its options and weights (:func:`model_identity`)
 26         u8       observation model (0: Bernoulli, binary pixels; 1: logistic mixture, 8-bit)
 27-32      3 x u16  image shape ``C, H, W``
 33-36      u32      number of images

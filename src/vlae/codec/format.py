@@ -44,6 +44,7 @@ __all__ = [
     "read_ties",
     "read_stream",
     "model_identity",
+    "IDENTITY_OPTIONS",
     "digest",
 ]
 
@@ -173,12 +174,33 @@ def read_stream(data: bytes, head: Header) -> np.ndarray:
     return np.frombuffer(data, dtype="<u4", count=head.words, offset=offset).astype(np.uint32)
 
 
+#: The model options of file format 3, every one hashed into a model's identity. An option
+#: added since is hashed only where it differs from its default: a model saved before it
+#: existed keeps the identity its files carry. (Its default must keep the earlier behaviour,
+#: as it must for those models' checkpoints to load; a ``default_factory`` is always hashed.)
+IDENTITY_OPTIONS = frozenset(
+    (
+        "cond_channels cond_every_layer decoder decoder_blocks_1x1 decoder_field decoder_filters "
+        "decoder_kernel decoder_layers dense_steps encoder_blocks encoder_channels encoder_kind "
+        "flow_steps free_bits free_bits_groups gated_blocks_1x1 gray_context iaf_context iaf_hidden "
+        "iaf_steps image_shape latent_dim latent_shape made_activation made_hidden mean_only "
+        "mixture_components observation posterior prior prior_hidden prior_kernel prior_layers "
+        "stage_blocks stage_channels tie_weights upsampler_blocks upsampler_channels weight_norm"
+    ).split()
+)
+
+
 def model_identity(model) -> bytes:
-    """16 bytes naming a model: SHA-256 of its config and every weight (name, dtype,
-    shape and bytes). Decompressing needs the very model that compressed. A field added to
-    the config later must stay out of this hash while it holds the value that keeps earlier
-    models' behaviour, or every file they wrote is refused (``tests/data/codec_v3``)."""
-    h = hashlib.sha256(json.dumps(dataclasses.asdict(model.cfg), sort_keys=True).encode())
+    """16 bytes naming a model: SHA-256 of its options (:data:`IDENTITY_OPTIONS`) and every
+    weight (name, dtype, shape and bytes). Decompressing needs the very model that compressed;
+    ``tests/data/codec_v3`` holds files that every later release must still decode."""
+    defaults = {f.name: f.default for f in dataclasses.fields(model.cfg)}
+    options = {
+        name: value
+        for name, value in dataclasses.asdict(model.cfg).items()
+        if name in IDENTITY_OPTIONS or value != defaults[name]
+    }
+    h = hashlib.sha256(json.dumps(options, sort_keys=True).encode())
     for name, t in sorted(model.state_dict().items()):
         t = t.detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
