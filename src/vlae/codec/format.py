@@ -178,6 +178,7 @@ def read_stream(data: bytes, head: Header) -> np.ndarray:
 #: added since is hashed only where it differs from its default: a model saved before it
 #: existed keeps the identity its files carry. (Its default must keep the earlier behaviour,
 #: as it must for those models' checkpoints to load; a ``default_factory`` is always hashed.)
+#: Never add an option to this set: that changes the identity of every model, and strands its files.
 IDENTITY_OPTIONS = frozenset(
     (
         "cond_channels cond_every_layer decoder decoder_blocks_1x1 decoder_field decoder_filters "
