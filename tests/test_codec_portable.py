@@ -200,18 +200,18 @@ def _rounds_every_near_tie_the_other_way(monkeypatch) -> None:
 def test_near_ties_are_recorded_and_replayed(monkeypatch, write_block, read_block):
     """Force many near-ties (a wide margin), then decode on a "machine" that rounds every
     one of them the other way: the records make it decode exactly; without them the
-    decoder is refused as a machine whose arithmetic differs, never silent. The grid snaps
-    a site in blocks: records do not depend on the blocks either side used."""
+    decoder is refused as a machine whose arithmetic differs, never silent. ``snap`` rounds
+    in blocks: records do not depend on the blocks either side used."""
     from vlae.codec import grid
 
     model = _binary_model()
     x = _images(5, model.cfg.image_shape)
     monkeypatch.setattr(portable, "TIE_MARGIN", 2.0 ** -6)
-    default = grid._BLOCK
-    monkeypatch.setattr(grid, "_BLOCK", write_block or default)
+    default = portable._BLOCK
+    monkeypatch.setattr(portable, "_BLOCK", write_block or default)
     data = compress(model, x)
     assert read_header(data).n_ties > 20
-    monkeypatch.setattr(grid, "_BLOCK", read_block or default)
+    monkeypatch.setattr(portable, "_BLOCK", read_block or default)
     _rounds_every_near_tie_the_other_way(monkeypatch)
     assert torch.equal(decompress(model, data), x)
     monkeypatch.setattr(grid, "_group_ties", lambda ties: iter(()))  # the records ignored

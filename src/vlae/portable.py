@@ -65,34 +65,55 @@ def snap(
         The snapped values (same shape), and the flat indices of the near-ties with
         the direction each was rounded (1: up; ties go up, or away from 0 if ``relative``).
     """
-    v = np.ascontiguousarray(v, dtype=np.float64)
-    if relative:  # on the bits: keep the implicit 1 and 15 fraction bits, round the other 37 half away from 0
-        bits = v.view(np.int64).ravel()
-        rest = bits & _DROPPED
-        # |rest - half| < near, as one unsigned comparison
-        near = np.flatnonzero((rest - (_HALF - _NEAR + 1)).view(np.uint64) < np.uint64(2 * _NEAR - 1))
-        if force is None or not len(force[0]):
-            out = ((bits + _HALF) & ~_DROPPED).view(np.float64)  # adding half carries into the kept bits
-            return out.reshape(v.shape), near, (rest[near] >= _HALF).astype(np.uint8)
-        up = (rest >= _HALF).astype(np.uint8)
-        up[force[0]] = force[1]
-        out = ((bits - rest) + (up.astype(np.int64) << _DROP)).view(np.float64)  # a carry bumps the exponent
-        return out.reshape(v.shape), near, up[near]
-    # In place where it can be: a Cholesky factor is D^2 values per image, and every
-    # temporary of that size is fresh memory, page-faulted in.
-    _, shift = np.frexp(v)  # |v| = m 2^e, m in [0.5, 1): exact
-    np.subtract(SIGNIFICANT_BITS, np.maximum(shift, 0, out=shift), out=shift)
+    flat = np.ascontiguousarray(v, dtype=np.float64).reshape(-1)
+    out = np.empty_like(flat)
+    near, up = [np.zeros(0, np.intp)], [np.zeros(0, np.uint8)]
+    # In blocks: the codec snaps a chunk's Cholesky factors at once (D^2 values per image,
+    # 200 MB at D = 512), and temporaries that large are fresh pages, faulted in every time
+    # (10x slower than the rounding itself).
+    for start in range(0, flat.size, _BLOCK):
+        stop = min(start + _BLOCK, flat.size)
+        here = None
+        if force is not None and len(force[0]):
+            inside = (force[0] >= start) & (force[0] < stop)
+            here = (force[0][inside] - start, force[1][inside])
+        out[start:stop], block_near, block_up = (_snap_relative if relative else _snap_steps)(flat[start:stop], here)
+        near.append(block_near + start)
+        up.append(block_up)
+    return out.reshape(np.shape(v)), np.concatenate(near), np.concatenate(up)
+
+
+def _snap_relative(v: np.ndarray, force) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`snap` of a 1-D block, ``relative``: on the bits, keep the implicit 1 and 15
+    fraction bits, round the other 37 half away from 0."""
+    bits = v.view(np.int64)
+    rest = bits & _DROPPED
+    # |rest - half| < near, as one unsigned comparison
+    near = np.flatnonzero((rest - (_HALF - _NEAR + 1)).view(np.uint64) < np.uint64(2 * _NEAR - 1))
+    if force is None or not len(force[0]):
+        out = ((bits + _HALF) & ~_DROPPED).view(np.float64)  # adding half carries into the kept bits
+        return out, near, (rest[near] >= _HALF).astype(np.uint8)
+    up = (rest >= _HALF).astype(np.uint8)
+    up[force[0]] = force[1]
+    out = ((bits - rest) + (up.astype(np.int64) << _DROP)).view(np.float64)  # a carry bumps the exponent
+    return out, near, up[near]
+
+
+def _snap_steps(v: np.ndarray, force) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`snap` of a 1-D block, in grid steps: ``2**-16`` below 1, 16 significant bits above."""
+    _, e = np.frexp(v)  # |v| = m 2^e, m in [0.5, 1): exact
+    shift = SIGNIFICANT_BITS - np.maximum(e, 0)
     q = np.ldexp(v, shift)  # v in grid steps, exact
     low = np.floor(q)
-    half = np.subtract(np.subtract(q, low, out=q), 0.5, out=q)  # frac - 1/2: exact
-    up = (half >= 0).view(np.uint8).ravel()
-    near = np.flatnonzero(np.abs(half, out=half) < TIE_MARGIN)
+    frac = q - low  # exact: q and low share the exponent range
+    up = (frac >= 0.5).astype(np.uint8)
+    near = np.flatnonzero(np.abs(frac - 0.5) < TIE_MARGIN)
     if force is not None and len(force[0]):
         up[force[0]] = force[1]
-    out = np.add(low, up.reshape(v.shape), out=low)
-    return np.ldexp(out, np.negative(shift, out=shift), out=out), near, up[near]
+    return np.ldexp(low + up, -shift), near, up[near]
 
 
+_BLOCK = 1 << 20  # values rounded at a time (8 MB)
 _DROP = 52 - (SIGNIFICANT_BITS - 1)  # fraction bits a relative snap drops
 _DROPPED, _HALF = (1 << _DROP) - 1, 1 << (_DROP - 1)
 _NEAR = int(TIE_MARGIN * (1 << _DROP))  # TIE_MARGIN grid steps, in units of the last bit

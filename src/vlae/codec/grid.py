@@ -22,8 +22,6 @@ from .format import PROBS, TIE
 
 __all__ = ["Grid", "CorruptFile"]
 
-_BLOCK = 1 << 20  # values snapped at a time (8 MB)
-
 
 class CorruptFile(VLAEError):
     """The file contradicts itself (found while decoding)."""
@@ -61,26 +59,14 @@ class Grid:
         replay = self.replay.get((self.chunk, kind, site))
         if replay is not None and len(replay[0]) and int(replay[0].max()) >= v.size:
             raise CorruptFile("corrupted (a near-tie record points past the numbers of its site)")
-        flat = np.ascontiguousarray(v).reshape(-1)
-        out = np.empty_like(flat)
-        crc = zlib.crc32(struct.pack("<IIB", self.chunk, site, kind))
-        # In blocks: a site can hold a chunk's Cholesky factors (D^2 values per image, 200 MB at
-        # cifar-small's D = 512), and temporaries that large are fresh pages, faulted in every
-        # time (10x slower than the snapping itself). The CRC runs on over the blocks.
-        for start in range(0, flat.size, _BLOCK):
-            stop = min(start + _BLOCK, flat.size)
-            force = None
-            if replay is not None:
-                here = (replay[0] >= start) & (replay[0] < stop)
-                force = (replay[0][here] - start, replay[1][here])
-            out[start:stop], near, up = snap(flat[start:stop], force, relative=kind == PROBS)
-            crc = zlib.crc32(out[start:stop].data, crc)
-            if self.recording and len(near):
-                tie = np.zeros(len(near), TIE)
-                tie["chunk"], tie["site"], tie["index"], tie["flags"] = self.chunk, site, near + start, kind | (up << 2)
-                self.recorded.append(tie)
-        self.checksum ^= crc
-        return out.reshape(v.shape)
+        out, near, up = snap(v, replay, relative=kind == PROBS)
+        if self.recording and len(near):
+            tie = np.zeros(len(near), TIE)
+            tie["chunk"], tie["site"], tie["index"], tie["flags"] = self.chunk, site, near, kind | (up << 2)
+            self.recorded.append(tie)
+        seed = zlib.crc32(struct.pack("<IIB", self.chunk, site, kind))
+        self.checksum ^= zlib.crc32(out.data, seed)  # out is contiguous: no copy of a chunk's factors
+        return out
 
     def ties(self) -> np.ndarray:
         """The near-ties recorded so far ``(T,)``, in the order they were met."""
