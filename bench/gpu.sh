@@ -7,10 +7,21 @@
 # has its own time limit and log, so a failure loses nothing else.
 #
 #   bash bench/gpu.sh [OUT.json]            # on a CUDA machine (VLAE_DATA_DIR: real data for the precision run)
+#   bash bench/gpu.sh --codec [OUT.json]    # the codec's steps alone (about 5 minutes)
 #   bash bench/gpu.sh --dry-run [OUT.json]  # the same steps and flags on the CPU, tiny sizes (graphs: eager)
+#
+# It needs vlae importable (installed, or PYTHONPATH=src) and its packages; a machine that cannot
+# fetch them gets them as wheels. A missing one stops the script before any step, naming it.
 set -uo pipefail
-DRY=0
-if [[ "${1:-}" == "--dry-run" ]]; then DRY=1; shift; fi
+DRY=0 CODEC_ONLY=0
+while [[ "${1:-}" == --* ]]; do
+  case "$1" in
+    --dry-run) DRY=1 ;;
+    --codec) CODEC_ONLY=1 ;;
+    *) echo "error: unknown option $1 (--dry-run, --codec)" >&2; exit 2 ;;
+  esac
+  shift
+done
 OUT="${1:-gpu_bench.json}"
 [[ "$OUT" = /* ]] || OUT="$PWD/$OUT"
 LOGS="${OUT%.json}.logs"
@@ -45,7 +56,17 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $LOGS/NA
 }
 FAILED=()
 
+# Every step fails without these: say which are missing once, rather than in every step's log.
+"$PY" - <<'CHECK' || exit 2
+import importlib.util, sys
+needed = ("vlae", "torch", "numpy", "scipy", "constriction", "safetensors", "mlxtend", "skimage", "PIL", "tqdm",
+          "matplotlib", "pytest")
+missing = [name for name in needed if importlib.util.find_spec(name) is None]
+if missing:
+    sys.exit(f"error: missing Python packages: {', '.join(missing)} (pip install -e '.[dev]', or wheels)")
+CHECK
 : >"$LOGS/steps.jsonl"
+if (( ! CODEC_ONLY )); then
 step tests "$TESTS_LIMIT" "$PY" -m pytest ../tests/test_cuda_train.py -q -p no:cacheprovider
 step train_bf16 200 "$PY" train.py --device "$DEVICE" --bf16 --presets "${SPECS[@]}" --modes "${MODES[@]}" \
   --seconds "$S" --loop-steps "$LOOP" --json "$LOGS/train_bf16.json"
@@ -61,11 +82,12 @@ step protocol 30 "$PY" protocol.py "$LOGS"/train_*.json "$LOGS"/eval_*.json "$LO
 step train_compile 150 "$PY" train.py --device "$DEVICE" --bf16 --presets "${SPECS_COMPILE[@]}" --modes "$CGRAPH" \
   --seconds "$S" --no-loop --json "$LOGS/train_compile.json"
 step protocol 30 "$PY" protocol.py "$LOGS"/train_*.json "$LOGS"/eval_*.json "$LOGS"/precision.json "${STAND_IN[@]}" --out "$OUT"
+fi
 rm -rf "$LOGS/codec_run"  # a run folder is never reused
 step codec_tests 120 "$PY" -m pytest ../tests/test_codec_portable.py -q -p no:cacheprovider -k cuda
 step codec_train $((CODEC_SECONDS + 90)) "$PY" -m vlae train --preset "$CODEC_PRESET" --dataset "$CODEC_DATA" \
   "${DATA[@]}" --run-dir "$LOGS/codec_run" --time-budget "$CODEC_SECONDS" --device "$DEVICE" --quiet --no-figures
 step codec 240 "$PY" compress.py --run "$LOGS/codec_run" --dataset "$CODEC_DATA" "${DATA[@]}" --split test \
   --subset 0 --k 0 --device "$DEVICE" --threads 2 --out "$LOGS/codec.json"
-echo "wrote $OUT (logs in $LOGS)"
+if (( CODEC_ONLY )); then echo "wrote $LOGS/codec.json"; else echo "wrote $OUT (logs in $LOGS)"; fi
 (( ${#FAILED[@]} == 0 )) || { echo "failed steps: ${FAILED[*]}"; exit 1; }

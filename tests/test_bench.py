@@ -53,6 +53,33 @@ def test_gpu_script_dry_run_writes_one_report(tmp_path):
     assert vlae["compress_images_per_s"] > 0 and vlae["decompress_images_per_s"] > 0
 
 
+def test_gpu_script_runs_the_codec_steps_alone(tmp_path):
+    """``--codec``: only the codec's steps (what a short GPU lease runs), and an unknown option is refused."""
+    out = tmp_path / "gpu.json"
+    env = {k: v for k, v in _env().items() if k != "VLAE_DATA_DIR"}
+    script = str(ROOT / "bench" / "gpu.sh")
+    proc = subprocess.run(["bash", script, "--dry-run", "--codec", str(out)], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    steps = [json.loads(line) for line in (tmp_path / "gpu.logs" / "steps.jsonl").read_text().splitlines()]
+    assert [(s["step"], s["status"]) for s in steps] == [("codec_tests", 0), ("codec_train", 0), ("codec", 0)]
+    assert json.loads((tmp_path / "gpu.logs" / "codec.json").read_text())["codecs"][0]["exact"]
+    assert not out.exists()  # no training report: those steps did not run
+    proc = subprocess.run(["bash", script, "--codecs"], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "unknown option --codecs" in proc.stderr
+
+
+def test_gpu_script_names_missing_packages_before_any_step(tmp_path):
+    bare = tmp_path / "python"  # an interpreter without site-packages: neither vlae nor torch importable
+    bare.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "$@"\n')
+    bare.chmod(0o755)
+    env = dict(_env(), PYTHON=str(bare), PYTHONPATH="")
+    proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh"), "--dry-run", str(tmp_path / "g.json")], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "missing Python packages: vlae" in proc.stderr
+    assert not (tmp_path / "g.logs" / "steps.jsonl").exists()
+
+
 def test_eval_benchmark_rejects_bad_options():
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "eval.py"), "--k", "0"], env=_env(),
                           capture_output=True, text=True, timeout=120)
