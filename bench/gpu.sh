@@ -3,11 +3,12 @@
 # torch.compile; bf16 and fp32) of the paper's presets at the paper's batch sizes, IW-evaluation
 # throughput, bf16 against fp32 training on the same run, and the projected times of the paper's
 # protocols, into one JSON; last, the codec with its network on the GPU (its CUDA round-trip tests,
-# and bench/compress.py on a binary model trained here for a minute: $LOGS/codec.json). Every step
+# and bench/compress.py on a binary model trained here for a minute, at the default chunk size and at
+# 2,000 images a chunk: $LOGS/codec.json, $LOGS/codec-batch.json). Every step
 # has its own time limit and log, so a failure loses nothing else.
 #
 #   bash bench/gpu.sh [OUT.json]            # on a CUDA machine (VLAE_DATA_DIR: real data for the precision run)
-#   bash bench/gpu.sh --codec [OUT.json]    # the codec's steps alone (about 5 minutes)
+#   bash bench/gpu.sh --codec [OUT.json]    # the codec's steps alone (about 5 minutes; logs and JSON in OUT.logs/)
 #   bash bench/gpu.sh --dry-run [OUT.json]  # the same steps and flags on the CPU, tiny sizes (graphs: eager)
 #
 # It needs vlae importable (installed, or PYTHONPATH=src) and its packages; a machine that cannot
@@ -35,13 +36,13 @@ if (( DRY )); then
   DEVICE=cpu; SPECS=(tiny:16); MODES=(eager); GRAPH=eager; CGRAPH=compile; S=0.3; LOOP=12; TESTS_LIMIT=120
   MNIST=tiny; DENSE=tiny; EVAL=(--k 8 --images 2 --seconds 0.3 --threads 1)
   PSTEPS=(--steps 6 --batch-size 8 --valid-images 8 --log-every 2)
-  SPECS_COMPILE=(tiny:16); STAND_IN=(--stand-in tiny); CODEC_PRESET=tiny; CODEC_SECONDS=3
+  SPECS_COMPILE=(tiny:16); STAND_IN=(--stand-in tiny); CODEC_PRESET=tiny; CODEC_SECONDS=3; CODEC_BATCH=250
 else
   DEVICE=cuda; SPECS=(mnist-paper:128 cifar-paper:32 cifar-paper:128 cifar-paper-dense:128); MODES=(eager graph)
   GRAPH=graph; STAND_IN=()
   CGRAPH=compile+graph; S=2; LOOP=40; TESTS_LIMIT=150; MNIST=mnist-paper; DENSE=cifar-paper-dense
   EVAL=(--k 1024 --images 16 --seconds 4); PSTEPS=(--steps 600 --batch-size 128); SPECS_COMPILE=(mnist-paper:128 cifar-paper:32)
-  CODEC_PRESET=mnist-small; CODEC_SECONDS=60
+  CODEC_PRESET=mnist-small; CODEC_SECONDS=60; CODEC_BATCH=2000
 fi
 
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $LOGS/NAME.log, record the exit status
@@ -89,5 +90,8 @@ step codec_train $((CODEC_SECONDS + 90)) "$PY" -m vlae train --preset "$CODEC_PR
   "${DATA[@]}" --run-dir "$LOGS/codec_run" --time-budget "$CODEC_SECONDS" --device "$DEVICE" --quiet --no-figures
 step codec 240 "$PY" compress.py --run "$LOGS/codec_run" --dataset "$CODEC_DATA" "${DATA[@]}" --split test \
   --subset 0 --k 0 --device "$DEVICE" --threads 2 --out "$LOGS/codec.json"
+# A GPU step costs its kernel launches whatever the chunk: larger chunks, fewer steps per image.
+step codec_batch 180 "$PY" compress.py --run "$LOGS/codec_run" --dataset "$CODEC_DATA" "${DATA[@]}" --split test \
+  --subset 0 --k 0 --device "$DEVICE" --threads 2 --batch "$CODEC_BATCH" --out "$LOGS/codec-batch.json"
 if (( CODEC_ONLY )); then echo "wrote $LOGS/codec.json"; else echo "wrote $OUT (logs in $LOGS)"; fi
 (( ${#FAILED[@]} == 0 )) || { echo "failed steps: ${FAILED[*]}"; exit 1; }

@@ -30,7 +30,7 @@ def test_gpu_script_dry_run_writes_one_report(tmp_path):
     steps = [json.loads(line) for line in (tmp_path / "gpu.logs" / "steps.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == ["tests", "train_bf16", "train_fp32", "eval_mnist", "eval_cifar",
                                          "precision", "protocol", "train_compile", "protocol",
-                                         "codec_tests", "codec_train", "codec"]
+                                         "codec_tests", "codec_train", "codec", "codec_batch"]
     assert all(s["status"] == 0 for s in steps)
     rows = {(r["mode"], r["precision"]): r for t in report["train"] for r in t["rows"]}
     assert set(rows) == {("eager", "bf16"), ("eager", "fp32"), ("compile", "bf16")}
@@ -62,8 +62,11 @@ def test_gpu_script_runs_the_codec_steps_alone(tmp_path):
                           timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     steps = [json.loads(line) for line in (tmp_path / "gpu.logs" / "steps.jsonl").read_text().splitlines()]
-    assert [(s["step"], s["status"]) for s in steps] == [("codec_tests", 0), ("codec_train", 0), ("codec", 0)]
-    assert json.loads((tmp_path / "gpu.logs" / "codec.json").read_text())["codecs"][0]["exact"]
+    assert [(s["step"], s["status"]) for s in steps] == [("codec_tests", 0), ("codec_train", 0), ("codec", 0),
+                                                         ("codec_batch", 0)]
+    for name, batch in (("codec", 500), ("codec-batch", 250)):  # tiny's default chunk; the script's large chunk
+        codec = json.loads((tmp_path / "gpu.logs" / f"{name}.json").read_text())
+        assert codec["codecs"][0]["exact"] and codec["codecs"][0]["batch"] == batch
     assert not out.exists()  # no training report: those steps did not run
     proc = subprocess.run(["bash", script, "--codecs"], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "unknown option --codecs" in proc.stderr
