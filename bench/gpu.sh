@@ -85,7 +85,7 @@ step train_compile 150 "$PY" train.py --device "$DEVICE" --bf16 --presets "${SPE
 step protocol 30 "$PY" protocol.py "$LOGS"/train_*.json "$LOGS"/eval_*.json "$LOGS"/precision.json "${STAND_IN[@]}" --out "$OUT"
 fi
 rm -rf "$LOGS/codec_run"  # a run folder is never reused
-step codec_tests 120 "$PY" -m pytest ../tests/test_codec_portable.py -q -p no:cacheprovider -k cuda
+step codec_tests 120 "$PY" -m pytest ../tests/test_codec_portable.py ../tests/test_codec.py -q -p no:cacheprovider -k cuda
 step codec_train $((CODEC_SECONDS + 90)) "$PY" -m vlae train --preset "$CODEC_PRESET" --dataset "$CODEC_DATA" \
   "${DATA[@]}" --run-dir "$LOGS/codec_run" --time-budget "$CODEC_SECONDS" --device "$DEVICE" --quiet --no-figures
 step codec 240 "$PY" compress.py --run "$LOGS/codec_run" --dataset "$CODEC_DATA" "${DATA[@]}" --split test \

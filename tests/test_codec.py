@@ -558,13 +558,18 @@ def test_coding_in_a_fresh_process_imports_no_compiler(tmp_path):
     assert out.stdout.strip() == "[]", out.stdout
 
 
+_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=_CUDA)])
 @pytest.mark.parametrize("name", ["binary", "colour"])
-def test_files_of_an_earlier_release_decode(name):
+def test_files_of_an_earlier_release_decode(name, device):
     """Files the release of ``tests/data/codec_v3`` wrote (format 3, its ``make.py``: an AF prior
     on binary images, a spatial AF prior on 8-bit colour, several chunks each) decode exactly
     with today's code. A change to the coding arithmetic beyond the grid's margin, to the file's
     layout, or to the model identity (which hashes the config: a new config field changes it)
-    would strand every file users hold; this is where it shows."""
+    would strand every file users hold; this is where it shows. Written on a CPU, they decode
+    with the network on a GPU too (``bench/gpu.sh`` runs that case)."""
     from pathlib import Path
 
     from safetensors.torch import load_file
@@ -578,7 +583,7 @@ def test_files_of_an_earlier_release_decode(name):
     model.load_state_dict(weights)
     data = (folder / f"{name}.vlae").read_bytes()
     assert read_header(data).version == 3 and read_header(data).n_chunks > 1
-    assert torch.equal(decompress(model, data), images)
+    assert torch.equal(decompress(model, data, device=device), images)
 
 
 def test_a_model_option_added_later_keeps_earlier_files_readable():
