@@ -4,7 +4,8 @@ On one trained run and one set of binary or 8-bit (grey or RGB) images, measures
 
 - vlae's bits-back stream (:mod:`vlae.codec`): bytes, bits/dim net of the initial
   bits (stated separately, with the file header), compress and decompress images/s,
-  and the exact check ``decompress(compress(x)) == x``;
+  and the exact check ``decompress(compress(x)) == x`` (``--also-decode-on``: again
+  with the network on another device, e.g. a file written on a GPU read on the CPU);
 - the same model's -ELBO (one posterior sample per image, as the code uses) and
   IW NLL (``--k`` importance samples, on ``--iw-subset`` of the images);
 - binary images: JBIG (jbigkit's ``pbmtojbg``/``jbgtopbm``; skipped with a notice
@@ -305,6 +306,8 @@ def main(argv=None) -> int:
     p.add_argument("--weights", choices=("ema", "raw"), default="ema")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default=None, help="where vlae's network runs (default cpu)")
+    p.add_argument("--also-decode-on", default=None, metavar="DEVICE",
+                   help="decode the file a second time with the network on DEVICE, e.g. cpu after --device cuda")
     p.add_argument("--per-image", type=int, default=0,
                    help="8-bit: images coded one by one by each baseline (the first N; 0: all)")
     p.add_argument("--out", default=None, help="JSON output")
@@ -326,6 +329,10 @@ def main(argv=None) -> int:
                                                         device=args.device, progress=progress, return_stats=True))
         y, dec_s = _timed(lambda: decompress(model, blob, device=args.device, progress=progress))
         exact = torch.equal(y, x)
+        cross = None
+        if args.also_decode_on:  # a file written with the network on one device, read on another
+            y2, cross_s = _timed(lambda: decompress(model, blob, device=args.also_decode_on))
+            cross = {"device": args.also_decode_on, "exact": torch.equal(y2, x), "images_per_s": n / cross_s}
         head = read_header(blob)
         header_bytes = len(blob) - 4 * head.words  # the near-ties included
         vlae_row = _row("vlae bits-back (net)", stats.net_bits / 8, n, dims, enc_s, dec_s, exact)
@@ -334,7 +341,8 @@ def main(argv=None) -> int:
                          "overhead_bits_per_image": (stats.initial_bits + 8 * header_bytes) / n,
                          "ideal_bits_per_dim": (stats.ideal_pixel_bits + stats.ideal_prior_bits
                                                 - stats.ideal_bits_back) / (n * dims),
-                         "precision": args.precision, "batch": head.batch, "near_ties": stats.ties})
+                         "precision": args.precision, "batch": head.batch, "near_ties": stats.ties,
+                         "decoded_on_other_device": cross})
         file_row = _row("vlae file (all included)", len(blob), n, dims, enc_s, dec_s, exact)
         b = bounds(model, x, args.k, args.iw_subset)
         rows = [vlae_row, file_row]
@@ -367,10 +375,13 @@ def main(argv=None) -> int:
         print(f"  {r['codec']:36s} {r['bytes']:10.0f} {r['bits_per_dim']:9.4f} "
               f"{r['bits_per_dim'] / vlae_row['bits_per_dim']:7.2f} {_speed(r['compress_images_per_s'])} "
               f"{_speed(r['decompress_images_per_s'])} {'yes' if r['exact'] else 'NO'}")
+    if cross is not None:
+        print(f"\n  the file decoded again with the network on {cross['device']}: "
+              f"{'exact' if cross['exact'] else 'NOT EXACT'}, {_speed(cross['images_per_s']).strip()} img/s")
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
         print(f"\nwrote {args.out}")
-    return 0 if all(r["exact"] for r in rows) else 1
+    return 0 if all(r["exact"] for r in rows) and (cross is None or cross["exact"]) else 1
 
 
 if __name__ == "__main__":

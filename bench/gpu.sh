@@ -3,8 +3,8 @@
 # torch.compile; bf16 and fp32) of the paper's presets at the paper's batch sizes, IW-evaluation
 # throughput, bf16 against fp32 training on the same run, and the projected times of the paper's
 # protocols, into one JSON; last, the codec with its network on the GPU (its CUDA round-trip tests,
-# and bench/compress.py on a binary model trained here for a minute, at the default chunk size and at
-# 2,000 images a chunk: $LOGS/codec.json, $LOGS/codec-batch.json). Every step
+# and bench/compress.py on a binary model trained here for a minute, at the default chunk size, its
+# file read on the CPU too, and at 2,000 images a chunk: $LOGS/codec.json, $LOGS/codec-batch.json). Every step
 # has its own time limit and log, so a failure loses nothing else.
 #
 #   bash bench/gpu.sh [OUT.json]            # on a CUDA machine (VLAE_DATA_DIR: real data for the precision run)
@@ -89,7 +89,7 @@ step codec_tests 120 "$PY" -m pytest ../tests/test_codec_portable.py ../tests/te
 step codec_train $((CODEC_SECONDS + 90)) "$PY" -m vlae train --preset "$CODEC_PRESET" --dataset "$CODEC_DATA" \
   "${DATA[@]}" --run-dir "$LOGS/codec_run" --time-budget "$CODEC_SECONDS" --device "$DEVICE" --quiet --no-figures
 step codec 240 "$PY" compress.py --run "$LOGS/codec_run" --dataset "$CODEC_DATA" "${DATA[@]}" --split test \
-  --subset 0 --k 0 --device "$DEVICE" --threads 2 --out "$LOGS/codec.json"
+  --subset 0 --k 0 --device "$DEVICE" --threads 2 --also-decode-on cpu --out "$LOGS/codec.json"
 # A GPU step costs its kernel launches whatever the chunk: larger chunks, fewer steps per image.
 step codec_batch 180 "$PY" compress.py --run "$LOGS/codec_run" --dataset "$CODEC_DATA" "${DATA[@]}" --split test \
   --subset 0 --k 0 --device "$DEVICE" --threads 2 --batch "$CODEC_BATCH" --out "$LOGS/codec-batch.json"

@@ -67,6 +67,8 @@ def test_gpu_script_runs_the_codec_steps_alone(tmp_path):
     for name, batch in (("codec", 500), ("codec-batch", 250)):  # tiny's default chunk; the script's large chunk
         codec = json.loads((tmp_path / "gpu.logs" / f"{name}.json").read_text())
         assert codec["codecs"][0]["exact"] and codec["codecs"][0]["batch"] == batch
+    cross = json.loads((tmp_path / "gpu.logs" / "codec.json").read_text())["codecs"][0]["decoded_on_other_device"]
+    assert cross["device"] == "cpu" and cross["exact"] and cross["images_per_s"] > 0
     assert not out.exists()  # no training report: those steps did not run
     proc = subprocess.run(["bash", script, "--codecs"], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "unknown option --codecs" in proc.stderr
