@@ -50,7 +50,7 @@ import torch
 
 from vlae.checkpoint import load_model
 from vlae.codec import DEFAULT_PRECISION, compress, decompress, read_header
-from vlae.codec.models import coding_model
+from vlae.codec.models import coding_device
 from vlae.data import fixed_subset, load_dataset
 from vlae.errors import VLAEError
 
@@ -319,7 +319,7 @@ def main(argv=None) -> int:
             torch.set_num_threads(args.threads)
         model, cfg = load_model(args.run, weights=args.weights, device="cpu")
         for device in {args.device, args.also_decode_on} - {None}:
-            coding_model(model, device)  # an absent or bad device: its one-line error now, not after the coding
+            coding_device(model, device)  # an absent or bad device: its one-line error now, not after the coding
         data = load_dataset(args.dataset, args.split, args.data_dir or cfg.train.data_dir)
         x = fixed_subset(data.images, args.subset)
         x = x[:, None] if x.dim() == 3 else x

@@ -19,7 +19,7 @@ from ..runtime import keep_cpu_heap
 from ..spatial_prior import SpatialAFPrior
 from .format import OBSERVATION_CODES
 
-__all__ = ["observation", "is_binary", "check_model", "coding_model"]
+__all__ = ["observation", "is_binary", "check_model", "coding_device", "coding_model"]
 
 
 def observation(model) -> str:
@@ -49,15 +49,22 @@ def check_model(model) -> None:
         raise VLAEError(f"the codec supports Gaussian and AF priors, not {type(prior).__name__}")
 
 
-def coding_model(model, device: str | torch.device | None):
-    """The probability model both sides evaluate: a float64 copy of ``model`` on ``device``
-    (default: the model's), so that machines disagree only in the last float64 bits."""
+def coding_device(model, device: str | torch.device | None) -> torch.device:
+    """Where the coding model runs: ``device``, by default the model's; a one-line
+    :class:`VLAEError` for a name that is no device or a CUDA device that is absent."""
     try:
         where = torch.device(device) if device is not None else next(model.parameters()).device
     except RuntimeError:
         raise VLAEError(f"invalid --device {device!r}; e.g. cpu or cuda") from None
     if where.type == "cuda" and not torch.cuda.is_available():
         raise VLAEError("--device cuda: no CUDA device is available")
+    return where
+
+
+def coding_model(model, device: str | torch.device | None):
+    """The probability model both sides evaluate: a float64 copy of ``model`` on ``device``
+    (:func:`coding_device`), so that machines disagree only in the last float64 bits."""
+    where = coding_device(model, device)
     # Each chunk frees and reallocates the same buffers on the CPU (the coder's side, and the
     # network's there): kept by malloc, they are not page-faulted back in chunk after chunk.
     keep_cpu_heap()
