@@ -12,16 +12,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _env() -> dict[str, str]:
+def _env(data: bool = True) -> dict[str, str]:
+    """The benchmarks' environment: one torch thread, ``src`` importable; ``data=False``
+    drops ``VLAE_DATA_DIR`` (the GPU script's dry run then codes the embedded digits)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHON=sys.executable)
     env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    if not data:
+        env.pop("VLAE_DATA_DIR", None)
     return env
 
 
 def test_gpu_script_dry_run_writes_one_report(tmp_path):
     """The GPU script's steps with the GPU run's flags (bf16, compile; graphs become eager), on the CPU."""
     out = tmp_path / "gpu.json"
-    env = {k: v for k, v in _env().items() if k != "VLAE_DATA_DIR"}
+    env = _env(data=False)
     proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh"), "--dry-run", str(out)], env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
@@ -56,7 +60,7 @@ def test_gpu_script_dry_run_writes_one_report(tmp_path):
 def test_gpu_script_runs_the_codec_steps_alone(tmp_path):
     """``--codec``: only the codec's steps (what a short GPU lease runs), and an unknown option is refused."""
     out = tmp_path / "gpu.json"
-    env = {k: v for k, v in _env().items() if k != "VLAE_DATA_DIR"}
+    env = _env(data=False)
     script = str(ROOT / "bench" / "gpu.sh")
     proc = subprocess.run(["bash", script, "--dry-run", "--codec", str(out)], env=env, capture_output=True, text=True,
                           timeout=600)

@@ -82,8 +82,8 @@ def test_snap_rounds_to_the_grid_and_replays_near_ties():
 
 
 def test_snap_is_the_grid_formula_bit_for_bit():
-    # snap works in place for speed; the file format is this formula: v in grid steps,
-    # floored, plus the rounding direction (recorded or replayed), scaled back.
+    # snap works in blocks, and on the bits where relative; the file format is this formula:
+    # v in grid steps, floored, plus the rounding direction (recorded or replayed), scaled back.
     def formula(v, force=None):
         _, e = np.frexp(v)
         shift = portable.SIGNIFICANT_BITS - np.maximum(e, 0)
