@@ -514,12 +514,11 @@ def test_encoder_teacher_forced_outputs_are_the_decoders_within_the_tie_margin(m
 def test_proposal_jacobian_is_each_images_own(make):
     """The proposal's Jacobian ``d eps_b / d eta_b``, ``JACOBIAN_ROWS`` rows per backward pass
     of the repeated batch, is each image's own Jacobian (computed alone, row by row)."""
-    from vlae.codec.latents import JACOBIAN_ROWS
-
-    assert JACOBIAN_ROWS == 8  # the models above have 11, 8 and 12 latent dimensions
     from torch.autograd.functional import jacobian
 
-    from vlae.codec.latents import Latents
+    from vlae.codec.latents import JACOBIAN_ROWS, Latents
+
+    assert JACOBIAN_ROWS == 8  # the models above have 11, 8 and 12 latent dimensions
     from vlae.codec.models import coding_model
 
     model = coding_model(make(), "cpu")
@@ -608,6 +607,15 @@ def test_a_model_option_added_later_keeps_earlier_files_readable():
     assert model_identity(model) != before
     with pytest.raises(VLAEError, match="compressed with another model"):
         decompress(model, data)
+
+
+def test_a_bad_or_absent_device_is_a_one_line_error():
+    model, x = _model("masked", "af"), _random_images(2)
+    with pytest.raises(VLAEError, match="invalid --device 'bogus'"):
+        compress(model, x, device="bogus")
+    if not torch.cuda.is_available():
+        with pytest.raises(VLAEError, match="no CUDA device is available"):
+            decompress(model, compress(model, x), device="cuda")
 
 
 def test_default_batch_grows_as_the_decoder_shrinks():
