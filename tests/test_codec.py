@@ -446,6 +446,18 @@ def test_8bit_image_files(tmp_path):
         read_images(tmp_path / "rgb")  # photographs for a binary model
 
 
+def test_cli_compress_codes_the_dataset_named_or_refuses(run, tmp_path, capsys, monkeypatch):
+    """Training and evaluation fall back to a package's digits where no data location was
+    named; ``vlae compress --dataset`` never does: a file of other images than those named
+    would be wrong however clearly labelled."""
+    folder, _ = run
+    monkeypatch.delenv("VLAE_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # an empty cache
+    status, _, err = _main(capsys, "compress", folder, "--dataset", "binarized-mnist", "-o", tmp_path / "z.vlae")
+    assert status == 2 and err.startswith("error: binarized-mnist: none of") and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "z.vlae").exists()
+
+
 def test_cli_8bit_round_trip(tmp_path, capsys):
     folder = tmp_path / "run"
     cfg, model = get_preset("tiny"), _colour_model(image_shape=(3, 32, 32), latent_shape=(2, 8, 8), latent_dim=128)
