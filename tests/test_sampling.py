@@ -339,6 +339,6 @@ def test_pixel_order_is_the_drawing_order(decoder, method):
         assert len(order) == 1
         return
     z = model.prior.sample(2)
-    engine = sampler._engine(model.condition(z), 2, 12, 20, torch.zeros(2, *SMALL))
+    engine = sampler.engine(model.condition(z), 2, 12, 20, torch.zeros(2, *SMALL))
     drawn = [pos for _, _, pos in engine.schedule(12, 20) if pos is not None]
     assert len(order) == len(drawn) > 12 and all(torch.equal(a, b) for a, b in zip(order, drawn))

@@ -137,7 +137,9 @@ class FastSampler:
             return MaskedEngine
         return GatedEngine if cached and isinstance(dec, GatedPixelCNN) else WindowEngine
 
-    def _engine(self, cond, n, height, width, like):
+    def engine(self, cond: torch.Tensor | None, n: int, height: int, width: int, like: torch.Tensor) -> Engine:
+        """A fresh engine (:mod:`vlae.wavefront`) for ``n`` images given their conditioning
+        map ``cond`` (:meth:`VLAE.condition`), its canvases like ``like`` (dtype, device)."""
         kind, scale = self._engine_class(), self.model.observation.scale
         args = (self.model.decoder, cond, n, height, width, like, scale)
         return kind(*args, self.model.cfg.image_shape[0]) if kind is WindowEngine else kind(*args)
@@ -176,7 +178,7 @@ class FastSampler:
             x = obs.sample(params, u)
             return (x, obs.summary(params)) if return_probs else x
         tol = self.tol if self.tol is not None else _DEFAULT_TOL.get(obs.name, {}).get(u.dtype, 2.0**-5)
-        engine = self._engine(cond, n, height, width, u)
+        engine = self.engine(cond, n, height, width, u)
         uf = u.reshape(n, u.shape[1], height * width)
         x = u.new_zeros(n, channels, height * width)
         summary = None

@@ -159,6 +159,9 @@ class Engine:
         self.scale, self.gray, self.width, self.device = scale, dec.gray_context, width, like.device
         self.x = _Canvas(n, height, width, 1 if dec.gray_context else dec.in_channels, margin, like)
 
+    def schedule(self, height: int, width: int) -> list[tuple[int, list, torch.Tensor | None]]:
+        raise NotImplementedError  # pragma: no cover
+
     def params(self, pos: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError  # pragma: no cover
 

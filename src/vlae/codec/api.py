@@ -67,7 +67,7 @@ def _held_bytes(obj, seen: set[int]) -> int:
 
 @torch.no_grad()
 def cache_bytes(model) -> int:
-    """Bytes the fast sampler's cached engine (:mod:`vlae.sampling`) holds per image for
+    """Bytes the fast sampler's cached engine (:mod:`vlae.wavefront`) holds per image for
     ``model``'s decoder: its canvases and conditioning maps, in the model's dtype (an engine
     of two images less one of one image; the weights are held once, whatever the batch).
 
@@ -84,7 +84,7 @@ def cache_bytes(model) -> int:
     for n in (1, 2):
         z = model.prior.sample(n) if model.latent_dim > 0 else None
         like = next(model.decoder.parameters()).new_zeros(n, channels, height, width)
-        held.append(_held_bytes(sampler._engine(model.condition(z), n, height, width, like), set()))
+        held.append(_held_bytes(sampler.engine(model.condition(z), n, height, width, like), set()))
     return held[1] - held[0]
 
 

@@ -57,7 +57,7 @@ def walk_pixels(
         for step, pos in enumerate(sampler.pixel_order()):
             decide(step, pos, params[:, pos].reshape(n * len(pos), -1))
         return
-    engine = sampler._engine(cond, n, height, width, like)
+    engine = sampler.engine(cond, n, height, width, like)
     step = 0
     for _, layer_positions, pos in engine.schedule(height, width):
         engine.advance(layer_positions)
