@@ -61,8 +61,9 @@ def wavefronts(height: int, width: int, slope: int, shift: int = 0, device=None)
 
 # ---------------------------------------------------------------------- cached convolutions
 # Maps are feature-major, ``(C, positions, n)``: gathered taps are then the ``(C T, P n)``
-# operand of one wide product ``W @ g`` as they lie, rows of ``n`` contiguous numbers;
-# ``g @ W`` with 16-32 outputs runs at half the speed (float64; MKL's AVX-512 and AVX2 paths).
+# operand of one wide product ``W @ g`` as they lie, rows of ``n`` contiguous numbers. In
+# float64, the codec's arithmetic, ``g @ W`` with 16-32 outputs runs at half that speed
+# (2-core AMD EPYC, MKL's AVX-512 and AVX2 paths); float32 gains from the gathers alone.
 class _Canvas:
     """A feature-major map ``(C, (H + r) * (W + 2r), n)`` with a zero margin of ``r``
     rows above and ``r`` columns each side, matching the zero "same" padding of the
