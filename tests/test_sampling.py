@@ -342,3 +342,27 @@ def test_pixel_order_is_the_drawing_order(decoder, method):
     engine = sampler.engine(model.condition(z), 2, 12, 20, torch.zeros(2, *SMALL))
     drawn = [pos for _, _, pos in engine.schedule(12, 20) if pos is not None]
     assert len(order) == len(drawn) > 12 and all(torch.equal(a, b) for a, b in zip(order, drawn))
+
+
+@pytest.mark.parametrize("kernel,mask_type", [(1, "A"), (1, "B"), (3, "A"), (3, "B"), (5, "B"), (3, "V_A")])
+def test_cached_convolution_is_the_convolution_at_its_positions(kernel, mask_type):
+    """The engines' gather-and-multiply (feature-major canvas, one product per layer) gives
+    the full masked convolution's outputs at any set of positions, a tapless 1x1 type-A
+    mask its bias alone (float64, to rounding)."""
+    from vlae.masked_conv import MaskedConv2d
+    from vlae.wavefront import _Canvas, _Tap
+
+    torch.manual_seed(0)
+    n, c, h, w = 3, 4, 7, 9
+    conv = MaskedConv2d(c, 5, kernel, mask_type=mask_type).double()
+    x = torch.randn(n, c, h, w, dtype=torch.float64)
+    canvas = _Canvas(n, h, w, c, kernel // 2, x)
+    every = torch.arange(h * w)
+    canvas.write(canvas.index(every, w), x.flatten(2).permute(1, 2, 0))
+    pos = torch.tensor([0, 5, 9, 31, 62])
+    out = _Tap(conv, canvas.width)(canvas, canvas.index(pos, w))  # (out, P, n)
+    full = conv(x).flatten(2)[:, :, pos].permute(1, 2, 0)
+    assert out.shape == (5, len(pos), n)
+    torch.testing.assert_close(out, full, rtol=0, atol=1e-13)
+    if kernel == 1 and mask_type == "A":
+        assert torch.equal(out, conv.bias.detach()[:, None, None].expand_as(out))
