@@ -66,3 +66,18 @@ def test_flag_values_reach_the_config_as_the_fields_type():
 def test_a_flag_naming_no_field_is_caught():
     with pytest.raises(KeyError):
         flag_field("train", "--no-such-field")
+
+
+def test_every_command_that_writes_a_file_takes_o_and_out():
+    """One CLI style: the output of ``sample``, ``eval``, ``compress``, ``decompress``,
+    ``sweep`` and ``ablation`` is ``-o`` or ``--out`` alike (``--output`` stays for the codec)."""
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    writers = [name for name in commands if any("--out" in a.option_strings for a in commands[name]._actions)]
+    assert {"sample", "eval", "compress", "decompress"} <= set(writers)
+    for name in writers:
+        action = next(a for a in commands[name]._actions if "--out" in a.option_strings)
+        assert "-o" in action.option_strings, name
+    assert parser.parse_args(["sample", "r", "-o", "a.png"]).out == "a.png"
+    assert parser.parse_args(["compress", "r", "x.npy", "--out", "a.vlae"]).output == "a.vlae"
+    assert parser.parse_args(["decompress", "r", "a.vlae", "--output", "x.npy"]).output == "x.npy"

@@ -23,6 +23,7 @@ __all__ = ["add_runner_options", "experiment_settings", "print_outputs", "failed
 def add_runner_options(p: argparse.ArgumentParser, default_out: str, default_k: int) -> None:
     """Flags shared by ``vlae sweep`` and ``vlae ablation``."""
     p.add_argument(
+        "-o",
         "--out",
         default=default_out,
         metavar="DIR",

@@ -38,7 +38,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--data-dir", default=None, help="folder holding the dataset (default: the run's)")
     p.add_argument("--weights", choices=("ema", "raw"), default="ema", help="Polyak-averaged or raw weights")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
-    p.add_argument("--out", default=None, help="JSON output path (default: beside the checkpoint)")
+    p.add_argument("-o", "--out", default=None, help="JSON output path (default: beside the checkpoint)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     p.add_argument(
         "--shard",

@@ -24,7 +24,7 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("sample", help="draw samples into a PNG grid")
     p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="run folder or .pt file")
     p.add_argument("--n", type=int, default=64, help="number of samples")
-    p.add_argument("--out", default="samples.png", help="output image: .png, .jpg, .jpeg, .pdf or .svg")
+    p.add_argument("-o", "--out", default="samples.png", help="output image: .png, .jpg, .jpeg, .pdf or .svg")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--naive", action="store_true", help="naive pixel-by-pixel sampling instead of the fast sampler")
     p.add_argument("--weights", choices=("ema", "raw"), default="ema", help="Polyak-averaged or raw weights")
