@@ -28,7 +28,9 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("run", metavar="RUN", help="run folder or .pt checkpoint")
     p.add_argument("input", metavar="INPUT", nargs="?", help=".npy array or folder of PNG images")
-    p.add_argument("-o", "--out", "--output", dest="output", required=True, metavar="FILE", help="compressed file to write")
+    p.add_argument(
+        "-o", "--out", "--output", dest="output", required=True, metavar="FILE", help="compressed file to write"
+    )
     p.add_argument(
         "--dataset",
         default=None,
@@ -59,7 +61,9 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("run", metavar="RUN", help="run folder or .pt checkpoint (the one that compressed)")
     p.add_argument("file", metavar="FILE", help="compressed file")
-    p.add_argument("-o", "--out", "--output", dest="output", required=True, metavar="OUTPUT", help=".npy file or folder for PNGs")
+    p.add_argument(
+        "-o", "--out", "--output", dest="output", required=True, metavar="OUTPUT", help=".npy file or folder for PNGs"
+    )
     _model_options(p)
     p.set_defaults(func=run)
 
