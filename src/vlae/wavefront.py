@@ -94,8 +94,8 @@ class _Tap:
         self.offsets = torch.tensor([dy * canvas_width + dx for dy, dx in taps], dtype=torch.long, device=w.device)
         # (out, in * T), channel-major then tap, to match the gather (in, T, P, n). A 1x1
         # type-A mask has no taps (T = 0): the layer then reads nothing and yields its bias.
-        self.weight = torch.stack([w[:, :, dy + kh // 2, dx + kw // 2] for dy, dx in taps] or [w[:, :0, 0, 0]], 2)
-        self.weight, self.bias = self.weight.flatten(1), _column(conv.bias)
+        per_tap = [w[:, :, dy + kh // 2, dx + kw // 2] for dy, dx in taps] or [w[:, :0, 0, 0]]
+        self.weight, self.bias = torch.stack(per_tap, 2).flatten(1), _column(conv.bias)
 
     def __call__(self, canvas: _Canvas, cpos: torch.Tensor) -> torch.Tensor:
         """The convolution's outputs at canvas positions ``cpos (P,)``: ``(out, P, n)``."""
@@ -149,8 +149,8 @@ class Engine:
     The protocol (also used by :mod:`vlae.codec`): for each ``(t, layer_positions,
     pos)`` of :meth:`schedule`, call :meth:`advance` with ``layer_positions``, then,
     if ``pos`` is not ``None``, read the decoder's outputs there with
-    :meth:`params` ``(n, N, P)`` (or :meth:`logits` ``(n, N)`` for ``P = 1``) and
-    hand the drawn pixels back with :meth:`write_pixels`.
+    :meth:`params` ``(n, N, P)`` and hand the drawn pixels back with
+    :meth:`write_pixels`.
     """
 
     width: int
@@ -160,15 +160,15 @@ class Engine:
         self.scale, self.gray, self.width, self.device = scale, dec.gray_context, width, like.device
         self.x = _Canvas(n, height, width, 1 if dec.gray_context else dec.in_channels, margin, like)
 
+    slope: int
+    device: torch.device
+
     def schedule(self, height: int, width: int) -> list[tuple[int, list, torch.Tensor | None]]:
-        raise NotImplementedError  # pragma: no cover
+        """``(t, layer_positions, pos)`` per step: the pixels' wavefronts, no layer working ahead."""
+        return [(t, [], pos) for t, pos in wavefronts(height, width, self.slope, 0, self.device).items()]
 
     def params(self, pos: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError  # pragma: no cover
-
-    def logits(self, pos: torch.Tensor) -> torch.Tensor:
-        """The single output of a binary model at ``pos``: ``(n, N)``."""
-        return self.params(pos)[..., 0]
 
     def advance(self, layer_positions) -> None:  # only the gated engine works ahead
         pass
@@ -204,9 +204,6 @@ class MaskedEngine(Engine):
         self.groups = {int(k): [(_Pointwise(b.conv1), _Pointwise(b.conv2)) for b in g] for k, g in dec.groups.items()}
         self.out = _Pointwise(dec.out)
         self.slope = self.slope_of(dec)
-
-    def schedule(self, height: int, width: int):
-        return [(t, [], pos) for t, pos in wavefronts(height, width, self.slope, 0, self.device).items()]
 
     def params(self, pos: torch.Tensor) -> torch.Tensor:
         cpos = self.x.index(pos, self.width)
@@ -324,9 +321,6 @@ class WindowEngine(Engine):
         self.scale, self.win = scale, dec.window()
         self.canvas = like.new_zeros(n, channels, height, width)  # observed units, as naive sampling has them
         self.slope = self.slope_of(dec)
-
-    def schedule(self, height: int, width: int):
-        return [(t, [], pos) for t, pos in wavefronts(height, width, self.slope, 0, self.device).items()]
 
     def params(self, pos: torch.Tensor) -> torch.Tensor:
         out = None
