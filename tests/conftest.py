@@ -15,6 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
+#: Marks a test that needs a CUDA device (``bench/gpu.sh`` runs them on a GPU).
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 if SHARED_DATA.is_dir() and not os.environ.get("VLAE_DATA_DIR"):
     os.environ["VLAE_DATA_DIR"] = str(SHARED_DATA)

@@ -27,6 +27,8 @@ from vlae.errors import VLAEError
 from vlae.likelihood import DiscretizedLogisticMixture
 from vlae.model import VLAE
 
+from conftest import needs_cuda
+
 SHARED = find_binarized_mnist()  # under $VLAE_DATA_DIR: tests/conftest.py points it at ../shared/data if present
 needs_data = pytest.mark.skipif(SHARED is None, reason="binarized MNIST not found under $VLAE_DATA_DIR")
 
@@ -529,9 +531,9 @@ def test_proposal_jacobian_is_each_images_own(make):
     from torch.autograd.functional import jacobian
 
     from vlae.codec.latents import JACOBIAN_ROWS, Latents
+    from vlae.codec.models import coding_model
 
     assert JACOBIAN_ROWS == 8  # the models above have 11, 8 and 12 latent dimensions
-    from vlae.codec.models import coding_model
 
     model = coding_model(make(), "cpu")
     latents = Latents(model, 8)
@@ -569,10 +571,7 @@ def test_coding_in_a_fresh_process_imports_no_compiler(tmp_path):
     assert out.stdout.strip() == "[]", out.stdout
 
 
-_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=_CUDA)])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
 @pytest.mark.parametrize("name", ["binary", "colour"])
 def test_files_of_an_earlier_release_decode(name, device):
     """Files the release of ``tests/data/codec_v3`` wrote (format 3, its ``make.py``: an AF prior

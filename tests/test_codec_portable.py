@@ -26,6 +26,8 @@ from vlae.config import ModelConfig, get_preset
 from vlae.errors import VLAEError
 from vlae.model import VLAE
 
+from conftest import needs_cuda
+
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
@@ -304,7 +306,7 @@ def test_files_decode_across_thread_counts_cpu_capabilities_and_chunk_sizes(runs
         (folder / "binary-b.vlae").read_bytes()).chunks  # two chunk layouts
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@needs_cuda
 @pytest.mark.parametrize("make", [_binary_model, _colour_model])
 def test_cuda_and_cpu_files_decode_on_each_other(make):
     model = make()

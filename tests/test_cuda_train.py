@@ -14,7 +14,9 @@ from vlae.model import VLAE
 from vlae.runtime import Runtime
 from vlae.train.step import TrainStep
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+from conftest import needs_cuda
+
+pytestmark = needs_cuda
 
 
 def _images(n: int = 32, seed: int = 0) -> torch.Tensor:
