@@ -179,6 +179,30 @@ def test_a_machine_beyond_the_margin_is_named_never_silent(monkeypatch):
     assert "\n" not in str(info.value) and "corrupt" not in str(info.value)
 
 
+@pytest.mark.parametrize("make", [_binary_model, _colour_model])
+def test_files_decode_across_the_convolution_kernels_a_gpu_runs(make, monkeypatch):
+    """A GPU runs the network's convolutions with PyTorch's kernels, not the unfolded products
+    of :func:`vlae.layers.conv2d` (float64 on the CPU only): a file written along either code
+    path decodes along the other. Here both run on this CPU, so this checks the code path a
+    CUDA machine takes, with sums in another order; CUDA's own arithmetic is
+    ``test_cuda_and_cpu_files_decode_on_each_other``'s (``bench/gpu.sh --codec``)."""
+    from vlae import layers
+    from vlae.codec.models import coding_model
+
+    model = make()
+    x = _images(7, model.cfg.image_shape)
+    coding = coding_model(model, "cpu")
+    with torch.no_grad():
+        unfolded = coding.encode(x.double())[0]
+        cpu_file = compress(model, x, batch=3)
+        monkeypatch.setattr(layers, "_unfolds", lambda *args: False)  # as on a GPU: PyTorch's kernels
+        assert not torch.equal(coding.encode(x.double())[0], unfolded)  # the two paths' sums differ
+        gpu_path_file = compress(model, x, batch=3)
+        assert torch.equal(decompress(model, cpu_file), x)
+        monkeypatch.undo()
+        assert torch.equal(decompress(model, gpu_path_file), x)
+
+
 def _rounds_every_near_tie_the_other_way(monkeypatch) -> None:
     """Make the decoder a machine that lands on the other side of every near-tie,
     except where the file's records tell it which way the encoder went."""
