@@ -14,17 +14,9 @@ import torch
 from vlae.encoder import HEAD_INIT, DenseBlock, SpatialEncoder, SpatialUpsampler
 from vlae.layers import data_dependent_init
 from vlae.spatial_prior import latent_map
+from vlae.verify import randomized
 
 torch.set_num_threads(1)
-
-
-def _randomize(module: torch.nn.Module, seed: int) -> torch.nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    module.double()
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.3)
-    return module
 
 
 @pytest.mark.parametrize("kind", ["resnet", "densenet"])
@@ -56,7 +48,7 @@ def _region(i: int, kind: str, blocks: tuple[int, int, int], size: int) -> tuple
 
 @pytest.mark.parametrize("kind,blocks", [("resnet", (0, 0, 0)), ("resnet", (1, 1, 0)), ("densenet", (2, 0, 1))])
 def test_each_latent_position_reads_its_image_region(kind, blocks):
-    enc = _randomize(SpatialEncoder((2, 8, 8), (3, 32, 32), (4, 4, 4), blocks, kind), seed=0)
+    enc = randomized(SpatialEncoder((2, 8, 8), (3, 32, 32), (4, 4, 4), blocks, kind), seed=0, std=0.3)
     x = torch.randn(1, 3, 32, 32, dtype=torch.float64, requires_grad=True)
     mu, log_sigma, _ = enc(x)
     for c, i, j in [(0, 0, 0), (1, 3, 5), (0, 7, 7), (1, 7, 1)]:

@@ -17,17 +17,9 @@ from scipy import stats
 from torch.autograd.functional import jacobian
 
 from vlae.flows import AffineAutoregressive, AFPrior, GaussianPrior, IAFPosterior, standard_normal_log_prob
+from vlae.verify import randomized
 
 torch.set_num_threads(1)
-
-
-def _randomize(module: torch.nn.Module, seed: int, std: float = 0.5) -> torch.nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    module.double()
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * std)
-    return module
 
 
 def _rank(order):
@@ -40,7 +32,7 @@ STEP_CASES = [(mean_only, context) for mean_only in (True, False) for context in
 @pytest.mark.parametrize("mean_only,context", STEP_CASES)
 def test_affine_step_inverse_and_logdet(mean_only, context):
     D, order = 5, [3, 0, 4, 1, 2]
-    step = _randomize(AffineAutoregressive(D, [8, 8], order, context=context, mean_only=mean_only,
+    step = randomized(AffineAutoregressive(D, [8, 8], order, context=context, mean_only=mean_only,
                                            activation="tanh"), seed=7)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(6, D, generator=gen, dtype=torch.float64) * 2
@@ -77,7 +69,7 @@ def test_affine_step_inverse_and_logdet(mean_only, context):
 @pytest.mark.parametrize("mean_only", [True, False])
 def test_af_prior_log_prob_is_change_of_variables(mean_only):
     D = 4
-    prior = _randomize(AFPrior(D, steps=3, hidden=[6, 6], mean_only=mean_only, activation="tanh"), seed=11)
+    prior = randomized(AFPrior(D, steps=3, hidden=[6, 6], mean_only=mean_only, activation="tanh"), seed=11)
     z = torch.randn(5, D, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 1.5
     lp = prior.log_prob(z)
     assert lp.shape == (5,)
@@ -92,7 +84,7 @@ def test_af_prior_log_prob_is_change_of_variables(mean_only):
 
 @pytest.mark.parametrize("mean_only", [True, False])
 def test_af_prior_rsample_inverts_to_noise(mean_only):
-    prior = _randomize(AFPrior(4, steps=3, hidden=[6, 6], mean_only=mean_only, activation="tanh"), seed=12)
+    prior = randomized(AFPrior(4, steps=3, hidden=[6, 6], mean_only=mean_only, activation="tanh"), seed=12)
     eps = torch.randn(7, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     z = prior.rsample(7, eps=eps)
     torch.testing.assert_close(prior.to_noise(z)[0], eps, rtol=0, atol=1e-10)
@@ -114,7 +106,7 @@ def test_orders_reverse_between_steps():
 def _af_2d() -> AFPrior:
     # Two non-volume-preserving steps in D = 2: the density is visibly
     # non-Gaussian (skewed, with a scale that varies across the plane).
-    return _randomize(AFPrior(2, steps=2, hidden=[8, 8], mean_only=False, activation="tanh"), seed=3)
+    return randomized(AFPrior(2, steps=2, hidden=[8, 8], mean_only=False, activation="tanh"), seed=3)
 
 
 def _bin_probabilities(prior: AFPrior, edges: torch.Tensor, sub: int) -> torch.Tensor:
@@ -182,7 +174,7 @@ def test_gaussian_prior():
 @pytest.mark.parametrize("mean_only,context", [(False, 3), (True, 3), (False, 0)])
 def test_iaf_posterior_log_q_is_change_of_variables(mean_only, context):
     D, B = 4, 3
-    post = _randomize(IAFPosterior(D, steps=2, hidden=[6, 6], context=context, mean_only=mean_only), seed=21)
+    post = randomized(IAFPosterior(D, steps=2, hidden=[6, 6], context=context, mean_only=mean_only), seed=21)
     gen = torch.Generator().manual_seed(4)
     mu = torch.randn(B, D, generator=gen, dtype=torch.float64)
     log_sigma = torch.randn(B, D, generator=gen, dtype=torch.float64) * 0.5

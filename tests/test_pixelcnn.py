@@ -29,19 +29,11 @@ from vlae.pixelcnn import (
     field_offsets,
     grayscale,
 )
+from vlae.verify import randomized
 
 torch.set_num_threads(1)
 
 COND = 2  # conditioning channels
-
-
-def _randomize(module: torch.nn.Module, seed: int) -> torch.nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    module.double()
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.5)
-    return module
 
 
 def _jacobians(dec, H: int, W: int, seed: int = 0):
@@ -139,7 +131,7 @@ MASKED = list(itertools.product([1, 2, 3, 4], [3, 5], [True, False], [False, Tru
 def test_masked_receptive_field_is_jacobian_support(layers, k, tie, cond_every):
     dec = MaskedPixelCNN(layers, k, filters=4, cond_channels=COND, blocks_1x1=1, tie_weights=tie,
                          cond_every_layer=cond_every)
-    _check_fields(_randomize(dec, seed=layers * 10 + k))
+    _check_fields(randomized(dec, seed=layers * 10 + k))
     assert dec.receptive_field() == expected_masked_field(layers, k)
     r = k // 2
     assert dec.receptive_field_extent() == {"up": layers * r, "down": 0, "left": layers * r, "right": layers * r}
@@ -151,17 +143,17 @@ GATED = list(itertools.product([1, 2, 3, 4], [3, 5], [False, True]))
 @pytest.mark.parametrize("layers,k,cond_every", GATED)
 def test_gated_receptive_field_is_jacobian_support(layers, k, cond_every):
     dec = GatedPixelCNN(layers, k, filters=3, cond_channels=COND, cond_every_layer=cond_every)
-    _check_fields(_randomize(dec, seed=layers * 10 + k + 1))
+    _check_fields(randomized(dec, seed=layers * 10 + k + 1))
     assert dec.receptive_field() == expected_gated_field(layers, k)
 
 
 @pytest.mark.parametrize("kind", ["masked", "gated"])
 def test_weight_norm_and_unconditional(kind):
     dec = DECODERS[kind](3, 3, filters=4, cond_channels=COND, weight_norm=True)
-    _check_fields(_randomize(dec, seed=5))
+    _check_fields(randomized(dec, seed=5))
     dec0 = DECODERS[kind](3, 3, filters=4, cond_channels=0)
     assert dec0.condition_field() == frozenset()
-    _check_fields(_randomize(dec0, seed=6))
+    _check_fields(randomized(dec0, seed=6))
     assert dec0.receptive_field() == dec.receptive_field()
 
 
@@ -189,7 +181,7 @@ def test_single_layer_fields_are_the_masks():
 
 
 def test_factorized_decoder_fields():
-    dec = _randomize(FactorizedDecoder(COND, filters=4), seed=3)
+    dec = randomized(FactorizedDecoder(COND, filters=4), seed=3)
     H, W = 5, 6
     jx, jc = _jacobians(dec, H, W)
     assert not jx.any()  # ignores x entirely
@@ -284,7 +276,7 @@ def test_paper_fields_are_the_colour_jacobian_support(field, explicit):
     left, right = math.ceil((a - 1) / 2), (a - 1) // 2
     expected = {(dy, dx) for dy in range(-b, 0) for dx in range(-left, right + 1)} | {(0, dx) for dx in range(-left, 0)}
     assert dec.receptive_field() == expected and (explicit is None or expected == explicit)
-    _check_colour_fields(_randomize(dec, seed=a * 10 + b), C=3)
+    _check_colour_fields(randomized(dec, seed=a * 10 + b), C=3)
     _check_fields_colour_cond(dec)
 
 
@@ -312,7 +304,7 @@ def test_colour_decoders_see_no_channel_of_their_own_pixel(kind):
         dec = GatedPixelCNN(2, 3, filters=3, cond_channels=COND, in_channels=3, out_channels=5)
     else:
         dec = FactorizedDecoder(COND, filters=4, out_channels=5)
-    dec = _randomize(dec, seed=8)
+    dec = randomized(dec, seed=8)
     if kind == "factorized":
         H, W = 4, 5
         x = torch.rand(1, 3, H, W, dtype=torch.float64)
@@ -336,13 +328,13 @@ def test_gray_context_reads_only_the_luma(kind):
     else:
         dec = GatedPixelCNN.from_field("5x3", filters=3, cond_channels=COND, in_channels=3, out_channels=3,
                                        gray_context=True)
-    jac = _check_colour_fields(_randomize(dec, seed=4), C=3)
+    jac = _check_colour_fields(randomized(dec, seed=4), C=3)
     weights = torch.tensor(GRAY_WEIGHTS, dtype=torch.float64)
     gray = jac[:, :, 0] / weights[0]
     for c in range(3):
         torch.testing.assert_close(jac[:, :, c], weights[c] * gray, rtol=1e-12, atol=0)
     # The same decoder on RGB without the option would mix channels freely.
-    free = _colour_jacobian(_randomize(type(dec)(**_ctor(dec, gray_context=False)), seed=4), 3, *_image_for(dec))
+    free = _colour_jacobian(randomized(type(dec)(**_ctor(dec, gray_context=False)), seed=4), 3, *_image_for(dec))
     assert not torch.allclose(free[:, :, 1] * weights[0], free[:, :, 0] * weights[1])
 
 

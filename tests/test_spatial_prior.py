@@ -15,20 +15,12 @@ from torch.autograd.functional import jacobian
 from vlae.errors import VLAEError
 from vlae.flows import standard_normal_log_prob
 from vlae.spatial_prior import ChannelMaskedConv2d, PixelCNNAutoregressive, SpatialAFPrior, latent_map
+from vlae.verify import randomized
 
 torch.set_num_threads(1)
 
 SHAPE = (2, 3, 3)
 D = 18
-
-
-def _randomize(module: torch.nn.Module, seed: int, std: float = 0.5) -> torch.nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    module.double()
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * std)
-    return module
 
 
 def _codes(n: int, seed: int = 0) -> torch.Tensor:
@@ -71,13 +63,13 @@ def _check_support(step: PixelCNNAutoregressive, seed: int = 0) -> None:
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("layers,kernel", [(2, 3), (1, 5), (0, 3)])
 def test_step_support_is_exact_and_strictly_triangular(reverse, layers, kernel):
-    _check_support(_randomize(PixelCNNAutoregressive(SHAPE, hidden=6, layers=layers, kernel_size=kernel,
+    _check_support(randomized(PixelCNNAutoregressive(SHAPE, hidden=6, layers=layers, kernel_size=kernel,
                                                      reverse=reverse, mean_only=False), seed=3))
 
 
 def test_support_with_uneven_channel_groups():
     # 4 channel groups over 6 hidden units: sizes 2, 1, 2, 1.
-    step = _randomize(PixelCNNAutoregressive((4, 2, 3), hidden=6, layers=2, mean_only=False), seed=4)
+    step = randomized(PixelCNNAutoregressive((4, 2, 3), hidden=6, layers=2, mean_only=False), seed=4)
     assert step.net.convs[1].mask[:, :, 1, 1].sum(1).tolist() == [2, 2, 3, 5, 5, 6]
     _check_support(step)
 
@@ -88,14 +80,14 @@ def test_steps_alternate_order_and_see_far():
     assert torch.equal(orders[1], orders[0].flip(0)) and torch.equal(orders[2], orders[0])
     assert orders[0][:3].tolist() == [0, 9, 1]  # (c0, pos0), (c1, pos0), (c0, pos1) in flat (C, h, w)
     # Two steps in opposite orders make every variable depend on every other one.
-    _randomize(prior, seed=5)
+    randomized(prior, seed=5)
     J = jacobian(lambda v: prior.to_noise(v[None])[0][0], _codes(1)[0])
     assert (J != 0).all()
 
 
 @pytest.mark.parametrize("mean_only", [True, False])
 def test_step_inverse_is_exact(mean_only):
-    step = _randomize(PixelCNNAutoregressive(SHAPE, hidden=6, layers=2, reverse=True, mean_only=mean_only), seed=1)
+    step = randomized(PixelCNNAutoregressive(SHAPE, hidden=6, layers=2, reverse=True, mean_only=mean_only), seed=1)
     x = _codes(5)
     y, ld = step(x)
     assert not torch.allclose(y, x, atol=1e-2)
@@ -111,7 +103,7 @@ def test_step_inverse_is_exact(mean_only):
 # Random scale steps stacked deep blow samples up to 1e20; two keep them tame.
 @pytest.mark.parametrize("mean_only,steps,std", [(True, 4, 0.5), (False, 2, 0.3)])
 def test_prior_inverse_logdet_and_log_prob(mean_only, steps, std):
-    prior = _randomize(SpatialAFPrior(SHAPE, steps=steps, hidden=6, layers=2, mean_only=mean_only), seed=2, std=std)
+    prior = randomized(SpatialAFPrior(SHAPE, steps=steps, hidden=6, layers=2, mean_only=mean_only), seed=2, std=std)
     eps = _codes(4, seed=9)
     z = prior.rsample(4, eps=eps)
     back, logdet = prior.to_noise(z)
@@ -170,7 +162,7 @@ def _prior_2d(shape: tuple[int, int, int]) -> SpatialAFPrior:
     # non-Gaussian density, the dependence running across channels (2, 1, 1)
     # or across positions (1, 1, 2).
     # Weights chosen so samples stay inside [-10, 10]^2 while spreading wide.
-    return _randomize(SpatialAFPrior(shape, steps=2, hidden=4, layers=1, mean_only=False), seed=4, std=0.3)
+    return randomized(SpatialAFPrior(shape, steps=2, hidden=4, layers=1, mean_only=False), seed=4, std=0.3)
 
 
 @pytest.mark.parametrize("shape", [(2, 1, 1), (1, 1, 2)])

@@ -33,7 +33,7 @@ from torch.autograd.functional import jacobian
 
 from .errors import one_line
 
-__all__ = ["CHECKS", "run_checks", "main"]
+__all__ = ["CHECKS", "run_checks", "main", "randomized"]
 
 # Function names, resolved when the checks run (so a test can replace one).
 CHECKS: list[str] = [
@@ -52,8 +52,10 @@ def _expect(condition: bool, reason: str) -> None:
         raise AssertionError(reason)
 
 
-def _randomize(module: torch.nn.Module, seed: int, std: float = 0.5) -> torch.nn.Module:
-    # Generic weights: an allowed dependency then gives a non-zero derivative.
+def randomized(module: torch.nn.Module, seed: int, std: float = 0.5) -> torch.nn.Module:
+    """``module`` in float64 with generic weights ``N(0, std^2)`` (seeded), in place: every
+    dependency its structure allows then has a non-zero derivative, so a Jacobian's exact
+    zeros are the structure's (the checks here and the test suite's)."""
     gen = torch.Generator().manual_seed(seed)
     module.double()
     with torch.no_grad():
@@ -104,7 +106,7 @@ def check_masked_receptive_field() -> None:
     """masked decoder: receptive field == Jacobian support"""
     from .pixelcnn import MaskedPixelCNN
 
-    dec = _randomize(MaskedPixelCNN(layers=3, kernel_size=3, filters=4, cond_channels=2, blocks_1x1=1), seed=1)
+    dec = randomized(MaskedPixelCNN(layers=3, kernel_size=3, filters=4, cond_channels=2, blocks_1x1=1), seed=1)
     _receptive_field_matches(dec, 2)
     _expect(
         dec.receptive_field_size() == 21,
@@ -116,7 +118,7 @@ def check_gated_receptive_field() -> None:
     """gated decoder: receptive field == Jacobian support"""
     from .pixelcnn import GatedPixelCNN
 
-    dec = _randomize(GatedPixelCNN(layers=3, kernel_size=3, filters=3, cond_channels=2), seed=2)
+    dec = randomized(GatedPixelCNN(layers=3, kernel_size=3, filters=3, cond_channels=2), seed=2)
     _receptive_field_matches(dec, 2)
     _expect(
         dec.receptive_field_size() == 24,
@@ -129,7 +131,7 @@ def check_made_connectivity() -> None:
     from .made import MADE
 
     order = [3, 0, 4, 1, 2]
-    made = _randomize(MADE(5, [6, 6], n_params=2, order=order, context=2, activation="tanh"), seed=3)
+    made = randomized(MADE(5, [6, 6], n_params=2, order=order, context=2, activation="tanh"), seed=3)
     gen = torch.Generator().manual_seed(4)
     x, c = torch.randn(5, generator=gen, dtype=torch.float64), torch.randn(2, generator=gen, dtype=torch.float64)
     J = jacobian(lambda v: made(v, c), x)  # (n_params, D, D)
@@ -147,7 +149,7 @@ def check_flow() -> None:
     """flow log-det == slogdet, inverse(forward(x)) == x"""
     from .flows import AffineAutoregressive, AFPrior, standard_normal_log_prob
 
-    step = _randomize(AffineAutoregressive(4, [6, 6], [2, 0, 3, 1], mean_only=False, activation="tanh"), seed=4)
+    step = randomized(AffineAutoregressive(4, [6, 6], [2, 0, 3, 1], mean_only=False, activation="tanh"), seed=4)
     x = torch.randn(3, 4, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     y, ld = step(x)
     err = float((step.inverse(y)[0] - x).abs().max())
@@ -156,7 +158,7 @@ def check_flow() -> None:
         _, logabsdet = torch.linalg.slogdet(jacobian(lambda v: step(v[None])[0][0], x[b]))
         diff = abs(float(ld[b].sum() - logabsdet))
         _expect(diff < 1e-10, f"log-det differs from slogdet of the Jacobian by {diff:.2e}")
-    prior = _randomize(AFPrior(3, steps=2, hidden=[5], mean_only=False, activation="tanh"), seed=6)
+    prior = randomized(AFPrior(3, steps=2, hidden=[5], mean_only=False, activation="tanh"), seed=6)
     z = torch.randn(3, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
     _, logabsdet = torch.linalg.slogdet(jacobian(lambda v: prior.to_noise(v[None])[0][0], z))
     brute = standard_normal_log_prob(prior.to_noise(z[None])[0][0]).sum() + logabsdet
