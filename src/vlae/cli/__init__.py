@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="vlae",
         description="Variational Lossy Autoencoder (Chen et al., ICLR 2017): "
-        "train, evaluate (IW bound), sample and plot.",
+        "train, evaluate (IW bound), sample, plot, reproduce the paper's experiments and compress "
+        "images (bits-back).",
     )
     parser.add_argument("--version", action="version", version=f"vlae {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
