@@ -357,3 +357,16 @@ def test_sigterm_writes_a_resumable_checkpoint(reference, tmp_path):
     train(_cfg(), tmp_path, data=DATA, quiet=True, resume=True)
     run, _ = reference
     assert _same(_weights(run)[0], _weights(tmp_path)[0]) and _same(_weights(run)[1], _weights(tmp_path)[1])
+
+
+def test_a_relative_data_dir_is_recorded_absolute(tmp_path, monkeypatch):
+    """Read from another folder (``vlae eval``, ``vlae compress``, a resume), a run finds the
+    data it was trained on: ``train.data_dir`` is saved resolved against the folder training
+    ran in. The caller's configuration is left as it was."""
+    monkeypatch.chdir(tmp_path)
+    cfg = _cfg(epochs=0, max_steps=1, data_dir="data/mnist")
+    train(cfg, "run", data=DATA, quiet=True)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["train"]["data_dir"]
+    assert saved == str(tmp_path / "data" / "mnist")
+    assert load_checkpoint(latest_checkpoint(tmp_path / "run"))["config"].train.data_dir == saved
+    assert cfg.train.data_dir == "data/mnist"

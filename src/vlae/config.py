@@ -286,7 +286,7 @@ class TrainConfig:
     """Optimisation and bookkeeping; ``vlae train`` turns each field into a flag."""
 
     dataset: str = "binarized-mnist"
-    data_dir: str | None = None
+    data_dir: str | None = None  # None: $VLAE_DATA_DIR, then ~/.cache/vlae; a run saves it absolute (train())
     train_on_valid: bool = False  # train on train+valid, as the paper does for its final numbers
     batch_size: int = 64
     epochs: int = 100

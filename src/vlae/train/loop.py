@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -509,6 +509,8 @@ def train(
     cfg.validate()
     if log_every < 1:
         raise VLAEError(f"log_every must be >= 1, got {log_every}")
+    if cfg.train.data_dir:  # recorded absolute: read from another folder, the run (eval, compress) finds its data
+        cfg = replace(cfg, train=replace(cfg.train, data_dir=os.path.abspath(os.path.expanduser(cfg.train.data_dir))))
     run_dir = Path(run_dir)
     with StopSignals(run_dir) as signals:
         try:
