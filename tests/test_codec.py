@@ -198,6 +198,10 @@ def test_image_files(tmp_path):
     assert np.array_equal(read_images(tmp_path / "x.npy"), x.numpy())
     with pytest.raises(VLAEError, match="exists"):
         write_images(x, tmp_path / "x.npy")
+    for name in ("decoded.png", "d.JPG"):  # a folder of PNGs would take an image file's name
+        with pytest.raises(VLAEError, match="folder of PNGs or an .npy file"):
+            write_images(x, tmp_path / name)
+        assert not (tmp_path / name).exists()
     np.save(tmp_path / "grey.npy", np.full((2, 12, 12), 0.5))
     with pytest.raises(VLAEError, match="values other than 0 and 1"):
         read_images(tmp_path / "grey.npy")

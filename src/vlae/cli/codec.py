@@ -57,7 +57,7 @@ def register(subparsers: Any) -> None:
         "decompress",
         help="invert vlae compress",
         description="Decompress a file written by `vlae compress` with the same model. "
-        "OUTPUT: an .npy file, or any other name for a folder of PNGs.",
+        "OUTPUT: an .npy file, or a folder for PNGs (any other name but an image file's, such as x.png).",
     )
     p.add_argument("run", metavar="RUN", help="run folder or .pt checkpoint (the one that compressed)")
     p.add_argument("file", metavar="FILE", help="compressed file")

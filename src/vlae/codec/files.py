@@ -96,8 +96,15 @@ def check_overwrite(path: Path, force: bool) -> None:
         raise VLAEError(f"{path} exists; pass --force to overwrite it")
 
 
+#: Names of one image file: refused as outputs, where a folder of PNGs would take the name.
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp")
+
+
 def check_output(path: Path, force: bool) -> None:
-    """:func:`check_overwrite` for decoded images, and a file is refused where a folder of PNGs goes."""
+    """:func:`check_overwrite` for decoded images; a file, or an image file's name, is refused
+    where a folder of PNGs goes."""
+    if path.suffix.lower() in _IMAGE_SUFFIXES:
+        raise VLAEError(f"{path}: the images go to a folder of PNGs or an .npy file; name a folder (e.g. decoded/)")
     check_overwrite(path, force)
     if path.exists() and not path.is_dir() and _is_folder_output(path):
         raise VLAEError(f"{path} is a file; a folder output holds PNGs (or name an .npy file)")
@@ -105,7 +112,7 @@ def check_output(path: Path, force: bool) -> None:
 
 def write_images(x: torch.Tensor | np.ndarray, path: str | Path, force: bool = False, binary: bool = True) -> Path:
     """Write ``(N, C, H, W)`` images (0/1 if ``binary``, else 0..255) to an ``.npy`` file
-    (uint8) or, for any other name, a folder of PNGs ``00000.png, ...`` (1-bit with white
+    (uint8) or, for any other name (not an image file's), a folder of PNGs ``00000.png, ...`` (1-bit with white
     as 1, 8-bit grey, or 8-bit RGB); atomically per file."""
     from ..outputs import writing
 
