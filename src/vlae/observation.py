@@ -333,8 +333,9 @@ class DiscretizedLogisticMixture(ObservationModel):
 
         Example:
             >>> obs = DiscretizedLogisticMixture(channels=3, components=2)
-            >>> obs.channel_probs(torch.randn(4, obs.param_channels), torch.zeros(4, 1)).sum(1)  # p(G | R = 0)
-            tensor([1.0000, 1.0000, 1.0000, 1.0000], dtype=torch.float64)
+            >>> probs = obs.channel_probs(torch.randn(4, obs.param_channels), torch.zeros(4, 1))  # p(G | R = 0)
+            >>> probs.shape, torch.allclose(probs.sum(1), torch.ones(4, dtype=torch.float64))
+            (torch.Size([4, 256]), True)
         """
         c = previous.shape[-1]
         if params.dim() != 2 or previous.dim() != 2 or len(previous) != len(params) or not 0 <= c < self.channels:

@@ -194,6 +194,7 @@ conditionals), :mod:`~vlae.codec.grid` (snapping, near-ties), :mod:`~vlae.codec.
 above).
 
 Example:
+    >>> import torch
     >>> from vlae.config import get_preset
     >>> from vlae.model import VLAE
     >>> model = VLAE(get_preset("tiny").model).eval()

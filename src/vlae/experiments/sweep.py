@@ -48,6 +48,7 @@ main module again: a script that calls :func:`run_sweep` needs the usual
 ``if __name__ == "__main__":`` guard.
 
 From Python:
+    >>> from vlae.config import get_preset
     >>> tasks = sweep_tasks(get_preset("tiny"), "masked", [1, 4], [3], ["af"])
     >>> [t.name for t in tasks]
     ['masked-L1-k3-af', 'masked-L4-k3-af']

@@ -14,8 +14,10 @@ One module per family: :mod:`.curves`, :mod:`.images`, :mod:`.colour`,
 
 Example:
     >>> from vlae.experiments.plots import plot_run
-    >>> paths = plot_run("runs/mnist-small")        # writes runs/mnist-small/figures/*.png
-    >>> plot_receptive_field(MaskedPixelCNN(layers=6), "rf.png")
+    >>> paths = plot_run("runs/mnist-small")        # doctest: +SKIP
+    >>> plot_receptive_field(MaskedPixelCNN(layers=6), "rf.png")  # doctest: +SKIP
+
+``plot_run`` writes ``runs/mnist-small/figures/*.png`` (a trained run's folder).
 """
 
 from .colour import colour_retention, plot_grayscale_experiment
