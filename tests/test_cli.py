@@ -119,6 +119,15 @@ def test_presets_sample_and_interrupt(tmp_path, capsys, checkpoint, monkeypatch)
     png = tmp_path / "s.png"
     status, out, _ = _main(capsys, "sample", str(checkpoint), "--n", "4", "--out", str(png))
     assert status == 0 and png.stat().st_size > 0 and "4 samples" in out
+    threads = torch.get_num_threads()
+    try:
+        status, _, _ = _main(capsys, "sample", str(checkpoint), "--n", "4", "-o", str(png), "--device", "cpu",
+                             "--threads", "1")
+        assert status == 0 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    status, _, err = _main(capsys, "sample", str(checkpoint), "--n", "4", "-o", str(png), "--device", "tpu")
+    assert status == 2 and "invalid device 'tpu'" in err and _is_clean_error(err)
 
     def interrupted(args):
         raise KeyboardInterrupt

@@ -81,3 +81,19 @@ def test_every_command_that_writes_a_file_takes_o_and_out():
     assert parser.parse_args(["sample", "r", "-o", "a.png"]).out == "a.png"
     assert parser.parse_args(["compress", "r", "x.npy", "--out", "a.vlae"]).output == "a.vlae"
     assert parser.parse_args(["decompress", "r", "a.vlae", "--output", "x.npy"]).output == "x.npy"
+
+
+def test_every_command_that_loads_a_model_takes_weights_device_and_threads():
+    """One CLI style: a trained model's commands spell ``--weights``, ``--device`` and
+    ``--threads`` alike (one helper, ``add_model_options``); ``tests/test_cli.py`` runs
+    ``sample`` with them."""
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    loaders = [name for name in commands if any("--weights" in a.option_strings for a in commands[name]._actions)]
+    assert set(loaders) == {"eval", "sample", "compress", "decompress"}
+    for name in loaders:
+        options = {o for a in commands[name]._actions for o in a.option_strings}
+        assert {"--device", "--threads"} <= options, name
+    args = parser.parse_args(["sample", "r", "--device", "cpu", "--threads", "1", "--weights", "raw"])
+    assert (args.device, args.threads, args.weights) == ("cpu", 1, "raw")
+    assert parser.parse_args(["compress", "r", "x.npy", "-o", "a.vlae"]).device is None  # the codec: the CPU

@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args: argparse.Namespace | None = None
     try:
         args = build_parser().parse_args(argv)
-        if args.command in ("train", "eval", "reproduce"):
+        if args.command in ("train", "eval", "sample", "reproduce"):
             set_threads(args.threads)
         return int(args.func(args) or 0)
     except VLAEError as error:

@@ -8,7 +8,7 @@ from typing import NoReturn
 
 from ..errors import VLAEError
 
-__all__ = ["Parser", "add_overrides", "check_range", "set_threads"]
+__all__ = ["Parser", "add_overrides", "add_model_options", "check_range", "set_threads"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -24,6 +24,21 @@ def add_overrides(parser: argparse.ArgumentParser, help: str) -> None:
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE", help=help
     )
+
+
+def add_model_options(
+    parser: argparse.ArgumentParser, *, device: str | None = "auto", threads: int | None = None, note: str = ""
+) -> None:
+    """``--weights``, ``--device`` and ``--threads``: one spelling of the options of every
+    subcommand that loads a trained model. ``device`` and ``threads`` are their defaults
+    (``None``: the CPU; torch's choice of threads); ``note`` ends ``--device``'s help."""
+    parser.add_argument("--weights", choices=("ema", "raw"), default="ema", help="Polyak-averaged or raw weights")
+    choices = "auto (a GPU where there is one), cpu, cuda, cuda:1, mps" if device == "auto" else "e.g. cpu or cuda"
+    parser.add_argument(
+        "--device", default=device, help=f"where the model runs: {choices} (default {device or 'cpu'}){note}"
+    )
+    default = "torch's choice" if threads is None else threads
+    parser.add_argument("--threads", type=int, default=threads, help=f"CPU threads for torch (default {default})")
 
 
 def check_range(name: str, value: int | None, low: int, high: int = 2**63 - 1) -> None:

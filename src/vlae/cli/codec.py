@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import VLAEError
-from ._common import set_threads
+from ._common import add_model_options, set_threads
 
 __all__ = ["register", "run"]
 
@@ -72,20 +72,14 @@ _DEFAULT_THREADS = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_get
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weights", choices=("ema", "raw"), default="ema", help="Polyak-averaged or raw weights")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     # Two threads by default, where the machine has them: measured on a 2-core CPU, 2 threads
     # code 1.4-1.6x faster than one (binary and 8-bit, either way); more are not measured.
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help=f"CPU threads for torch (default {_DEFAULT_THREADS}: two where the machine has them)",
-    )
-    p.add_argument(
-        "--device",
-        default=None,
-        help="where the network runs, e.g. cpu or cuda (default cpu); the file decodes on any device",
+    add_model_options(
+        p,
+        device=None,
+        threads=_DEFAULT_THREADS,
+        note="; the entropy coder runs on the CPU, and the file decodes on any device",
     )
 
 
@@ -98,7 +92,7 @@ def _load(args: argparse.Namespace):
     from ..checkpoint import load_model
     from ..codec.models import check_model
 
-    set_threads(_DEFAULT_THREADS if args.threads is None else args.threads)
+    set_threads(args.threads)
     model, cfg = load_model(args.run, weights=args.weights, device="cpu")
     check_model(model)  # a colour model fails here, before any data is read
     return model, cfg

@@ -7,7 +7,7 @@ import argparse
 import sys
 from typing import Any
 
-from ._common import check_range
+from ._common import add_model_options, check_range
 
 __all__ = ["register", "run"]
 
@@ -36,10 +36,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--chunk", type=int, default=0, help="samples per pass (0: automatic; bounds memory)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the importance samples")
     p.add_argument("--data-dir", default=None, help="folder holding the dataset (default: the run's)")
-    p.add_argument("--weights", choices=("ema", "raw"), default="ema", help="Polyak-averaged or raw weights")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    add_model_options(p)
     p.add_argument("-o", "--out", default=None, help="JSON output path (default: beside the checkpoint)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     p.add_argument(
         "--shard",
         default=None,

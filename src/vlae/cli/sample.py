@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import VLAEError
-from ._common import check_range
+from ._common import add_model_options, check_range
 
 __all__ = ["MAX_GRID_PIXELS", "register", "run", "torch_grid"]
 
@@ -27,7 +27,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("-o", "--out", default="samples.png", help="output image: .png, .jpg, .jpeg, .pdf or .svg")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--naive", action="store_true", help="naive pixel-by-pixel sampling instead of the fast sampler")
-    p.add_argument("--weights", choices=("ema", "raw"), default="ema", help="Polyak-averaged or raw weights")
+    add_model_options(p)
     p.set_defaults(func=run)
 
 
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_range("n", args.n, 1)
     check_range("seed", args.seed, 0)
-    model, _ = load_model(args.checkpoint, weights=args.weights, device="auto")
+    model, _ = load_model(args.checkpoint, weights=args.weights, device=args.device)
     _check_grid_fits(args.n, model.cfg.image_shape)
     out = prepare_output(args.out, "--out", _IMAGE_SUFFIXES)  # before sampling, which can take a while
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(args.seed)

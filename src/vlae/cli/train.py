@@ -114,7 +114,7 @@ def register(subparsers: Any) -> None:
         "--progress", choices=("auto", "on", "off"), default=None, help="progress bar (auto: only on a terminal)"
     )
     add_overrides(p, "any config field, e.g. --set model.flow_steps=2 (repeatable; applied last)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
     p.add_argument(
         "--no-figures",
