@@ -97,3 +97,21 @@ def test_every_command_that_loads_a_model_takes_weights_device_and_threads():
     args = parser.parse_args(["sample", "r", "--device", "cpu", "--threads", "1", "--weights", "raw"])
     assert (args.device, args.threads, args.weights) == ("cpu", 1, "raw")
     assert parser.parse_args(["compress", "r", "x.npy", "-o", "a.vlae"]).device is None  # the codec: the CPU
+
+
+def test_every_command_that_reads_a_dataset_takes_data_dir(tmp_path, monkeypatch):
+    """One CLI style: ``--data-dir`` wherever a dataset is read, the sweep and the ablation
+    included (for every run, as ``train.data_dir``, absolute; a ``--set`` of it still wins)."""
+    from vlae.cli._experiment import experiment_settings
+
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    for name in ("train", "eval", "compress", "download", "reproduce", "sweep", "ablation"):
+        assert any("--data-dir" in a.option_strings for a in commands[name]._actions), name
+    monkeypatch.chdir(tmp_path)
+    for command in ("sweep", "ablation"):
+        args = parser.parse_args([command, "--preset", "tiny", "--data-dir", "data"])
+        assert experiment_settings(args)[0].train.data_dir == str(tmp_path / "data")
+    args = parser.parse_args(["sweep", "--data-dir", "data", "--set", "train.data_dir=other"])
+    assert experiment_settings(args)[0].train.data_dir == "other"
+    assert experiment_settings(parser.parse_args(["ablation"]))[0].train.data_dir is None

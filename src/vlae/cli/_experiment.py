@@ -5,6 +5,7 @@ running one of them without the ``vlae`` front end."""
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -40,6 +41,12 @@ def add_runner_options(p: argparse.ArgumentParser, default_out: str, default_k: 
         default="mnist-small",
         choices=sorted(PRESETS),
         help="base configuration of every run (default: mnist-small)",
+    )
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        metavar="DIR",
+        help="folder holding the dataset, for every run (train.data_dir; default: $VLAE_DATA_DIR, then ~/.cache/vlae)",
     )
     add_overrides(p, "override a configuration field of every run, e.g. --set model.free_bits=0 (repeatable)")
     p.add_argument(
@@ -105,7 +112,10 @@ def experiment_settings(args: argparse.Namespace, **extra: Any) -> tuple[Config,
         "jobs": args.jobs,
         "threads": args.threads,
     }
-    return base_config(args.preset, args.overrides, budget, args.max_steps), record, runner
+    # --data-dir first, so that a --set of train.data_dir still comes last and wins, as --set does everywhere.
+    given = [] if args.data_dir is None else [f"train.data_dir={os.path.abspath(args.data_dir)}"]
+    overrides = given + list(args.overrides)
+    return base_config(args.preset, overrides, budget, args.max_steps), record, runner
 
 
 def print_outputs(paths: dict[str, Path]) -> None:
