@@ -370,3 +370,9 @@ def test_a_relative_data_dir_is_recorded_absolute(tmp_path, monkeypatch):
     assert saved == str(tmp_path / "data" / "mnist")
     assert load_checkpoint(latest_checkpoint(tmp_path / "run"))["config"].train.data_dir == saved
     assert cfg.train.data_dir == "data/mnist"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU's message")
+def test_cuda_graphs_asked_for_on_a_cpu_are_refused_in_one_line(tmp_path):
+    with pytest.raises(VLAEError, match=r"cuda_graph=on needs a CUDA device; this run is on cpu"):
+        train(_cfg(epochs=0, max_steps=1, cuda_graph="on", device="cpu"), tmp_path / "g", data=DATA, quiet=True)

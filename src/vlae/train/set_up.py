@@ -257,7 +257,9 @@ def set_up_parts(
 
 def _use_graphs(cfg: Config, rt: Runtime) -> bool:
     mode, cuda = cfg.train.cuda_graph, rt.device.type == "cuda"
-    if mode == "on" and (not cuda or rt.distributed):
+    if mode == "on" and not cuda:
+        raise VLAEError(f"train.cuda_graph=on needs a CUDA device; this run is on {rt.device}: use auto or off")
+    if mode == "on" and rt.distributed:
         raise VLAEError("train.cuda_graph=on needs one CUDA process (DDP steps stay eager); use auto or off")
     return mode == "on" or (mode == "auto" and cuda and not rt.distributed)
 
