@@ -2,11 +2,12 @@
 wall-clock time of the paper's protocols (:data:`vlae.protocols.PROTOCOLS`) on the
 measured device.
 
-A protocol's training time is its images (static MNIST: 300 epochs of 50,000; the
-CIFAR-10 DenseNet schedule: about 530k steps of 128) over the fastest training-loop
+A protocol's training time is its images (static MNIST: 300 epochs of the 60,000
+training and validation images, the other binary datasets likewise; the CIFAR-10 DenseNet
+schedule: about 530k steps of 128) over the fastest training-loop
 rate measured for its preset at its batch size, in any mode and precision (the row
-used is named); its evaluation time is ``k`` samples for each of the 10,000 test
-images over the measured IW rate of its preset.
+used is named); its evaluation time is ``k`` samples for each of its test images over
+the measured IW rate of its preset.
 
     python bench/protocol.py train_bf16.json train_fp32.json eval.json --out gpu.json
 """

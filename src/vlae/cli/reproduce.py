@@ -22,7 +22,8 @@ def register(subparsers: Any) -> None:
         "reproduce",
         help="one of the paper's experiments, end to end",
         description="Project, train, evaluate (the paper's k on the whole test set) and report one of the paper's "
-        "experiments: " + "; ".join(f"{n}: {p.source}" for n, p in PROTOCOLS.items()),
+        "experiments (arXiv 1611.02731v2; each report names its full source): "
+        + ", ".join(f"{n} ({p.table}, {p.paper_value} {p.unit})" for n, p in PROTOCOLS.items()),
     )
     p.add_argument("protocol", choices=sorted(PROTOCOLS), help="which experiment")
     p.add_argument("--run-dir", required=True, help="the run folder (one reproduction per folder)")
