@@ -50,7 +50,8 @@ def test_gpu_script_dry_run_writes_one_report(tmp_path):
     assert report["stand_in"] == "tiny"
     for projection in report["projection"]:
         assert projection["train_hours"] > 0 and projection["eval_hours"] > 0
-    assert [p["protocol"] for p in report["projection"]] == ["static-mnist", "cifar10"]
+    assert [p["protocol"] for p in report["projection"]] == [
+        "static-mnist", "dynamic-mnist", "omniglot", "caltech101-silhouettes", "cifar10"]
     codec = json.loads((tmp_path / "gpu.logs" / "codec.json").read_text())
     vlae = codec["codecs"][0]  # the stream, coded with the network on the script's device
     assert (codec["dataset"], codec["images"], codec["device"]) == ("mnist-embedded", 500, "cpu") and vlae["exact"]
