@@ -4,6 +4,7 @@ short run end to end whose report names every deviation from the protocol."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -71,11 +72,13 @@ def test_a_short_reproduction_reports_beside_the_paper_and_names_its_deviations(
     report = json.loads((run / "reproduce.json").read_text())
     assert report["paper"] == 79.03 and report["unit"] == "nats" and report["k"] == 4 and report["test_images"] == 10
     assert report["ours"] == report["iw_nll_nats"] > 0 and not report["faithful"]
+    assert report["checkpoint"].endswith(".pt") and "best.pt" not in report["checkpoint"]  # the final parameters
     text = " ".join(report["deviations"])
     assert "time_budget" in text and "test images: 10 of 10,000" in text and "k=4" in text
     assert "train.batch_size=8" in text
     markdown = (run / "reproduce.md").read_text()
     assert "| test nats | 79.03 |" in markdown and "Deviations from the protocol" in markdown
+    assert f"| weights | the final parameters, Polyak-averaged | `{Path(report['checkpoint']).name}`" in markdown
     assert main(["reproduce", "static-mnist", "--run-dir", str(run), *FAST]) == 2  # one reproduction per folder
     assert "not empty" in capsys.readouterr().err
 

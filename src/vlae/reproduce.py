@@ -11,7 +11,9 @@ A reproduction runs in four steps:
    training. On a GPU it goes on.
 3. **Training** into ``RUN_DIR`` (``--resume`` continues an interrupted reproduction
    exactly), then the **IW bound** with the paper's ``k`` on the whole test set, from
-   ``best.pt``'s Polyak-averaged weights.
+   the last checkpoint's Polyak-averaged weights: the paper's "final parameters"
+   (appendix A). Its final runs train on the validation images too, so the validation
+   bound cannot pick a checkpoint (``best.pt`` is then chosen on training images).
 4. **Report**: ``RUN_DIR/reproduce.json`` and ``reproduce.md``, the paper's number
    beside ours, with every deviation from the protocol named (a time budget, fewer
    test images, another ``k``, config overrides, a fallback dataset).
@@ -165,7 +167,7 @@ def reproduce(
         )
     cfg.train.time_budget = time_budget
     summary = train(cfg, run_dir, resume=resume)
-    weights_file = run_dir / "best.pt" if (run_dir / "best.pt").is_file() else Path(summary["checkpoint"])
+    weights_file = Path(summary["checkpoint"] or run_dir / "best.pt")
     result = evaluate_checkpoint(weights_file, split="test", k=k or protocol.eval_k, subset=subset, notice=notice)
     report = _report(protocol, cfg, plan, summary, result, overrides, time_budget, subset, k)
     from .outputs import write_json, write_text
@@ -234,6 +236,7 @@ def _report(
         "deviations": deviations,
         "faithful": not deviations,
         "evaluation": result.get("path"),
+        "checkpoint": result.get("checkpoint"),  # its Polyak-averaged weights (result["weights"]: "ema")
         "config": cfg.to_dict(),
     }
 
@@ -250,6 +253,7 @@ def _markdown(r: dict) -> str:
         f"| estimator | IW bound | {r['estimator']}, k = {r['k']}, {r['test_images']:,} test images |",
         f"| training | the protocol | {r['train']['steps']:,} steps ({r['images_seen']:,} images), "
         f"{r['train']['device']}, {r['train']['precision']}, {r['train']['train_seconds'] / 3600:.2f} h |",
+        f"| weights | the final parameters, Polyak-averaged | `{Path(r['checkpoint'] or '?').name}`, Polyak-averaged |",
         "",
     ]
     if r["deviations"]:
