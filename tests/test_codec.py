@@ -234,6 +234,20 @@ def _main(capsys, *argv) -> tuple[int, str, str]:
     return status, out, err
 
 
+def test_cli_progress_bar_counts_images_on_stderr(run, tmp_path, capsys):
+    """``--progress on`` draws a bar in images (stdout keeps its one ``wrote`` line); the default,
+    auto, draws none where stderr is no terminal (here: captured)."""
+    folder, _ = run
+    np.save(tmp_path / "in.npy", _random_images(5).to(torch.uint8).numpy())
+    a, x = tmp_path / "a.vlae", tmp_path / "in.npy"
+    status, out, err = _main(capsys, "compress", folder, x, "-o", a, "--progress", "on")
+    assert status == 0 and "compress: 100%" in err and "5/5" in err and "img/s" in err and "%" not in out
+    status, _, err = _main(capsys, "decompress", folder, a, "-o", tmp_path / "a.npy", "--progress", "on")
+    assert status == 0 and "decompress: 100%" in err and "5/5" in err
+    status, _, err = _main(capsys, "compress", folder, x, "-o", tmp_path / "b.vlae")
+    assert status == 0 and err == ""
+
+
 def test_cli_round_trip_and_refusals(run, tmp_path, capsys):
     folder, other = run
     x = _random_images(5).to(torch.uint8).numpy()

@@ -8,7 +8,7 @@ from typing import NoReturn
 
 from ..errors import VLAEError
 
-__all__ = ["Parser", "add_overrides", "add_model_options", "check_range", "set_threads"]
+__all__ = ["Parser", "add_overrides", "add_model_options", "add_progress", "check_range", "set_threads"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -39,6 +39,18 @@ def add_model_options(
     )
     default = "torch's choice" if threads is None else threads
     parser.add_argument("--threads", type=int, default=threads, help=f"CPU threads for torch (default {default})")
+
+
+def add_progress(parser: argparse.ArgumentParser, counts: str, default: str | None = "auto") -> None:
+    """``--progress auto|on|off``: one spelling of the progress bar (on stderr, with ETA) of every
+    long-running subcommand; ``counts`` names its unit (``None`` default: the configuration's)."""
+    given = "the run's train.progress" if default is None else default
+    parser.add_argument(
+        "--progress",
+        choices=("auto", "on", "off"),
+        default=default,
+        help=f"progress bar counting {counts}, with ETA (auto: only on a terminal; default {given})",
+    )
 
 
 def check_range(name: str, value: int | None, low: int, high: int = 2**63 - 1) -> None:

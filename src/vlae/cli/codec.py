@@ -4,13 +4,15 @@ with a trained model (:mod:`vlae.codec`)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from ..errors import VLAEError
-from ._common import add_model_options, set_threads
+from ._common import add_model_options, add_progress, set_threads
 
 __all__ = ["register", "run"]
 
@@ -75,6 +77,7 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     # Two threads by default, where the machine has them: measured on a 2-core CPU, 2 threads
     # code 1.4-1.6x faster than one (binary and 8-bit, either way); more are not measured.
+    add_progress(p, "images")
     add_model_options(
         p,
         device=None,
@@ -125,9 +128,16 @@ def _compress(args: argparse.Namespace) -> int:
         images = read_images(args.input, model.cfg.image_shape[0], is_binary(model))
         if args.subset:
             raise VLAEError("--subset applies to --dataset only")
-    blob, stats = compress(
-        model, images, precision=args.precision, batch=args.batch, device=args.device, return_stats=True
-    )
+    with _bar(args.progress, "compress") as progress:
+        blob, stats = compress(
+            model,
+            images,
+            precision=args.precision,
+            batch=args.batch,
+            device=args.device,
+            progress=progress,
+            return_stats=True,
+        )
     from ..outputs import writing
 
     with writing(out) as tmp:
@@ -153,8 +163,31 @@ def _decompress(args: argparse.Namespace) -> int:
         raise VLAEError(f"{source}: no such file")
     model, _ = _load(args)
     start = time.perf_counter()
-    x = decompress(model, source.read_bytes(), name=str(source), device=args.device)
+    with _bar(args.progress, "decompress") as progress:
+        x = decompress(model, source.read_bytes(), name=str(source), device=args.device, progress=progress)
     seconds = time.perf_counter() - start
     write_images(x, out, force=args.force, binary=is_binary(model))
     print(f"wrote {out}: {len(x)} images of {x.shape[2]}x{x.shape[3]} ({len(x) / seconds:.1f} images/s)")
     return 0
+
+
+@contextlib.contextmanager
+def _bar(mode: str, desc: str) -> Iterator[Callable[[int, int], None]]:
+    """The codec's ``progress(done, total)`` callback, drawn as a tqdm bar on stderr that
+    counts images, with ETA (``mode`` auto: only when stderr is a terminal)."""
+    from tqdm.auto import tqdm
+
+    bar: Any = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            show = mode == "on" or (mode == "auto" and sys.stderr.isatty())
+            bar = tqdm(total=total, unit="img", desc=desc, disable=not show, dynamic_ncols=True)
+        bar.update(done - bar.n)
+
+    try:
+        yield progress
+    finally:
+        if bar is not None:
+            bar.close()

@@ -7,7 +7,7 @@ import argparse
 import sys
 from typing import Any
 
-from ._common import add_model_options, check_range
+from ._common import add_model_options, add_progress, check_range
 
 __all__ = ["register", "run"]
 
@@ -49,12 +49,7 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="combine the partial results of all shards (same options otherwise) into the result",
     )
-    p.add_argument(
-        "--progress",
-        choices=("auto", "on", "off"),
-        default="auto",
-        help="progress bar with ETA (auto: only on a terminal)",
-    )
+    add_progress(p, "images")
     p.add_argument(
         "--compile",
         action="store_true",
