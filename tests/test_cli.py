@@ -126,6 +126,8 @@ def test_presets_sample_and_interrupt(tmp_path, capsys, checkpoint, monkeypatch)
         assert status == 0 and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(threads)
+    status, _, err = _main(capsys, "sample", str(checkpoint), "--n", "4", "-o", str(png), "--progress", "on")
+    assert status == 0 and "sample: 100%" in err and "4/4" in err
     status, _, err = _main(capsys, "sample", str(checkpoint), "--n", "4", "-o", str(png), "--device", "tpu")
     assert status == 2 and "invalid device 'tpu'" in err and _is_clean_error(err)
 

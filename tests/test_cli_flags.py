@@ -118,10 +118,10 @@ def test_every_command_that_reads_a_dataset_takes_data_dir(tmp_path, monkeypatch
 
 
 def test_every_progress_bar_is_spelled_alike():
-    """One CLI style: the long-running commands (``train``, ``eval``, ``compress``,
+    """One CLI style: the long-running commands (``train``, ``eval``, ``sample``, ``compress``,
     ``decompress``) take ``--progress auto|on|off``."""
     parser = cli.build_parser()
     commands = next(a for a in parser._actions if a.dest == "command").choices
     bars = {n: next((a for a in p._actions if "--progress" in a.option_strings), None) for n, p in commands.items()}
-    assert {name for name, a in bars.items() if a is not None} == {"train", "eval", "compress", "decompress"}
+    assert {name for name, a in bars.items() if a is not None} == {"train", "eval", "sample", "compress", "decompress"}
     assert all(tuple(a.choices) == ("auto", "on", "off") for a in bars.values() if a is not None)

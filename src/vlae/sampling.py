@@ -67,6 +67,8 @@ References:
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from .errors import VLAEError
@@ -262,12 +264,18 @@ SAMPLE_BATCH = 256
 
 @torch.no_grad()
 def sample_in_batches(
-    model, n: int, generator: torch.Generator | None = None, naive: bool = False, batch: int = SAMPLE_BATCH
+    model,
+    n: int,
+    generator: torch.Generator | None = None,
+    naive: bool = False,
+    batch: int = SAMPLE_BATCH,
+    progress: Callable[[int, int], object] | None = None,
 ) -> torch.Tensor:
     """``n`` samples as ``uint8 (n, C, H, W)`` on the CPU, drawn ``batch`` at a time one
     after the other from ``generator`` (fast sampler, or ``model.sample`` if ``naive``:
     the two give the same images), so that memory does not grow with ``n``
-    (``vlae sample --n 100000000`` would otherwise ask for hundreds of GB at once)."""
+    (``vlae sample --n 100000000`` would otherwise ask for hundreds of GB at once).
+    ``progress(done, n)`` is called after each batch."""
     if n < 1 or batch < 1:
         raise ValueError(f"n and batch must be >= 1, got {n} and {batch}")
     draw = model.sample if naive else FastSampler(model).sample
@@ -277,6 +285,8 @@ def sample_in_batches(
         if out is None:
             out = torch.empty((n, *x.shape[1:]), dtype=torch.uint8)
         out[start : start + x.shape[0]] = x.round().to(torch.uint8).cpu()
+        if progress is not None:
+            progress(start + x.shape[0], n)
     return out
 
 

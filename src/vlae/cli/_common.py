@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import argparse
-from typing import NoReturn
+import contextlib
+import sys
+from typing import Any, Callable, Iterator, NoReturn
 
 from ..errors import VLAEError
 
-__all__ = ["Parser", "add_overrides", "add_model_options", "add_progress", "check_range", "set_threads"]
+__all__ = ["Parser", "add_overrides", "add_model_options", "add_progress", "progress_bar", "check_range", "set_threads"]
 
 
 class Parser(argparse.ArgumentParser):
@@ -69,3 +71,26 @@ def set_threads(n: int | None) -> None:
     import torch
 
     torch.set_num_threads(n)
+
+
+@contextlib.contextmanager
+def progress_bar(mode: str, desc: str, unit: str = "img") -> Iterator[Callable[[int, int], None]]:
+    """A ``progress(done, total)`` callback for the library's long loops, drawn as a tqdm bar
+    on stderr counting ``unit``, with ETA (``mode`` of :func:`add_progress`; auto: only when
+    stderr is a terminal)."""
+    from tqdm.auto import tqdm
+
+    bar: Any = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            show = mode == "on" or (mode == "auto" and sys.stderr.isatty())
+            bar = tqdm(total=total, unit=unit, desc=desc, disable=not show, dynamic_ncols=True)
+        bar.update(done - bar.n)
+
+    try:
+        yield progress
+    finally:
+        if bar is not None:
+            bar.close()

@@ -4,15 +4,13 @@ with a trained model (:mod:`vlae.codec`)."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from ..errors import VLAEError
-from ._common import add_model_options, add_progress, set_threads
+from ._common import add_model_options, add_progress, progress_bar, set_threads
 
 __all__ = ["register", "run"]
 
@@ -128,7 +126,7 @@ def _compress(args: argparse.Namespace) -> int:
         images = read_images(args.input, model.cfg.image_shape[0], is_binary(model))
         if args.subset:
             raise VLAEError("--subset applies to --dataset only")
-    with _bar(args.progress, "compress") as progress:
+    with progress_bar(args.progress, "compress") as progress:
         blob, stats = compress(
             model,
             images,
@@ -163,31 +161,9 @@ def _decompress(args: argparse.Namespace) -> int:
         raise VLAEError(f"{source}: no such file")
     model, _ = _load(args)
     start = time.perf_counter()
-    with _bar(args.progress, "decompress") as progress:
+    with progress_bar(args.progress, "decompress") as progress:
         x = decompress(model, source.read_bytes(), name=str(source), device=args.device, progress=progress)
     seconds = time.perf_counter() - start
     write_images(x, out, force=args.force, binary=is_binary(model))
     print(f"wrote {out}: {len(x)} images of {x.shape[2]}x{x.shape[3]} ({len(x) / seconds:.1f} images/s)")
     return 0
-
-
-@contextlib.contextmanager
-def _bar(mode: str, desc: str) -> Iterator[Callable[[int, int], None]]:
-    """The codec's ``progress(done, total)`` callback, drawn as a tqdm bar on stderr that
-    counts images, with ETA (``mode`` auto: only when stderr is a terminal)."""
-    from tqdm.auto import tqdm
-
-    bar: Any = None
-
-    def progress(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None:
-            show = mode == "on" or (mode == "auto" and sys.stderr.isatty())
-            bar = tqdm(total=total, unit="img", desc=desc, disable=not show, dynamic_ncols=True)
-        bar.update(done - bar.n)
-
-    try:
-        yield progress
-    finally:
-        if bar is not None:
-            bar.close()

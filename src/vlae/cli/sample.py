@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import VLAEError
-from ._common import add_model_options, check_range
+from ._common import add_model_options, add_progress, check_range, progress_bar
 
 __all__ = ["MAX_GRID_PIXELS", "register", "run", "torch_grid"]
 
@@ -28,6 +28,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--naive", action="store_true", help="naive pixel-by-pixel sampling instead of the fast sampler")
     add_model_options(p)
+    add_progress(p, "images")
     p.set_defaults(func=run)
 
 
@@ -46,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     out = prepare_output(args.out, "--out", _IMAGE_SUFFIXES)  # before sampling, which can take a while
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(args.seed)
     t0 = time.perf_counter()
-    x = sample_in_batches(model, args.n, generator=gen, naive=args.naive)  # memory bounded whatever --n
+    with progress_bar(args.progress, "sample") as progress:  # memory bounded whatever --n
+        x = sample_in_batches(model, args.n, generator=gen, naive=args.naive, progress=progress)
     seconds = time.perf_counter() - t0
     _save_grid(x, out, 255 if model.cfg.observation == "logistic_mixture" else 1)
     print(f"wrote {args.n} samples to {out} ({seconds:.1f} s, {'naive' if args.naive else 'fast'} sampler)")
