@@ -112,8 +112,8 @@ def check_output(path: Path, force: bool) -> None:
 
 def write_images(x: torch.Tensor | np.ndarray, path: str | Path, force: bool = False, binary: bool = True) -> Path:
     """Write ``(N, C, H, W)`` images (0/1 if ``binary``, else 0..255) to an ``.npy`` file
-    (uint8) or, for any other name (not an image file's), a folder of PNGs ``00000.png, ...`` (1-bit with white
-    as 1, 8-bit grey, or 8-bit RGB); atomically per file."""
+    (uint8) or, for any other name but an image file's, a folder of PNGs ``00000.png, ...``
+    (1-bit with white as 1, 8-bit grey, or 8-bit RGB); atomically per file."""
     from ..outputs import writing
 
     path, a = Path(path), np.asarray(x, dtype=np.uint8)
