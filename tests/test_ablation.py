@@ -53,6 +53,8 @@ def test_all_five_variants_appear_with_their_configuration(finished):
     assert all(r["steps"] == "2" and r["k"] == "3" and r["eval_images"] == "10" for r in rows)  # equal budget
     md = (out / "ablation.md").read_text()
     assert "NLL (IW bound, k=3)" in md and "-ELBO" in md and "KL (nats)" in md
+    paper = {line.split("|")[1].strip(): line.split("|")[11].strip() for line in md.splitlines()[4:9]}
+    assert paper == {"pixelcnn": "87.55", "gaussian": "79.48", "af": "78.94", "iaf": "-", "factorized": "-"}
     assert sum(line.startswith("| ") and "---" not in line for line in md.splitlines()) == 1 + 5
     for r in rows:
         assert r["description"] in md
