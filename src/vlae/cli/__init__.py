@@ -71,8 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args: argparse.Namespace | None = None
     try:
         args = build_parser().parse_args(argv)
-        if args.command in ("train", "eval", "sample", "reproduce"):
-            set_threads(args.threads)
+        set_threads(getattr(args, "threads", None))  # every command that computes here takes --threads
         return int(args.func(args) or 0)
     except VLAEError as error:
         message = " ".join(str(error).split())

@@ -88,7 +88,10 @@ def add_runner_options(p: argparse.ArgumentParser, default_out: str, default_k: 
         metavar="N",
         help="runs trained at once, each in its own process (default: CPU cores // --threads)",
     )
-    p.add_argument("--threads", type=int, default=1, metavar="N", help="torch threads per run (default: 1)")
+    # Each run's, not this process's: its own dest, so the front end's --threads leaves it alone.
+    p.add_argument(
+        "--threads", dest="run_threads", type=int, default=1, metavar="N", help="torch threads per run (default: 1)"
+    )
 
 
 def experiment_settings(args: argparse.Namespace, **extra: Any) -> tuple[Config, dict[str, Any], dict[str, Any]]:
@@ -110,7 +113,7 @@ def experiment_settings(args: argparse.Namespace, **extra: Any) -> tuple[Config,
         "k": args.k,
         "eval_batch_size": args.eval_batch_size,
         "jobs": args.jobs,
-        "threads": args.threads,
+        "threads": args.run_threads,
     }
     # --data-dir first, so that a --set of train.data_dir still comes last and wins, as --set does everywhere.
     given = [] if args.data_dir is None else [f"train.data_dir={os.path.abspath(args.data_dir)}"]

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import VLAEError
-from ._common import add_model_options, add_progress, progress_bar, set_threads
+from ._common import add_model_options, add_progress, progress_bar
 
 __all__ = ["register", "run"]
 
@@ -93,7 +93,6 @@ def _load(args: argparse.Namespace):
     from ..checkpoint import load_model
     from ..codec.models import check_model
 
-    set_threads(args.threads)
     model, cfg = load_model(args.run, weights=args.weights, device="cpu")
     check_model(model)  # a colour model fails here, before any data is read
     return model, cfg
