@@ -97,6 +97,12 @@ def ablation_tasks(base: Config, variants: Sequence[str] | None = None) -> list[
     return tasks
 
 
+def _beside_the_paper(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with the paper's NLL and KL for its variant (``None`` where it has none)."""
+    nll, kl = PAPER.get(record["variant"], (None, None))
+    return {**record, "paper_nll": nll, "paper_kl": kl}
+
+
 def write_ablation_report(
     out_dir: str | Path, records: list[dict[str, Any]] | None = None, ablation_config: dict[str, Any] | None = None
 ) -> dict[str, Path]:
@@ -109,7 +115,7 @@ def write_ablation_report(
         raise VLAEError(f"no finished ablation runs (*/results.json) under {out}")
     order = list(VARIANTS)
     records.sort(key=lambda r: order.index(r["variant"]))
-    records = [{**r, **dict(zip(("paper_nll", "paper_kl"), PAPER.get(r["variant"], (None, None))))} for r in records]
+    records = [_beside_the_paper(r) for r in records]
     est = estimator(records)
     columns = [
         ("variant", "variant"),
