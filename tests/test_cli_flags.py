@@ -27,8 +27,7 @@ SECTIONS = {"train": TrainConfig, "model": ModelConfig}
 
 
 def _train_parser():
-    parser = cli.build_parser()
-    return next(a for a in parser._actions if a.dest == "command").choices["train"]
+    return _subcommands()[1]["train"]
 
 
 @pytest.mark.parametrize("section, flag, text", TRAIN_FLAGS, ids=[flag for _, flag, _ in TRAIN_FLAGS])
@@ -68,11 +67,16 @@ def test_a_flag_naming_no_field_is_caught():
         flag_field("train", "--no-such-field")
 
 
+def _subcommands():
+    """The ``vlae`` parser and its subcommands' parsers by name."""
+    parser = cli.build_parser()
+    return parser, next(a for a in parser._actions if a.dest == "command").choices
+
+
 def test_every_command_that_writes_a_file_takes_o_and_out():
     """One CLI style: the output of ``sample``, ``eval``, ``compress``, ``decompress``,
     ``sweep`` and ``ablation`` is ``-o`` or ``--out`` alike (``--output`` stays for the codec)."""
-    parser = cli.build_parser()
-    commands = next(a for a in parser._actions if a.dest == "command").choices
+    parser, commands = _subcommands()
     writers = [name for name in commands if any("--out" in a.option_strings for a in commands[name]._actions)]
     assert {"sample", "eval", "compress", "decompress"} <= set(writers)
     for name in writers:
@@ -87,8 +91,7 @@ def test_every_command_that_loads_a_model_takes_weights_device_and_threads():
     """One CLI style: a trained model's commands spell ``--weights``, ``--device`` and
     ``--threads`` alike (one helper, ``add_model_options``); ``tests/test_cli.py`` runs
     ``sample`` with them."""
-    parser = cli.build_parser()
-    commands = next(a for a in parser._actions if a.dest == "command").choices
+    parser, commands = _subcommands()
     loaders = [name for name in commands if any("--weights" in a.option_strings for a in commands[name]._actions)]
     assert set(loaders) == {"eval", "sample", "compress", "decompress"}
     for name in loaders:
@@ -104,8 +107,7 @@ def test_every_command_that_reads_a_dataset_takes_data_dir(tmp_path, monkeypatch
     included (for every run, as ``train.data_dir``, absolute; a ``--set`` of it still wins)."""
     from vlae.cli._experiment import experiment_settings
 
-    parser = cli.build_parser()
-    commands = next(a for a in parser._actions if a.dest == "command").choices
+    parser, commands = _subcommands()
     for name in ("train", "eval", "compress", "download", "reproduce", "sweep", "ablation"):
         assert any("--data-dir" in a.option_strings for a in commands[name]._actions), name
     monkeypatch.chdir(tmp_path)
@@ -120,8 +122,7 @@ def test_every_command_that_reads_a_dataset_takes_data_dir(tmp_path, monkeypatch
 def test_every_progress_bar_is_spelled_alike():
     """One CLI style: the long-running commands (``train``, ``eval``, ``sample``, ``compress``,
     ``decompress``) take ``--progress auto|on|off``."""
-    parser = cli.build_parser()
-    commands = next(a for a in parser._actions if a.dest == "command").choices
+    parser, commands = _subcommands()
     bars = {n: next((a for a in p._actions if "--progress" in a.option_strings), None) for n, p in commands.items()}
     assert {name for name, a in bars.items() if a is not None} == {"train", "eval", "sample", "compress", "decompress"}
     assert all(tuple(a.choices) == ("auto", "on", "off") for a in bars.values() if a is not None)
