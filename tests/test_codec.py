@@ -8,6 +8,7 @@ real digits, or on 8x8 patches of the embedded colour photographs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import struct
@@ -28,6 +29,7 @@ from vlae.likelihood import DiscretizedLogisticMixture
 from vlae.model import VLAE
 
 from conftest import needs_cuda
+from emulated_cuda import emulated_cuda
 
 SHARED = find_binarized_mnist()  # under $VLAE_DATA_DIR: tests/conftest.py points it at ../shared/data if present
 needs_data = pytest.mark.skipif(SHARED is None, reason="binarized MNIST not found under $VLAE_DATA_DIR")
@@ -283,6 +285,25 @@ def test_cli_round_trip_and_refusals(run, tmp_path, capsys):
     status, _, err = _main(capsys, "decompress", folder, blob, "-o", blob, "--force")
     assert status == 2 and "a folder output holds PNGs" in err, err  # decoded images never overwrite the file
 
+
+
+def test_cli_device_cuda_writes_files_any_machine_reads(run, tmp_path, capsys):
+    """``vlae compress --device cuda`` on an emulated GPU (``tests/emulated_cuda.py``: the
+    devices are checked, the numbers are the CPU's); ``vlae decompress`` reads the file on the
+    CPU, and the GPU reads the CPU's file."""
+    folder, _ = run
+    x = _random_images(5).to(torch.uint8).numpy()
+    np.save(tmp_path / "in.npy", x)
+    _main(capsys, "compress", folder, tmp_path / "in.npy", "-o", tmp_path / "cpu.vlae")
+    with emulated_cuda():
+        status, _, err = _main(capsys, "compress", folder, tmp_path / "in.npy", "-o", tmp_path / "gpu.vlae",
+                               "--device", "cuda")
+        assert status == 0, err
+        status, _, err = _main(capsys, "decompress", folder, tmp_path / "cpu.vlae", "-o", tmp_path / "by-gpu.npy",
+                               "--device", "cuda")
+        assert status == 0 and np.array_equal(np.load(tmp_path / "by-gpu.npy"), x), err
+    status, _, err = _main(capsys, "decompress", folder, tmp_path / "gpu.vlae", "-o", tmp_path / "by-cpu.npy")
+    assert status == 0 and np.array_equal(np.load(tmp_path / "by-cpu.npy"), x), err
 
 # ---------------------------------------------------------------------- 8-bit images (grey and RGB)
 def _colour_model(seed: int = 0, **changes) -> VLAE:
@@ -589,7 +610,7 @@ def test_coding_in_a_fresh_process_imports_no_compiler(tmp_path):
     assert out.stdout.strip() == "[]", out.stdout
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+@pytest.mark.parametrize("device", ["cpu", "emulated cuda", pytest.param("cuda", marks=needs_cuda)])
 @pytest.mark.parametrize("name", ["binary", "colour"])
 def test_files_of_an_earlier_release_decode(name, device):
     """Files the release of ``tests/data/codec_v3`` wrote (format 3, its ``make.py``: an AF prior
@@ -597,7 +618,8 @@ def test_files_of_an_earlier_release_decode(name, device):
     with today's code. A change to the coding arithmetic beyond the grid's margin, to the file's
     layout, or to the model identity (which hashes the config: a new config field changes it)
     would strand every file users hold; this is where it shows. Written on a CPU, they decode
-    with the network on a GPU too (``bench/gpu.sh`` runs that case)."""
+    with the network on a GPU too (``bench/gpu.sh`` runs that case; ``tests/emulated_cuda.py``
+    checks its tensors' devices on any machine)."""
     from pathlib import Path
 
     from safetensors.torch import load_file
@@ -611,7 +633,8 @@ def test_files_of_an_earlier_release_decode(name, device):
     model.load_state_dict(weights)
     data = (folder / f"{name}.vlae").read_bytes()
     assert read_header(data).version == 3 and read_header(data).n_chunks > 1
-    assert torch.equal(decompress(model, data, device=device), images)
+    with emulated_cuda() if device == "emulated cuda" else contextlib.nullcontext():
+        assert torch.equal(decompress(model, data, device=device.split()[-1]), images)
 
 
 def test_a_model_option_added_later_keeps_earlier_files_readable():

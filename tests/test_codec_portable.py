@@ -27,6 +27,7 @@ from vlae.errors import VLAEError
 from vlae.model import VLAE
 
 from conftest import needs_cuda
+from emulated_cuda import emulated_cuda
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -201,6 +202,48 @@ def test_files_decode_across_the_convolution_kernels_a_gpu_runs(make, monkeypatc
         assert torch.equal(decompress(model, cpu_file), x)
         monkeypatch.undo()
         assert torch.equal(decompress(model, gpu_path_file), x)
+
+
+@pytest.mark.parametrize("make", [_binary_model, _colour_model])
+def test_the_codec_keeps_each_tensor_on_its_device_on_an_emulated_gpu(make):
+    """``device="cuda"`` on a machine without one, through ``tests/emulated_cuda.py``: every
+    tensor that crosses between the network (on the GPU) and the entropy coder (numpy, on the
+    CPU) is moved where CUDA requires it, and the GPU's branches are the ones taken. Files
+    written either side decode on the other. CUDA's arithmetic is not emulated (the numbers
+    are this CPU's): that is the perturbation tests' and ``bench/gpu.sh --codec``'s."""
+    from vlae import layers
+    from vlae.codec.models import coding_model
+
+    model = make()
+    x = _images(9, model.cfg.image_shape)
+    on_cpu = compress(model, x, batch=4)
+    with emulated_cuda():
+        coding = coding_model(model, "cuda")
+        weight = next(coding.parameters())
+        assert weight.device.type == "cuda" and not layers._unfolds(x.double().cuda(), weight, False)
+        on_gpu = compress(model, x, batch=4, device="cuda")
+        assert torch.equal(decompress(model, on_cpu, device="cuda"), x)
+        assert torch.equal(decompress(model, on_gpu, device="cuda"), x)
+    assert torch.equal(decompress(model, on_gpu, device="cpu"), x)
+
+
+def test_the_emulated_gpu_refuses_what_cuda_refuses(monkeypatch):
+    """The emulation can fail a test: a tensor handed to numpy before ``.cpu()`` (here the
+    images' digest), a CPU tensor in a GPU operation, a CPU tensor indexed on the GPU."""
+    from vlae.codec import api
+
+    model, x, available = _binary_model(), _images(2, (1, 12, 12)), torch.cuda.is_available()
+    with emulated_cuda():
+        y = torch.ones(3).cuda()
+        with pytest.raises(RuntimeError, match="same device"):
+            y + torch.ones(3)
+        with pytest.raises(RuntimeError, match="indices should be"):
+            torch.ones(3)[y.long()]
+        assert (y + torch.tensor(1.0)).device.type == "cuda" and (y * 2).cpu().tolist() == [2.0] * 3
+        monkeypatch.setattr(api, "digest", lambda x, binary: x.numpy().tobytes()[:16])
+        with pytest.raises(TypeError, match="can't convert cuda:0 device type tensor to numpy"):
+            compress(model, x.cuda(), device="cuda")
+    assert torch.cuda.is_available() is available  # restored on leaving
 
 
 def _rounds_every_near_tie_the_other_way(monkeypatch) -> None:

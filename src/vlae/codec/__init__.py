@@ -151,8 +151,11 @@ float64 network, and the near-ties (bytes) -- the grid itself changes a
 probability by at most ``2**-17`` relative, a loss of ~1e-10 bits per symbol.
 Tests compress and decompress in subprocesses under ``--threads`` 1 and 2,
 ``ATEN_CPU_CAPABILITY`` avx512/avx2/default and two chunk layouts (without the
-grid those files fail to decode: the float64 numbers do differ); CUDA against the
-CPU where a GPU is present (the suite's CUDA tests; they have not yet run on a real GPU).
+grid those files fail to decode: the float64 numbers do differ); along PyTorch's own
+convolution kernels, the code path a GPU takes; with ``device="cuda"`` on an emulated GPU
+(``tests/emulated_cuda.py``: every tensor's device is checked as CUDA checks it, the
+numbers are the CPU's), files crossing both ways; and CUDA against the CPU where a GPU
+is present (the suite's CUDA tests; they have not yet run on a real GPU).
 
 Files of format version 1 (float32 probabilities, decodable only on the machine
 that wrote them) and version-2 files of 8-bit images (their conditionals computed

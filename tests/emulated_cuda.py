@@ -1,0 +1,180 @@
+"""A CUDA device emulated on the CPU, for the code paths a GPU takes (tests only).
+
+Inside :func:`emulated_cuda`, ``torch.cuda.is_available()`` is true and a tensor sent to
+``"cuda"`` (``.to``, ``.cuda()``, ``device=`` of a factory, ``Module.to``) becomes an
+:class:`Emulated` tensor: its ``.device`` is ``cuda:0``, its numbers are a CPU tensor, and
+every torch call on it runs on that CPU tensor. What CUDA refuses is refused, with CUDA's
+message:
+
+- ``.numpy()`` (and ``np.asarray``) of a CUDA tensor, before ``.cpu()``;
+- an operation that mixes a CUDA tensor with a CPU tensor of one or more dimensions
+  (CPU scalars mix, as in PyTorch; ``copy_`` and ``__setitem__`` copy across devices);
+- a CPU tensor indexed with CUDA indices.
+
+So a test run inside it catches a tensor left on the wrong device, the one kind of GPU
+failure that float64 perturbations (``tests/test_codec_portable.py``) cannot simulate, on
+a machine without a GPU. It checks placement, not arithmetic: the numbers are the CPU's.
+The code under test sees ``x.device.type == "cuda"`` and takes its GPU branches (PyTorch's
+convolution kernels instead of :func:`vlae.layers.conv2d`'s unfolded products, for one).
+
+Example:
+    >>> import torch
+    >>> with emulated_cuda():
+    ...     x = torch.ones(2).cuda()
+    ...     (x * 2).device, (x * 2).cpu().tolist()
+    (device(type='cuda', index=0), [2.0, 2.0])
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils import _pytree as pytree
+
+__all__ = ["Emulated", "emulated_cuda"]
+
+CUDA = torch.device("cuda", 0)
+CPU = torch.device("cpu")
+
+
+class Emulated(torch.Tensor):
+    """A tensor that says it is on ``cuda:0`` and keeps its numbers in the CPU tensor ``inner``."""
+
+    @staticmethod
+    def __new__(cls, inner: torch.Tensor):
+        return torch.Tensor._make_wrapper_subclass(
+            cls, inner.shape, strides=inner.stride(), storage_offset=inner.storage_offset(),
+            dtype=inner.dtype, device=CUDA, requires_grad=inner.requires_grad,
+        )
+
+    def __init__(self, inner: torch.Tensor):
+        self.inner = inner
+
+    # A traceable wrapper, so that Module.to swaps its parameters for emulated ones.
+    def __tensor_flatten__(self):
+        return ["inner"], None
+
+    @staticmethod
+    def __tensor_unflatten__(inner, meta, size, stride):
+        return Emulated(inner["inner"])
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        raise RuntimeError(f"{func} reached an emulated CUDA tensor outside emulated_cuda()")
+
+
+def _cuda(x: Any) -> bool:
+    return isinstance(x, Emulated)
+
+
+def _unwrap(tree: Any) -> Any:
+    return pytree.tree_map(lambda t: t.inner if _cuda(t) else t, tree)
+
+
+def _wrap(out: Any) -> Any:
+    if not any(isinstance(t, torch.Tensor) for t in pytree.tree_leaves(out)):
+        return out  # e.g. a torch.Size, which the tree map would turn into a tuple
+    return pytree.tree_map(lambda t: t if _cuda(t) or not isinstance(t, torch.Tensor) else Emulated(t), out)
+
+
+def _target(args: tuple, kwargs: dict) -> torch.device | None:
+    """The device a call names (``device=``, or a positional device or device name), if any."""
+    named = kwargs.get("device")
+    if named is None:
+        for a in args:
+            if isinstance(a, torch.device):
+                return a
+            if isinstance(a, str):
+                with contextlib.suppress(RuntimeError):
+                    return torch.device(a)
+        return None
+    return torch.device(named)
+
+
+def _to(func, args: tuple, kwargs: dict) -> torch.Tensor:
+    """``.to``, ``.cuda()`` and ``.cpu()``: the same conversion on the CPU tensor, wrapped
+    again when it goes (or stays) on the GPU."""
+    self = args[0]
+    if func is torch.Tensor.to:
+        other = next((a for a in args[1:] if isinstance(a, torch.Tensor)), None)
+        target = other.device if other is not None else _target(args[1:], kwargs)
+        rest = [CPU if isinstance(a, (str, torch.device)) else _unwrap(a) for a in args[1:]]
+        out = _unwrap(self).to(*rest, **({**kwargs, "device": CPU} if "device" in kwargs else kwargs))
+    else:
+        target = CUDA if func is torch.Tensor.cuda else CPU
+        out = _unwrap(self)
+    on_cuda = target.type == "cuda" if target is not None else _cuda(self)
+    return Emulated(out) if on_cuda else out
+
+
+def _check_devices(func, args: tuple, kwargs: dict) -> None:
+    """Refuse what CUDA refuses, in its words."""
+    tensors = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+    if not any(map(_cuda, tensors)) or func in _ACROSS:
+        return
+    if func is torch.Tensor.__getitem__:
+        if not _cuda(args[0]) and args[0].dim() > 0:
+            raise RuntimeError("indices should be either on cpu or on the same device as the indexed tensor (cpu)")
+        return
+    if any(not _cuda(t) and t.dim() > 0 for t in tensors):
+        raise RuntimeError(
+            "Expected all tensors to be on the same device, but found at least two devices, cuda:0 and cpu! "
+            f"({getattr(func, '__name__', func)})"
+        )
+
+
+_TO = {torch.Tensor.to, torch.Tensor.cuda, torch.Tensor.cpu}
+_ACROSS = {torch.Tensor.copy_, torch.Tensor.__setitem__}
+_AS_IS = {torch.Tensor.device.__get__, torch.Tensor.is_cuda.__get__, torch._C._nn._parse_to}
+_TO_HOST = {torch.Tensor.tolist, torch.Tensor.item}
+
+
+class _Calls(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        first = args[0] if args else None
+        if func in _AS_IS:
+            return func(*args, **kwargs)
+        if func is torch._has_compatible_shallow_copy_type:  # Module.to: swap, never `.data =`
+            return _cuda(args[0]) == _cuda(args[1]) and func(*_unwrap(args))
+        if func in (torch.Tensor.numpy, torch.Tensor.__array__) and _cuda(first):
+            raise TypeError(
+                "can't convert cuda:0 device type tensor to numpy. "
+                "Use Tensor.cpu() to copy the tensor to host memory first."
+            )
+        if func in _TO:
+            return _to(func, args, kwargs)
+        _check_devices(func, args, kwargs)
+        target = _target((), kwargs)
+        if target is not None:
+            kwargs["device"] = CPU
+        out = func(*_unwrap(args), **_unwrap(kwargs))
+        name = getattr(func, "__name__", "")
+        if func is torch.Tensor.__setitem__:
+            return out
+        if _cuda(first) and (name.endswith("_") and not name.endswith("__") or name.startswith("__i")):
+            return first  # in place: the CPU tensor changed under the same wrapper
+        if func in _TO_HOST:
+            return out
+        if target is not None:
+            on_cuda = target.type == "cuda"
+        elif func is torch.Tensor.__getitem__:
+            on_cuda = _cuda(first)
+        else:
+            on_cuda = any(map(_cuda, pytree.tree_leaves((args, kwargs))))
+        return _wrap(out) if on_cuda else out
+
+
+@contextlib.contextmanager
+def emulated_cuda() -> Iterator[None]:
+    """Run the block with an emulated ``cuda:0`` (see the module's docstring)."""
+    available = torch.cuda.is_available
+    torch.cuda.is_available = lambda: True
+    try:
+        with _Calls():
+            yield
+    finally:
+        torch.cuda.is_available = available
