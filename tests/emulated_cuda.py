@@ -13,7 +13,9 @@ message:
 
 So a test run inside it catches a tensor left on the wrong device, the one kind of GPU
 failure that float64 perturbations (``tests/test_codec_portable.py``) cannot simulate, on
-a machine without a GPU. It checks placement, not arithmetic: the numbers are the CPU's.
+a machine without a GPU. It checks placement, not arithmetic: the numbers are the CPU's,
+and a ``torch.Generator(device="cuda")`` is a CPU generator (so a seed draws the CPU's
+samples, where a real GPU draws others).
 The code under test sees ``x.device.type == "cuda"`` and takes its GPU branches (PyTorch's
 convolution kernels instead of :func:`vlae.layers.conv2d`'s unfolded products, for one).
 
@@ -152,12 +154,9 @@ class _Calls(TorchFunctionMode):
         if target is not None:
             kwargs["device"] = CPU
         out = func(*_unwrap(args), **_unwrap(kwargs))
-        name = getattr(func, "__name__", "")
-        if func is torch.Tensor.__setitem__:
-            return out
-        if _cuda(first) and (name.endswith("_") and not name.endswith("__") or name.startswith("__i")):
-            return first  # in place: the CPU tensor changed under the same wrapper
-        if func in _TO_HOST:
+        if _cuda(first) and out is first.inner:
+            return first  # in place (add_, +=, ...): the CPU tensor changed under the same wrapper
+        if func in _TO_HOST or out is None:
             return out
         if target is not None:
             on_cuda = target.type == "cuda"
@@ -168,13 +167,20 @@ class _Calls(TorchFunctionMode):
         return _wrap(out) if on_cuda else out
 
 
+class _Generator(torch.Generator):
+    """``torch.Generator(device="cuda")``: a CPU generator (a CUDA one needs CUDA's library)."""
+
+    def __new__(cls, device: Any = "cpu"):
+        return super().__new__(cls, "cpu")
+
+
 @contextlib.contextmanager
 def emulated_cuda() -> Iterator[None]:
     """Run the block with an emulated ``cuda:0`` (see the module's docstring)."""
-    available = torch.cuda.is_available
-    torch.cuda.is_available = lambda: True
+    saved = torch.cuda.is_available, torch.Generator
+    torch.cuda.is_available, torch.Generator = (lambda: True), _Generator
     try:
         with _Calls():
             yield
     finally:
-        torch.cuda.is_available = available
+        torch.cuda.is_available, torch.Generator = saved

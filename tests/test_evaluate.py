@@ -17,6 +17,8 @@ from vlae.errors import VLAEError
 from vlae.evaluate import active_units, evaluate_checkpoint, evaluate_model, image_seed, standard_error
 from vlae.model import VLAE
 
+from emulated_cuda import emulated_cuda
+
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
@@ -201,6 +203,21 @@ def test_evaluate_checkpoint_writes_json(tmp_path, model):
                                 progress=False, out=tmp_path / "again.json")
     assert again["nll"] == result["nll"]  # seeded: the same importance samples
 
+
+def test_evaluation_on_an_emulated_gpu_keeps_each_tensor_on_its_device(tmp_path, model):
+    """``vlae eval --device cuda``'s code path (its GPU branches: more log weights per pass, no
+    channels-last) on ``tests/emulated_cuda.py``'s GPU: devices are checked as CUDA checks
+    them, and the numbers, the CPU's arithmetic, are the CPU run's."""
+    cfg = get_preset("tiny")
+    cfg.train.dataset = "mnist-embedded"
+    save_checkpoint(tmp_path / "best.pt", {"config": cfg.to_dict(), "model": model.state_dict(), "ema": None})
+    run = dict(split="test", k=3, subset=6, seed=0, notice=lambda m: None, progress=False)
+    on_cpu = evaluate_checkpoint(tmp_path, device="cpu", out=tmp_path / "cpu.json", **run)
+    with emulated_cuda():
+        on_gpu = evaluate_checkpoint(tmp_path, device="cuda", out=tmp_path / "gpu.json", **run)
+    assert json.loads((tmp_path / "gpu.json").read_text())["device"].startswith("cuda")
+    for key in ("nll", "elbo", "kl"):
+        assert on_gpu[key] == pytest.approx(on_cpu[key], rel=1e-6), key
 
 def _no_constant(name):
     raise AssertionError(f"non-strict JSON constant {name}")

@@ -7,6 +7,8 @@ perturbed weights (so that probabilities are spread out, not all near 0.5).
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -15,6 +17,8 @@ from vlae.errors import VLAEError
 from vlae.model import VLAE
 from vlae.pixelcnn import GatedPixelCNN, MaskedPixelCNN
 from vlae.sampling import FastSampler, crop_logits, fast_sample, wavefront_slope
+
+from emulated_cuda import emulated_cuda
 
 torch.set_num_threads(1)
 
@@ -328,6 +332,21 @@ def test_sampling_in_batches_bounds_memory_and_draws_the_same_images(make, monke
     assert torch.equal(x, sample_in_batches(model, 5, torch.Generator().manual_seed(3), naive=True, batch=2))
 
 
+
+@pytest.mark.parametrize("make", [make_model, make_colour_model], ids=["binary", "colour"])
+def test_sampling_on_an_emulated_gpu_keeps_each_tensor_on_its_device(make):
+    """The samplers with the model on ``cuda`` (``tests/emulated_cuda.py``: devices checked as
+    CUDA checks them; the generator and the numbers are the CPU's, so the images are too)."""
+    from vlae.sampling import sample_in_batches
+
+    model = make()
+    on_cpu = sample_in_batches(model, 3, torch.Generator().manual_seed(3), batch=2)
+    with emulated_cuda():
+        gpu = copy.deepcopy(model).to("cuda")
+        assert next(gpu.parameters()).device.type == "cuda"
+        for naive in (False, True):
+            x = sample_in_batches(gpu, 3, torch.Generator(device="cuda").manual_seed(3), naive=naive, batch=2)
+            assert torch.equal(x.cpu(), on_cpu), naive
 @pytest.mark.parametrize("decoder,method", [("masked", "auto"), ("gated", "auto"), ("masked", "window"),
                                             ("gated", "window"), ("factorized", "auto")])
 def test_pixel_order_is_the_drawing_order(decoder, method):
