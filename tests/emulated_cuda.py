@@ -3,28 +3,33 @@
 Inside :func:`emulated_cuda`, ``torch.cuda.is_available()`` is true and a tensor sent to
 ``"cuda"`` (``.to``, ``.cuda()``, ``device=`` of a factory, ``Module.to``) becomes an
 :class:`Emulated` tensor: its ``.device`` is ``cuda:0``, its numbers are a CPU tensor, and
-every torch call on it runs on that CPU tensor. What CUDA refuses is refused, with CUDA's
-message:
+every torch call on it runs on that CPU tensor. The code under test sees
+``x.device.type == "cuda"`` and takes its GPU branches (PyTorch's convolution kernels
+instead of :func:`vlae.layers.conv2d`'s unfolded products, for one). What CUDA refuses is
+refused, with CUDA's message:
 
 - ``.numpy()`` (and ``np.asarray``) of a CUDA tensor, before ``.cpu()``;
 - an operation that mixes a CUDA tensor with a CPU tensor of one or more dimensions
   (CPU scalars mix, as in PyTorch; ``copy_`` and ``__setitem__`` copy across devices);
 - a CPU tensor indexed with CUDA indices.
 
-So a test run inside it catches a tensor left on the wrong device, the one kind of GPU
-failure that float64 perturbations (``tests/test_codec_portable.py``) cannot simulate, on
-a machine without a GPU. It checks placement, not arithmetic: the numbers are the CPU's,
-and a ``torch.Generator(device="cuda")`` is a CPU generator (so a seed draws the CPU's
-samples, where a real GPU draws others).
-The code under test sees ``x.device.type == "cuda"`` and takes its GPU branches (PyTorch's
-convolution kernels instead of :func:`vlae.layers.conv2d`'s unfolded products, for one).
+And the host's reads of GPU numbers are counted (``.item()``, ``.cpu()``, ``if t:``, a
+boolean mask as an index, ...: on a GPU each waits for it), so a test can check where a
+loop synchronises.
+
+So a test run inside it catches, on a machine without a GPU, a tensor left on the wrong
+device (the one kind of GPU failure that float64 perturbations, as in
+``tests/test_codec_portable.py``, cannot simulate) and a synchronisation where none should
+be. It checks placement, not arithmetic or speed: the numbers are the CPU's, and a
+``torch.Generator(device="cuda")`` is a CPU generator (so a seed draws the CPU's samples,
+where a real GPU draws others). CUDA graphs, streams and autocast are not emulated.
 
 Example:
     >>> import torch
-    >>> with emulated_cuda():
+    >>> with emulated_cuda() as reads:
     ...     x = torch.ones(2).cuda()
-    ...     (x * 2).device, (x * 2).cpu().tolist()
-    (device(type='cuda', index=0), [2.0, 2.0])
+    ...     (x * 2).device, (x * 2).cpu().tolist(), reads
+    (device(type='cuda', index=0), [2.0, 2.0], ['cpu'])
 """
 
 from __future__ import annotations
@@ -96,9 +101,9 @@ def _target(args: tuple, kwargs: dict) -> torch.device | None:
     return torch.device(named)
 
 
-def _to(func, args: tuple, kwargs: dict) -> torch.Tensor:
+def _to(func, args: tuple, kwargs: dict, reads: list[str]) -> torch.Tensor:
     """``.to``, ``.cuda()`` and ``.cpu()``: the same conversion on the CPU tensor, wrapped
-    again when it goes (or stays) on the GPU."""
+    again when it goes (or stays) on the GPU; one to the host is a read."""
     self = args[0]
     if func is torch.Tensor.to:
         other = next((a for a in args[1:] if isinstance(a, torch.Tensor)), None)
@@ -109,6 +114,8 @@ def _to(func, args: tuple, kwargs: dict) -> torch.Tensor:
         target = CUDA if func is torch.Tensor.cuda else CPU
         out = _unwrap(self)
     on_cuda = target.type == "cuda" if target is not None else _cuda(self)
+    if _cuda(self) and not on_cuda:
+        reads.append(func.__name__)
     return Emulated(out) if on_cuda else out
 
 
@@ -132,12 +139,33 @@ _TO = {torch.Tensor.to, torch.Tensor.cuda, torch.Tensor.cpu}
 _ACROSS = {torch.Tensor.copy_, torch.Tensor.__setitem__}
 _AS_IS = {torch.Tensor.device.__get__, torch.Tensor.is_cuda.__get__, torch._C._nn._parse_to}
 _TO_HOST = {torch.Tensor.tolist, torch.Tensor.item}
+T = torch.Tensor
+# Calls that wait for the GPU and copy its numbers to the host (what CUDA's sync debug mode flags).
+_READS = {T.item, T.tolist, T.__bool__, T.__int__, T.__float__, T.__index__, T.__format__, T.__repr__,
+          T.nonzero, torch.nonzero, T.argwhere, torch.argwhere, T.unique, torch.unique, T.masked_select,
+          torch.masked_select, T.equal, torch.equal, T.numpy, T.__array__}
+
+
+def _reads(func, args: tuple, kwargs: dict) -> bool:
+    """Whether the call reads a GPU tensor's numbers on the host (a boolean mask as an index too)."""
+    if func in _READS:
+        return any(map(_cuda, pytree.tree_leaves((args, kwargs))))
+    if func in (T.__getitem__, T.__setitem__):
+        index = pytree.tree_leaves(args[1])
+        return any(_cuda(i) and i.dtype == torch.bool for i in index)
+    return False
 
 
 class _Calls(TorchFunctionMode):
+    def __init__(self, reads: list[str]):
+        super().__init__()
+        self.reads = reads
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = dict(kwargs or {})
         first = args[0] if args else None
+        if _reads(func, args, kwargs):
+            self.reads.append(getattr(func, "__name__", str(func)))
         if func in _AS_IS:
             return func(*args, **kwargs)
         if func is torch._has_compatible_shallow_copy_type:  # Module.to: swap, never `.data =`
@@ -148,7 +176,7 @@ class _Calls(TorchFunctionMode):
                 "Use Tensor.cpu() to copy the tensor to host memory first."
             )
         if func in _TO:
-            return _to(func, args, kwargs)
+            return _to(func, args, kwargs, self.reads)
         _check_devices(func, args, kwargs)
         target = _target((), kwargs)
         if target is not None:
@@ -175,12 +203,14 @@ class _Generator(torch.Generator):
 
 
 @contextlib.contextmanager
-def emulated_cuda() -> Iterator[None]:
-    """Run the block with an emulated ``cuda:0`` (see the module's docstring)."""
-    saved = torch.cuda.is_available, torch.Generator
+def emulated_cuda() -> Iterator[list[str]]:
+    """Run the block with an emulated ``cuda:0`` (see the module's docstring). Yields the list
+    of the block's host reads, growing as they happen: the name of each call that waits for the
+    GPU and brings its numbers to the host (``item``, ``cpu``, ``__bool__``, ...)."""
+    saved, reads = (torch.cuda.is_available, torch.Generator), []
     torch.cuda.is_available, torch.Generator = (lambda: True), _Generator
     try:
-        with _Calls():
-            yield
+        with _Calls(reads):
+            yield reads
     finally:
         torch.cuda.is_available, torch.Generator = saved

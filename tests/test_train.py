@@ -376,3 +376,47 @@ def test_a_relative_data_dir_is_recorded_absolute(tmp_path, monkeypatch):
 def test_cuda_graphs_asked_for_on_a_cpu_are_refused_in_one_line(tmp_path):
     with pytest.raises(VLAEError, match=r"cuda_graph=on needs a CUDA device; this run is on cpu"):
         train(_cfg(epochs=0, max_steps=1, cuda_graph="on", device="cpu"), tmp_path / "g", data=DATA, quiet=True)
+
+
+def test_the_gpu_loop_reads_the_device_only_where_it_decides(tmp_path, monkeypatch):
+    """The CUDA training loop on an emulated GPU (``tests/emulated_cuda.py``: every tensor's
+    device checked as CUDA checks it, host reads counted; the numbers are the CPU's). Between
+    the reads of the statistics every ``log_every`` steps, and the epochs' ends, a step reads
+    nothing from the device, so the host runs ahead of the GPU (the first step may: it creates
+    the optimiser's state). The eager CUDA path trains as the CPU does, and its checkpoint
+    loads on the CPU."""
+    from vlae.train.loop import Trainer
+
+    from emulated_cuda import emulated_cuda
+
+    on_cpu = train(_cfg(epochs=2, precision="fp32", device="cpu"), tmp_path / "cpu", data=DATA, quiet=True,
+                   log_every=4)
+    events: list[tuple[str, int]] = []  # (what the loop began, host reads so far)
+
+    def spy(name):
+        real = getattr(Trainer, name)
+
+        def spied(self, *args, **kwargs):
+            events.append((name, len(reads)))
+            return real(self, *args, **kwargs)
+
+        return spied
+
+    for name in ("train_step", "record", "end_epoch", "write_checkpoint"):
+        monkeypatch.setattr(Trainer, name, spy(name))
+    with emulated_cuda() as reads:
+        on_gpu = train(_cfg(epochs=2, precision="fp32", device="cuda", cuda_graph="off"), tmp_path / "gpu",
+                       data=DATA, quiet=True, log_every=4)
+    assert on_gpu["device"] == "cuda" and on_gpu["steps"] == 12
+    # Step i's share: from its train_step to the next one's (to the run's end for the last).
+    starts = [i for i, (name, _) in enumerate(events) if name == "train_step"] + [len(events)]
+    marks = [n for _, n in events] + [len(reads)]
+    quiet, deciding = {}, {}
+    for step, (a, b) in enumerate(zip(starts, starts[1:]), start=1):
+        decides = any(name != "train_step" for name, _ in events[a:b])
+        (deciding if decides else quiet)[step] = marks[b] - marks[a]
+    assert list(deciding) == [4, 6, 8, 12] and min(deciding.values()) > 0  # where it decides, it reads
+    assert not any(n for step, n in quiet.items() if step > 1), quiet
+    assert on_gpu["valid"]["nelbo"] == pytest.approx(on_cpu["valid"]["nelbo"], rel=1e-5)
+    weights, _, _ = _weights(tmp_path / "gpu")
+    assert all(type(t) is torch.Tensor and t.device.type == "cpu" for t in weights.values())
