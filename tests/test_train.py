@@ -383,8 +383,8 @@ def test_the_gpu_loop_reads_the_device_only_where_it_decides(tmp_path, monkeypat
     device checked as CUDA checks it, host reads counted; the numbers are the CPU's). Between
     the reads of the statistics every ``log_every`` steps, and the epochs' ends, a step reads
     nothing from the device, so the host runs ahead of the GPU (the first step may: it creates
-    the optimiser's state). The eager CUDA path trains as the CPU does, and its checkpoint
-    loads on the CPU."""
+    the optimiser's state). The eager CUDA path trains as the CPU does, and a run resumes from
+    the GPU on the CPU and back."""
     from vlae.train.loop import Trainer
 
     from emulated_cuda import emulated_cuda
@@ -420,3 +420,14 @@ def test_the_gpu_loop_reads_the_device_only_where_it_decides(tmp_path, monkeypat
     assert on_gpu["valid"]["nelbo"] == pytest.approx(on_cpu["valid"]["nelbo"], rel=1e-5)
     weights, _, _ = _weights(tmp_path / "gpu")
     assert all(type(t) is torch.Tensor and t.device.type == "cpu" for t in weights.values())
+    # The run moves to the CPU and back, and ends where one uninterrupted CPU run ends.
+    monkeypatch.undo()
+    train(_cfg(epochs=3, precision="fp32", device="cpu"), tmp_path / "gpu", data=DATA, quiet=True, log_every=4,
+          resume=True)
+    with emulated_cuda():
+        moved = train(_cfg(epochs=4, precision="fp32", device="cuda", cuda_graph="off"), tmp_path / "gpu",
+                      data=DATA, quiet=True, log_every=4, resume=True)
+    stayed = train(_cfg(epochs=4, precision="fp32", device="cpu"), tmp_path / "cpu4", data=DATA, quiet=True,
+                   log_every=4)
+    assert moved["steps"] == stayed["steps"] == 24 and moved["device"] == "cuda"
+    assert moved["valid"]["nelbo"] == pytest.approx(stayed["valid"]["nelbo"], rel=1e-5)
