@@ -45,6 +45,7 @@ __all__ = ["Emulated", "emulated_cuda"]
 
 CUDA = torch.device("cuda", 0)
 CPU = torch.device("cpu")
+T = torch.Tensor
 
 
 class Emulated(torch.Tensor):
@@ -105,13 +106,13 @@ def _to(func, args: tuple, kwargs: dict, reads: list[str]) -> torch.Tensor:
     """``.to``, ``.cuda()`` and ``.cpu()``: the same conversion on the CPU tensor, wrapped
     again when it goes (or stays) on the GPU; one to the host is a read."""
     self = args[0]
-    if func is torch.Tensor.to:
+    if func is T.to:
         other = next((a for a in args[1:] if isinstance(a, torch.Tensor)), None)
         target = other.device if other is not None else _target(args[1:], kwargs)
         rest = [CPU if isinstance(a, (str, torch.device)) else _unwrap(a) for a in args[1:]]
         out = _unwrap(self).to(*rest, **({**kwargs, "device": CPU} if "device" in kwargs else kwargs))
     else:
-        target = CUDA if func is torch.Tensor.cuda else CPU
+        target = CUDA if func is T.cuda else CPU
         out = _unwrap(self)
     on_cuda = target.type == "cuda" if target is not None else _cuda(self)
     if _cuda(self) and not on_cuda:
@@ -119,12 +120,11 @@ def _to(func, args: tuple, kwargs: dict, reads: list[str]) -> torch.Tensor:
     return Emulated(out) if on_cuda else out
 
 
-def _check_devices(func, args: tuple, kwargs: dict) -> None:
-    """Refuse what CUDA refuses, in its words."""
-    tensors = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
-    if not any(map(_cuda, tensors)) or func in _ACROSS:
+def _check_devices(func, args: tuple, tensors: list[torch.Tensor]) -> None:
+    """Refuse what CUDA refuses, in its words (``tensors``: the call's, one of them on the GPU)."""
+    if func in _ACROSS:
         return
-    if func is torch.Tensor.__getitem__:
+    if func is T.__getitem__:
         if not _cuda(args[0]) and args[0].dim() > 0:
             raise RuntimeError("indices should be either on cpu or on the same device as the indexed tensor (cpu)")
         return
@@ -135,25 +135,20 @@ def _check_devices(func, args: tuple, kwargs: dict) -> None:
         )
 
 
-_TO = {torch.Tensor.to, torch.Tensor.cuda, torch.Tensor.cpu}
-_ACROSS = {torch.Tensor.copy_, torch.Tensor.__setitem__}
-_AS_IS = {torch.Tensor.device.__get__, torch.Tensor.is_cuda.__get__, torch._C._nn._parse_to}
-_TO_HOST = {torch.Tensor.tolist, torch.Tensor.item}
-T = torch.Tensor
+def _reads(func, args: tuple) -> bool:
+    """Whether a call on a GPU tensor reads its numbers on the host (a boolean mask as an index too)."""
+    if func in (T.__getitem__, T.__setitem__):
+        return any(_cuda(i) and i.dtype == torch.bool for i in pytree.tree_leaves(args[1]))
+    return func in _READS
+
+
+_TO = {T.to, T.cuda, T.cpu}
+_ACROSS = {T.copy_, T.__setitem__}
+_AS_IS = {T.device.__get__, T.is_cuda.__get__, torch._C._nn._parse_to}
 # Calls that wait for the GPU and copy its numbers to the host (what CUDA's sync debug mode flags).
 _READS = {T.item, T.tolist, T.__bool__, T.__int__, T.__float__, T.__index__, T.__format__, T.__repr__,
           T.nonzero, torch.nonzero, T.argwhere, torch.argwhere, T.unique, torch.unique, T.masked_select,
           torch.masked_select, T.equal, torch.equal, T.numpy, T.__array__}
-
-
-def _reads(func, args: tuple, kwargs: dict) -> bool:
-    """Whether the call reads a GPU tensor's numbers on the host (a boolean mask as an index too)."""
-    if func in _READS:
-        return any(map(_cuda, pytree.tree_leaves((args, kwargs))))
-    if func in (T.__getitem__, T.__setitem__):
-        index = pytree.tree_leaves(args[1])
-        return any(_cuda(i) and i.dtype == torch.bool for i in index)
-    return False
 
 
 class _Calls(TorchFunctionMode):
@@ -163,36 +158,36 @@ class _Calls(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = dict(kwargs or {})
-        first = args[0] if args else None
-        if _reads(func, args, kwargs):
-            self.reads.append(getattr(func, "__name__", str(func)))
         if func in _AS_IS:
             return func(*args, **kwargs)
         if func is torch._has_compatible_shallow_copy_type:  # Module.to: swap, never `.data =`
             return _cuda(args[0]) == _cuda(args[1]) and func(*_unwrap(args))
-        if func in (torch.Tensor.numpy, torch.Tensor.__array__) and _cuda(first):
-            raise TypeError(
-                "can't convert cuda:0 device type tensor to numpy. "
-                "Use Tensor.cpu() to copy the tensor to host memory first."
-            )
         if func in _TO:
             return _to(func, args, kwargs, self.reads)
-        _check_devices(func, args, kwargs)
-        target = _target((), kwargs)
+        tensors = [t for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        on_gpu, target = any(map(_cuda, tensors)), _target((), kwargs)
+        if not on_gpu and target is None:
+            return func(*args, **kwargs)  # nothing on the GPU, nothing sent there: the CPU's call
+        if on_gpu and _reads(func, args):
+            self.reads.append(getattr(func, "__name__", str(func)))
+            if func in (T.numpy, T.__array__) and _cuda(args[0]):
+                raise TypeError(
+                    "can't convert cuda:0 device type tensor to numpy. "
+                    "Use Tensor.cpu() to copy the tensor to host memory first."
+                )
+        if on_gpu:
+            _check_devices(func, args, tensors)
         if target is not None:
             kwargs["device"] = CPU
         out = func(*_unwrap(args), **_unwrap(kwargs))
+        first = args[0] if args else None
         if _cuda(first) and out is first.inner:
             return first  # in place (add_, +=, ...): the CPU tensor changed under the same wrapper
-        if func in _TO_HOST or out is None:
-            return out
         if target is not None:
-            on_cuda = target.type == "cuda"
-        elif func is torch.Tensor.__getitem__:
-            on_cuda = _cuda(first)
-        else:
-            on_cuda = any(map(_cuda, pytree.tree_leaves((args, kwargs))))
-        return _wrap(out) if on_cuda else out
+            on_gpu = target.type == "cuda"
+        elif func is T.__getitem__:
+            on_gpu = _cuda(first)
+        return _wrap(out) if on_gpu else out
 
 
 class _Generator(torch.Generator):
