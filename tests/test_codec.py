@@ -286,7 +286,6 @@ def test_cli_round_trip_and_refusals(run, tmp_path, capsys):
     assert status == 2 and "a folder output holds PNGs" in err, err  # decoded images never overwrite the file
 
 
-
 def test_cli_device_cuda_writes_files_any_machine_reads(run, tmp_path, capsys):
     """``vlae compress --device cuda`` on an emulated GPU (``tests/emulated_cuda.py``: the
     devices are checked, the numbers are the CPU's); ``vlae decompress`` reads the file on the
@@ -304,6 +303,7 @@ def test_cli_device_cuda_writes_files_any_machine_reads(run, tmp_path, capsys):
         assert status == 0 and np.array_equal(np.load(tmp_path / "by-gpu.npy"), x), err
     status, _, err = _main(capsys, "decompress", folder, tmp_path / "gpu.vlae", "-o", tmp_path / "by-cpu.npy")
     assert status == 0 and np.array_equal(np.load(tmp_path / "by-cpu.npy"), x), err
+
 
 # ---------------------------------------------------------------------- 8-bit images (grey and RGB)
 def _colour_model(seed: int = 0, **changes) -> VLAE:

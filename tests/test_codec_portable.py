@@ -7,6 +7,7 @@ counts and ``ATEN_CPU_CAPABILITY`` values, CUDA when present) and simulated othe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -204,29 +205,6 @@ def test_files_decode_across_the_convolution_kernels_a_gpu_runs(make, monkeypatc
         assert torch.equal(decompress(model, gpu_path_file), x)
 
 
-@pytest.mark.parametrize("make", [_binary_model, _colour_model])
-def test_the_codec_keeps_each_tensor_on_its_device_on_an_emulated_gpu(make):
-    """``device="cuda"`` on a machine without one, through ``tests/emulated_cuda.py``: every
-    tensor that crosses between the network (on the GPU) and the entropy coder (numpy, on the
-    CPU) is moved where CUDA requires it, and the GPU's branches are the ones taken. Files
-    written either side decode on the other. CUDA's arithmetic is not emulated (the numbers
-    are this CPU's): that is the perturbation tests' and ``bench/gpu.sh --codec``'s."""
-    from vlae import layers
-    from vlae.codec.models import coding_model
-
-    model = make()
-    x = _images(9, model.cfg.image_shape)
-    on_cpu = compress(model, x, batch=4)
-    with emulated_cuda():
-        coding = coding_model(model, "cuda")
-        weight = next(coding.parameters())
-        assert weight.device.type == "cuda" and not layers._unfolds(x.double().cuda(), weight, False)
-        on_gpu = compress(model, x, batch=4, device="cuda")
-        assert torch.equal(decompress(model, on_cpu, device="cuda"), x)
-        assert torch.equal(decompress(model, on_gpu, device="cuda"), x)
-    assert torch.equal(decompress(model, on_gpu, device="cpu"), x)
-
-
 def test_the_emulated_gpu_refuses_what_cuda_refuses(monkeypatch):
     """The emulation can fail a test: a tensor handed to numpy before ``.cpu()`` (here the
     images' digest), a CPU tensor in a GPU operation, a CPU tensor indexed on the GPU."""
@@ -373,12 +351,24 @@ def test_files_decode_across_thread_counts_cpu_capabilities_and_chunk_sizes(runs
         (folder / "binary-b.vlae").read_bytes()).chunks  # two chunk layouts
 
 
-@needs_cuda
+@pytest.mark.parametrize("gpu", ["emulated", pytest.param("real", marks=needs_cuda)])
 @pytest.mark.parametrize("make", [_binary_model, _colour_model])
-def test_cuda_and_cpu_files_decode_on_each_other(make):
+def test_cuda_and_cpu_files_decode_on_each_other(make, gpu):
+    """Files written with the network on the GPU decode on the CPU and the reverse, on a real
+    GPU (``bench/gpu.sh --codec``: CUDA's arithmetic) and on ``tests/emulated_cuda.py``'s on
+    any machine: every tensor that crosses between the network (on the GPU) and the entropy
+    coder (numpy, on the CPU) is moved where CUDA requires it, and the GPU's branches are the
+    ones taken; its numbers are the CPU's (arithmetic is the perturbation tests')."""
+    from vlae import layers
+    from vlae.codec.models import coding_model
+
     model = make()
     x = _images(9, model.cfg.image_shape)
-    on_cpu, on_gpu = compress(model, x, batch=4), compress(model, x, batch=4, device="cuda")
-    assert torch.equal(decompress(model, on_cpu, device="cuda"), x)
+    on_cpu = compress(model, x, batch=4)
+    with emulated_cuda() if gpu == "emulated" else contextlib.nullcontext():
+        weight = next(coding_model(model, "cuda").parameters())
+        assert weight.device.type == "cuda" and not layers._unfolds(x.double().cuda(), weight, False)
+        on_gpu = compress(model, x, batch=4, device="cuda")
+        assert torch.equal(decompress(model, on_cpu, device="cuda"), x)
+        assert torch.equal(decompress(model, on_gpu, device="cuda"), x)
     assert torch.equal(decompress(model, on_gpu, device="cpu"), x)
-    assert torch.equal(decompress(model, on_gpu, device="cuda"), x)
