@@ -10,7 +10,17 @@ from typing import Any, Callable, Iterator, NoReturn
 
 from ..errors import VLAEError
 
-__all__ = ["Parser", "add_overrides", "add_model_options", "add_progress", "progress_bar", "check_range", "set_threads"]
+__all__ = [
+    "Parser",
+    "add_overrides",
+    "add_model_options",
+    "add_device",
+    "add_threads",
+    "add_progress",
+    "progress_bar",
+    "check_range",
+    "set_threads",
+]
 
 
 class Parser(argparse.ArgumentParser):
@@ -35,12 +45,21 @@ def add_model_options(
     subcommand that loads a trained model. ``device`` and ``threads`` are their defaults
     (``None``: the CPU; torch's choice of threads); ``note`` ends ``--device``'s help."""
     parser.add_argument("--weights", choices=("ema", "raw"), default="ema", help="Polyak-averaged or raw weights")
-    choices = "auto (a GPU where there is one), cpu, cuda, cuda:1, mps" if device == "auto" else "e.g. cpu or cuda"
-    parser.add_argument(
-        "--device", default=device, help=f"where the model runs: {choices} (default {device or 'cpu'}){note}"
-    )
-    default = "torch's choice" if threads is None else threads
-    parser.add_argument("--threads", type=int, default=threads, help=f"CPU threads for torch (default {default})")
+    add_device(parser, "the model runs", device, note)
+    add_threads(parser, threads)
+
+
+def add_device(parser: argparse.ArgumentParser, what: str, default: str | None = "auto", note: str = "") -> None:
+    """``--device``: where ``what`` (e.g. "the model runs"); ``default`` ``None`` is the CPU."""
+    choices = "auto (a GPU where there is one), cpu, cuda, cuda:1, mps" if default == "auto" else "e.g. cpu or cuda"
+    parser.add_argument("--device", default=default, help=f"where {what}: {choices} (default {default or 'cpu'}){note}")
+
+
+def add_threads(parser: argparse.ArgumentParser, default: int | None = None) -> None:
+    """``--threads``: torch's CPU threads in this process (``None``: torch's choice), set once by
+    the front end (:func:`vlae.cli.main`) for every command."""
+    given = "torch's choice" if default is None else default
+    parser.add_argument("--threads", type=int, default=default, help=f"CPU threads for torch (default {given})")
 
 
 def add_progress(parser: argparse.ArgumentParser, counts: str, default: str | None = "auto") -> None:

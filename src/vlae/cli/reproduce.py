@@ -11,7 +11,7 @@ import sys
 from typing import Any
 
 from ..protocols import PROTOCOLS
-from ._common import add_overrides
+from ._common import add_device, add_overrides, add_threads
 
 __all__ = ["register", "run"]
 
@@ -30,16 +30,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--yes", action="store_true", help="start even when the projection says it takes long (CPU)")
     p.add_argument("--time-budget", type=float, default=0.0, help="train for at most this many seconds (a deviation)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted reproduction in --run-dir")
-    p.add_argument(
-        "--device",
-        default="auto",
-        help="where it trains and evaluates: auto (a GPU where there is one), cpu, cuda, cuda:1, mps (default auto)",
-    )
+    add_device(p, "it trains and evaluates")
     p.add_argument("--data-dir", default=None, help="folder holding the dataset")
     p.add_argument("--warmup-steps", type=int, default=30, help="timed steps of the projection (default: 30)")
     p.add_argument("--subset", type=int, default=0, help="evaluate on this many test images (0: all; a deviation)")
     p.add_argument("--k", type=int, default=None, help="importance samples of the IW bound (default: the paper's)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default torch's choice)")
+    add_threads(p)
     add_overrides(p, "config override (repeatable; a deviation)")
     p.set_defaults(func=run)
 

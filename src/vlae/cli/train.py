@@ -18,7 +18,7 @@ from typing import Any, get_args, get_type_hints
 
 from ..config import Config, ModelConfig, TrainConfig, apply_overrides, config_from_dict, get_preset
 from ..errors import VLAEError
-from ._common import add_overrides, add_progress
+from ._common import add_overrides, add_progress, add_threads
 
 __all__ = ["TRAIN_FLAGS", "flag_field", "config_from_args", "register", "run"]
 
@@ -112,7 +112,7 @@ def register(subparsers: Any) -> None:
             p.add_argument(flag, type=typ, default=None, help=text)
     add_progress(p, "steps", default=None)
     add_overrides(p, "any config field, e.g. --set model.flow_steps=2 (repeatable; applied last)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default torch's choice)")
+    add_threads(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
     p.add_argument(
         "--no-figures",
